@@ -1,0 +1,316 @@
+"""The poller and RunHandle, driven by a FakeClock and a scripted poll function."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from collections.abc import Callable
+
+import pytest
+import pytest_asyncio
+
+from zapier_async import errors
+from zapier_async._handle import RunHandle
+from zapier_async._protocol import RunLocator
+from zapier_async._scheduler import POLL_TASK_NAME, POLLER_TASK_NAME, Poller
+from zapier_async.models import Run, RunStatus
+from zapier_async.testing import FakeClock
+from zapier_async.testing._clock import settle
+
+from _util import drive, until
+
+
+class Script:
+    """A poll function that records calls and answers from a per-run script."""
+
+    def __init__(self, clock: FakeClock, poller_ref: Callable[[], Poller]) -> None:
+        self.clock = clock
+        self.poller_ref = poller_ref
+        self.calls: list[tuple[float, str, bool]] = []
+        self.answers: dict[str, list[RunStatus]] = {}
+        self.every = 1.0
+        self.gate: asyncio.Event | None = None
+        self.active = 0
+        self.max_active = 0
+
+    async def __call__(self, handle: RunHandle) -> None:
+        self.calls.append((self.clock.monotonic(), handle.id, handle.awaited))
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            answers = self.answers.get(handle.id, [RunStatus.SUCCESS])
+            status = answers.pop(0) if len(answers) > 1 else answers[0]
+            handle._update(Run(id=handle.id, status=status))
+            if not handle.done():
+                self.poller_ref().schedule(handle, self.every)
+        finally:
+            self.active -= 1
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest_asyncio.fixture
+async def rig(clock):
+    poller: Poller
+    script = Script(clock, lambda: poller)
+    poller = Poller(clock=clock, poll=script, max_concurrent_polls=4)
+    yield poller, script
+    await poller.aclose()
+
+
+def track(poller: Poller, clock: FakeClock, run_id: str, delay: float) -> RunHandle:
+    handle = RunHandle(
+        RunLocator(kind="action_run", run_id=run_id), poller, created_at=clock.monotonic()
+    )
+    poller.schedule(handle, delay)
+    return handle
+
+
+def tasks_named(name: str) -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == name and not t.done()]
+
+
+@pytest.mark.asyncio
+async def test_polls_fire_in_due_order_at_due_time(rig, clock):
+    poller, script = rig
+    track(poller, clock, "late", 3.0)
+    track(poller, clock, "early", 1.0)
+    track(poller, clock, "mid", 2.0)
+    await clock.advance(0.5)
+    assert script.calls == []
+    await clock.advance(10)
+    assert [(t, rid) for t, rid, _ in script.calls] == [(1.0, "early"), (2.0, "mid"), (3.0, "late")]
+
+
+@pytest.mark.asyncio
+async def test_an_earlier_timer_wakes_a_sleeping_runner(rig, clock):
+    poller, script = rig
+    track(poller, clock, "far", 100.0)
+    await clock.advance(1)
+    track(poller, clock, "near", 1.0)  # due at t=2, earlier than the runner's t=100 sleep
+    await clock.advance(1.5)
+    assert [rid for _, rid, _ in script.calls] == ["near"]
+
+
+@pytest.mark.asyncio
+async def test_status_is_live_without_anyone_awaiting(rig, clock):
+    poller, script = rig
+    script.answers["r"] = [RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SUCCESS]
+    handle = track(poller, clock, "r", 1.0)
+    assert handle.status is RunStatus.WAITING
+    await clock.advance(1)
+    assert handle.status is RunStatus.QUEUED
+    await clock.advance(1)
+    assert handle.status is RunStatus.RUNNING
+    await clock.advance(1)
+    assert handle.status is RunStatus.SUCCESS
+    assert handle.done()
+    assert (await handle).status is RunStatus.SUCCESS
+
+
+@pytest.mark.asyncio
+async def test_one_runner_task_for_ten_thousand_handles_and_it_exits_when_idle(rig, clock):
+    poller, script = rig
+    handles = [track(poller, clock, f"r{i}", 1.0 + i % 7) for i in range(10_000)]
+    await settle()
+    assert len(tasks_named(POLLER_TASK_NAME)) == 1
+    assert len(tasks_named(POLL_TASK_NAME)) == 0  # nothing due yet: no poll tasks at all
+    await clock.advance(1)
+    assert len(tasks_named(POLLER_TASK_NAME)) == 1
+    assert len(tasks_named(POLL_TASK_NAME)) <= 4
+    await drive(clock, lambda: all(h.done() for h in handles))
+    assert len(script.calls) == 10_000
+    await settle()
+    assert tasks_named(POLLER_TASK_NAME) == []
+    assert not poller.running
+
+
+@pytest.mark.asyncio
+async def test_concurrency_is_bounded_and_awaited_handles_go_first(rig, clock):
+    poller, script = rig
+    script.gate = asyncio.Event()
+    background = [track(poller, clock, f"bg{i}", 1.0) for i in range(10)]
+    awaited = track(poller, clock, "hot", 1.0)
+    waiter = asyncio.create_task(awaited.result())
+    await settle()
+    await clock.advance(1)
+    assert script.max_active == 4
+    first_four = [rid for _, rid, _ in script.calls]
+    assert first_four[0] == "hot"
+    assert script.calls[0][2] is True  # the poll knew someone awaits
+    script.gate.set()
+    await until(lambda: all(h.done() for h in background))
+    assert (await waiter).status is RunStatus.SUCCESS
+
+
+@pytest.mark.asyncio
+async def test_result_timeout_raises_but_polling_goes_on(rig, clock):
+    poller, script = rig
+    script.answers["r"] = [RunStatus.WAITING] * 5 + [RunStatus.SUCCESS]
+    handle = track(poller, clock, "r", 1.0)
+    waiter = asyncio.create_task(handle.result(timeout=2.5))
+    await clock.advance(2.5)
+    with pytest.raises(errors.RunTimeoutError) as info:
+        await waiter
+    assert info.value.run_id == "r"
+    assert info.value.status is RunStatus.WAITING
+    assert info.value.timeout == 2.5
+    assert not handle.done()
+    await clock.advance(10)
+    assert handle.done()
+    assert (await handle.result(timeout=1)).status is RunStatus.SUCCESS
+
+
+@pytest.mark.asyncio
+async def test_failed_run_raises_run_failed_error_carrying_the_run(rig, clock):
+    poller, script = rig
+    script.answers["r"] = [RunStatus.ERROR]
+    handle = track(poller, clock, "r", 1.0)
+    await clock.advance(1)
+    with pytest.raises(errors.RunFailedError) as info:
+        await handle
+    assert info.value.run.id == "r"
+    assert info.value.run.status is RunStatus.ERROR
+    assert handle.run is info.value.run
+
+
+@pytest.mark.asyncio
+async def test_cancel_stops_local_polling_and_detaches_waiters(rig, clock):
+    poller, script = rig
+    script.answers["r"] = [RunStatus.WAITING]
+    handle = track(poller, clock, "r", 1.0)
+    waiter = asyncio.create_task(handle.result())
+    await clock.advance(1)
+    assert len(script.calls) == 1
+    assert handle.cancel() is True
+    assert handle.cancel() is False
+    with pytest.raises(errors.RunDetachedError, match="cancelled"):
+        await waiter
+    await clock.advance(100)
+    assert len(script.calls) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_awaiter_does_not_stop_the_run(rig, clock):
+    poller, script = rig
+    script.answers["r"] = [RunStatus.WAITING, RunStatus.SUCCESS]
+    handle = track(poller, clock, "r", 1.0)
+    waiter = asyncio.create_task(handle.result())
+    await settle()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await clock.advance(5)
+    assert handle.done()
+    assert handle.status is RunStatus.SUCCESS
+
+
+@pytest.mark.asyncio
+async def test_updates_yield_each_change_then_end(rig, clock):
+    poller, script = rig
+    script.answers["r"] = [RunStatus.QUEUED, RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.ERROR]
+    handle = track(poller, clock, "r", 1.0)
+    seen: list[RunStatus] = []
+
+    async def consume() -> None:
+        async for status in handle.updates():
+            seen.append(status)
+
+    consumer = asyncio.create_task(consume())
+    await settle()
+    await clock.run_until_idle()
+    await consumer
+    assert seen == [RunStatus.WAITING, RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.ERROR]
+
+
+@pytest.mark.asyncio
+async def test_updates_raise_when_detached(rig, clock):
+    poller, script = rig
+    script.answers["r"] = [RunStatus.WAITING]
+    handle = track(poller, clock, "r", 1.0)
+
+    async def consume() -> list[RunStatus]:
+        return [s async for s in handle.updates()]
+
+    consumer = asyncio.create_task(consume())
+    await clock.advance(1)
+    handle.cancel()
+    with pytest.raises(errors.RunDetachedError):
+        await consumer
+
+
+@pytest.mark.asyncio
+async def test_done_callbacks_run_once_on_the_loop(rig, clock):
+    poller, _ = rig
+    handle = track(poller, clock, "r", 1.0)
+    called: list[RunHandle] = []
+    handle.add_done_callback(called.append)
+    handle.add_done_callback(called.append)
+    assert handle.remove_done_callback(called.append) == 2
+    handle.add_done_callback(called.append)
+    await clock.advance(1)
+    assert called == [handle]
+    handle.add_done_callback(called.append)  # already done: still called, soon
+    await settle()
+    assert called == [handle, handle]
+
+
+@pytest.mark.asyncio
+async def test_continuation_token_has_only_the_locator(rig, clock):
+    poller, _ = rig
+    handle = track(poller, clock, "run-7", 1.0)
+    token = handle.continuation_token()
+    assert token.startswith("za1.")
+    assert "run-7" not in token  # opaque, but decodable by resume()
+    assert pickle.loads(pickle.dumps(token)) == token
+
+
+@pytest.mark.asyncio
+async def test_callback_timers_run_on_the_clock_and_can_be_cancelled(rig, clock):
+    poller, _ = rig
+    fired: list[float] = []
+    poller.call_later(2.0, lambda: fired.append(clock.monotonic()))
+    cancelled = poller.call_later(1.0, lambda: fired.append(-1.0))
+    cancelled.cancel()
+    await clock.advance(5)
+    assert fired == [2.0]
+
+
+@pytest.mark.asyncio
+async def test_a_raising_callback_is_logged_and_polling_continues(rig, clock, caplog):
+    poller, script = rig
+
+    def boom() -> None:
+        raise RuntimeError("bug")
+
+    poller.call_later(1.0, boom)
+    handle = track(poller, clock, "r", 2.0)
+    await clock.advance(3)
+    assert handle.done()
+    assert "timer callback failed" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_aclose_cancels_in_flight_polls_and_the_runner(clock):
+    gate = asyncio.Event()
+    started = asyncio.Event()
+
+    async def stuck(handle: RunHandle) -> None:
+        started.set()
+        await gate.wait()
+
+    poller = Poller(clock=clock, poll=stuck)
+    track(poller, clock, "r", 0.5)
+    track(poller, clock, "s", 50)
+    await clock.advance(1)
+    assert started.is_set()
+    assert poller.in_flight == 1
+    await poller.aclose()
+    assert poller.in_flight == 0
+    assert tasks_named(POLL_TASK_NAME) == []
+    assert tasks_named(POLLER_TASK_NAME) == []

@@ -1,0 +1,260 @@
+"""RunHandle: what a caller holds for one action run.
+
+A handle is passive: the client's single poller (see `_scheduler`) reads the run and pushes
+each new state into the handle, so `handle.status` stays live whether or not anyone awaits.
+Awaiting creates a waiter future only for that await; a handle nobody awaits costs no future,
+no task and no timer beyond its one entry in the poller's heap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+from . import errors
+from ._protocol import RunLocator, encode_continuation_token
+from .models import Run, RunStatus
+
+if TYPE_CHECKING:
+    from ._scheduler import Poller
+
+__all__ = ["RunHandle"]
+
+_END = object()
+
+
+class RunHandle:
+    """The awaitable handle of one action run.
+
+    `await handle` returns the final `Run` when it succeeded, and raises `RunFailedError`
+    (carrying the `Run`) when it ended with status ``error``. The run id is known from the
+    start, so nothing Zapier accepted is ever lost: `client.resume(handle.id)` or
+    `client.resume(handle.continuation_token())` picks the run up again, even in another
+    process.
+
+    Handles are created by the client (`ZapierClient.run`, `ZapierClient.resume`), not
+    directly.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_listeners",
+        "_locator",
+        "_outcome",
+        "_poller",
+        "_run",
+        "_status",
+        "_waiters",
+        "created_at",
+        "poll_attempts",
+        "poll_failures",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        locator: RunLocator,
+        poller: Poller,
+        *,
+        created_at: float,
+        status: RunStatus = RunStatus.WAITING,
+    ) -> None:
+        self._locator = locator
+        self._poller = poller
+        self._status = status
+        self._run: Run | None = None
+        self._outcome: Run | BaseException | None = None
+        self._waiters: list[asyncio.Future[Run]] = []
+        self._listeners: list[asyncio.Queue[object]] = []
+        self._callbacks: list[Callable[[RunHandle], object]] = []
+        # Scheduler bookkeeping (owned by the poller; not part of the public API).
+        self.created_at = created_at
+        self.poll_attempts = 0
+        self.poll_failures = 0
+        self.timer: object | None = None
+
+    # --- public surface --------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The run id Zapier returned."""
+        return self._locator.run_id
+
+    @property
+    def status(self) -> RunStatus:
+        """The latest status seen; updated by the poller in the background."""
+        return self._status
+
+    @property
+    def run(self) -> Run | None:
+        """The latest `Run` read (None before the first read)."""
+        return self._run
+
+    @property
+    def locator(self) -> RunLocator:
+        """Where the run is read from."""
+        return self._locator
+
+    def done(self) -> bool:
+        """True once the run ended, failed to be followed, or the handle was cancelled."""
+        return self._outcome is not None
+
+    @property
+    def awaited(self) -> bool:
+        """True while someone awaits the result or iterates updates (polls go first)."""
+        return bool(self._waiters or self._listeners)
+
+    def __await__(self) -> Generator[Any, None, Run]:
+        return self.result().__await__()
+
+    async def result(self, timeout: float | None = None) -> Run:
+        """Wait for the run to end.
+
+        Args:
+            timeout: Seconds to wait at most (on the client's clock). None waits as long as it
+                takes.
+
+        Returns:
+            The final `Run`, when it succeeded.
+
+        Raises:
+            RunFailedError: The run ended with status ``error``; `.run` has its errors.
+            RunTimeoutError: `timeout` ran out. The run goes on and is still polled; await
+                again or resume it later.
+            RunDetachedError: Polling stopped (handle cancelled, client closed).
+            APIError: The run could not be read (e.g. 404 once past Zapier's retention).
+        """
+        if self._outcome is not None:
+            return self._unwrap()
+        if timeout is not None and timeout <= 0:
+            raise errors.RunTimeoutError(self.id, self._status, float(timeout))
+        waiter: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        deadline = None
+        if timeout is not None:
+            deadline = self._poller.call_later(timeout, self._expire, waiter, float(timeout))
+        self._poller.awaited(self)
+        try:
+            return await waiter
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+            self._waiters.remove(waiter)
+
+    async def updates(self) -> AsyncIterator[RunStatus]:
+        """Yield the current status, then each change, ending after a terminal status.
+
+        Raises:
+            RunDetachedError: Polling stopped before the run ended.
+            APIError: The run could not be read.
+        """
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        self._listeners.append(queue)
+        self._poller.awaited(self)
+        try:
+            last = self._status
+            yield last
+            if self._outcome is not None:
+                self._raise_if_not_run()
+                return
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    self._raise_if_not_run()
+                    return
+                assert isinstance(item, RunStatus)
+                if item is not last:
+                    last = item
+                    yield item
+        finally:
+            self._listeners.remove(queue)
+
+    def add_done_callback(self, fn: Callable[[RunHandle], object]) -> None:
+        """Call `fn(handle)` (soon, on the event loop) once the handle is done."""
+        if self._outcome is not None:
+            asyncio.get_running_loop().call_soon(fn, self)
+        else:
+            self._callbacks.append(fn)
+
+    def remove_done_callback(self, fn: Callable[[RunHandle], object]) -> int:
+        """Remove every registration of `fn`; returns how many were removed."""
+        before = len(self._callbacks)
+        self._callbacks = [cb for cb in self._callbacks if cb != fn]
+        return before - len(self._callbacks)
+
+    def cancel(self) -> bool:
+        """Stop following this run locally. Nothing is cancelled at Zapier.
+
+        Awaiters get `RunDetachedError`; the run can be resumed by id later.
+
+        Returns:
+            False if the handle was already done.
+        """
+        if self._outcome is not None:
+            return False
+        self._poller.forget(self)
+        self._finish(errors.RunDetachedError(self.id, "cancelled"))
+        return True
+
+    def continuation_token(self) -> str:
+        """A versioned string that `client.resume()` accepts; it holds no secret."""
+        return encode_continuation_token(self._locator)
+
+    def __repr__(self) -> str:
+        state = "done" if self._outcome is not None else "pending"
+        return f"<RunHandle id={self.id!r} status={self._status.value!r} {state}>"
+
+    # --- driven by the poller --------------------------------------------------------------
+
+    def _update(self, run: Run) -> None:
+        """A new read of the run arrived."""
+        if self._outcome is not None:
+            return
+        self._run = run
+        if run.status is not self._status:
+            self._status = run.status
+            for queue in self._listeners:
+                queue.put_nowait(run.status)
+        if run.status.is_terminal:
+            if run.status is RunStatus.ERROR:
+                self._finish(errors.RunFailedError(run), run=run)
+            else:
+                self._finish(run, run=run)
+
+    def _finish(self, outcome: Run | BaseException, *, run: Run | None = None) -> None:
+        if self._outcome is not None:
+            return
+        self._outcome = outcome
+        if run is not None:
+            self._run = run
+        for waiter in self._waiters:
+            if not waiter.done():
+                if isinstance(outcome, BaseException):
+                    waiter.set_exception(outcome)
+                else:
+                    waiter.set_result(outcome)
+        for queue in self._listeners:
+            queue.put_nowait(_END)
+        callbacks, self._callbacks = self._callbacks, []
+        if callbacks:
+            loop = asyncio.get_running_loop()
+            for fn in callbacks:
+                loop.call_soon(fn, self)
+
+    def _expire(self, waiter: asyncio.Future[Run], timeout: float) -> None:
+        if not waiter.done():
+            waiter.set_exception(errors.RunTimeoutError(self.id, self._status, timeout))
+
+    def _unwrap(self) -> Run:
+        outcome = self._outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+    def _raise_if_not_run(self) -> None:
+        outcome = self._outcome
+        if isinstance(outcome, BaseException) and not isinstance(outcome, errors.RunFailedError):
+            raise outcome

@@ -1,0 +1,257 @@
+"""The poller: one task drives every run a client follows.
+
+Theory of operation
+-------------------
+There is one heap of timers per client, keyed by due time on the injected clock. A timer is
+either "poll this handle" or a callback (e.g. a `result(timeout=)` deadline). One runner task
+loops:
+
+1. pop every timer that is due; a poll timer puts its handle on the ready queue, a callback
+   timer runs inline (callbacks are tiny and synchronous);
+2. start polls from the ready queue while fewer than `max_concurrent_polls` are in flight.
+   A poll is one short-lived task (read, decide, reschedule), so the number of tasks tracks
+   the number of HTTP requests in flight, never the number of runs;
+3. sleep until the earliest timer, inside a cancel scope that `_wake()` cancels when an
+   earlier timer arrives or a poll slot frees up.
+
+Handles that someone awaits jump the ready queue (and their requests get the limiter's
+interactive priority), so runs a web request is waiting on are not stuck behind a bulk job.
+
+The runner starts lazily on the first timer and exits when the heap and the ready queue are
+empty and nothing is in flight, so an idle client holds no task at all. Cancelled timers are
+dropped lazily when they reach the top of the heap (O(log n) per operation, nothing per tick).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import heapq
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._clock import Clock
+
+if TYPE_CHECKING:
+    from ._handle import RunHandle
+
+__all__ = ["Poller", "Timer"]
+
+logger = logging.getLogger("zapier_async")
+
+POLLER_TASK_NAME = "zapier_async-poller"
+POLL_TASK_NAME = "zapier_async-poll"
+
+
+class Timer:
+    """A scheduled entry in the poller's heap; `cancel()` to drop it."""
+
+    __slots__ = ("args", "callback", "cancelled", "handle", "when")
+
+    def __init__(
+        self,
+        when: float,
+        *,
+        handle: RunHandle | None = None,
+        callback: Callable[..., object] | None = None,
+        args: tuple[Any, ...] = (),
+    ) -> None:
+        self.when = when
+        self.handle = handle
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Poller:
+    """Schedules and runs polls for every handle of one client.
+
+    Args:
+        clock: The client's clock.
+        poll: Coroutine function that reads one handle's run and reschedules it (or finishes
+            it). It must not raise; the poller logs and drops anything it does raise.
+        max_concurrent_polls: Upper bound on poll requests in flight at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        poll: Callable[[RunHandle], Awaitable[None]],
+        max_concurrent_polls: int = 64,
+    ) -> None:
+        if max_concurrent_polls < 1:
+            raise ValueError("max_concurrent_polls must be at least 1")
+        self._clock = clock
+        self._poll = poll
+        self._max = max_concurrent_polls
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._ready: collections.deque[RunHandle] = collections.deque()
+        self._urgent: collections.deque[RunHandle] = collections.deque()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._sleep_scope: anyio.CancelScope | None = None
+        self._closed = False
+        self.polls_started = 0
+
+    # --- scheduling -----------------------------------------------------------------------
+
+    def schedule(self, handle: RunHandle, delay: float) -> None:
+        """Poll `handle` after `delay` seconds (replacing any poll already scheduled)."""
+        self._cancel_timer(handle)
+        timer = Timer(self._clock.monotonic() + max(0.0, delay), handle=handle)
+        handle.timer = timer
+        self._push(timer)
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Timer:
+        """Run `callback(*args)` on the poller after `delay` seconds (on the client's clock)."""
+        timer = Timer(self._clock.monotonic() + max(0.0, delay), callback=callback, args=args)
+        self._push(timer)
+        return timer
+
+    def forget(self, handle: RunHandle) -> None:
+        """Stop polling `handle` (an in-flight poll's answer will be ignored by the handle)."""
+        self._cancel_timer(handle)
+
+    def awaited(self, handle: RunHandle) -> None:
+        """Someone started awaiting `handle`: a poll that is due soon moves to the front."""
+        # Nothing to do eagerly: the handle's `awaited` flag is read when its poll starts.
+        # Bringing the poll forward would spend budget; the policy decides the cadence.
+
+    @property
+    def scheduled(self) -> int:
+        """Timers in the heap (including cancelled ones not yet dropped)."""
+        return len(self._heap)
+
+    @property
+    def in_flight(self) -> int:
+        """Poll requests running now."""
+        return len(self._inflight)
+
+    @property
+    def running(self) -> bool:
+        """Whether the runner task is alive."""
+        return self._runner is not None and not self._runner.done()
+
+    def _cancel_timer(self, handle: RunHandle) -> None:
+        timer = handle.timer
+        if isinstance(timer, Timer):
+            timer.cancel()
+        handle.timer = None
+
+    def _push(self, timer: Timer) -> None:
+        if self._closed:
+            return
+        earliest = self._heap[0][0] if self._heap else None
+        heapq.heappush(self._heap, (timer.when, next(self._seq), timer))
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.get_running_loop().create_task(
+                self._run(), name=POLLER_TASK_NAME
+            )
+        elif earliest is None or timer.when < earliest:
+            self._wake()
+
+    def _wake(self) -> None:
+        scope = self._sleep_scope
+        if scope is not None:
+            scope.cancel()
+
+    # --- the runner -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while not self._closed:
+                self._fire_due()
+                self._start_ready()
+                if not self._heap and not self._ready and not self._urgent:
+                    if not self._inflight:
+                        return  # idle: exit; the next timer starts a new runner
+                    delay: float | None = None
+                elif (self._ready or self._urgent) and len(self._inflight) >= self._max:
+                    delay = None  # wait for a poll slot; a finishing poll wakes us
+                elif self._heap:
+                    delay = self._heap[0][0] - self._clock.monotonic()
+                else:
+                    delay = 0.0
+                if delay is not None and delay <= 0:
+                    await asyncio.sleep(0)  # yield, then fire what is due
+                    continue
+                with anyio.CancelScope() as scope:
+                    self._sleep_scope = scope
+                    if delay is None:
+                        await anyio.sleep_forever()
+                    else:
+                        await self._clock.sleep(delay)
+                self._sleep_scope = None
+        finally:
+            self._sleep_scope = None
+
+    def _fire_due(self) -> None:
+        now = self._clock.monotonic()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, timer = heapq.heappop(heap)
+            if timer.cancelled:
+                continue
+            if timer.handle is not None:
+                handle = timer.handle
+                handle.timer = None
+                if not handle.done():
+                    (self._urgent if handle.awaited else self._ready).append(handle)
+            elif timer.callback is not None:
+                try:
+                    timer.callback(*timer.args)
+                except Exception:  # a bug in a callback must not stop every run's polling
+                    logger.exception("zapier_async: timer callback failed")
+
+    def _start_ready(self) -> None:
+        loop = asyncio.get_running_loop()
+        while len(self._inflight) < self._max and (self._urgent or self._ready):
+            handle = (self._urgent or self._ready).popleft()
+            if handle.done() or handle.timer is not None:
+                continue  # finished, cancelled or rescheduled meanwhile
+            task = loop.create_task(self._poll_one(handle), name=POLL_TASK_NAME)
+            self._inflight.add(task)
+            task.add_done_callback(self._poll_done)
+            self.polls_started += 1
+
+    async def _poll_one(self, handle: RunHandle) -> None:
+        try:
+            await self._poll(handle)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("zapier_async: unexpected error while polling run %s", handle.id)
+
+    def _poll_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not self._closed:
+            self._wake()
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop the runner and every poll in flight; forget all timers."""
+        self._closed = True
+        for _, _, timer in self._heap:
+            timer.cancel()
+        self._heap.clear()
+        self._ready.clear()
+        self._urgent.clear()
+        tasks = list(self._inflight)
+        if self._runner is not None:
+            tasks.append(self._runner)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._inflight.clear()
+        self._runner = None

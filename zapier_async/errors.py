@@ -1,0 +1,295 @@
+"""The exception tree, split by whose fault it is.
+
+```
+ZapierError
+├── InvalidRequestError      local: bad input, refused before any request was sent
+├── TransportError           the request never got an HTTP answer (connect error, reset, timeout)
+├── APIError                 Zapier answered with an error status
+│   ├── BadRequestError         400
+│   ├── AuthenticationError     401
+│   ├── PermissionDeniedError   403
+│   ├── NotFoundError           404 (also: a run past Zapier's 7-day retention)
+│   ├── ConflictError           409
+│   ├── TooManyRequestsError    429
+│   └── ServerError             5xx
+│       └── ServiceUnavailableError  503
+├── DecodeError              Zapier answered 2xx with a body we cannot understand
+├── RateLimitedError         our limiter would have to wait longer than you allowed
+├── OutcomeUnknownError      a run-creating POST whose fate is unknown: it may exist
+├── RunFailedError           the run ended with status "error" (carries the Run)
+├── RunTimeoutError          `result(timeout=)` ran out; the run is still being polled
+└── RunDetachedError         polling stopped locally (handle cancelled, client closed)
+```
+
+Exceptions are attrs `auto_exc` classes **without** `kw_only`, so they pickle and copy.
+No exception carries a secret: request headers are never stored, bodies are truncated.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from .models import Run, RunStatus
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "DecodeError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "OutcomeUnknownError",
+    "PermissionDeniedError",
+    "RateLimitedError",
+    "RunDetachedError",
+    "RunFailedError",
+    "RunTimeoutError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "TooManyRequestsError",
+    "TransportError",
+    "ZapierError",
+]
+
+BODY_EXCERPT_LIMIT = 2048
+"""At most this many characters of a response body are kept on an error."""
+
+
+class ZapierError(Exception):
+    """Base class of every exception this library raises on purpose."""
+
+
+@attrs.define(auto_exc=True, eq=False)
+class InvalidRequestError(ZapierError, ValueError):
+    """The caller's input cannot be sent; nothing was sent.
+
+    Attributes:
+        message: What is wrong and how to fix it.
+        field: The argument at fault, if one is.
+    """
+
+    message: str
+    field: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+@attrs.define(auto_exc=True, eq=False)
+class TransportError(ZapierError):
+    """The request got no HTTP answer.
+
+    Attributes:
+        message: What happened.
+        request: ``"METHOD /path"`` of the request.
+        sent: False when the request provably never left (connect failed): safe to retry
+            even a run-creating POST. None when it may have reached Zapier.
+        kind: ``"connect"``, ``"tls"``, ``"timeout"``, ``"reset"``, ``"closed"`` or
+            ``"other"``.
+    """
+
+    message: str
+    request: str = ""
+    sent: bool | None = None
+    kind: str = "other"
+
+    def __str__(self) -> str:
+        where = f" ({self.request})" if self.request else ""
+        return f"{self.message}{where}"
+
+
+@attrs.define(auto_exc=True, eq=False)
+class APIError(ZapierError):
+    """Zapier answered with an error status.
+
+    Attributes:
+        status: The HTTP status code.
+        code: The error `code` from the body, if any.
+        title: The error `title` from the body, if any.
+        detail: The error `detail` from the body, if any.
+        request: ``"METHOD /path"`` of the request.
+        body: The start of the response body (at most 2048 characters).
+        retry_after: Seconds Zapier asked us to wait (`Retry-After`), if it said.
+        errors: Every entry of a JSON:API `errors` array, as dicts.
+    """
+
+    status: int
+    code: str | None = None
+    title: str | None = None
+    detail: str | None = None
+    request: str = ""
+    body: str = ""
+    retry_after: float | None = None
+    errors: list[dict[str, Any]] = attrs.field(factory=list)
+
+    def __str__(self) -> str:
+        parts = [f"HTTP {self.status}"]
+        if self.code:
+            parts.append(self.code)
+        text = self.detail or self.title
+        msg = " ".join(parts)
+        if text:
+            msg += f": {text}"
+        if self.request:
+            msg += f" ({self.request})"
+        return msg
+
+
+class BadRequestError(APIError):
+    """400: Zapier refused the request as malformed."""
+
+
+class AuthenticationError(APIError):
+    """401: the access token is missing, invalid or expired."""
+
+
+class PermissionDeniedError(APIError):
+    """403: the token lacks a scope or access to the resource."""
+
+
+class NotFoundError(APIError):
+    """404: no such resource; a run older than Zapier's 7-day retention is gone."""
+
+
+class ConflictError(APIError):
+    """409: the request conflicts with the resource's state."""
+
+
+class TooManyRequestsError(APIError):
+    """429: over Zapier's rate limit, and retries did not get through."""
+
+
+class ServerError(APIError):
+    """5xx: Zapier failed to process the request."""
+
+
+class ServiceUnavailableError(ServerError):
+    """503: Zapier is temporarily unavailable."""
+
+
+@attrs.define(auto_exc=True, eq=False)
+class DecodeError(ZapierError):
+    """Zapier answered, but the body is not the shape the API documents.
+
+    Attributes:
+        message: What could not be understood.
+        request: ``"METHOD /path"`` of the request.
+        status: The HTTP status of the response.
+        body: The start of the response body.
+    """
+
+    message: str
+    request: str = ""
+    status: int | None = None
+    body: str = ""
+
+    def __str__(self) -> str:
+        where = f" ({self.request} -> HTTP {self.status})" if self.request else ""
+        return f"{self.message}{where}"
+
+
+@attrs.define(auto_exc=True, eq=False)
+class RateLimitedError(ZapierError):
+    """Sending now would exceed the rate budget, and waiting is longer than allowed.
+
+    Raised instead of sleeping when the wait is over `max_rate_limit_wait`, so a web app can
+    answer its own caller (e.g. with a 503 and `Retry-After`) instead of hanging.
+
+    Attributes:
+        retry_after: Seconds until a request may be sent.
+        retry_at: The same moment as wall-clock epoch seconds.
+    """
+
+    retry_after: float
+    retry_at: float
+
+    def __str__(self) -> str:
+        return (
+            f"rate limited: the next request may be sent in {self.retry_after:.1f}s, "
+            "longer than max_rate_limit_wait allows"
+        )
+
+
+@attrs.define(auto_exc=True, eq=False)
+class OutcomeUnknownError(ZapierError):
+    """A run-creating request failed in a way that leaves its fate unknown.
+
+    Zapier may or may not have created the run. It was NOT retried, because a retry could run
+    the action twice (a duplicate email to a real person). Check in Zapier before re-sending.
+
+    Attributes:
+        message: What happened to the request.
+        request: ``"METHOD /path"`` of the request.
+        cause: Short description of the underlying failure.
+    """
+
+    message: str
+    request: str = ""
+    cause: str = ""
+
+    def __str__(self) -> str:
+        text = f"outcome unknown: {self.message}"
+        if self.cause:
+            text += f" ({self.cause})"
+        return text + "; the run may exist; it was not re-sent to avoid a duplicate"
+
+
+@attrs.define(auto_exc=True, eq=False)
+class RunFailedError(ZapierError):
+    """The run ended with status ``error``.
+
+    Attributes:
+        run: The final `Run`, with its `errors`.
+    """
+
+    run: Run
+
+    def __str__(self) -> str:
+        first = self.run.errors[0] if self.run.errors else None
+        if first is None:
+            return f"run {self.run.id} failed"
+        code = f"[{first.code}] " if first.code is not None else ""
+        text = first.detail or first.title or ""
+        more = f" (+{len(self.run.errors) - 1} more)" if len(self.run.errors) > 1 else ""
+        return f"run {self.run.id} failed: {code}{text}{more}"
+
+
+@attrs.define(auto_exc=True, eq=False)
+class RunTimeoutError(ZapierError, TimeoutError):
+    """The wait ran out before the run ended. The run itself goes on and is still polled.
+
+    Attributes:
+        run_id: The run's id: `client.resume(run_id)` picks it up later.
+        status: The last status seen.
+        timeout: The wait that ran out, in seconds.
+    """
+
+    run_id: str
+    status: RunStatus | None
+    timeout: float
+
+    def __str__(self) -> str:
+        return (
+            f"run {self.run_id} did not finish within {self.timeout:g}s "
+            f"(last status: {self.status}); it is still running and still polled"
+        )
+
+
+@attrs.define(auto_exc=True, eq=False)
+class RunDetachedError(ZapierError):
+    """Local polling of the run stopped before it ended; the run may still be running.
+
+    Attributes:
+        run_id: The run's id: `client.resume(run_id)` picks it up again.
+        reason: Why polling stopped (``"cancelled"``, ``"client closed"``, or an error).
+    """
+
+    run_id: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"stopped following run {self.run_id}: {self.reason}; resume it by id"
