@@ -25,7 +25,7 @@ INSTANCES = [
     errors.ServiceUnavailableError(503, None, None, None, "GET /x", "", 5.0, []),
     errors.DecodeError("response body is not JSON", "GET /x", 200, "<html>"),
     errors.RateLimitedError(12.5, 1_700_000_012.5),
-    errors.OutcomeUnknownError("the request may have reached Zapier", "POST /v2/action-runs", "reset"),
+    errors.OutcomeUnknownError("may have reached Zapier", "POST /v2/action-runs", "reset"),
     errors.RunFailedError(FAILED_RUN),
     errors.RunTimeoutError("r1", RunStatus.WAITING, 30.0),
     errors.RunDetachedError("r1", "cancelled"),
@@ -56,9 +56,7 @@ def test_whose_fault_split():
 
 
 def test_messages_say_what_happened():
-    assert str(errors.RunFailedError(FAILED_RUN)) == (
-        "run r1 failed: [user] 'to' is not an email"
-    )
+    assert str(errors.RunFailedError(FAILED_RUN)) == ("run r1 failed: [user] 'to' is not an email")
     assert "still running" in str(errors.RunTimeoutError("r1", RunStatus.WAITING, 30))
     assert "not re-sent" in str(errors.OutcomeUnknownError("x", "POST /v2/action-runs", "reset"))
     assert str(errors.InvalidRequestError("must not be empty", "action")) == (

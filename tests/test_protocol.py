@@ -379,12 +379,14 @@ def test_parse_raises_the_mapped_error_for_error_statuses():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(
-        st.sampled_from(["data", "status", "errors", "results", "id", "code", "detail"])
-        | st.text(max_size=5),
-        children,
-        max_size=5,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["data", "status", "errors", "results", "id", "code", "detail"])
+            | st.text(max_size=5),
+            children,
+            max_size=5,
+        )
     ),
     max_leaves=20,
 )

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import pytest_asyncio
+from _util import drive, until
 
 from zapier_async import errors
 from zapier_async._handle import RunHandle
@@ -16,8 +17,6 @@ from zapier_async._scheduler import POLL_TASK_NAME, POLLER_TASK_NAME, Poller
 from zapier_async.models import Run, RunStatus
 from zapier_async.testing import FakeClock
 from zapier_async.testing._clock import settle
-
-from _util import drive, until
 
 
 class Script:
@@ -283,7 +282,7 @@ async def test_callback_timers_run_on_the_clock_and_can_be_cancelled(rig, clock)
 
 @pytest.mark.asyncio
 async def test_a_raising_callback_is_logged_and_polling_continues(rig, clock, caplog):
-    poller, script = rig
+    poller, _ = rig
 
     def boom() -> None:
         raise RuntimeError("bug")

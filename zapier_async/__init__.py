@@ -57,6 +57,7 @@ __all__ = [
     "RunTimeoutError",
     "SystemClock",
     "Transport",
+    "TransportError",
     "ZapierClient",
     "ZapierError",
     "__version__",

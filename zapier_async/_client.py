@@ -13,7 +13,15 @@ from urllib.parse import urlsplit
 from . import _protocol as proto
 from . import errors
 from ._auth import AuthProvider
-from ._backoff import PollPolicy, RetryBudget, RetryDecision, RetryPolicy, decide_retry
+from ._backoff import (
+    Failure,
+    PollPolicy,
+    RetryBudget,
+    RetryDecision,
+    RetryPolicy,
+    decide_retry,
+    next_poll_delay,
+)
 from ._clock import Clock, SystemClock
 from ._handle import RunHandle
 from ._limiter import Limiter, Priority
@@ -66,8 +74,7 @@ def _check_base_url(base_url: object) -> str:
     if parts.scheme == "http" and not proto.is_loopback_host(host):
         # Tokens would cross the network in clear text. Loopback is allowed for the emulator.
         raise errors.InvalidRequestError(
-            "http:// is only allowed for loopback hosts (127.0.0.1, ::1, localhost); "
-            "use https://",
+            "http:// is only allowed for loopback hosts (127.0.0.1, ::1, localhost); use https://",
             "base_url",
         )
     if parts.query or parts.fragment:
@@ -148,9 +155,7 @@ class ZapierClient:
         self._poller = Poller(
             clock=self._clock, poll=self._poll, max_concurrent_polls=max_concurrent_polls
         )
-        self._handles: weakref.WeakValueDictionary[str, RunHandle] = (
-            weakref.WeakValueDictionary()
-        )
+        self._handles: weakref.WeakValueDictionary[str, RunHandle] = weakref.WeakValueDictionary()
         self._closed = False
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -217,7 +222,7 @@ class ZapierClient:
         authentication: str | None,
         inputs: Mapping[str, Any] | None = None,
         callback_url: str | None = None,
-        max_rate_limit_wait: float | None | _Unset = _UNSET,
+        max_rate_limit_wait: float | _Unset | None = _UNSET,
     ) -> RunHandle:
         """Start an action run (`POST /v2/action-runs`) and return its handle.
 
@@ -252,18 +257,19 @@ class ZapierClient:
     def resume(self, token_or_run_id: str) -> RunHandle:
         """Follow a run again from its id or `continuation_token()`.
 
-        Within one client, resuming a run that is already followed returns the same handle,
-        so a run is never polled twice.
+        Within one client, resuming a run that is still followed returns the same handle, so
+        a run is never polled twice; a run whose handle is done (ended, cancelled) gets a
+        fresh handle that reads it again.
         """
         self._ensure_open()
         locator = proto.decode_continuation_token(token_or_run_id)
         existing = self._handles.get(locator.run_id)
-        if existing is not None and existing.locator == locator:
+        if existing is not None and not existing.done() and existing.locator == locator:
             return existing
         return self._track(locator, first_delay=0.0)
 
     async def get_run(
-        self, run_id: str, *, max_rate_limit_wait: float | None | _Unset = _UNSET
+        self, run_id: str, *, max_rate_limit_wait: float | _Unset | None = _UNSET
     ) -> Run:
         """Read a run's current state once (`GET /v2/action-runs/{id}`), without following it."""
         self._ensure_open()
@@ -275,21 +281,23 @@ class ZapierClient:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _cap(self, value: float | None | _Unset) -> float | None:
+    def _cap(self, value: float | _Unset | None) -> float | None:
         return self._max_wait if isinstance(value, _Unset) else value
 
     async def _submit(
         self,
         request: proto.Request,
         priority: Priority,
-        max_rate_limit_wait: float | None | _Unset,
+        max_rate_limit_wait: float | _Unset | None,
     ) -> RunHandle:
         response = await self._send(
             request, priority=priority, max_wait=self._cap(max_rate_limit_wait)
         )
         try:
             run_id = proto.parse_created_run(response, request)
-            locator = proto.RunLocator(kind="action_run", run_id=proto.validate_id(run_id, field="id"))
+            locator = proto.RunLocator(
+                kind="action_run", run_id=proto.validate_id(run_id, field="id")
+            )
         except (errors.DecodeError, errors.InvalidRequestError) as exc:
             # Zapier said 2xx, so a run probably exists, but we cannot tell its id.
             raise errors.OutcomeUnknownError(
@@ -343,7 +351,7 @@ class ZapierClient:
             return
         elapsed = self._clock.monotonic() - handle.created_at
         hint = _throttle_hint(run)
-        delay = self._poll_policy.next_delay(attempt + 1, elapsed=elapsed, rng=self._rng, hint=hint)
+        delay = next_poll_delay(self._poll_policy, attempt + 1, elapsed, self._rng, hint=hint)
         self._poller.schedule(handle, delay)
 
     async def _send(
@@ -380,11 +388,7 @@ class ZapierClient:
                 if 200 <= response.status < 300:
                     self._retry_budget.on_success()
                     return response
-                if (
-                    response.status == 401
-                    and not reauthorised
-                    and self._auth.invalidate(token)
-                ):
+                if response.status == 401 and not reauthorised and self._auth.invalidate(token):
                     # A refused token was not a request Zapier acted on: safe to re-send once.
                     reauthorised = True
                     attempt -= 1
@@ -400,6 +404,8 @@ class ZapierClient:
                 )
             else:
                 assert failure is not None
+                if failure.sent is False and failure.kind != "connect":
+                    raise failure  # TLS failure, closed transport: retrying will not help
                 decision = decide_retry(
                     idempotent=request.idempotent,
                     status=None,
@@ -407,20 +413,21 @@ class ZapierClient:
                     has_retry_after=False,
                 )
             if decision is RetryDecision.UNKNOWN_OUTCOME:
-                what = (
-                    f"HTTP {response.status}" if response is not None else str(failure)
-                )
+                what = f"HTTP {response.status}" if response is not None else str(failure)
                 raise errors.OutcomeUnknownError(
                     "the request may have reached Zapier before it failed",
                     request.describe(),
                     what,
                 ) from failure
+            # A 429 or a 503 with Retry-After is a refusal that paces us, not a failure: it
+            # does not spend the retry budget (the limiter has frozen the bucket meanwhile).
+            refused = retry_after is not None or (response is not None and response.status == 429)
             if (
                 decision is RetryDecision.RETRY
                 and attempt < self._retry_policy.max_attempts
-                and self._retry_budget.try_spend()
+                and (refused or self._retry_budget.try_spend())
             ):
-                if retry_after is None:
+                if not refused:
                     delay = self._retry_policy.delay(attempt, self._rng)
                     logger.debug(
                         "zapier_async: %s failed (%s); retry %d in %.2fs",
@@ -430,8 +437,8 @@ class ZapierClient:
                         delay,
                     )
                     await self._clock.sleep(delay)
-                # With a Retry-After the limiter froze the whole bucket until then; its next
-                # slot() waits (or raises RateLimitedError past the cap).
+                # After a refusal the limiter froze the whole bucket until the hinted time; the
+                # next slot() waits for it (or raises RateLimitedError past the cap).
                 continue
             if response is not None:
                 error = proto.error_for_response(response, request, retry_after=retry_after)
@@ -441,8 +448,12 @@ class ZapierClient:
             raise failure
 
 
-def _failure_kind(exc: errors.TransportError) -> Any:
-    return exc.kind if exc.kind in ("connect", "timeout", "reset") else "other"
+def _failure_kind(exc: errors.TransportError) -> Failure:
+    if exc.kind == "connect":
+        return "connect"
+    if exc.kind == "timeout":
+        return "timeout"
+    return "reset"  # anything else may have reached Zapier
 
 
 def _throttle_hint(run: Run) -> float | None:

@@ -106,7 +106,9 @@ class AiohttpTransport:
                     body=body,
                 )
         except aiohttp.ClientConnectorCertificateError as exc:
-            raise errors.TransportError(f"TLS certificate error: {exc}", what, False, "tls") from exc
+            raise errors.TransportError(
+                f"TLS certificate error: {exc}", what, False, "tls"
+            ) from exc
         except aiohttp.ClientConnectorSSLError as exc:
             raise errors.TransportError(f"TLS error: {exc}", what, False, "tls") from exc
         except aiohttp.ClientConnectorError as exc:

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print measurements and ratios (never timed unit tests)."""

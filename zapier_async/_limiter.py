@@ -1,0 +1,1132 @@
+"""The shared rate limiter: one bucket, one timer, a heap of waiters.
+
+Theory of operation
+===================
+
+Every request the client sends (a create, a poll, a discovery call) first takes a *slot*
+from the limiter and hands the response back to it::
+
+    async with limiter.slot(Priority.POLL) as slot:
+        response = await transport.send(request)
+        slot.record(response.status, response.headers)
+
+The limiter decides *when* each slot is granted. It never sleeps per request: waiters sit in
+one heap ordered by ``(priority, arrival)``, and one timer task wakes when the next grant is
+due. Everything else (a response arriving, a slot released, a waiter cancelled) re-runs the
+same synchronous ``_dispatch()``, which grants what may go now and re-arms the timer. So a
+thousand waiters cost O(log n) each and nothing per tick, and when nobody waits no task
+exists at all.
+
+What the limiter knows comes from the responses (`_ratelimit` parses them):
+
+**Modes.** *probe*: nothing is known yet (or a freeze just ended, or a window ran out):
+one request at a time, so that a burst of 1,000 creates at start-up does not collect 999
+429s; its answer decides the next mode. *open*: the API sends no budget headers, so it is
+not limiting us: no restriction (an a-priori ``rate`` still applies, and 429s still
+freeze). *window*: the API reports ``Remaining`` and ``Reset``: pace inside the window.
+
+**Budget.** The server's ``Remaining`` does not count requests still on the wire. For a
+response to request *j*, everything granted but not yet answered when *j* was sent may
+have been counted after it, so the usable budget now is::
+
+    available = Remaining_j + completed_before_j_was_sent + 1 - granted_so_far
+
+Each such estimate is a lower bound on the truth (so it never causes a 429 through
+reordering); the one from the most recently *sent* request is used, because it also
+reflects what other clients of the same budget have spent.
+
+**The window's end.** ``Reset`` gives, per response, an interval for the end of the window:
+``[sent + reset - p, received + reset + p]``, where ``p`` is the precision of the value (a
+whole number of seconds may have been rounded either way, so ``p = 1``). Intersecting the
+intervals of all responses of the window gives sound bounds ``lo <= end <= hi``. At ``hi``
+the window has certainly ended: the limiter drops back to *probe*, and the probe's
+response starts the next window; the budget is never refilled blind.
+
+**Pacing.** Inside a window the available budget is spread over the time left (with a
+small burst allowance, a tenth of it), so pacing slows as ``Remaining`` falls instead of
+bursting to zero and stalling. A few tokens (2 for a limit of 40 or more) are held back as
+a *reserve* when the end is uncertain (``hi - lo`` large, e.g. whole-second ``Reset`` against
+a 2 s window): they are sent as *boundary probes* between ``lo`` and ``hi``. A probe that
+lands in the old window spends a token that was really there (no 429); a probe that lands
+in the new one shows it by a ``Remaining`` higher than any answer received before it was
+sent (within one window ``Remaining`` only falls), and the new window starts at once,
+without waiting for ``hi``.
+
+**Calibration.** Each turn of a window also tells how far before ``hi`` the window really
+ended (between the last request that landed in the old window and the first answer from
+the new one). That offset depends on how the server rounds ``Reset`` and on clock skew,
+both stable, so the next window's probes are placed inside the offsets seen so far
+(widened a little every window, so that a change is noticed). With whole-second ``Reset``
+values the boundary is found to within a few hundredths of a window after a few windows.
+
+**Freezes.** A 429, or a 503 with ``Retry-After``, freezes the whole bucket (not just the
+request that got it) until ``Retry-After``, else ``Reset``, else 60 s; `freeze()` does the
+same for the client. When it ends, the limiter probes once, then paces again.
+
+**Priorities.** INTERACTIVE before POLL before BULK, FIFO within each, so a bulk fan-out
+cannot starve the polls of runs in flight or a web request. A request with ``max_wait``
+whose estimated wait is longer fails at once with `RateLimitedError` (its ``retry_at`` says
+when to come back); if the estimate was too hopeful it fails when ``max_wait`` runs out.
+
+Time comes only from the injected `Clock`: tests drive all of this on a `FakeClock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import enum
+import heapq
+import itertools
+import logging
+import math
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Final
+
+import attrs
+
+from ._clock import Clock, SystemClock
+from ._ratelimit import (
+    DEFAULT_COOLDOWN,
+    MAX_DELAY,
+    RateLimitState,
+    pace_interval,
+    pause_after,
+)
+from .errors import RateLimitedError, ZapierError
+
+__all__ = ["Limiter", "LimiterClosedError", "LimiterStats", "Priority", "Slot"]
+
+logger = logging.getLogger("zapier_async")
+
+LOG_WAIT_OVER: Final = 1.0
+"""Waits longer than this many seconds are logged at INFO."""
+
+_BURST_FRACTION: Final = 0.1
+"""Share of the available budget that may be sent at once instead of paced."""
+
+_RESERVE_MAX: Final = 2
+"""Tokens held back for boundary probes when the end of a window is uncertain."""
+
+_NARROW_RTTS: Final = 3
+"""A learnt boundary narrower than this many round trips (or one token's time) is probed at
+both ends rather than bisected further."""
+
+_REFERENCES: Final = ("first", "hi")
+_SCORE_WEIGHT: Final = 0.5
+_SCORE_MARGIN: Final = 0.2
+
+_CALIBRATION_DRIFT: Final = 0.01
+"""Per window, the learnt boundary offset is widened by this share of the window length."""
+
+
+class Priority(enum.IntEnum):
+    """Who is waiting for a request: lower values are served first."""
+
+    INTERACTIVE = 0
+    """Someone awaits this request now: a create from ``client.run()``, a poll of a handle
+    being awaited, a discovery call."""
+    POLL = 1
+    """A background poll of a run in flight."""
+    BULK = 2
+    """A new submission from a bulk fan-out (``run_many``)."""
+
+
+class _Default(enum.Enum):
+    TOKEN = enum.auto()
+
+
+USE_DEFAULT: Final = _Default.TOKEN
+"""Sentinel for `Limiter.slot`'s ``max_wait``: use the limiter's default."""
+
+
+@attrs.define(auto_exc=True, eq=False)
+class LimiterClosedError(ZapierError, RuntimeError):
+    """The limiter was closed: no more slots are granted.
+
+    Attributes:
+        message: What was refused.
+    """
+
+    message: str = "the rate limiter is closed"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@attrs.frozen(kw_only=True)
+class LimiterStats:
+    """A snapshot of a limiter's counters and its current view of the rate budget.
+
+    Attributes:
+        mode: ``"probe"``, ``"open"`` or ``"window"`` (see the module docs).
+        grants: Slots granted.
+        immediate: Slots granted without waiting.
+        waits: Slots that had to wait.
+        wait_total: Seconds waited, summed over those slots.
+        wait_max: The longest wait, in seconds.
+        rejected: `RateLimitedError` raised at once, the estimated wait exceeding
+            ``max_wait``.
+        expired: `RateLimitedError` raised when ``max_wait`` ran out while waiting.
+        cancelled: Waiters cancelled before their turn.
+        responses: Responses recorded.
+        rate_limited: 429 responses seen.
+        freezes: Times the bucket was frozen (or a freeze extended).
+        windows: Rate-limit windows seen start.
+        in_flight: Slots granted and not yet answered.
+        waiting: Waiters now.
+        limit: The server's limit per window, if known.
+        remaining: Requests that may be sent now in the current window, if known.
+        reset_in: Seconds until the current window certainly ends, if known.
+        frozen_for: Seconds left of a freeze, if frozen.
+    """
+
+    mode: str
+    grants: int
+    immediate: int
+    waits: int
+    wait_total: float
+    wait_max: float
+    rejected: int
+    expired: int
+    cancelled: int
+    responses: int
+    rate_limited: int
+    freezes: int
+    windows: int
+    in_flight: int
+    waiting: int
+    limit: int | None
+    remaining: int | None
+    reset_in: float | None
+    frozen_for: float | None
+
+
+class Slot:
+    """Permission to send one request; hand its response back with `record`."""
+
+    __slots__ = (
+        "_completions_at_grant",
+        "_done",
+        "_limiter",
+        "granted_at",
+        "priority",
+        "probe",
+        "waited",
+    )
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        priority: Priority,
+        granted_at: float,
+        completions_at_grant: int,
+        *,
+        probe: bool,
+        waited: float,
+    ) -> None:
+        self._limiter = limiter
+        self._completions_at_grant = completions_at_grant
+        self._done = False
+        self.priority = priority
+        """The priority the slot was asked for."""
+        self.granted_at = granted_at
+        """Monotonic time of the grant."""
+        self.probe = probe
+        """Whether this request probes the budget (the only one in flight until answered)."""
+        self.waited = waited
+        """Seconds the slot waited to be granted."""
+
+    def record(self, status: int | None, headers: Mapping[str, str]) -> None:
+        """Report the response to the request sent with this slot.
+
+        Call it once, as soon as the status and headers are in. Later calls are ignored,
+        and so is a call after the slot's ``async with`` block ended.
+
+        Args:
+            status: The HTTP status, or None if there was no HTTP response.
+            headers: The response headers (case-insensitive names).
+        """
+        if not self._done:
+            self._done = True
+            self._limiter._complete(self, status, headers)
+
+    def _release(self) -> None:
+        """End of the ``async with`` block: without a response, the slot is just returned."""
+        if not self._done:
+            self._done = True
+            self._limiter._complete(self, None, {})
+
+    def _undo(self) -> None:
+        """The grant raced with a cancellation: nothing was sent, give the token back."""
+        if not self._done:
+            self._done = True
+            self._limiter._ungrant(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"Slot(priority={self.priority.name}, granted_at={self.granted_at:.3f}, "
+            f"probe={self.probe})"
+        )
+
+
+class _Waiter:
+    __slots__ = ("alive", "deadline", "enqueued_at", "fut", "priority", "reason", "seq")
+
+    def __init__(
+        self,
+        priority: Priority,
+        seq: int,
+        fut: asyncio.Future[Slot],
+        enqueued_at: float,
+        deadline: float | None,
+        reason: str,
+    ) -> None:
+        self.priority = priority
+        self.seq = seq
+        self.fut = fut
+        self.enqueued_at = enqueued_at
+        self.deadline = deadline
+        self.reason = reason
+        self.alive = True
+
+
+class _Window:
+    """What the responses of one server-side rate-limit window said."""
+
+    __slots__ = (
+        "anchor",
+        "anchor_sent",
+        "arrived",
+        "arrived_min",
+        "first_sent",
+        "hi",
+        "last_member_sent",
+        "limit",
+        "lo",
+        "opened_at",
+    )
+
+    def __init__(
+        self,
+        *,
+        limit: int | None,
+        anchor: int,
+        sent: float,
+        received: float,
+        remaining: int,
+        lo: float,
+        hi: float,
+    ) -> None:
+        self.limit = limit
+        # available = anchor - grants (see "Budget" in the module docs)
+        self.anchor = anchor
+        self.anchor_sent = sent
+        self.lo = lo  # the window ends no earlier than this (monotonic)
+        self.hi = hi  # ... and no later than this
+        # A response to a request sent after `opened_at` comes from this window or a later one.
+        self.opened_at = received
+        # Arrival times and the running minimum of Remaining, to recognise a later window.
+        self.arrived = [received]
+        self.arrived_min = [remaining]
+        # Latest send time of a request known to have landed in this window: its end is later.
+        self.last_member_sent = sent
+        # When the window's first request was sent, if the opening answer was that request
+        # (Remaining = Limit - 1): the reference for the learnt window length.
+        self.first_sent = sent if limit is not None and remaining == limit - 1 else None
+
+    def min_remaining_before(self, t: float) -> int | None:
+        """The lowest Remaining among answers that arrived before ``t``."""
+        i = bisect.bisect_left(self.arrived, t) - 1
+        return self.arrived_min[i] if i >= 0 else None
+
+
+class _SlotRequest:
+    """The async context manager returned by `Limiter.slot`."""
+
+    __slots__ = ("_limiter", "_max_wait", "_priority", "_slot")
+
+    def __init__(
+        self, limiter: Limiter, priority: Priority, max_wait: float | None | _Default
+    ) -> None:
+        self._limiter = limiter
+        self._priority = priority
+        self._max_wait = max_wait
+        self._slot: Slot | None = None
+
+    async def __aenter__(self) -> Slot:
+        self._slot = await self._limiter._acquire(self._priority, self._max_wait)
+        return self._slot
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._slot is not None:
+            self._slot._release()
+
+
+class Limiter:
+    """One shared rate budget for every request of one or more clients.
+
+    See the module docstring for how it works. Share one limiter between clients that spend
+    the same budget (same IP, same partner) by passing the same object to each; it belongs to
+    the event loop that first uses it.
+
+    Args:
+        clock: Source of time; the real clock by default.
+        max_wait: Default longest wait for a slot, in seconds; None waits as long as needed.
+            Over it, `slot` raises `RateLimitedError` instead of waiting.
+        rate: A budget known beforehand, ``(requests, per_seconds)``, enforced as a sliding
+            window on top of what the server reports (e.g. ``(60, 60.0)`` for the Partner
+            API's per-IP limit). With it, the first requests are not sent one by one.
+        on_wait: Called as ``on_wait(seconds, priority)`` after each slot that had to wait.
+        default_cooldown: Freeze after a 429 that says neither ``Retry-After`` nor
+            ``X-RateLimit-Reset``; also the assumed window length when ``Reset`` is missing.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        max_wait: float | None = None,
+        rate: tuple[int, float] | None = None,
+        on_wait: Callable[[float, Priority], None] | None = None,
+        default_cooldown: float = DEFAULT_COOLDOWN,
+    ) -> None:
+        if max_wait is not None and not max_wait >= 0:
+            raise ValueError(f"max_wait must be >= 0 or None, got {max_wait!r}")
+        if rate is not None:
+            count, per = rate
+            if int(count) != count or count < 1 or not (math.isfinite(per) and per > 0):
+                raise ValueError(f"rate must be (requests >= 1, seconds > 0), got {rate!r}")
+            rate = (int(count), float(per))
+        if not (math.isfinite(default_cooldown) and default_cooldown > 0):
+            raise ValueError(f"default_cooldown must be > 0, got {default_cooldown!r}")
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._max_wait = max_wait
+        self._rate = rate
+        self._rate_log: collections.deque[float] = collections.deque()
+        self._on_wait = on_wait
+        self._cooldown = default_cooldown
+        self._closed = False
+
+        # Waiters: a heap keyed by (priority, arrival), dead entries skipped lazily.
+        self._heap: list[tuple[int, int, _Waiter]] = []
+        self._deadlines: list[tuple[float, int, _Waiter]] = []
+        self._seq = itertools.count()
+        self._live_by_priority = [0, 0, 0]
+        self._live = 0
+
+        # Counters behind the budget arithmetic.
+        self._granted = 0  # grants still standing (an undone grant is taken back)
+        self._completed = 0  # slots finished (answered, or released without an answer)
+        self._in_flight = 0
+
+        # What we believe about the server.
+        self._mode = "open" if rate is not None else "probe"
+        self._probe_out = False
+        self._probe_since = -math.inf
+        self._window: _Window | None = None
+        self._prev_window: _Window | None = None
+        self._period: float | None = None  # longest window seen (the largest Reset)
+        # Learnt position of a window's end relative to two reference points (see _calibrate).
+        self._offsets: dict[str, tuple[float, float]] = {}
+        self._scores: dict[str, float] = dict.fromkeys(_REFERENCES, 0.0)
+        self._frozen_until: float | None = None
+        self._tat = -math.inf  # pacing: theoretical time of the next grant
+        self._last_grant = -math.inf
+        self._rtt = 0.0  # smoothed time from grant to answer
+
+        # The one timer.
+        self._timer: asyncio.Task[None] | None = None
+        self._timer_target: float | None = None
+        self._timer_sleeping: float | None = None
+        self._wake_pending = False
+        self._dispatching = False
+        self._redispatch = False
+
+        # Statistics.
+        self._n_grants = 0
+        self._n_immediate = 0
+        self._n_waits = 0
+        self._wait_total = 0.0
+        self._wait_max = 0.0
+        self._n_rejected = 0
+        self._n_expired = 0
+        self._n_cancelled = 0
+        self._n_responses = 0
+        self._n_429 = 0
+        self._n_freezes = 0
+        self._n_windows = 0
+
+    # ------------------------------------------------------------------ public surface
+
+    def slot(
+        self,
+        priority: Priority = Priority.INTERACTIVE,
+        *,
+        max_wait: float | None | _Default = USE_DEFAULT,
+    ) -> _SlotRequest:
+        """Wait for permission to send one request.
+
+        Use as ``async with limiter.slot(priority) as slot:``; call ``slot.record(status,
+        headers)`` with the response. Leaving the block without recording means there was no
+        response (connect error, cancellation mid-request).
+
+        Args:
+            priority: Who is waiting (see `Priority`).
+            max_wait: The longest acceptable wait in seconds; None waits as long as needed;
+                by default the limiter's ``max_wait``.
+
+        Returns:
+            An async context manager yielding the `Slot`.
+
+        Raises:
+            RateLimitedError: (on entering) The estimated wait is longer than ``max_wait``
+                (raised at once, without waiting), or ``max_wait`` ran out while waiting.
+            LimiterClosedError: (on entering) The limiter is or was closed while waiting.
+        """
+        return _SlotRequest(self, Priority(priority), max_wait)
+
+    def freeze(self, seconds: float) -> None:
+        """Stop granting slots to anybody for ``seconds`` (e.g. a ``Retry-After`` seen elsewhere).
+
+        A freeze never shortens an earlier one. When it ends, one request probes the budget
+        before pacing resumes.
+
+        Args:
+            seconds: How long to hold every request back.
+        """
+        self._freeze(seconds, "freeze() called")
+        self._dispatch()
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot."""
+        return self._live
+
+    @property
+    def in_flight(self) -> int:
+        """Slots granted whose response has not been recorded (or released) yet."""
+        return self._in_flight
+
+    @property
+    def frozen_until(self) -> float | None:
+        """Monotonic time at which the current freeze ends, or None when not frozen."""
+        if self._frozen_until is not None and self._frozen_until <= self._clock.monotonic():
+            return None
+        return self._frozen_until
+
+    @property
+    def closed(self) -> bool:
+        """Whether `aclose` was called."""
+        return self._closed
+
+    def snapshot(self) -> LimiterStats:
+        """The counters and the current view of the budget.
+
+        Returns:
+            A frozen `LimiterStats`.
+        """
+        now = self._clock.monotonic()
+        w = self._window
+        frozen = self.frozen_until
+        return LimiterStats(
+            mode=self._mode,
+            grants=self._n_grants,
+            immediate=self._n_immediate,
+            waits=self._n_waits,
+            wait_total=self._wait_total,
+            wait_max=self._wait_max,
+            rejected=self._n_rejected,
+            expired=self._n_expired,
+            cancelled=self._n_cancelled,
+            responses=self._n_responses,
+            rate_limited=self._n_429,
+            freezes=self._n_freezes,
+            windows=self._n_windows,
+            in_flight=self._in_flight,
+            waiting=self._live,
+            limit=w.limit if w is not None else None,
+            remaining=max(self._available(w), 0) if w is not None else None,
+            reset_in=max(w.hi - now, 0.0) if w is not None else None,
+            frozen_for=None if frozen is None else frozen - now,
+        )
+
+    async def aclose(self) -> None:
+        """Close the limiter: stop the timer and fail every waiter with `LimiterClosedError`.
+
+        Slots already granted may still record their responses. Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        while self._heap:
+            _, _, waiter = heapq.heappop(self._heap)
+            if waiter.alive:
+                self._kill(waiter)
+                if not waiter.fut.done():
+                    waiter.fut.set_exception(
+                        LimiterClosedError("the rate limiter was closed while this request waited")
+                    )
+        self._deadlines.clear()
+        task = self._timer
+        self._timer = None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+
+    async def __aenter__(self) -> Limiter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return (
+            f"Limiter(mode={self._mode!r}, in_flight={self._in_flight}, "
+            f"waiting={self._live}, frozen_until={self.frozen_until!r})"
+        )
+
+    # ------------------------------------------------------------------ acquiring
+
+    async def _acquire(self, priority: Priority, max_wait: float | None | _Default) -> Slot:
+        if self._closed:
+            raise LimiterClosedError("the rate limiter is closed")
+        limit = self._max_wait if isinstance(max_wait, _Default) else max_wait
+        now = self._clock.monotonic()
+        self._advance(now)
+        ahead = sum(self._live_by_priority[: priority + 1])
+        if ahead == 0 and self._may_grant(now):
+            self._n_immediate += 1
+            return self._grant(priority, now, waited=0.0)
+
+        estimate = self._estimate_wait(now, ahead + 1)
+        if limit is not None and estimate > limit:
+            self._n_rejected += 1
+            raise RateLimitedError(estimate, self._clock.time() + estimate)
+
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(
+            priority,
+            next(self._seq),
+            loop.create_future(),
+            now,
+            None if limit is None else now + limit,
+            self._reason(now),
+        )
+        heapq.heappush(self._heap, (priority, waiter.seq, waiter))
+        if waiter.deadline is not None:
+            heapq.heappush(self._deadlines, (waiter.deadline, waiter.seq, waiter))
+        self._live_by_priority[priority] += 1
+        self._live += 1
+        self._dispatch()
+        try:
+            return await waiter.fut
+        except BaseException:
+            fut = waiter.fut
+            if fut.done() and not fut.cancelled():
+                if fut.exception() is None:  # granted, but we were cancelled meanwhile
+                    fut.result()._undo()
+            elif waiter.alive:
+                self._kill(waiter)
+                self._n_cancelled += 1
+            self._dispatch()
+            raise
+
+    def _reason(self, now: float) -> str:
+        if self._frozen_until is not None and now < self._frozen_until:
+            return "frozen"
+        if self._mode == "probe":
+            return "probe"
+        return "paced"
+
+    def _kill(self, waiter: _Waiter) -> None:
+        waiter.alive = False
+        self._live_by_priority[waiter.priority] -= 1
+        self._live -= 1
+        if len(self._heap) > 1024 and len(self._heap) > 2 * self._live:
+            self._heap = [entry for entry in self._heap if entry[2].alive]
+            heapq.heapify(self._heap)
+            self._deadlines = [entry for entry in self._deadlines if entry[2].alive]
+            heapq.heapify(self._deadlines)
+
+    def _grant(self, priority: Priority, now: float, *, waited: float) -> Slot:
+        probe = self._mode == "probe"
+        if probe:
+            self._probe_out = True
+        elif self._mode == "window" and self._window is not None:
+            # Pacing clock: the next grant is one gap later (GCRA, see _next_time).
+            self._tat = max(self._tat, now) + self._gap(self._window, now)
+        self._last_grant = now
+        if self._rate is not None:
+            self._rate_log.append(now)
+            while len(self._rate_log) > self._rate[0]:
+                self._rate_log.popleft()
+        self._granted += 1
+        self._in_flight += 1
+        self._n_grants += 1
+        return Slot(self, priority, now, self._completed, probe=probe, waited=waited)
+
+    def _ungrant(self, slot: Slot) -> None:
+        self._granted -= 1
+        self._in_flight -= 1
+        self._n_grants -= 1
+        if slot.probe:
+            self._probe_out = False
+        if self._rate is not None:
+            try:
+                self._rate_log.remove(slot.granted_at)
+            except ValueError:
+                pass  # already slid out of the window
+        self._dispatch()
+
+    # ------------------------------------------------------------------ responses
+
+    def _complete(self, slot: Slot, status: int | None, headers: Mapping[str, str]) -> None:
+        self._completed += 1
+        self._in_flight -= 1
+        if slot.probe:
+            self._probe_out = False
+        if status is not None and not self._closed:
+            self._n_responses += 1
+            self._on_response(slot, status, headers)
+        self._dispatch()
+
+    def _on_response(self, slot: Slot, status: int, headers: Mapping[str, str]) -> None:
+        now = self._clock.monotonic()
+        state = RateLimitState.from_headers(headers, now=self._clock.time())
+        if status == 429:
+            self._n_429 += 1
+        pause = pause_after(status, state, default_cooldown=self._cooldown)
+        if pause is not None:
+            self._freeze(pause, f"HTTP {status}")
+            return
+        if state.remaining is None:
+            # No budget headers: this API is not limiting us. Trust that only for answers to
+            # requests sent since probing began, not for stragglers from before a freeze.
+            if self._mode == "probe" and slot.granted_at >= self._probe_since:
+                self._mode = "open"
+                logger.debug("no rate-limit headers in responses: not pacing")
+            return
+        self._observe(slot, state, now)
+
+    def _observe(self, slot: Slot, state: RateLimitState, now: float) -> None:
+        assert state.remaining is not None
+        sent, remaining = slot.granted_at, state.remaining
+        self._rtt += 0.2 * ((now - sent) - self._rtt)
+        anchor = remaining + slot._completions_at_grant + 1
+        if state.reset_after is not None:
+            slack = max(state.reset_precision, 0.005)
+            if self._period is not None:
+                slack = max(slack, min(0.01 * self._period, 1.0))
+            lo = sent + state.reset_after - slack
+            hi = now + state.reset_after + slack
+            self._period = max(self._period or 0.0, state.reset_after + state.reset_precision)
+        else:
+            # No Reset: assume the window lasts at most the default cool-down.
+            lo, hi = sent, now + self._cooldown
+
+        w = self._window
+        if w is None:
+            if hi <= now:
+                return  # describes a window that has already ended
+            prev = self._prev_window
+            if prev is not None and self._is_newer(prev, sent, remaining, lo):
+                self._calibrate(prev, now)
+            elif prev is not None and sent < self._probe_since:
+                return  # a straggler, likely from the window that just ended
+            self._open(state.limit, anchor, sent, now, remaining, lo, hi)
+            return
+        if self._is_newer(w, sent, remaining, lo):
+            self._calibrate(w, now)
+            self._open(state.limit or w.limit, anchor, sent, now, remaining, lo, hi)
+            return
+        if sent <= w.opened_at:
+            return  # sent before this window was known: it may belong to the previous one
+        # A member of the current window.
+        if sent > w.anchor_sent or (sent == w.anchor_sent and anchor > w.anchor):
+            w.anchor, w.anchor_sent = anchor, sent
+        if state.limit is not None:
+            w.limit = state.limit
+        w.lo = max(w.lo, lo)
+        w.hi = max(min(w.hi, hi), w.lo)  # inconsistent bounds: keep the later end
+        w.arrived.append(now)
+        w.arrived_min.append(min(w.arrived_min[-1], remaining))
+        w.last_member_sent = max(w.last_member_sent, sent)
+
+    def _is_newer(self, w: _Window, sent: float, remaining: int, lo: float) -> bool:
+        """Whether an answer provably comes from a window after ``w``."""
+        if lo > w.hi:
+            return True  # it says its window ends after ``w`` certainly ended
+        # Sent after an answer from ``w`` arrived, so processed after it; within one window
+        # Remaining only falls, so a higher one means the window turned.
+        before = w.min_remaining_before(sent)
+        return before is not None and remaining > before
+
+    def _open(
+        self,
+        limit: int | None,
+        anchor: int,
+        sent: float,
+        now: float,
+        remaining: int,
+        lo: float,
+        hi: float,
+    ) -> None:
+        self._window = _Window(
+            limit=limit, anchor=anchor, sent=sent, received=now, remaining=remaining, lo=lo, hi=hi
+        )
+        self._prev_window = None
+        self._mode = "window"
+        self._tat = now
+        self._n_windows += 1
+
+    @staticmethod
+    def _reference(w: _Window, name: str) -> float | None:
+        return w.first_sent if name == "first" else w.hi
+
+    def _predict(self, w: _Window, name: str) -> tuple[float, float] | None:
+        """Where reference ``name`` puts the end of ``w``, within its sound bounds."""
+        ref = self._reference(w, name)
+        offset = self._offsets.get(name)
+        if ref is None or offset is None:
+            return None
+        start, end = max(ref + offset[0], w.lo), min(ref + offset[1], w.hi)
+        return (start, end) if start <= end else None  # contradicts the bounds: not this one
+
+    def _calibrate(self, old: _Window, turned_by: float) -> None:
+        """Learn where windows end, from how ``old`` ended.
+
+        ``old`` ended after the last request known to have landed in it was sent, and no
+        later than ``turned_by``, when an answer from the next window arrived. That span is
+        recorded relative to two reference points, each right for one kind of server:
+
+        - ``first``: the send time of the window's first request. A window that starts with
+          its first request (the common "count, expire after P" design) ends a fixed time
+          after it, however coarsely ``Reset`` is written;
+        - ``hi``: the latest end the ``Reset`` values allow. Right for clock-aligned windows
+          and for ``Reset`` deltas rounded the same way every time.
+
+        Each reference keeps a learnt interval that only shrinks, except that its early side
+        slides a little earlier every window so that an earlier end is found again; a
+        contradiction restarts it. Each also keeps a score: how often the window had ended by
+        the end of its interval. `_ladder` trusts the better one.
+        """
+        low = old.last_member_sent
+        high = max(turned_by, low)
+        drift = _CALIBRATION_DRIFT * (self._period or 0.0)
+        for name in _REFERENCES:
+            ref = self._reference(old, name)
+            if ref is None:
+                continue
+            predicted = self._predict(old, name)
+            if predicted is not None:
+                # The costly miss: a request sent at or after the predicted end still landed
+                # in the old window, so every boundary probe would have been too early.
+                hit = low < predicted[1]
+                self._scores[name] += _SCORE_WEIGHT * (float(hit) - self._scores[name])
+            seen = (low - ref, high - ref)
+            learnt = self._offsets.get(name)
+            if learnt is not None:
+                merged = (max(learnt[0] - drift, seen[0]), min(learnt[1], seen[1]))
+                if merged[0] <= merged[1]:
+                    seen = merged
+            self._offsets[name] = seen
+
+    # ------------------------------------------------------------------ decisions
+
+    def _freeze(self, seconds: float, why: str) -> None:
+        seconds = min(max(seconds, 0.0), MAX_DELAY) if not math.isnan(seconds) else 0.0
+        until = self._clock.monotonic() + seconds
+        if self._frozen_until is None or until > self._frozen_until:
+            self._frozen_until = until
+            self._n_freezes += 1
+            logger.info("rate limit: holding all requests for %.1fs (%s)", seconds, why)
+
+    def _enter_probe(self, now: float) -> None:
+        if self._window is not None:
+            self._prev_window = self._window
+        self._window = None
+        self._mode = "probe"
+        self._probe_since = now
+
+    def _advance(self, now: float) -> None:
+        """Apply what the passing of time changes: a freeze ends, a window runs out."""
+        if self._frozen_until is not None and now >= self._frozen_until:
+            self._frozen_until = None
+            self._enter_probe(now)
+        w = self._window
+        if w is not None and now >= w.hi:
+            self._enter_probe(now)
+
+    def _available(self, w: _Window) -> int:
+        available = w.anchor - self._granted
+        return min(available, w.limit) if w.limit is not None else available
+
+    def _ladder(self, w: _Window) -> tuple[float, float]:
+        """Where the window's end is expected: ``lo <= start <= end <= hi``."""
+        first, hi = self._predict(w, "first"), self._predict(w, "hi")
+        lead = self._scores["first"] - self._scores["hi"]
+        if first is None or hi is None:
+            start, end = first or hi or (w.lo, w.hi)
+        elif lead > _SCORE_MARGIN:
+            start, end = first
+        elif lead < -_SCORE_MARGIN:
+            start, end = hi
+        else:  # no clear winner: cover both
+            start, end = min(first[0], hi[0]), max(first[1], hi[1])
+        # Probes all sent at one instant would learn nothing: keep the ladder a little open.
+        token_time = (self._period or 0.0) / (w.limit or 1)
+        return start, min(max(end, start + max(token_time, 2 * self._rtt)), w.hi)
+
+    def _reserve(self, w: _Window) -> int:
+        """Tokens kept back for boundary probes: only worth it when the end is uncertain."""
+        if w.limit is None or not self._period:
+            return 0
+        if w.limit < 2:
+            return 0
+        reserve = _RESERVE_MAX if w.limit >= 40 else 1
+        token_time = self._period / w.limit
+        if w.hi - w.lo <= 2 * reserve * token_time:
+            return 0
+        # A wide boundary is worth more probes: R probes cost about R/2 tokens and leave a
+        # delay of about width/(2R); the sum is smallest at R = sqrt(width / token time).
+        start, end = self._ladder(w)
+        best = round(math.sqrt(max(end - start, 0.0) / token_time))
+        return max(reserve, min(best, w.limit // 10))
+
+    def _probe_plan(
+        self, w: _Window, start: float, end: float, reserve: int
+    ) -> tuple[float, float]:
+        """The first boundary probe's time and the step between probes.
+
+        While the boundary is poorly known the probes split ``[start, end]`` evenly, the last
+        at ``end`` (a bisection: each turn narrows what is learnt). Once it is known to within
+        a few round trips, the first probe goes at ``start`` (it most likely lands in the old
+        window, spending a token that would otherwise be lost) and the last at ``end``.
+        """
+        if reserve == 0:
+            return start, 0.0
+        width = end - start
+        token_time = (self._period or 0.0) / (w.limit or 1)
+        if reserve > 1 and width <= max(token_time, _NARROW_RTTS * self._rtt):
+            return start, width / (reserve - 1)
+        return start + width / reserve, width / reserve
+
+    def _gap(self, w: _Window, now: float) -> float:
+        """The pacing gap now: what is left before the boundary, spread until it."""
+        start, _ = self._ladder(w)
+        spendable = self._available(w) - self._reserve(w)
+        if now >= start or spendable <= 0:
+            return 0.0
+        return pace_interval(spendable, start - now)
+
+    def _next_time(self, now: float) -> float | None:
+        """When the next grant may happen (<= now: at once), or None: after an event."""
+        if self._frozen_until is not None:
+            return self._frozen_until
+        earliest = now
+        if self._rate is not None and len(self._rate_log) >= self._rate[0]:
+            earliest = max(earliest, self._rate_log[0] + self._rate[1])
+        if self._mode == "open":
+            return earliest
+        if self._mode == "probe":
+            return None if self._probe_out else earliest
+        w = self._window
+        assert w is not None
+        available = self._available(w)
+        if available <= 0:
+            return max(earliest, w.hi)
+        start, end = self._ladder(w)
+        reserve = self._reserve(w)
+        spendable = available - reserve
+        if now < start and spendable > 0:
+            # Spread the spendable budget until the boundary; allow a small burst.
+            gap = pace_interval(spendable, start - now)
+            burst = max(1, int(spendable * _BURST_FRACTION))
+            return max(earliest, self._tat - (burst - 1) * gap)
+        if now < start:
+            return max(earliest, start)
+        if spendable > 0:
+            # Past the earliest possible end with budget to spare: spend it until ``end``.
+            return max(earliest, self._last_grant + max(end - now, 0.0) / available)
+        # At the boundary: the reserve goes out as probes spaced across [start, end].
+        first, step = self._probe_plan(w, start, end, reserve)
+        return max(earliest, first, self._last_grant + step)
+
+    def _may_grant(self, now: float) -> bool:
+        when = self._next_time(now)
+        return when is not None and when <= now
+
+    def _estimate_wait(self, now: float, position: int) -> float:
+        """Rough seconds until the ``position``-th next grant (1 = the next one)."""
+        start = now
+        if self._frozen_until is not None and self._frozen_until > now:
+            start = self._frozen_until
+        t = start
+        w = self._window if start == now else None
+        limit = w.limit if w is not None else None
+        if w is not None:
+            available = max(self._available(w), 0)
+            if position <= available:
+                t = max(t, now + position * self._gap(w, now))
+            else:
+                extra = position - available
+                per_window = limit or max(available, 1)
+                period = self._period or self._cooldown
+                t = max(t, w.hi + (extra - 1) // per_window * period)
+        if self._rate is not None:
+            count, per = self._rate
+            log = list(self._rate_log)
+            free = count - len(log)
+            if position > free:
+                j = position - free  # j-th grant that must wait for the log to slide
+                virtual = log + [now] * max(free, 0)
+                t = max(t, virtual[(j - 1) % count] + ((j - 1) // count + 1) * per)
+        return max(t - now, 0.0)
+
+    # ------------------------------------------------------------------ dispatching
+
+    def _dispatch(self) -> None:
+        """Grant every waiter that may go now, then arm the timer for the next one."""
+        if self._dispatching:
+            self._redispatch = True  # e.g. an on_wait hook called freeze()
+            return
+        if self._closed:
+            return
+        self._dispatching = True
+        try:
+            again = True
+            while again:
+                self._redispatch = False
+                self._dispatch_once()
+                again = self._redispatch
+        finally:
+            self._dispatching = False
+
+    def _dispatch_once(self) -> None:
+        now = self._clock.monotonic()
+        self._advance(now)
+        self._expire(now)
+        while self._live:
+            when = self._next_time(now)
+            if when is None or when > now:
+                break
+            waiter = self._pop()
+            waited = now - waiter.enqueued_at
+            slot = self._grant(waiter.priority, now, waited=waited)
+            waiter.fut.set_result(slot)
+            self._note_wait(waiter, waited)
+        self._arm(self._timer_due(now))
+
+    def _pop(self) -> _Waiter:
+        while True:
+            _, _, waiter = heapq.heappop(self._heap)
+            if waiter.alive:
+                self._kill(waiter)
+                return waiter
+
+    def _note_wait(self, waiter: _Waiter, waited: float) -> None:
+        self._n_waits += 1
+        self._wait_total += waited
+        self._wait_max = max(self._wait_max, waited)
+        if waited > LOG_WAIT_OVER:
+            logger.info(
+                "rate limit: a %s request waited %.1fs (%s)",
+                waiter.priority.name.lower(),
+                waited,
+                waiter.reason,
+            )
+        if self._on_wait is not None:
+            try:
+                self._on_wait(waited, waiter.priority)
+            except Exception:
+                logger.exception("on_wait hook failed")
+
+    def _expire(self, now: float) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, waiter = heapq.heappop(self._deadlines)
+            if not waiter.alive:
+                continue
+            position = sum(self._live_by_priority[: waiter.priority + 1])
+            self._kill(waiter)
+            self._n_expired += 1
+            estimate = self._estimate_wait(now, position)
+            waiter.fut.set_exception(RateLimitedError(estimate, self._clock.time() + estimate))
+
+    def _timer_due(self, now: float) -> float | None:
+        """When the timer must next run, or None when only an event can make progress."""
+        if not self._live:
+            return None
+        due = self._next_time(now)
+        while self._deadlines and not self._deadlines[0][2].alive:
+            heapq.heappop(self._deadlines)
+        if self._deadlines:
+            deadline = self._deadlines[0][0]
+            due = deadline if due is None else min(due, deadline)
+        return due
+
+    # ------------------------------------------------------------------ the timer
+
+    def _arm(self, due: float | None) -> None:
+        self._timer_target = due
+        task = self._timer
+        if task is not None and task.done():
+            task = self._timer = None
+        if task is None:
+            if due is not None:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:  # no loop, so nobody can be waiting
+                    return
+                self._timer = loop.create_task(self._run_timer(), name="zapier_async.limiter")
+            return
+        sleeping = self._timer_sleeping
+        if sleeping is not None and (due is None or due < sleeping):
+            self._wake_timer(task)
+
+    def _wake_timer(self, task: asyncio.Task[None]) -> None:
+        # The timer sleeps on the injected clock, which has no "wake early", so an earlier
+        # deadline interrupts the sleep with a cancellation that the loop absorbs.
+        if task is asyncio.current_task() or self._wake_pending:
+            return
+        self._wake_pending = True
+        task.cancel()
+
+    async def _run_timer(self) -> None:
+        me = asyncio.current_task()
+        try:
+            while not self._closed:
+                due = self._timer_target
+                if due is None:
+                    return
+                delay = due - self._clock.monotonic()
+                if delay > 0:
+                    self._timer_sleeping = due
+                    try:
+                        await self._clock.sleep(delay)
+                    except asyncio.CancelledError:
+                        if not self._wake_pending or self._closed:
+                            raise
+                        self._wake_pending = False
+                        if me is not None and hasattr(me, "uncancel"):
+                            me.uncancel()
+                        continue
+                    finally:
+                        self._timer_sleeping = None
+                self._dispatch()
+        finally:
+            self._wake_pending = False
+            if self._timer is me:
+                self._timer = None
