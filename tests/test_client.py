@@ -372,3 +372,69 @@ async def test_the_create_request_never_leaks_the_token_into_recorded_errors(fak
     assert "tok-XYZ-secret" not in str(info.value)
     recorded = json.dumps([dict(r.headers) for r in fake.requests])
     assert "tok-XYZ-secret" not in recorded
+
+
+# --- the rate budget --------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_web_app_fails_fast_when_the_budget_is_spent():
+    async with FakeZapier(rate_limit=(3, 60.0), durations=math.inf) as fake:
+        async with client_for(fake, max_rate_limit_wait=0.5) as client:
+            sent = [
+                await client.run("core:x", authentication=None, inputs={"n": n}) for n in (1, 2)
+            ]
+            creates_before = fake.stats.requests_by_endpoint["create"]
+            with pytest.raises(za.RateLimitedError) as info:
+                for n in range(3, 10):
+                    await client.run("core:x", authentication=None, inputs={"n": n})
+            assert info.value.retry_after > 0.5
+            assert info.value.retry_at > 1e9  # wall-clock epoch seconds
+            for h in sent:
+                h.cancel()
+        stats = fake.stats
+    assert stats.rate_limited == 0  # refused locally: no 429 was collected
+    assert stats.requests <= 3
+    assert stats.requests_by_endpoint["create"] >= creates_before
+
+
+@pytest.mark.asyncio
+async def test_on_rate_limited_reports_waits_and_no_429_is_collected():
+    waits: list[tuple[float, za.Priority]] = []
+    async with FakeZapier(rate_limit=(10, 0.5), durations=0.0) as fake:
+        async with client_for(
+            fake, max_rate_limit_wait=None, on_rate_limited=lambda s, p: waits.append((s, p))
+        ) as client:
+
+            async def one(n: int) -> za.Run:
+                return await (await client.run("core:x", authentication=None, inputs={"n": n}))
+
+            runs = await asyncio.gather(*(one(n) for n in range(12)))
+        assert len(runs) == 12
+        assert fake.stats.rate_limited == 0
+    assert waits
+    assert all(seconds > 0 for seconds, _ in waits)
+
+
+def test_limiter_knobs_are_refused_with_a_shared_limiter():
+    shared = za.Limiter()
+    with pytest.raises(errors.InvalidRequestError, match="shared Limiter"):
+        za.ZapierClient(auth=za.BearerToken("t"), limiter=shared, rate_limit=(60, 60.0))
+
+
+@pytest.mark.asyncio
+async def test_two_clients_sharing_a_limiter_share_one_budget():
+    async with FakeZapier(rate_limit=(8, 0.5), durations=0.0) as fake:
+        shared = za.Limiter()
+        async with (
+            client_for(fake, limiter=shared, max_rate_limit_wait=None) as a,
+            client_for(fake, limiter=shared, max_rate_limit_wait=None) as b,
+        ):
+
+            async def go(client: za.ZapierClient, n: int) -> za.Run:
+                return await (await client.run("core:x", authentication=None, inputs={"n": n}))
+
+            await asyncio.gather(*(go(a if n % 2 else b, n) for n in range(12)))
+        await shared.aclose()
+        assert fake.stats.rate_limited == 0
+        assert fake.stats.runs_created == 12

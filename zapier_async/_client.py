@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -106,6 +106,12 @@ class ZapierClient:
         max_poll_failures: Consecutive failed polls (after retries) before a handle fails with
             the last error.
         rng: Random source for jitter (seed it for reproducible tests).
+        rate_limit: A budget known beforehand, ``(requests, per_seconds)``, e.g.
+            ``(60, 60.0)`` for the Partner API's per-IP limit; without it the limiter learns
+            the budget from `X-RateLimit-*` headers. Only for the client's own limiter.
+        on_rate_limited: Called as ``on_rate_limited(seconds, priority)`` whenever a request
+            had to wait for the rate budget (waits over a second are also logged at INFO).
+            Only for the client's own limiter.
     """
 
     def __init__(
@@ -124,6 +130,8 @@ class ZapierClient:
         max_concurrent_polls: int = 64,
         max_poll_failures: int = 5,
         rng: random.Random | None = None,
+        rate_limit: tuple[int, float] | None = None,
+        on_rate_limited: Callable[[float, Priority], None] | None = None,
     ) -> None:
         if not isinstance(auth, AuthProvider):
             raise errors.InvalidRequestError(
@@ -143,8 +151,17 @@ class ZapierClient:
         self._transport: Transport = (
             transport if transport is not None else AiohttpTransport(session)
         )
+        if limiter is not None and (rate_limit is not None or on_rate_limited is not None):
+            raise errors.InvalidRequestError(
+                "rate_limit and on_rate_limited configure the client's own limiter; "
+                "pass them to the shared Limiter instead"
+            )
         self._owns_limiter = limiter is None
-        self._limiter = limiter if limiter is not None else Limiter(clock=self._clock)
+        self._limiter = (
+            limiter
+            if limiter is not None
+            else Limiter(clock=self._clock, rate=rate_limit, on_wait=on_rate_limited)
+        )
         self._poll_policy = poll_policy if poll_policy is not None else PollPolicy()
         self._retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
         self._retry_budget = RetryBudget()

@@ -135,7 +135,6 @@ class RunHandle:
         deadline = None
         if timeout is not None:
             deadline = self._poller.call_later(timeout, self._expire, waiter, float(timeout))
-        self._poller.awaited(self)
         try:
             return await waiter
         finally:
@@ -152,7 +151,6 @@ class RunHandle:
         """
         queue: asyncio.Queue[object] = asyncio.Queue()
         self._listeners.append(queue)
-        self._poller.awaited(self)
         try:
             last = self._status
             yield last

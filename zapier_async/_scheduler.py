@@ -121,11 +121,6 @@ class Poller:
         """Stop polling `handle` (an in-flight poll's answer will be ignored by the handle)."""
         self._cancel_timer(handle)
 
-    def awaited(self, handle: RunHandle) -> None:
-        """Someone started awaiting `handle`: a poll that is due soon moves to the front."""
-        # Nothing to do eagerly: the handle's `awaited` flag is read when its poll starts.
-        # Bringing the poll forward would spend budget; the policy decides the cadence.
-
     @property
     def scheduled(self) -> int:
         """Timers in the heap (including cancelled ones not yet dropped)."""
