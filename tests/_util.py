@@ -32,3 +32,17 @@ async def drive(clock: FakeClock, predicate: Callable[[], bool], *, steps: int =
         if deadline is not None:
             await clock.advance_to(deadline)
     raise AssertionError(f"condition not reached after {steps} clock steps")
+
+
+async def eventually(predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
+    """Wait until `predicate()` holds, for conditions that depend on real I/O (loopback HTTP).
+
+    Checks every millisecond and fails loudly after `timeout` seconds; it waits on an
+    observable condition, never for a guessed duration.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not reached within {timeout}s")
+        await asyncio.sleep(0.001)

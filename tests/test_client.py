@@ -385,9 +385,13 @@ async def test_a_web_app_fails_fast_when_the_budget_is_spent():
                 await client.run("core:x", authentication=None, inputs={"n": n}) for n in (1, 2)
             ]
             creates_before = fake.stats.requests_by_endpoint["create"]
-            with pytest.raises(za.RateLimitedError) as info:
+
+            async def keep_submitting() -> None:
                 for n in range(3, 10):
                     await client.run("core:x", authentication=None, inputs={"n": n})
+
+            with pytest.raises(za.RateLimitedError) as info:
+                await keep_submitting()
             assert info.value.retry_after > 0.5
             assert info.value.retry_at > 1e9  # wall-clock epoch seconds
             for h in sent:

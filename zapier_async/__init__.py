@@ -10,54 +10,117 @@ Start a Zapier action, await its outcome, and stay inside the rate budget::
 """
 
 from . import errors
-from ._auth import AuthProvider, BearerToken
+from ._actions import CallbackPolling, LongPoll
+from ._auth import AuthContext, AuthProvider, BearerToken, ClientCredentials, PartnerTokenExchange
 from ._backoff import PollPolicy, RetryPolicy
+from ._bulk import Outcome, RunMany, RunRequest
 from ._client import ZapierClient
 from ._clock import Clock, SystemClock
 from ._handle import RunHandle
 from ._limiter import Limiter, Priority
+from ._metrics import (
+    Event,
+    EventListener,
+    Metrics,
+    RateLimitEvent,
+    RequestEvent,
+    RetryEvent,
+    RunEvent,
+)
+from ._stored import StoredActions
 from ._transport import AiohttpTransport, Transport
 from .errors import (
+    ActionNotFoundError,
     APIError,
     DecodeError,
     InvalidRequestError,
+    NoConnectionError,
     OutcomeUnknownError,
     RateLimitedError,
     RunDetachedError,
     RunFailedError,
     RunTimeoutError,
+    TokenRequestError,
     TransportError,
     ZapierError,
 )
-from .models import Run, RunErrorCode, RunErrorDetail, RunStatus
+from .models import (
+    Action,
+    ActionType,
+    Choice,
+    ChoicePage,
+    Connection,
+    FieldFormat,
+    Fieldset,
+    InfoField,
+    InputField,
+    OutputField,
+    Run,
+    RunErrorCode,
+    RunErrorDetail,
+    RunStatus,
+    StoredAction,
+    ValueType,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "APIError",
+    "Action",
+    "ActionNotFoundError",
+    "ActionType",
     "AiohttpTransport",
+    "AuthContext",
     "AuthProvider",
     "BearerToken",
+    "CallbackPolling",
+    "Choice",
+    "ChoicePage",
+    "ClientCredentials",
     "Clock",
+    "Connection",
     "DecodeError",
+    "Event",
+    "EventListener",
+    "FieldFormat",
+    "Fieldset",
+    "InfoField",
+    "InputField",
     "InvalidRequestError",
     "Limiter",
+    "LongPoll",
+    "Metrics",
+    "NoConnectionError",
+    "Outcome",
     "OutcomeUnknownError",
+    "OutputField",
+    "PartnerTokenExchange",
     "PollPolicy",
     "Priority",
+    "RateLimitEvent",
     "RateLimitedError",
+    "RequestEvent",
+    "RetryEvent",
     "RetryPolicy",
     "Run",
     "RunDetachedError",
     "RunErrorCode",
     "RunErrorDetail",
+    "RunEvent",
     "RunFailedError",
     "RunHandle",
+    "RunMany",
+    "RunRequest",
     "RunStatus",
     "RunTimeoutError",
+    "StoredAction",
+    "StoredActions",
     "SystemClock",
+    "TokenRequestError",
     "Transport",
     "TransportError",
+    "ValueType",
     "ZapierClient",
     "ZapierError",
     "__version__",

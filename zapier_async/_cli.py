@@ -1,29 +1,124 @@
 """The command line: ``python -m zapier_async`` / ``zapier-async``.
 
-``demo`` starts the emulator in-process and fans runs out through the public API, so a fresh
-checkout shows the library working without a Zapier account.
+Commands:
+
+- ``demo``: start the emulator in-process, fan 1,000 runs out through `run_many` with a
+  progress bar, print the client's metrics as a table. No Zapier account needed.
+- ``run ACTION [--auth ID] [--input k=v ...]``: start one run and wait for its outcome.
+- ``bulk FILE.jsonl [--output OUT.jsonl] [--resume]``: one request per line, one outcome
+  per line out (flushed line by line), resumable without duplicate submissions.
+- ``serve-fake``: run the emulator for other tools; prints its URL, stops on SIGINT/SIGTERM.
+
+Credentials come from the environment: ``ZAPIER_TOKEN`` (a bearer token) and
+``ZAPIER_BASE_URL`` (default ``https://api.zapier.com``); ``--base-url`` overrides the latter.
+Tokens are never accepted on the command line (other users can read argv).
+
+Exit codes (`EXIT_CODES`): 0 every run succeeded; 1 some runs failed (run error, API
+refusal, bad input line); 2 usage error; 3 authentication or permission refused; 4 rate
+limited; 5 transport failure or outcome unknown (includes runs whose outcome could not be
+read, and ``run --timeout`` running out); 130 interrupted. When a bulk job has several
+kinds of failure the most serious wins, in the order 3, 5, 4, 1.
+
+Resumable bulk jobs
+-------------------
+With ``--output OUT``, ``bulk`` keeps a journal next to it (``OUT.journal``): a ``sending``
+line (the input line number) is written and flushed right before each create goes on the
+wire, and a ``submitted`` line (line number and run id) as soon as Zapier returned the id.
+Outcome lines carry the input line number and the run id. ``--resume`` reads both files
+(dropping a line torn by a crash) and, for each input line:
+
+- an outcome exists: skipped;
+- ``submitted`` but no outcome: the run is followed by id, never re-sent;
+- ``sending`` but no ``submitted``: the create may have reached Zapier and its answer was
+  lost: recorded as outcome unknown (exit 5), never re-sent, because a duplicate run is a
+  duplicate email to a real person;
+- nothing: submitted.
+
+So a job killed at any instant ends, after one ``--resume``, with exactly one outcome per
+input line and no run submitted twice.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib
+import json
+import os
 import random
+import signal
 import sys
 import time
-from collections import Counter
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Final, Protocol, TextIO
 
 import anyio
 
 from . import errors
 from ._auth import BearerToken
 from ._backoff import PollPolicy
-from ._client import ZapierClient
+from ._bulk import Outcome, RunRequest
+from ._client import DEFAULT_BASE_URL, ZapierClient
+from ._metrics import Metrics, error_code
+from .models import Run
 from .testing import FakeZapier
 
-__all__ = ["main"]
+__all__ = ["EXIT_CODES", "main"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_AUTH: Final = 3
+EXIT_RATE_LIMITED: Final = 4
+EXIT_UNKNOWN: Final = 5
+EXIT_INTERRUPTED: Final = 130
+
+EXIT_CODES: Final[Mapping[int, str]] = {
+    EXIT_OK: "every run succeeded",
+    EXIT_FAILED: "some runs failed (run error, API refusal, bad input)",
+    EXIT_USAGE: "usage error (bad arguments, unreadable or existing files)",
+    EXIT_AUTH: "authentication or permission refused (or no ZAPIER_TOKEN)",
+    EXIT_RATE_LIMITED: "rate limited",
+    EXIT_UNKNOWN: "transport failure or outcome unknown",
+    EXIT_INTERRUPTED: "interrupted (resume a bulk job with --resume)",
+}
+"""Exit code -> meaning, as documented in ``--help``."""
+
+# Which exit code wins when a bulk job saw several kinds of failure: higher is worse.
+_SEVERITY: Final = {EXIT_OK: 0, EXIT_FAILED: 1, EXIT_RATE_LIMITED: 2, EXIT_UNKNOWN: 3, EXIT_AUTH: 4}
+
+DEMO_ACTION: Final = "core:demo_send_email"
+
+
+def exit_code_for(exc: BaseException | None) -> int:
+    """The exit code class of one failure (None: success)."""
+    if exc is None:
+        return EXIT_OK
+    if isinstance(exc, (errors.AuthenticationError, errors.PermissionDeniedError)):
+        return EXIT_AUTH
+    if isinstance(exc, (errors.RateLimitedError, errors.TooManyRequestsError)):
+        return EXIT_RATE_LIMITED
+    if isinstance(
+        exc,
+        (
+            errors.TransportError,
+            errors.OutcomeUnknownError,
+            errors.RunDetachedError,
+            errors.RunTimeoutError,
+            errors.ServerError,
+        ),
+    ):
+        return EXIT_UNKNOWN
+    return EXIT_FAILED
+
+
+def _worse(a: int, b: int) -> int:
+    return a if _SEVERITY.get(a, 0) >= _SEVERITY.get(b, 0) else b
+
+
+# --- argument parsing ---------------------------------------------------------------------------
 
 
 def _parse_rate(text: str) -> tuple[int, float]:
@@ -39,42 +134,195 @@ def _parse_rate(text: str) -> tuple[int, float]:
     return limit, seconds
 
 
+def _parse_durations(text: str) -> float | tuple[float, float]:
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SECONDS or LOW,HIGH, got {text!r}") from None
+    if len(parts) == 1 and parts[0] >= 0:
+        return parts[0]
+    if len(parts) == 2 and 0 <= parts[0] <= parts[1]:
+        return parts[0], parts[1]
+    raise argparse.ArgumentTypeError(f"expected SECONDS or LOW,HIGH with LOW <= HIGH: {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _parse_input(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw  # not JSON: the text as is
+    return key, value
+
+
 def _build_parser() -> argparse.ArgumentParser:
+    epilog = "exit codes:\n" + "\n".join(
+        f"  {code:>3}  {text}" for code, text in EXIT_CODES.items()
+    )
+    epilog += (
+        "\n\nenvironment:\n  ZAPIER_TOKEN     bearer token (run, bulk)\n"
+        f"  ZAPIER_BASE_URL  API root (default {DEFAULT_BASE_URL})"
+    )
     parser = argparse.ArgumentParser(
-        prog="zapier-async", description="An asyncio client for Zapier's action-run APIs."
+        prog="zapier-async",
+        description="An asyncio client for Zapier's action-run APIs.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
     demo = sub.add_parser(
         "demo",
-        help="run actions against an in-process Zapier emulator and print a summary",
-        description="Start FakeZapier on 127.0.0.1, fan out runs through ZapierClient, "
-        "and print what happened.",
-    )
-    demo.add_argument("--runs", type=int, default=200, help="how many runs (default 200)")
-    demo.add_argument(
-        "--concurrency", type=int, default=100, help="runs in flight at most (default 100)"
+        help="run actions against an in-process Zapier emulator and print the metrics",
+        description="Start FakeZapier on 127.0.0.1 with a rate limit and injected faults, fan "
+        "runs out through ZapierClient.run_many with a progress bar, and print the metrics.",
     )
     demo.add_argument(
-        "--error-rate", type=float, default=0.05, help="share of runs that fail (default 0.05)"
+        "--runs", type=_positive_int, default=1000, help="how many runs (default 1000)"
+    )
+    demo.add_argument(
+        "--concurrency", type=_positive_int, default=200, help="runs in flight (default 200)"
+    )
+    demo.add_argument(
+        "--error-rate",
+        type=_probability,
+        default=0.05,
+        help="share of runs that end with an error (default 0.05)",
+    )
+    demo.add_argument(
+        "--fault-rate",
+        type=_probability,
+        default=0.01,
+        help="share of requests hit by an injected fault: 5xx, reset, non-JSON (default 0.01)",
     )
     demo.add_argument(
         "--rate-limit",
         type=_parse_rate,
-        default=None,
+        default=(500, 1.0),
         metavar="LIMIT/SECONDS",
-        help="make the emulator enforce a rate limit, e.g. 100/1",
+        help="the emulator's rate limit (default 500/1, a scaled-down Zapier window)",
     )
     demo.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    run = sub.add_parser(
+        "run",
+        help="start one action run and wait for its outcome",
+        description="Start one run (POST /v2/action-runs) and wait for its outcome. "
+        "Credentials: ZAPIER_TOKEN, ZAPIER_BASE_URL.",
+    )
+    run.add_argument("action", help="the action id from Get Actions, e.g. core:abc123")
+    run.add_argument(
+        "--auth", default=None, help="the authentication (connection) id; omit for none"
+    )
+    run.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        type=_parse_input,
+        default=[],
+        metavar="KEY=VALUE",
+        help="an input field; VALUE is parsed as JSON when it is valid JSON (repeatable)",
+    )
+    run.add_argument("--callback-url", default=None, help="an https URL for the outcome")
+    run.add_argument(
+        "--timeout", type=float, default=None, help="seconds to wait for the outcome at most"
+    )
+    run.add_argument("--base-url", default=None, help="overrides ZAPIER_BASE_URL")
+    run.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+    bulk = sub.add_parser(
+        "bulk",
+        help="run one request per JSONL line; outcomes as JSONL; resumable",
+        description="Read one request per line (a JSON object with action, authentication, "
+        "inputs, and optionally callback_url and key), write one outcome per line (with the "
+        "input line number and the run id), flushed as each run ends. With --output, a "
+        "journal OUT.journal makes --resume safe: nothing is submitted twice.",
+    )
+    bulk.add_argument("file", type=Path, help="the JSONL file of requests")
+    bulk.add_argument(
+        "--output", "-o", type=Path, default=None, help="write outcomes here (default stdout)"
+    )
+    bulk.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted job: skip lines with an outcome in --output, follow "
+        "submitted runs by id, never re-send a create that may have reached Zapier",
+    )
+    bulk.add_argument(
+        "--concurrency", type=_positive_int, default=50, help="runs in flight (default 50)"
+    )
+    bulk.add_argument("--base-url", default=None, help="overrides ZAPIER_BASE_URL")
+    bulk.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    bulk.add_argument("--json", action="store_true", help="print the summary as JSON (stderr)")
+
+    serve = sub.add_parser(
+        "serve-fake",
+        help="run the Zapier emulator until SIGINT/SIGTERM",
+        description="Start FakeZapier, print its URL on the first line of stdout, serve until "
+        "SIGINT or SIGTERM, then print its stats as one JSON line.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")
+    serve.add_argument(
+        "--durations",
+        type=_parse_durations,
+        default=(0.0, 0.05),
+        metavar="SECONDS|LOW,HIGH",
+        help="how long runs take (default 0,0.05)",
+    )
+    serve.add_argument("--error-rate", type=_probability, default=0.0)
+    serve.add_argument("--fault-rate", type=_probability, default=0.0)
+    serve.add_argument("--rate-limit", type=_parse_rate, default=None, metavar="LIMIT/SECONDS")
+    serve.add_argument(
+        "--token",
+        dest="tokens",
+        action="append",
+        default=None,
+        help="accept only this bearer token (repeatable; default: any)",
+    )
+    serve.add_argument("--seed", type=int, default=None)
     return parser
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+
+class _ProgressBar(Protocol):
+    def update(self, *, failed: bool) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class _Progress:
     """A dependency-free progress line on a stream (a bar on a terminal, lines otherwise)."""
 
-    def __init__(self, total: int, stream: TextIO) -> None:
+    def __init__(self, total: int, stream: TextIO, *, initial: int = 0) -> None:
         self.total = total
         self.stream = stream
-        self.done = 0
+        self.done = initial
         self.failed = 0
         self.tty = stream.isatty()
         self._last_decile = -1
@@ -86,41 +334,205 @@ class _Progress:
             width = 30
             filled = width * self.done // max(1, self.total)
             bar = "#" * filled + "." * (width - filled)
-            self.stream.write(
-                f"\r[{bar}] {self.done}/{self.total}  failed {self.failed}"
-                + ("\n" if self.done == self.total else "")
-            )
+            self.stream.write(f"\r[{bar}] {self.done}/{self.total}  failed {self.failed}")
             self.stream.flush()
         else:
             decile = 10 * self.done // max(1, self.total)
             if decile != self._last_decile:
                 self._last_decile = decile
                 self.stream.write(f"{self.done}/{self.total} done, {self.failed} failed\n")
+                self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
+class _TqdmProgress:
+    """The progress bar of `tqdm`, when it is installed."""
+
+    def __init__(self, tqdm: Any, total: int, stream: TextIO, *, initial: int = 0) -> None:
+        self._bar = tqdm(total=total, initial=initial, file=stream, unit="run", leave=True)
+        self._failed = 0
+
+    def update(self, *, failed: bool) -> None:
+        if failed:
+            self._failed += 1
+            self._bar.set_postfix(failed=self._failed, refresh=False)
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class _NoProgress:
+    def update(self, *, failed: bool) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _make_progress(total: int, stream: TextIO, *, initial: int = 0) -> _ProgressBar:
+    """tqdm when installed (``pip install tqdm``), else a plain progress line."""
+    try:
+        tqdm = importlib.import_module("tqdm").tqdm
+    except (ImportError, AttributeError):
+        return _Progress(total, stream, initial=initial)
+    return _TqdmProgress(tqdm, total, stream, initial=initial)
+
+
+# --- output helpers -----------------------------------------------------------------------------
+
+
+def _fmt_seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def _fmt_share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _fmt_counts(counts: Mapping[Any, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.items()) or "-"
+
+
+def metrics_rows(m: Metrics) -> list[tuple[str, str]]:
+    """The metrics summary as (name, value) rows."""
+    return [
+        ("runs started", f"{m.runs_started}"),
+        ("runs succeeded", f"{m.runs_succeeded}"),
+        ("runs failed", f"{m.runs_failed}"),
+        ("runs in flight", f"{m.runs_in_flight}"),
+        ("outcome unknown", f"{m.outcome_unknown}"),
+        ("success / failure rate", f"{_fmt_share(m.success_rate)} / {_fmt_share(m.failure_rate)}"),
+        ("runs per day (at this rate)", f"{m.runs_per_day:,.0f}"),
+        (
+            "latency avg / p50 / p95 / max",
+            " / ".join(
+                _fmt_seconds(v)
+                for v in (m.latency_mean, m.latency_p50, m.latency_p95, m.latency_max)
+            ),
+        ),
+        ("polls per run", "-" if m.polls_per_run is None else f"{m.polls_per_run:.2f}"),
+        ("requests by endpoint", _fmt_counts(m.requests_by_endpoint)),
+        ("responses by status", _fmt_counts(m.responses_by_status)),
+        ("transport errors / retries", f"{m.transport_errors} / {m.retries}"),
+        ("429 responses", f"{m.rate_limited}"),
+        (
+            "limiter waits (total / max)",
+            f"{m.limiter_waits} ({m.limiter_wait_total:.2f} s / {m.limiter_wait_max:.2f} s)",
+        ),
+        ("errors by code", _fmt_counts(m.errors_by_code)),
+    ]
+
+
+def _write_table(stream: TextIO, title: str, rows: Sequence[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    stream.write(f"\n{title}\n")
+    for key, value in rows:
+        stream.write(f"  {key.ljust(width)}  {value}\n")
+    stream.flush()
+
+
+def _error_record(exc: BaseException) -> dict[str, Any]:
+    return {
+        "type": type(exc).__name__,
+        "code": error_code(exc),
+        "message": str(exc),
+        "exit_code": exit_code_for(exc),
+    }
+
+
+def _run_record(run: Run | None) -> dict[str, Any]:
+    if run is None:
+        return {"status": None, "results": None, "errors": []}
+    return {
+        "status": run.status.value,
+        "results": run.results,
+        "errors": [
+            {
+                "code": None if e.code is None else e.code.value,
+                "title": e.title,
+                "detail": e.detail,
+                "delay": e.delay,
+            }
+            for e in run.errors
+        ],
+    }
+
+
+def outcome_record(
+    *, line: int | None, key: Any, run_id: str | None, run: Run | None, error: BaseException | None
+) -> dict[str, Any]:
+    """One outcome as the JSON object ``bulk`` writes (and ``run --json`` prints)."""
+    record: dict[str, Any] = {"line": line, "key": key, "ok": error is None, "run_id": run_id}
+    record.update(_run_record(run))
+    record["error"] = None if error is None else _error_record(error)
+    return record
+
+
+def _dumps(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), default=str)
+
+
+# --- credentials ---------------------------------------------------------------------------------
+
+
+class _UsageError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _client_from_env(base_url: str | None, **kwargs: Any) -> ZapierClient:
+    token = os.environ.get("ZAPIER_TOKEN", "").strip()
+    if not token:
+        raise _UsageError("ZAPIER_TOKEN is not set: export a Zapier access token", EXIT_AUTH)
+    url = base_url or os.environ.get("ZAPIER_BASE_URL", "").strip() or DEFAULT_BASE_URL
+    try:
+        return ZapierClient(
+            auth=BearerToken(token), base_url=url, max_rate_limit_wait=None, **kwargs
+        )
+    except errors.InvalidRequestError as exc:
+        raise _UsageError(f"bad configuration: {exc}") from None
+
+
+# --- demo ---------------------------------------------------------------------------------------
 
 
 async def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    if args.runs < 1 or args.concurrency < 1:
-        err.write("--runs and --concurrency must be at least 1\n")
-        return 2
-    if not 0.0 <= args.error_rate <= 1.0:
-        err.write("--error-rate must be between 0 and 1\n")
-        return 2
     seed = args.seed if args.seed is not None else random.randrange(2**32)
-    progress = _Progress(args.runs, err)
-    outcomes: Counter[str] = Counter()
-    latencies: list[float] = []
+    progress = _make_progress(args.runs, err)
+
+    def requests() -> Iterator[RunRequest]:
+        for i in range(args.runs):
+            yield RunRequest(
+                action=DEMO_ACTION,
+                authentication="demo_auth",
+                inputs={"to": f"user{i}@example.com", "subject": f"Hello #{i}"},
+                key=i,
+            )
+
+    outcomes = 0
     async with FakeZapier(
-        durations=(0.2, 1.5), error_rate=args.error_rate, rate_limit=args.rate_limit, seed=seed
+        durations=(0.2, 1.5),
+        error_rate=args.error_rate,
+        fault_rate=args.fault_rate,
+        rate_limit=args.rate_limit,
+        seed=seed,
+        record_requests=False,
     ) as fake:
-        err.write(f"emulator on {fake.url} (seed {seed}); {args.runs} runs\n")
+        limit = (
+            "no rate limit"
+            if args.rate_limit is None
+            else "rate limit {}/{:g}s".format(*args.rate_limit)
+        )
+        err.write(
+            f"emulator on {fake.url} (seed {seed}, {limit}, fault rate {args.fault_rate:g}); "
+            f"{args.runs} runs, concurrency {args.concurrency}\n"
+        )
         started = time.perf_counter()
         async with ZapierClient(
             auth=BearerToken("demo-token"),
@@ -129,59 +541,441 @@ async def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             poll_policy=PollPolicy(),
             rng=random.Random(seed),
         ) as client:
-            limit = anyio.Semaphore(args.concurrency)
-
-            async def one(i: int) -> None:
-                async with limit:
-                    t0 = time.perf_counter()
-                    try:
-                        handle = await client.run(
-                            "core:demo_send_email",
-                            authentication="demo_auth",
-                            inputs={"to": f"user{i}@example.com", "subject": f"Hello #{i}"},
-                        )
-                        await handle
-                    except errors.RunFailedError:
-                        outcomes["failed (run error)"] += 1
-                        failed = True
-                    except errors.ZapierError as exc:
-                        outcomes[f"error: {type(exc).__name__}"] += 1
-                        failed = True
-                    else:
-                        outcomes["succeeded"] += 1
-                        failed = False
-                    latencies.append(time.perf_counter() - t0)
-                    progress.update(failed=failed)
-
-            async with anyio.create_task_group() as tg:
-                for i in range(args.runs):
-                    tg.start_soon(one, i)
+            async with client.run_many(
+                requests(),
+                concurrency=args.concurrency,
+                progress=lambda o: progress.update(failed=not o.ok),
+            ) as stream:
+                async for _ in stream:
+                    outcomes += 1
+            metrics = client.metrics()
+        progress.close()
         wall = time.perf_counter() - started
         stats = fake.stats
     rows = [
         ("runs", f"{args.runs}"),
-        *((k, f"{v}") for k, v in sorted(outcomes.items())),
         ("wall time", f"{wall:.2f} s"),
         ("throughput", f"{args.runs / wall:.1f} runs/s"),
-        (
-            "latency p50 / p95 / max",
-            " / ".join(f"{_percentile(latencies, q):.2f} s" for q in (0.5, 0.95, 1.0)),
-        ),
-        ("requests sent", f"{stats.requests}"),
-        ("polls per run", f"{stats.polls / args.runs:.2f}"),
-        ("429 responses", f"{stats.rate_limited}"),
-        ("duplicate submissions", f"{stats.duplicate_submissions}"),
+        *metrics_rows(metrics),
+        ("duplicate submissions (emulator)", f"{stats.duplicate_submissions}"),
     ]
-    width = max(len(k) for k, _ in rows)
-    out.write("\nsummary\n")
-    for key, value in rows:
-        out.write(f"  {key.ljust(width)}  {value}\n")
-    return 0 if outcomes["succeeded"] + outcomes["failed (run error)"] == args.runs else 1
+    if args.json:
+        summary = {
+            "runs": args.runs,
+            "outcomes": outcomes,
+            "wall_time": wall,
+            "seed": seed,
+            "metrics": metrics.as_dict(),
+            "emulator": {
+                "requests": stats.requests,
+                "runs_created": stats.runs_created,
+                "duplicate_submissions": stats.duplicate_submissions,
+                "rate_limited": stats.rate_limited,
+                "faults": dict(stats.faults),
+            },
+        }
+        out.write(json.dumps(summary, default=str) + "\n")
+    else:
+        _write_table(out, "summary", rows)
+    # The demo's faults are part of the show: it succeeds when every run got exactly one
+    # outcome and the emulator saw no duplicate submission.
+    ok = outcomes == args.runs and stats.duplicate_submissions == 0
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+# --- run ----------------------------------------------------------------------------------------
+
+
+async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    client = _client_from_env(args.base_url)
+    run_id: str | None = None
+    run: Run | None = None
+    error: BaseException | None = None
+    async with client:
+        try:
+            handle = await client.run(
+                args.action,
+                authentication=args.auth,
+                inputs=dict(args.inputs),
+                callback_url=args.callback_url,
+                max_rate_limit_wait=None,
+            )
+            run_id = handle.id
+            run = await handle.result(timeout=args.timeout)
+        except errors.InvalidRequestError as exc:
+            raise _UsageError(str(exc)) from None
+        except errors.RunFailedError as exc:
+            run, error = exc.run, exc
+        except errors.ZapierError as exc:
+            error = exc
+    if args.json:
+        record = outcome_record(line=None, key=None, run_id=run_id, run=run, error=error)
+        out.write(_dumps(record) + "\n")
+    else:
+        if run_id is not None:
+            out.write(f"run {run_id}: {run.status.value if run is not None else 'unknown'}\n")
+        if run is not None and run.results:
+            out.write(json.dumps(run.results, indent=2, default=str) + "\n")
+        if error is not None:
+            err.write(f"error: {error}\n")
+    return exit_code_for(error)
+
+
+# --- bulk ---------------------------------------------------------------------------------------
+
+
+def _read_complete_lines(path: Path) -> Iterator[str]:
+    """The complete (newline-terminated) lines of `path`; a torn last line is cut off."""
+    if not path.exists():
+        return
+    with path.open("rb+") as fh:
+        data_end = fh.seek(0, os.SEEK_END)
+        if data_end:
+            # Find the end of the last complete line, reading backwards in blocks.
+            pos = data_end
+            keep = 0
+            while pos > 0:
+                step = min(65536, pos)
+                pos -= step
+                fh.seek(pos)
+                block = fh.read(step)
+                nl = block.rfind(b"\n")
+                if nl >= 0:
+                    keep = pos + nl + 1
+                    break
+            if keep != data_end:
+                fh.truncate(keep)  # a line torn by a crash: it never happened
+        fh.seek(0)
+        for raw in fh:
+            yield raw.decode("utf-8", errors="replace")
+
+
+class _Flags:
+    """A growable bit set of line numbers (memory: one bit per input line)."""
+
+    __slots__ = ("_bits", "count")
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+        self.count = 0
+
+    def add(self, n: int) -> None:
+        byte, bit = divmod(n, 8)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte - len(self._bits) + 1))
+        if not self._bits[byte] >> bit & 1:
+            self._bits[byte] |= 1 << bit
+            self.count += 1
+
+    def __contains__(self, n: int) -> bool:
+        byte, bit = divmod(n, 8)
+        return byte < len(self._bits) and bool(self._bits[byte] >> bit & 1)
+
+
+class _Job:
+    """One bulk job's files and bookkeeping."""
+
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+        self.args = args
+        self.err = err
+        self.done = _Flags()
+        self.sending: set[int] = set()  # journal: maybe sent, no run id (from a previous run)
+        self.submitted: dict[int, str] = {}  # journal: line -> run id, no outcome yet
+        self.exit = EXIT_OK
+        self.counts = {"succeeded": 0, "failed": 0}
+        self.out_fh: IO[str] = out
+        self.owns_out = False
+        self.journal: IO[str] | None = None
+        self.progress: _ProgressBar = _NoProgress()
+        self.line_of: dict[int, int] = {}  # run_many index -> input line, while in flight
+        self.journaled: set[int] = set()  # indices whose "sending" line is written
+
+    def open(self) -> None:
+        args = self.args
+        output: Path | None = args.output
+        if args.resume and output is None:
+            raise _UsageError("--resume needs --output (the file whose outcomes to resume)")
+        if output is None:
+            return
+        journal = output.with_name(output.name + ".journal")
+        if args.resume:
+            for text in _read_complete_lines(output):
+                line = _record_line(text)
+                if line is not None:
+                    self.done.add(line)
+            for text in _read_complete_lines(journal):
+                try:
+                    entry = json.loads(text)
+                    line, event = int(entry["line"]), entry["event"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if line in self.done:
+                    continue
+                if event == "submitted" and isinstance(entry.get("run_id"), str):
+                    self.submitted[line] = entry["run_id"]
+                elif event == "sending":
+                    self.sending.add(line)
+            self.sending.difference_update(self.submitted)
+        elif output.exists() and output.stat().st_size > 0:
+            raise _UsageError(f"{output} exists: pass --resume to continue that job, or remove it")
+        mode = "a" if args.resume else "w"
+        self.out_fh = output.open(mode, encoding="utf-8")
+        self.owns_out = True
+        self.journal = journal.open(mode, encoding="utf-8")
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.journal is not None:
+            self.journal.close()
+        if self.owns_out:
+            self.out_fh.close()
+        else:
+            self.out_fh.flush()
+
+    def _journal(self, entry: Mapping[str, Any]) -> None:
+        if self.journal is not None:
+            self.journal.write(_dumps(entry) + "\n")
+            self.journal.flush()
+
+    def record(
+        self,
+        line: int,
+        *,
+        key: Any,
+        run_id: str | None,
+        run: Run | None,
+        error: BaseException | None,
+    ) -> None:
+        """Write (and flush) one outcome line."""
+        record = outcome_record(line=line, key=key, run_id=run_id, run=run, error=error)
+        self.out_fh.write(_dumps(record) + "\n")
+        self.out_fh.flush()
+        self.counts["succeeded" if error is None else "failed"] += 1
+        self.exit = _worse(self.exit, exit_code_for(error))
+        self.progress.update(failed=error is not None)
+
+    # run_many hooks
+
+    def on_sending(self, index: int, request: RunRequest) -> None:
+        if index not in self.journaled:  # a re-send after a refusal journals nothing new
+            self.journaled.add(index)
+            self._journal({"line": self.line_of[index], "event": "sending"})
+
+    def on_submitted(self, index: int, request: RunRequest, run_id: str) -> None:
+        self._journal({"line": self.line_of[index], "event": "submitted", "run_id": run_id})
+
+    def on_outcome(self, outcome: Outcome) -> None:
+        line = self.line_of.pop(outcome.index)
+        self.journaled.discard(outcome.index)
+        self.record(
+            line, key=outcome.key, run_id=outcome.run_id, run=outcome.run, error=outcome.error
+        )
+
+
+def _record_line(text: str) -> int | None:
+    try:
+        record = json.loads(text)
+        line = record["line"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return line if isinstance(line, int) and not isinstance(line, bool) else None
+
+
+def _input_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number from 1, text) of every non-blank line, read lazily."""
+    with path.open(encoding="utf-8") as fh:
+        for number, text in enumerate(fh, start=1):
+            if text.strip():
+                yield number, text
+
+
+async def _bulk(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    path: Path = args.file
+    if not await anyio.Path(path).is_file():
+        raise _UsageError(f"{path}: no such file")
+    client = _client_from_env(args.base_url)  # before any file is touched
+    job = _Job(args, out, err)
+    try:
+        job.open()
+        total = sum(1 for _ in _input_lines(path))  # a streaming count, for the progress bar
+        if not args.no_progress:
+            job.progress = _make_progress(total, err, initial=job.done.count)
+        async with client:
+            await _bulk_resume_known(job, client)
+            await _bulk_submit_rest(job, client, path)
+    finally:
+        job.close()
+    if args.json:
+        err.write(
+            _dumps({"exit_code": job.exit, **job.counts, "metrics": client.metrics().as_dict()})
+            + "\n"
+        )
+    else:
+        rows = [
+            ("outcomes written", f"{job.counts['succeeded'] + job.counts['failed']}"),
+            ("succeeded / failed", f"{job.counts['succeeded']} / {job.counts['failed']}"),
+            *metrics_rows(client.metrics()),
+        ]
+        _write_table(err, "summary", rows)
+    return job.exit
+
+
+async def _bulk_resume_known(job: _Job, client: ZapierClient) -> None:
+    """Lines a previous attempt left in flight: follow by id, or record outcome unknown."""
+    for line in sorted(job.sending):
+        job.record(
+            line,
+            key=None,
+            run_id=None,
+            run=None,
+            error=errors.OutcomeUnknownError(
+                "the previous attempt stopped while this create was on the wire",
+                "POST /v2/action-runs",
+                "not re-sent on --resume: the run may exist",
+            ),
+        )
+    if not job.submitted:
+        return
+    limit = anyio.Semaphore(job.args.concurrency)
+
+    async def follow(line: int, run_id: str) -> None:
+        async with limit:
+            run: Run | None = None
+            error: BaseException | None = None
+            try:
+                run = await client.resume(run_id)
+            except errors.RunFailedError as exc:
+                run, error = exc.run, exc
+            except errors.ZapierError as exc:
+                error = exc
+            job.record(line, key=None, run_id=run_id, run=run, error=error)
+
+    async with anyio.create_task_group() as tg:
+        for line, run_id in sorted(job.submitted.items()):
+            tg.start_soon(follow, line, run_id)
+
+
+async def _bulk_submit_rest(job: _Job, client: ZapierClient, path: Path) -> None:
+    skip_sent = job.sending | set(job.submitted)
+
+    def requests() -> Iterator[Any]:
+        index = 0
+        for line, text in _input_lines(path):
+            if line in job.done or line in skip_sent:
+                continue
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                job.record(
+                    line,
+                    key=None,
+                    run_id=None,
+                    run=None,
+                    error=errors.InvalidRequestError(f"not valid JSON: {exc}", f"line {line}"),
+                )
+                continue
+            job.line_of[index] = line
+            index += 1
+            yield data
+
+    async with client.run_many(
+        requests(),
+        concurrency=job.args.concurrency,
+        progress=job.on_outcome,
+        on_sending=job.on_sending,
+        on_submitted=job.on_submitted,
+    ) as outcomes:
+        async for _ in outcomes:
+            pass
+
+
+# --- serve-fake ---------------------------------------------------------------------------------
+
+
+async def _serve_fake(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        fake = FakeZapier(
+            host=args.host,
+            port=args.port,
+            seed=args.seed,
+            durations=args.durations,
+            error_rate=args.error_rate,
+            fault_rate=args.fault_rate,
+            rate_limit=args.rate_limit,
+            tokens=args.tokens,
+            record_requests=False,
+        )
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    async with fake:
+        out.write(fake.url + "\n")
+        out.flush()
+        err.write(f"FakeZapier listening on {fake.url}; stop with Ctrl-C or SIGTERM\n")
+        err.flush()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+    stats = fake.stats
+    out.write(
+        _dumps(
+            {
+                "requests": stats.requests,
+                "requests_by_endpoint": dict(stats.requests_by_endpoint),
+                "runs_created": stats.runs_created,
+                "duplicate_submissions": stats.duplicate_submissions,
+                "rate_limited": stats.rate_limited,
+                "polls": stats.polls,
+            }
+        )
+        + "\n"
+    )
+    out.flush()
+    return EXIT_OK
+
+
+# --- entry point ----------------------------------------------------------------------------------
+
+_COMMANDS: Final = {"demo": _demo, "run": _run, "bulk": _bulk, "serve-fake": _serve_fake}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    args = _build_parser().parse_args(argv)
-    if args.command == "demo":
-        return asyncio.run(_demo(args, sys.stdout, sys.stderr))
-    raise AssertionError(f"unhandled command {args.command}")  # argparse enforces the choice
+    """Run the command line; returns the exit code (see `EXIT_CODES`).
+
+    Args:
+        argv: The arguments (without the program name); default ``sys.argv[1:]``.
+
+    Returns:
+        The process exit code.
+    """
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    command = _COMMANDS[args.command]
+    try:
+        return asyncio.run(command(args, sys.stdout, sys.stderr))
+    except _UsageError as exc:
+        sys.stderr.write(f"zapier-async {args.command}: {exc}\n")
+        return exc.code
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted")
+        if args.command == "bulk" and args.output is not None:
+            sys.stderr.write(
+                f"; continue with: zapier-async bulk {args.file} --output {args.output} --resume"
+            )
+        sys.stderr.write("\n")
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        sys.stderr.write(f"zapier-async {args.command}: {exc}\n")
+        return EXIT_USAGE
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()

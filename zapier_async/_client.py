@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+import attrs
+
+from . import _actions as actions
+from . import _discovery as disco
 from . import _protocol as proto
 from . import errors
-from ._auth import AuthProvider
+from ._auth import AuthContext, AuthProvider
 from ._backoff import (
     Failure,
     PollPolicy,
@@ -20,18 +25,24 @@ from ._backoff import (
     RetryDecision,
     RetryPolicy,
     decide_retry,
-    next_poll_delay,
 )
 from ._clock import Clock, SystemClock
 from ._handle import RunHandle
 from ._limiter import Limiter, Priority
-from ._ratelimit import parse_retry_after
+from ._metrics import EventListener, MeteredTransport, Metrics, _Recorder
+from ._polling import AdaptivePolling
+from ._ratelimit import DEFAULT_COOLDOWN, RateLimitState, parse_retry_after, pause_after
 from ._scheduler import Poller
+from ._stored import StoredActions
 from ._transport import AiohttpTransport, Transport
-from .models import Run, RunStatus
+from .models import Action, ChoicePage, Connection, OutputField, Run, RunStatus
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, Iterable
+
     import aiohttp  # noqa: TID251 (only for the type of a caller-owned session)
+
+    from ._bulk import Outcome, RunMany, RunRequest
 
 __all__ = ["ZapierClient"]
 
@@ -112,6 +123,17 @@ class ZapierClient:
         on_rate_limited: Called as ``on_rate_limited(seconds, priority)`` whenever a request
             had to wait for the rate budget (waits over a second are also logged at INFO).
             Only for the client's own limiter.
+        on_event: Receives every `RequestEvent`, `RetryEvent`, `RateLimitEvent` and
+            `RunEvent` (more with `add_listener`); exceptions it raises are logged, never
+            propagated.
+        long_poll: Read Actions API one-off runs with server-side waiting
+            (`GET /actions/v2/runs/{id}?wait_seconds=N`, see `LongPoll`); runs with a
+            callback are not long-polled. None (default) polls as usual.
+        callback_polling: The safety-net polling cadence of runs created with a
+            `callback_url` (see `CallbackPolling`, and `deliver_callback`).
+        allow_insecure_callback_url_for_testing: Accept ``http://`` loopback callback URLs
+            (e.g. a receiver next to `FakeZapier`). Zapier itself refuses them; never set it
+            against the real API.
     """
 
     def __init__(
@@ -132,6 +154,10 @@ class ZapierClient:
         rng: random.Random | None = None,
         rate_limit: tuple[int, float] | None = None,
         on_rate_limited: Callable[[float, Priority], None] | None = None,
+        on_event: EventListener | None = None,
+        long_poll: actions.LongPoll | None = None,
+        callback_polling: actions.CallbackPolling | None = None,
+        allow_insecure_callback_url_for_testing: bool = False,
     ) -> None:
         if not isinstance(auth, AuthProvider):
             raise errors.InvalidRequestError(
@@ -151,6 +177,10 @@ class ZapierClient:
         self._transport: Transport = (
             transport if transport is not None else AiohttpTransport(session)
         )
+        self._metrics = _Recorder(self._clock)
+        if on_event is not None:
+            self._metrics.listeners.append(on_event)
+        self._transport = MeteredTransport(self._transport, self._metrics, self._clock)
         if limiter is not None and (rate_limit is not None or on_rate_limited is not None):
             raise errors.InvalidRequestError(
                 "rate_limit and on_rate_limited configure the client's own limiter; "
@@ -163,6 +193,7 @@ class ZapierClient:
             else Limiter(clock=self._clock, rate=rate_limit, on_wait=on_rate_limited)
         )
         self._poll_policy = poll_policy if poll_policy is not None else PollPolicy()
+        self._polling = AdaptivePolling(policy=self._poll_policy)
         self._retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
         self._retry_budget = RetryBudget()
         self._request_timeout = float(request_timeout)
@@ -173,7 +204,18 @@ class ZapierClient:
             clock=self._clock, poll=self._poll, max_concurrent_polls=max_concurrent_polls
         )
         self._handles: weakref.WeakValueDictionary[str, RunHandle] = weakref.WeakValueDictionary()
+        self._long_poll = long_poll
+        self._callback_polling = (
+            callback_polling if callback_polling is not None else actions.CallbackPolling()
+        )
+        self._allow_loopback_callback = bool(allow_insecure_callback_url_for_testing)
+        self.stored_actions: StoredActions = StoredActions(self)
+        """Stored actions of the Actions API: create, get, update, delete, list, run, pages."""
         self._closed = False
+        bind = getattr(auth, "bind", None)
+        if callable(bind):
+            # Providers that fetch tokens borrow our transport and clock (see `_auth`).
+            bind(AuthContext(clock=self._clock, send=self._send_auth_request))
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -234,8 +276,11 @@ class ZapierClient:
 
     async def run(
         self,
-        action: str,
+        action: str | None = None,
         *,
+        app: str | None = None,
+        action_key: str | None = None,
+        action_type: str = "WRITE",
         authentication: str | None,
         inputs: Mapping[str, Any] | None = None,
         callback_url: str | None = None,
@@ -246,8 +291,16 @@ class ZapierClient:
         The POST is awaited, so when this returns Zapier has accepted the run and
         `handle.id` is known. Awaiting the handle waits for the outcome.
 
+        Name the action either by `action` (an id you looked up) or by `app` and
+        `action_key`: then a fresh id is looked up with Get Actions right before the run, as
+        Zapier asks (ids change between lookups; keys are stable). The lookup is one more
+        request through the same rate limiter.
+
         Args:
             action: The action id from Get Actions (e.g. ``"core:abc123"``).
+            app: The app id whose action to run (with `action_key`, instead of `action`).
+            action_key: The action's stable key, e.g. ``"send_email"``.
+            action_type: The action's type for the lookup (``"WRITE"``, ``"SEARCH"``, ...).
             authentication: The authentication (connection) id, or None for apps that need
                 none.
             inputs: Input field id to value; must be JSON-serialisable.
@@ -260,16 +313,121 @@ class ZapierClient:
                 was sent.
             OutcomeUnknownError: The POST failed after it may have reached Zapier; it was not
                 re-sent (that could run the action twice).
+            ActionNotFoundError: The app has no action with `action_key` of `action_type`.
             APIError: Zapier refused the request.
         """
         self._ensure_open()
+        if action is not None and (app is not None or action_key is not None):
+            raise errors.InvalidRequestError(
+                "pass either action (an id) or app and action_key, not both", "action"
+            )
+        if action is None:
+            if app is None or action_key is None:
+                raise errors.InvalidRequestError(
+                    "name the action: pass action (an id), or app and action_key", "action"
+                )
+            # Validate everything else first: a bad input must not cost a lookup.
+            proto.create_action_run(
+                action="lookup",
+                authentication=authentication,
+                inputs=inputs,
+                callback_url=callback_url,
+                allow_loopback_callback=self._allow_loopback_callback,
+            )
+            found = await self.find_action(
+                app, action_key, action_type=action_type, max_rate_limit_wait=max_rate_limit_wait
+            )
+            action = found.id
         request = proto.create_action_run(
             action=action,
             authentication=authentication,
             inputs=inputs,
             callback_url=callback_url,
+            allow_loopback_callback=self._allow_loopback_callback,
         )
-        return await self._submit(request, Priority.INTERACTIVE, max_rate_limit_wait)
+        if app is not None:
+            # Looked-up ids change per lookup; learn the action's durations under its key.
+            request = attrs.evolve(request, poll_key=f"{app}/{action_key}/{action_type}")
+        return await self._submit(
+            request, Priority.INTERACTIVE, max_rate_limit_wait, callback=callback_url is not None
+        )
+
+    async def run_action(
+        self,
+        *,
+        selected_api: str,
+        action_key: str,
+        action_type: str,
+        inputs: Mapping[str, Any] | None = None,
+        connection_id: str | None = None,
+        page: str | int | None = None,
+        callback_url: str | None = None,
+        max_rate_limit_wait: float | _Unset | None = _UNSET,
+    ) -> RunHandle:
+        """Start a one-off Actions API run (`POST /actions/v1/runs`) and return its handle.
+
+        The same never-duplicate rules as `run()` apply: the POST is re-sent only when it
+        provably did not reach Zapier. The run is read at `GET /actions/v1/runs/{id}` (HTTP
+        202 means still running), or with long-polls when the client has `long_poll`.
+
+        Args:
+            selected_api: The app implementation, e.g. ``"SlackCLIAPI@1.0.0"``.
+            action_key: The action's stable key.
+            action_type: ``"read"``, ``"write"`` or ``"search"`` (any case; sent lowercase).
+            inputs: Input field id to value; must be JSON-serialisable.
+            connection_id: The connection (authentication) id, or None.
+            page: For bulk reads, the `next_page` of the previous run.
+            callback_url: An https URL Zapier POSTs the outcome to (see `deliver_callback`).
+            max_rate_limit_wait: Overrides the client's cap for this call.
+
+        Raises:
+            InvalidRequestError: Bad input; nothing was sent.
+            RateLimitedError: The budget would not allow sending within the cap.
+            OutcomeUnknownError: The POST may have reached Zapier; it was not re-sent.
+            APIError: Zapier refused the request.
+        """
+        self._ensure_open()
+        request = actions.create_run(
+            selected_api=selected_api,
+            action_key=action_key,
+            action_type=action_type,
+            inputs=inputs,
+            connection_id=connection_id,
+            page=page,
+            callback_url=callback_url,
+            allow_loopback_callback=self._allow_loopback_callback,
+        )
+        return await self._submit(
+            request,
+            Priority.INTERACTIVE,
+            max_rate_limit_wait,
+            kind="actions_v1",
+            callback=callback_url is not None,
+        )
+
+    def deliver_callback(self, run: Run) -> bool:
+        """Resolve the handle of `run` from a completion callback (see `zapier_async.callbacks`).
+
+        Callbacks carry the run's final state, so the handle ends now instead of at its next
+        poll, and its safety-net polling stops. Deliveries are idempotent: a run whose handle
+        is already done, or that this client does not follow, is ignored.
+
+        Args:
+            run: The run parsed from the callback body (it carries its `id`).
+
+        Returns:
+            True if a handle followed by this client took the update.
+        """
+        handle = self._handles.get(run.id)
+        if handle is None or handle.done():
+            return False
+        previous = handle.status
+        handle._update(run)
+        self._metrics.run_read(handle, previous, run)
+        if handle.done():
+            self._poller.forget(handle)
+            self._polling.observe(handle, self._clock.monotonic() - handle.created_at)
+        return True
 
     def resume(self, token_or_run_id: str) -> RunHandle:
         """Follow a run again from its id or `continuation_token()`.
@@ -296,6 +454,307 @@ class ZapierClient:
         )
         return proto.parse_run(response, request, run_id=run_id)
 
+    # --- bulk ---------------------------------------------------------------------------------
+
+    def run_many(
+        self,
+        requests: Iterable[RunRequest | Mapping[str, Any]]
+        | AsyncIterable[RunRequest | Mapping[str, Any]],
+        *,
+        concurrency: int = 50,
+        progress: Callable[[Outcome], object] | None = None,
+        on_sending: Callable[[int, RunRequest], object] | None = None,
+        on_submitted: Callable[[int, RunRequest, str], object] | None = None,
+    ) -> RunMany:
+        """Fan runs out, at most `concurrency` live at once; iterate outcomes as they end.
+
+        The input is read lazily (an iterable or async iterable of any length is never
+        materialised), submissions share this client's rate limiter (at `Priority.BULK`,
+        waiting for the budget instead of raising `RateLimitedError`) and retry budget, and
+        one item's failure never stops the others: it becomes that item's `Outcome`.
+
+        Breaking out of ``async for``, cancelling the consumer, `RunMany.aclose()` or leaving
+        ``async with client.run_many(...) as outcomes:`` stops submitting and ends every task
+        the job started. Runs accepted but not yet reported then stay reachable by id via
+        `RunMany.unfinished()` (and `client.resume(run_id)`).
+
+        Args:
+            requests: `RunRequest` values, or mappings with the same keys (``action``,
+                ``authentication``, ``inputs``, ``callback_url``, ``key``). An item that is
+                neither, or is invalid, yields an `Outcome` with `InvalidRequestError` and is
+                never sent.
+            concurrency: Runs submitted and not yet ended, at most.
+            progress: Called with each outcome as it is yielded (exceptions are logged).
+            on_sending: Journal hook ``(index, request)``, called right before the create
+                goes on the wire (after the rate limiter allowed it). If it raises, nothing
+                is sent and the item's outcome carries the exception.
+            on_submitted: Journal hook ``(index, request, run_id)``, called as soon as Zapier
+                accepted the run (exceptions are logged).
+
+        Returns:
+            An async iterator (and async context manager) of `Outcome`, in completion order.
+        """
+        from ._bulk import RunMany
+
+        self._ensure_open()
+        return RunMany(
+            self,
+            requests,
+            concurrency=concurrency,
+            progress=progress,
+            on_sending=on_sending,
+            on_submitted=on_submitted,
+        )
+
+    async def gather(
+        self,
+        requests: Iterable[RunRequest | Mapping[str, Any]]
+        | AsyncIterable[RunRequest | Mapping[str, Any]],
+        *,
+        concurrency: int = 50,
+        progress: Callable[[Outcome], object] | None = None,
+    ) -> list[Outcome]:
+        """Like `run_many`, but wait for every outcome and return them in input order.
+
+        The outcomes are kept in memory: for very large inputs iterate `run_many` instead.
+
+        Args:
+            requests: As for `run_many`.
+            concurrency: Runs submitted and not yet ended, at most.
+            progress: Called with each outcome as it arrives.
+
+        Returns:
+            One `Outcome` per input item, in input order.
+        """
+        async with self.run_many(
+            requests, concurrency=concurrency, progress=progress
+        ) as outcomes:
+            collected = [outcome async for outcome in outcomes]
+        collected.sort(key=lambda outcome: outcome.index)
+        return collected
+
+    # --- metrics ------------------------------------------------------------------------------
+
+    def metrics(self) -> Metrics:
+        """A snapshot of this client's counters: runs, latency, requests, errors, waits.
+
+        Returns:
+            A frozen `Metrics` value (cheap to take; nothing is reset).
+        """
+        return self._metrics.snapshot(in_flight=self.in_flight, limiter=self._limiter.snapshot())
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Call ``listener(event)`` for every request, retry, rate-limit and run event.
+
+        Listeners run synchronously on the event loop, so keep them quick (hand off to a
+        queue for slow exporters). An exception a listener raises is logged and ignored.
+
+        Args:
+            listener: A callable taking one event value.
+        """
+        self._metrics.listeners.append(listener)
+
+    def remove_listener(self, listener: EventListener) -> bool:
+        """Stop calling `listener`; returns whether it was registered."""
+        try:
+            self._metrics.listeners.remove(listener)
+        except ValueError:
+            return False
+        return True
+
+    # --- discovery ------------------------------------------------------------------------
+    # https://docs.zapier.com/powered-by-zapier/api-reference/actions/get-actions and the
+    # inputs/choices/outputs/authentications pages. Discovery requests go through `_send` at
+    # INTERACTIVE priority, like any caller-facing request; the POSTs among them create
+    # nothing, so they are marked idempotent and may be retried.
+
+    async def _discover(
+        self, request: proto.Request, max_rate_limit_wait: float | _Unset | None
+    ) -> proto.Response:
+        self._ensure_open()
+        return await self._send(
+            request, priority=Priority.INTERACTIVE, max_wait=self._cap(max_rate_limit_wait)
+        )
+
+    async def list_actions(
+        self,
+        app: str,
+        action_type: str | None = None,
+        *,
+        max_rate_limit_wait: float | _Unset | None = _UNSET,
+    ) -> list[Action]:
+        """An app's actions (`GET /v2/actions`), each with a fresh id.
+
+        Args:
+            app: The app id (a uuid from `/v2/apps`).
+            action_type: Only actions of this type (``"WRITE"``, ``"SEARCH"``, ...).
+            max_rate_limit_wait: Overrides the client's cap for this call.
+        """
+        request = disco.get_actions(app, action_type)
+        return disco.parse_actions(await self._discover(request, max_rate_limit_wait), request)
+
+    async def find_action(
+        self,
+        app: str,
+        action_key: str,
+        *,
+        action_type: str | None = "WRITE",
+        max_rate_limit_wait: float | _Unset | None = _UNSET,
+    ) -> Action:
+        """Look up an action by its stable key, with a fresh id (one Get Actions request).
+
+        Args:
+            app: The app id.
+            action_key: The action's key, e.g. ``"send_email"``.
+            action_type: Its type; None matches any type.
+            max_rate_limit_wait: Overrides the client's cap for this call.
+
+        Raises:
+            ActionNotFoundError: The app lists no such action.
+        """
+        if not isinstance(action_key, str) or not action_key:
+            raise errors.InvalidRequestError("must be a non-empty string", "action_key")
+        kind = None if action_type is None else disco.check_action_type(action_type)
+        actions = await self.list_actions(app, kind, max_rate_limit_wait=max_rate_limit_wait)
+        return disco.pick_action(actions, app=app, action_key=action_key, action_type=kind)
+
+    async def action_inputs(
+        self,
+        action_id: str,
+        *,
+        authentication: str | None,
+        inputs: Mapping[str, Any] | None = None,
+        max_rate_limit_wait: float | _Unset | None = _UNSET,
+    ) -> list[disco.InputItem]:
+        """An action's input fields (`POST /v2/actions/{id}/inputs`).
+
+        Args:
+            action_id: The action id from Get Actions.
+            authentication: The connection id, or None for apps that need none.
+            inputs: Values given so far (dynamic fields depend on them).
+            max_rate_limit_wait: Overrides the client's cap for this call.
+
+        Returns:
+            `InputField`, `InfoField` and `Fieldset` values, in Zapier's order.
+        """
+        request = disco.action_inputs(action_id, authentication=authentication, inputs=inputs)
+        response = await self._discover(request, max_rate_limit_wait)
+        return disco.parse_input_fields(response, request)
+
+    async def action_choices(
+        self,
+        action_id: str,
+        input_id: str,
+        *,
+        authentication: str | None,
+        inputs: Mapping[str, Any] | None = None,
+        page: int | None = None,
+        max_rate_limit_wait: float | _Unset | None = _UNSET,
+    ) -> ChoicePage:
+        """One page of the values a SELECT input field takes (`POST .../choices`).
+
+        Args:
+            action_id: The action id from Get Actions.
+            input_id: The input field's id.
+            authentication: The connection id, or None.
+            inputs: Values given so far, or None.
+            page: The page (1-based); None for the first. `ChoicePage.next_page` says
+                what to ask for next.
+            max_rate_limit_wait: Overrides the client's cap for this call.
+        """
+        request = disco.action_choices(
+            action_id, input_id, authentication=authentication, inputs=inputs, page=page
+        )
+        return disco.parse_choices(await self._discover(request, max_rate_limit_wait), request)
+
+    async def action_outputs(
+        self,
+        action_id: str,
+        *,
+        authentication: str | None,
+        inputs: Mapping[str, Any] | None = None,
+        fetch_live_samples: bool = False,
+        max_rate_limit_wait: float | _Unset | None = _UNSET,
+    ) -> list[OutputField]:
+        """The fields an action's results have (`POST /v2/actions/{id}/outputs`).
+
+        Args:
+            action_id: The action id from Get Actions.
+            authentication: The connection id, or None.
+            inputs: Values given so far.
+            fetch_live_samples: Ask the app for live samples (slower; not for WRITE actions).
+            max_rate_limit_wait: Overrides the client's cap for this call.
+        """
+        request = disco.action_outputs(
+            action_id,
+            authentication=authentication,
+            inputs=inputs,
+            fetch_live_samples=fetch_live_samples,
+        )
+        response = await self._discover(request, max_rate_limit_wait)
+        return disco.parse_output_fields(response, request)
+
+    async def list_connections(
+        self,
+        app: str,
+        *,
+        page_size: int = 100,
+        max_rate_limit_wait: float | _Unset | None = _UNSET,
+    ) -> AsyncGenerator[Connection, None]:
+        """Every connection (authentication) the user owns for `app`, page by page.
+
+        Follows `GET /v2/authentications?app=&limit=&offset=` until `links.next` is empty.
+        Expired connections are included (`Connection.is_expired`).
+
+        Args:
+            app: The app id.
+            page_size: Connections asked for per request.
+            max_rate_limit_wait: Overrides the client's cap for each request.
+
+        Yields:
+            `Connection` values, in Zapier's order.
+        """
+        offset: int | None = 0
+        while offset is not None:
+            request = disco.list_authentications(app, limit=page_size, offset=offset)
+            response = await self._discover(request, max_rate_limit_wait)
+            page = disco.parse_connections(response, request, offset=offset)
+            for connection in page.connections:
+                yield connection
+            offset = page.next_offset
+
+    async def find_connection(
+        self, app: str, *, max_rate_limit_wait: float | _Unset | None = _UNSET
+    ) -> Connection:
+        """The user's first usable (not expired) connection to `app`.
+
+        Args:
+            app: The app id.
+            max_rate_limit_wait: Overrides the client's cap for each request.
+
+        Raises:
+            NoConnectionError: None, or only expired ones (`expired` says how many); the user
+                has to connect (or reconnect) the app.
+        """
+        expired = 0
+        async with contextlib.aclosing(
+            self.list_connections(app, max_rate_limit_wait=max_rate_limit_wait)
+        ) as connections:
+            async for connection in connections:
+                if not connection.is_expired:
+                    return connection
+                expired += 1
+        raise errors.NoConnectionError(app, expired)
+
+    async def _send_auth_request(self, request: proto.Request, base_url: str) -> proto.Response:
+        """Send an auth provider's token request (see `AuthContext.send`).
+
+        Not through the limiter: the token endpoint is another host with another budget.
+        """
+        return await self._transport.send(
+            request, base_url=base_url, headers={}, timeout=self._request_timeout
+        )
+
     # --- internals ------------------------------------------------------------------------
 
     def _cap(self, value: float | _Unset | None) -> float | None:
@@ -306,31 +765,66 @@ class ZapierClient:
         request: proto.Request,
         priority: Priority,
         max_rate_limit_wait: float | _Unset | None,
+        *,
+        kind: proto.RunKind = "action_run",
+        stored_action_id: str | None = None,
+        callback: bool = False,
     ) -> RunHandle:
-        response = await self._send(
-            request, priority=priority, max_wait=self._cap(max_rate_limit_wait)
-        )
+        submitted_at = self._clock.monotonic()
+        try:
+            response = await self._send(
+                request, priority=priority, max_wait=self._cap(max_rate_limit_wait)
+            )
+        except errors.ZapierError as exc:
+            self._metrics.error(exc)
+            raise
         try:
             run_id = proto.parse_created_run(response, request)
             locator = proto.RunLocator(
-                kind="action_run", run_id=proto.validate_id(run_id, field="id")
+                kind=kind,
+                run_id=proto.validate_id(run_id, field="id"),
+                stored_action_id=stored_action_id,
             )
         except (errors.DecodeError, errors.InvalidRequestError) as exc:
             # Zapier said 2xx, so a run probably exists, but we cannot tell its id.
-            raise errors.OutcomeUnknownError(
+            unknown = errors.OutcomeUnknownError(
                 "Zapier accepted the request but its answer names no usable run id",
                 request.describe(),
                 str(exc),
-            ) from exc
-        self._ensure_open()
-        return self._track(locator, first_delay=None)
+            )
+            self._metrics.error(unknown)
+            raise unknown from exc
+        if self._closed:
+            # The client was closed while the POST was in flight, but Zapier created the run:
+            # hand its id back on a detached handle (as aclose() does for runs in flight)
+            # instead of raising and losing the id of a run that exists.
+            detached = RunHandle(locator, self._poller, created_at=self._clock.monotonic())
+            detached._finish(errors.RunDetachedError(locator.run_id, "client closed"))
+            return detached
+        handle = self._track(
+            locator, first_delay=None, poll_key=request.poll_key, callback=callback
+        )
+        self._metrics.run_started(handle, submitted_at)
+        return handle
 
-    def _track(self, locator: proto.RunLocator, *, first_delay: float | None) -> RunHandle:
+    def _track(
+        self,
+        locator: proto.RunLocator,
+        *,
+        first_delay: float | None,
+        poll_key: str | None = None,
+        callback: bool = False,
+    ) -> RunHandle:
         now = self._clock.monotonic()
         handle = RunHandle(locator, self._poller, created_at=now)
         self._handles[locator.run_id] = handle
+        if callback:
+            # The callback resolves it; polls are only the safety net (`CallbackPolling`).
+            handle.via_callback = True
+            if first_delay is None:
+                first_delay = self._callback_polling.delay(0, self._rng)
         if first_delay is None:
-            first_delay = self._poll_policy.interval(0, elapsed=0.0, rng=self._rng)
+            first_delay = self._polling.first_delay(handle, poll_key, self._rng)
         self._poller.schedule(handle, first_delay)
         return handle
 
@@ -338,19 +832,29 @@ class ZapierClient:
         """Read one handle's run once; update, finish or reschedule it. Never raises."""
         if handle.done():
             return
-        request = proto.poll_request(handle.locator)
+        locator = handle.locator
+        long_poll = self._long_poll
+        if long_poll is not None and locator.kind == "actions_v1" and not handle.via_callback:
+            request = actions.poll_request(locator, long_poll=long_poll)
+        else:
+            request = proto.poll_request(locator)
         priority = Priority.INTERACTIVE if handle.awaited else Priority.POLL
         attempt = handle.poll_attempts
         handle.poll_attempts += 1
+        sent_at = self._clock.monotonic()
         try:
             response = await self._send(request, priority=priority, max_wait=None)
             run = proto.parse_run(response, request, run_id=handle.id)
         except _FATAL_POLL_ERRORS as exc:
+            self._metrics.error(exc)
+            self._metrics.run_lost(handle, exc)
             handle._finish(exc)
             return
         except errors.ZapierError as exc:
+            self._metrics.error(exc)
             handle.poll_failures += 1
             if handle.poll_failures >= self._max_poll_failures:
+                self._metrics.run_lost(handle, exc)
                 handle._finish(exc)
                 return
             delay = self._retry_policy.delay(handle.poll_failures, self._rng)
@@ -363,12 +867,27 @@ class ZapierClient:
             self._poller.schedule(handle, delay)
             return
         handle.poll_failures = 0
+        previous = handle.status
         handle._update(run)
-        if handle.done():
-            return
+        self._metrics.run_read(handle, previous, run)
         elapsed = self._clock.monotonic() - handle.created_at
+        if handle.done():
+            self._polling.observe(handle, elapsed)
+            return
         hint = _throttle_hint(run)
-        delay = next_poll_delay(self._poll_policy, attempt + 1, elapsed, self._rng, hint=hint)
+        if handle.via_callback:
+            delay = self._callback_polling.delay(attempt + 1, self._rng)
+        elif request.long_poll is not None and long_poll is not None:
+            delay = long_poll.next_delay(
+                elapsed=self._clock.monotonic() - sent_at,
+                retry_after=parse_retry_after(
+                    response.header("retry-after"), now=self._clock.time()
+                ),
+            )
+            if hint is not None:
+                delay = max(delay, hint)
+        else:
+            delay = self._polling.next_delay(handle, attempt + 1, elapsed, self._rng, hint=hint)
         self._poller.schedule(handle, delay)
 
     async def _send(
@@ -386,14 +905,24 @@ class ZapierClient:
             attempt += 1
             response: proto.Response | None = None
             failure: errors.TransportError | None = None
+            # The token comes first: a refresh is a round trip to another host and must not
+            # hold a slot of the API's budget (in probe mode the only one) meanwhile.
+            token = await self._auth.token()
             async with self._limiter.slot(priority, max_wait=max_wait) as slot:
-                token = await self._auth.token()
+                timeout = self._request_timeout
+                if request.long_poll is not None:
+                    # A long-poll is parked at Zapier for up to N s: it counts against the
+                    # budget (the slot was granted), but is "answered" for the limiter as it
+                    # goes out, so it neither holds the probe nor stalls pacing meanwhile.
+                    # See `_actions` ("Long-polls and the rate limiter").
+                    slot.record(None, {})
+                    timeout += request.long_poll
                 try:
                     response = await self._transport.send(
                         request,
                         base_url=self._base_url,
                         headers={"Authorization": f"Bearer {token}"},
-                        timeout=self._request_timeout,
+                        timeout=timeout,
                     )
                 except errors.TransportError as exc:
                     failure = exc
@@ -401,6 +930,8 @@ class ZapierClient:
                 else:
                     slot.record(response.status, response.headers)
             retry_after: float | None = None
+            if response is not None and request.long_poll is not None:
+                self._refusal_freezes(response)
             if response is not None:
                 if 200 <= response.status < 300:
                     self._retry_budget.on_success()
@@ -444,6 +975,13 @@ class ZapierClient:
                 and attempt < self._retry_policy.max_attempts
                 and (refused or self._retry_budget.try_spend())
             ):
+                self._metrics.retry(
+                    request,
+                    attempt,
+                    response.status if response is not None else None,
+                    failure,
+                    refused,
+                )
                 if not refused:
                     delay = self._retry_policy.delay(attempt, self._rng)
                     logger.debug(
@@ -463,6 +1001,14 @@ class ZapierClient:
                 raise error
             assert failure is not None
             raise failure
+
+
+    def _refusal_freezes(self, response: proto.Response) -> None:
+        """A 429/503 to a long-poll (whose slot was released on send) still freezes the bucket."""
+        state = RateLimitState.from_headers(response.headers, now=self._clock.time())
+        pause = pause_after(response.status, state, default_cooldown=DEFAULT_COOLDOWN)
+        if pause is not None:
+            self._limiter.freeze(pause)
 
 
 def _failure_kind(exc: errors.TransportError) -> Failure:

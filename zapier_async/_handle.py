@@ -48,9 +48,13 @@ class RunHandle:
         "_status",
         "_waiters",
         "created_at",
+        "pending_at",
         "poll_attempts",
         "poll_failures",
+        "poll_key",
+        "poll_plan",
         "timer",
+        "via_callback",
     )
 
     def __init__(
@@ -74,6 +78,12 @@ class RunHandle:
         self.poll_attempts = 0
         self.poll_failures = 0
         self.timer: object | None = None
+        # Adaptive polling (owned by `_polling.AdaptivePolling`).
+        self.poll_key: str | None = None
+        self.poll_plan: tuple[float, ...] | None = None
+        self.pending_at = 0.0
+        # Created with a callback_url: polled at the safety-net cadence (see `_actions`).
+        self.via_callback = False
 
     # --- public surface --------------------------------------------------------------------
 
@@ -210,7 +220,11 @@ class RunHandle:
         """A new read of the run arrived."""
         if self._outcome is not None:
             return
-        self._run = run
+        if self._run is None or run != self._run:
+            # Keep the earlier, equal value otherwise: the new one then dies young instead of
+            # living in the oldest GC generation until the next poll, and full collections
+            # (which stall the event loop ~50-100 ms with 10,000 runs in flight) stay rare.
+            self._run = run
         if run.status is not self._status:
             self._status = run.status
             for queue in self._listeners:

@@ -4,69 +4,76 @@ Theory of operation
 ===================
 
 Every request the client sends (a create, a poll, a discovery call) first takes a *slot*
-from the limiter and hands the response back to it::
+and hands the response back::
 
     async with limiter.slot(Priority.POLL) as slot:
         response = await transport.send(request)
         slot.record(response.status, response.headers)
 
-The limiter decides *when* each slot is granted. It never sleeps per request: waiters sit in
-one heap ordered by ``(priority, arrival)``, and one timer task wakes when the next grant is
-due. Everything else (a response arriving, a slot released, a waiter cancelled) re-runs the
-same synchronous ``_dispatch()``, which grants what may go now and re-arms the timer. So a
-thousand waiters cost O(log n) each and nothing per tick, and when nobody waits no task
-exists at all.
+**Waiting.** Waiters sit in one heap keyed by ``(priority, arrival)``: INTERACTIVE before
+POLL before BULK, FIFO within each, so a bulk fan-out cannot starve the polls of runs in
+flight or a web request. Grants are decided by one synchronous ``_dispatch()``, run on every
+event (a slot asked for, a response recorded, a slot released, a waiter cancelled) and by
+one timer task when the next grant is due. The timer exists only while someone waits for
+time to pass, and an earlier deadline wakes it by a cancellation it absorbs (the injected
+clock's ``sleep`` cannot be woken otherwise). So each waiter costs O(log n), nothing is
+done per tick, and nothing is left running when nobody waits. A waiter cancelled while
+waiting leaves the heap; a grant that races with the cancellation is given back.
 
-What the limiter knows comes from the responses (`_ratelimit` parses them):
-
-**Modes.** *probe*: nothing is known yet (or a freeze just ended, or a window ran out):
+**Modes.** *probe*: nothing is known (at start, after a freeze, after a window ran out):
 one request at a time, so that a burst of 1,000 creates at start-up does not collect 999
-429s; its answer decides the next mode. *open*: the API sends no budget headers, so it is
-not limiting us: no restriction (an a-priori ``rate`` still applies, and 429s still
-freeze). *window*: the API reports ``Remaining`` and ``Reset``: pace inside the window.
+429s; its answer decides the next mode. *open*: answers carry no ``X-RateLimit-Remaining``,
+so the API is not limiting us: no restriction (an a-priori ``rate`` still applies, and a
+429 still freezes). *window*: answers report the budget: pace within the window.
 
-**Budget.** The server's ``Remaining`` does not count requests still on the wire. For a
-response to request *j*, everything granted but not yet answered when *j* was sent may
-have been counted after it, so the usable budget now is::
+**Budget.** The server's ``Remaining`` does not count requests still on the wire. For an
+answer to request *j*, every request granted and not yet answered when *j* was sent may be
+counted after it, so::
 
-    available = Remaining_j + completed_before_j_was_sent + 1 - granted_so_far
+    available = Remaining_j + (answers received before j was sent) + 1 - (grants so far)
 
-Each such estimate is a lower bound on the truth (so it never causes a 429 through
-reordering); the one from the most recently *sent* request is used, because it also
-reflects what other clients of the same budget have spent.
+Each such estimate is a lower bound, whatever the order answers arrive in. The freshest
+answer wins (another client spending the same budget only shows in fresh answers), except
+that among answers sent within two round trips of each other the highest estimate wins.
 
-**The window's end.** ``Reset`` gives, per response, an interval for the end of the window:
-``[sent + reset - p, received + reset + p]``, where ``p`` is the precision of the value (a
-whole number of seconds may have been rounded either way, so ``p = 1``). Intersecting the
-intervals of all responses of the window gives sound bounds ``lo <= end <= hi``. At ``hi``
-the window has certainly ended: the limiter drops back to *probe*, and the probe's
-response starts the next window; the budget is never refilled blind.
+**Where a window ends.** Each answer bounds the end of its window to ``[sent + Reset - p,
+received + Reset + p]``, ``p`` being the precision of the value: a whole number of seconds
+may be rounded either way by the server, so ``p = 1``; epoch, delta and ISO forms alike.
+Intersected over the window's answers: ``lo <= end <= hi``. A new window is recognised
+without waiting for ``hi``: within one window ``Remaining`` only falls, so an answer to a
+request sent after another answer arrived that reports a *higher* ``Remaining`` comes from a
+later window. At ``hi`` a window that did not visibly turn is over for sure: back to probe;
+the budget is never refilled blind.
 
-**Pacing.** Inside a window the available budget is spread over the time left (with a
-small burst allowance, a tenth of it), so pacing slows as ``Remaining`` falls instead of
-bursting to zero and stalling. A few tokens (2 for a limit of 40 or more) are held back as
-a *reserve* when the end is uncertain (``hi - lo`` large, e.g. whole-second ``Reset`` against
-a 2 s window): they are sent as *boundary probes* between ``lo`` and ``hi``. A probe that
-lands in the old window spends a token that was really there (no 429); a probe that lands
-in the new one shows it by a ``Remaining`` higher than any answer received before it was
-sent (within one window ``Remaining`` only falls), and the new window starts at once,
-without waiting for ``hi``.
+**Pacing.** Within a window the available budget is spread evenly until the boundary
+(``pace_interval``), with a burst allowance of a tenth of it, so pacing slows as
+``Remaining`` falls rather than bursting to zero and stalling. When ``hi - lo`` is worth more
+than a few requests (whole-second ``Reset`` against a 2 s window is a whole half of it), a
+*reserve* of tokens (2, or 1 for a limit under 40) is held back and sent as *boundary
+probes* inside ``[lo, hi]``. A probe that lands in the old window spends a token that was
+really there (no 429); the first that lands in the new one starts it at once.
 
-**Calibration.** Each turn of a window also tells how far before ``hi`` the window really
-ended (between the last request that landed in the old window and the first answer from
-the new one). That offset depends on how the server rounds ``Reset`` and on clock skew,
-both stable, so the next window's probes are placed inside the offsets seen so far
-(widened a little every window, so that a change is noticed). With whole-second ``Reset``
-values the boundary is found to within a few hundredths of a window after a few windows.
+**Learning the boundary.** Each turn of a window says when it really ended: after the last
+request seen landing in it was sent, and before the first answer from the next arrived.
+That is recorded relative to two reference points: the send time of the window's first
+request (a window that starts with its first request lasts a fixed time, however coarse
+``Reset`` is) and ``hi`` (right for clock-aligned windows and consistently rounded deltas).
+Each keeps a learnt interval and a score (how often the window had ended by the end of its
+interval), and the probes go where the better one says: bisecting while it is wide, at its
+two ends once it is a few round trips narrow. Before anything is learnt, whole-unit
+``Reset`` steps pin the end to ``lo``, the middle or ``hi`` (rounding up, to nearest, down),
+which is where the first probes go. Against a server allowing 50 requests per 2 s with
+whole-second ``Reset`` values, a long job runs within about 5% of the theoretical rate, with
+no 429 after the first answer.
 
-**Freezes.** A 429, or a 503 with ``Retry-After``, freezes the whole bucket (not just the
-request that got it) until ``Retry-After``, else ``Reset``, else 60 s; `freeze()` does the
-same for the client. When it ends, the limiter probes once, then paces again.
+**Freezes.** A 429, or a 503 with ``Retry-After``, freezes the whole bucket (not only the
+request that got it) until ``Retry-After``, else ``Reset``, else 60 s; `Limiter.freeze` does
+the same for the client. When it ends, one probe goes first, then pacing resumes.
 
-**Priorities.** INTERACTIVE before POLL before BULK, FIFO within each, so a bulk fan-out
-cannot starve the polls of runs in flight or a web request. A request with ``max_wait``
-whose estimated wait is longer fails at once with `RateLimitedError` (its ``retry_at`` says
-when to come back); if the estimate was too hopeful it fails when ``max_wait`` runs out.
+**Failing fast.** ``max_wait``: when the estimated wait is longer, `slot` raises
+`RateLimitedError` at once, its ``retry_at`` saying when to come back; when the estimate was
+too hopeful, the waiter fails when ``max_wait`` runs out. Waits over a second are logged at
+INFO, with the reason (frozen, probe, paced).
 
 Time comes only from the injected `Clock`: tests drive all of this on a `FakeClock`.
 """
@@ -76,6 +83,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
 import enum
 import heapq
 import itertools
@@ -107,8 +115,9 @@ LOG_WAIT_OVER: Final = 1.0
 _BURST_FRACTION: Final = 0.1
 """Share of the available budget that may be sent at once instead of paced."""
 
-_RESERVE_MAX: Final = 2
-"""Tokens held back for boundary probes when the end of a window is uncertain."""
+_RESERVE: Final = 2
+"""Tokens held back for boundary probes when the end of a window is uncertain (1 for a
+limit under 40; more, up to a tenth of the limit, while the end is poorly known)."""
 
 _NARROW_RTTS: Final = 3
 """A learnt boundary narrower than this many round trips (or one token's time) is probed at
@@ -307,6 +316,7 @@ class _Window:
         "limit",
         "lo",
         "opened_at",
+        "precision",
     )
 
     def __init__(
@@ -319,8 +329,10 @@ class _Window:
         remaining: int,
         lo: float,
         hi: float,
+        precision: float,
     ) -> None:
         self.limit = limit
+        self.precision = precision  # coarsest Reset step seen in the window
         # available = anchor - grants (see "Budget" in the module docs)
         self.anchor = anchor
         self.anchor_sent = sent
@@ -349,7 +361,7 @@ class _SlotRequest:
     __slots__ = ("_limiter", "_max_wait", "_priority", "_slot")
 
     def __init__(
-        self, limiter: Limiter, priority: Priority, max_wait: float | None | _Default
+        self, limiter: Limiter, priority: Priority, max_wait: float | _Default | None
     ) -> None:
         self._limiter = limiter
         self._priority = priority
@@ -470,8 +482,8 @@ class Limiter:
         self,
         priority: Priority = Priority.INTERACTIVE,
         *,
-        max_wait: float | None | _Default = USE_DEFAULT,
-    ) -> _SlotRequest:
+        max_wait: float | _Default | None = USE_DEFAULT,
+    ) -> contextlib.AbstractAsyncContextManager[Slot]:
         """Wait for permission to send one request.
 
         Use as ``async with limiter.slot(priority) as slot:``; call ``slot.record(status,
@@ -600,7 +612,7 @@ class Limiter:
 
     # ------------------------------------------------------------------ acquiring
 
-    async def _acquire(self, priority: Priority, max_wait: float | None | _Default) -> Slot:
+    async def _acquire(self, priority: Priority, max_wait: float | _Default | None) -> Slot:
         if self._closed:
             raise LimiterClosedError("the rate limiter is closed")
         limit = self._max_wait if isinstance(max_wait, _Default) else max_wait
@@ -685,10 +697,8 @@ class Limiter:
         if slot.probe:
             self._probe_out = False
         if self._rate is not None:
-            try:
+            with contextlib.suppress(ValueError):  # it may have slid out of the window
                 self._rate_log.remove(slot.granted_at)
-            except ValueError:
-                pass  # already slid out of the window
         self._dispatch()
 
     # ------------------------------------------------------------------ responses
@@ -726,6 +736,7 @@ class Limiter:
         sent, remaining = slot.granted_at, state.remaining
         self._rtt += 0.2 * ((now - sent) - self._rtt)
         anchor = remaining + slot._completions_at_grant + 1
+        precision = state.reset_precision
         if state.reset_after is not None:
             slack = max(state.reset_precision, 0.005)
             if self._period is not None:
@@ -746,24 +757,35 @@ class Limiter:
                 self._calibrate(prev, now)
             elif prev is not None and sent < self._probe_since:
                 return  # a straggler, likely from the window that just ended
-            self._open(state.limit, anchor, sent, now, remaining, lo, hi)
+            self._open(state.limit, anchor, sent, now, remaining, lo, hi, precision)
             return
         if self._is_newer(w, sent, remaining, lo):
             self._calibrate(w, now)
-            self._open(state.limit or w.limit, anchor, sent, now, remaining, lo, hi)
+            self._open(state.limit or w.limit, anchor, sent, now, remaining, lo, hi, precision)
             return
         if sent <= w.opened_at:
             return  # sent before this window was known: it may belong to the previous one
-        # A member of the current window.
-        if sent > w.anchor_sent or (sent == w.anchor_sent and anchor > w.anchor):
-            w.anchor, w.anchor_sent = anchor, sent
+        # A member of the current window. Every anchor is a lower bound on the budget as far
+        # as our own requests go, so the highest is the best; but another client spending the
+        # same budget shows only in fresher answers, so only near-simultaneous ones compete.
+        if sent > w.anchor_sent:
+            if anchor > w.anchor or sent - w.anchor_sent > self._fresh_for():
+                w.anchor = anchor
+            w.anchor_sent = sent
+        elif anchor > w.anchor and w.anchor_sent - sent <= self._fresh_for():
+            w.anchor = anchor
         if state.limit is not None:
             w.limit = state.limit
+        w.precision = max(w.precision, precision)
         w.lo = max(w.lo, lo)
         w.hi = max(min(w.hi, hi), w.lo)  # inconsistent bounds: keep the later end
         w.arrived.append(now)
         w.arrived_min.append(min(w.arrived_min[-1], remaining))
         w.last_member_sent = max(w.last_member_sent, sent)
+
+    def _fresh_for(self) -> float:
+        """Answers sent this close together describe the same moment of the budget."""
+        return 2 * self._rtt
 
     def _is_newer(self, w: _Window, sent: float, remaining: int, lo: float) -> bool:
         """Whether an answer provably comes from a window after ``w``."""
@@ -783,9 +805,17 @@ class Limiter:
         remaining: int,
         lo: float,
         hi: float,
+        precision: float,
     ) -> None:
         self._window = _Window(
-            limit=limit, anchor=anchor, sent=sent, received=now, remaining=remaining, lo=lo, hi=hi
+            limit=limit,
+            anchor=anchor,
+            sent=sent,
+            received=now,
+            remaining=remaining,
+            lo=lo,
+            hi=hi,
+            precision=precision,
         )
         self._prev_window = None
         self._mode = "window"
@@ -874,11 +904,18 @@ class Limiter:
         available = w.anchor - self._granted
         return min(available, w.limit) if w.limit is not None else available
 
-    def _ladder(self, w: _Window) -> tuple[float, float]:
-        """Where the window's end is expected: ``lo <= start <= end <= hi``."""
+    def _ladder(self, w: _Window) -> tuple[float, float, bool]:
+        """Where the window's end is expected: ``lo <= start <= end <= hi``.
+
+        Returns:
+            ``(start, end, learnt)``; ``learnt`` is False when nothing is known beyond the
+            sound bounds ``(lo, hi)``.
+        """
         first, hi = self._predict(w, "first"), self._predict(w, "hi")
         lead = self._scores["first"] - self._scores["hi"]
         if first is None or hi is None:
+            if first is None and hi is None:
+                return w.lo, w.hi, False
             start, end = first or hi or (w.lo, w.hi)
         elif lead > _SCORE_MARGIN:
             start, end = first
@@ -887,47 +924,52 @@ class Limiter:
         else:  # no clear winner: cover both
             start, end = min(first[0], hi[0]), max(first[1], hi[1])
         # Probes all sent at one instant would learn nothing: keep the ladder a little open.
-        token_time = (self._period or 0.0) / (w.limit or 1)
-        return start, min(max(end, start + max(token_time, 2 * self._rtt)), w.hi)
+        end = min(max(end, start + max(self._token_time(w), 2 * self._rtt)), w.hi)
+        return start, end, True
 
-    def _reserve(self, w: _Window) -> int:
-        """Tokens kept back for boundary probes: only worth it when the end is uncertain."""
-        if w.limit is None or not self._period:
-            return 0
-        if w.limit < 2:
-            return 0
-        reserve = _RESERVE_MAX if w.limit >= 40 else 1
-        token_time = self._period / w.limit
-        if w.hi - w.lo <= 2 * reserve * token_time:
-            return 0
-        # A wide boundary is worth more probes: R probes cost about R/2 tokens and leave a
-        # delay of about width/(2R); the sum is smallest at R = sqrt(width / token time).
-        start, end = self._ladder(w)
-        best = round(math.sqrt(max(end - start, 0.0) / token_time))
-        return max(reserve, min(best, w.limit // 10))
+    def _token_time(self, w: _Window) -> float:
+        """Seconds of window per request of the limit."""
+        return (self._period or 0.0) / (w.limit or 1)
 
-    def _probe_plan(
-        self, w: _Window, start: float, end: float, reserve: int
-    ) -> tuple[float, float]:
-        """The first boundary probe's time and the step between probes.
+    def _plan(self, w: _Window) -> tuple[float, tuple[float, ...]]:
+        """When regular pacing stops, and when the boundary probes go.
 
-        While the boundary is poorly known the probes split ``[start, end]`` evenly, the last
-        at ``end`` (a bisection: each turn narrows what is learnt). Once it is known to within
-        a few round trips, the first probe goes at ``start`` (it most likely lands in the old
-        window, spending a token that would otherwise be lost) and the last at ``end``.
+        Probes are only planned when the end of the window is uncertain by more than the
+        tokens they hold back are worth. Three cases:
+
+        - nothing learnt yet, and ``Reset`` steps in whole units (``hi - lo`` about one
+          unit): the steps of the reported value pin the end to ``lo`` (the server rounds
+          up), the middle (to nearest) or ``hi`` (down), so probe just after the first two;
+          ``hi`` is the fall-back anyway;
+        - a learnt interval narrower than a few round trips: probe at both of its ends;
+        - otherwise: split the interval evenly (bisection), the last probe at its end. A wide
+          interval is worth more probes: R probes cost about R/2 tokens and leave a delay of
+          about width / 2R, which is smallest at R = sqrt(width / token time).
+
+        Returns:
+            ``(start, probes)``: pacing spreads the budget until ``start``; the probe times
+            are increasing, and ``hi`` follows them.
         """
-        if reserve == 0:
-            return start, 0.0
+        start, end, learnt = self._ladder(w)
+        if w.limit is None or w.limit < 2 or not self._period:
+            return start, ()
+        base = _RESERVE if w.limit >= 40 else 1
+        token_time = self._token_time(w)
+        if w.hi - w.lo <= 2 * base * token_time:
+            return start, ()
         width = end - start
-        token_time = (self._period or 0.0) / (w.limit or 1)
-        if reserve > 1 and width <= max(token_time, _NARROW_RTTS * self._rtt):
-            return start, width / (reserve - 1)
-        return start + width / reserve, width / reserve
+        if not learnt and w.hi - w.lo <= 1.5 * w.precision:
+            margin = 2 * (token_time + self._rtt)
+            return start, (w.lo + margin, (w.lo + w.hi) / 2 + margin)[:base]
+        if learnt and width <= max(token_time, _NARROW_RTTS * self._rtt):
+            return start, (start, end) if base > 1 else (end,)
+        count = max(base, min(round(math.sqrt(width / token_time)), w.limit // 10))
+        return start, tuple(start + width * (i + 1) / count for i in range(count))
 
     def _gap(self, w: _Window, now: float) -> float:
         """The pacing gap now: what is left before the boundary, spread until it."""
-        start, _ = self._ladder(w)
-        spendable = self._available(w) - self._reserve(w)
+        start, probes = self._plan(w)
+        spendable = self._available(w) - len(probes)
         if now >= start or spendable <= 0:
             return 0.0
         return pace_interval(spendable, start - now)
@@ -948,22 +990,23 @@ class Limiter:
         available = self._available(w)
         if available <= 0:
             return max(earliest, w.hi)
-        start, end = self._ladder(w)
-        reserve = self._reserve(w)
-        spendable = available - reserve
-        if now < start and spendable > 0:
-            # Spread the spendable budget until the boundary; allow a small burst.
-            gap = pace_interval(spendable, start - now)
-            burst = max(1, int(spendable * _BURST_FRACTION))
-            return max(earliest, self._tat - (burst - 1) * gap)
-        if now < start:
-            return max(earliest, start)
+        start, probes = self._plan(w)
+        spendable = available - len(probes)
         if spendable > 0:
-            # Past the earliest possible end with budget to spare: spend it until ``end``.
+            if now < start:
+                # Spread the spendable budget until the boundary; allow a small burst.
+                gap = pace_interval(spendable, start - now)
+                burst = max(1, int(spendable * _BURST_FRACTION))
+                return max(earliest, self._tat - (burst - 1) * gap)
+            # Past the earliest possible end with budget to spare: spend it until the end.
+            end = probes[-1] if probes else w.hi
             return max(earliest, self._last_grant + max(end - now, 0.0) / available)
-        # At the boundary: the reserve goes out as probes spaced across [start, end].
-        first, step = self._probe_plan(w, start, end, reserve)
-        return max(earliest, first, self._last_grant + step)
+        # Only the reserve is left: it goes out as boundary probes, then comes ``hi``. Short
+        # of tokens, the last probes are kept: they are the likeliest to find the new window.
+        for probe in probes[-available:]:
+            if probe > self._last_grant:
+                return max(earliest, probe)
+        return max(earliest, w.hi)
 
     def _may_grant(self, now: float) -> bool:
         when = self._next_time(now)
@@ -975,9 +1018,14 @@ class Limiter:
         if self._frozen_until is not None and self._frozen_until > now:
             start = self._frozen_until
         t = start
-        w = self._window if start == now else None
+        w = self._window if start == now else None  # after a freeze comes a probe
         limit = w.limit if w is not None else None
-        if w is not None:
+        if w is None:
+            # Probing: one request at a time; the last window known says how fast it may go.
+            known = self._window or self._prev_window
+            if known is not None and known.limit:
+                t += (position - 1) * self._token_time(known)
+        else:
             available = max(self._available(w), 0)
             if position <= available:
                 t = max(t, now + position * self._gap(w, now))

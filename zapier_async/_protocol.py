@@ -66,6 +66,11 @@ class Request:
         content_type: The body's media type.
         idempotent: Whether sending it twice is harmless (decides what may be retried).
         creates_run: True for requests that start an action run (never blindly retried).
+        poll_key: For a create, what its runs' durations are learnt under (the action), see
+            `_polling`.
+        long_poll: For a long-poll read (``?wait_seconds=N``), N: the server may hold the
+            request that long, so the transport timeout is extended by N and the limiter slot
+            is released as soon as it is sent (see `_actions` and `ZapierClient._send`).
     """
 
     method: str
@@ -76,6 +81,8 @@ class Request:
     content_type: str | None = None
     idempotent: bool = True
     creates_run: bool = False
+    poll_key: str | None = None
+    long_poll: float | None = None
 
     def describe(self) -> str:
         """``"METHOD /path"``, for messages (no query: it could carry a client id)."""
@@ -251,6 +258,7 @@ def create_action_run(
         content_type=_JSON,
         idempotent=False,
         creates_run=True,
+        poll_key=action_id,
     )
 
 
@@ -268,7 +276,8 @@ def _seg(value: str) -> str:
 
 # --- run locators and continuation tokens -----------------------------------------------------
 
-RunKind = Literal["action_run"]
+RunKind = Literal["action_run", "actions_v1", "stored_action"]
+_KINDS: frozenset[str] = frozenset({"action_run", "actions_v1", "stored_action"})
 
 
 @attrs.frozen(kw_only=True)
@@ -276,25 +285,42 @@ class RunLocator:
     """Where a run can be read: which API surface, and its ids.
 
     Attributes:
-        kind: The surface: ``"action_run"`` is `/v2/action-runs/{id}`.
+        kind: The surface: ``"action_run"`` is `/v2/action-runs/{id}`, ``"actions_v1"`` is
+            `/actions/v1/runs/{id}` (one-off Actions API runs), ``"stored_action"`` is
+            `/actions/v1/stored-actions/{stored_action_id}/runs/{id}`.
         run_id: The run id.
+        stored_action_id: The stored action's id (kind ``"stored_action"`` only).
     """
 
     kind: RunKind
     run_id: str
+    stored_action_id: str | None = None
 
 
 def poll_request(locator: RunLocator) -> Request:
     """The request that reads a run's state."""
-    return get_action_run(locator.run_id)
+    if locator.kind == "action_run":
+        return get_action_run(locator.run_id)
+    from . import _actions  # imported here: _actions builds on this module
+
+    return _actions.poll_request(locator)
 
 
 _TOKEN_PREFIX = "za1."
 
 
 def encode_continuation_token(locator: RunLocator) -> str:
-    """A versioned, opaque, secret-free string from which `resume()` rebuilds a handle."""
-    payload = json.dumps({"v": 1, "k": locator.kind, "id": locator.run_id}, separators=(",", ":"))
+    """A versioned, opaque, secret-free string from which `resume()` rebuilds a handle.
+
+    `/v2/action-runs` runs keep the version-1 form (older releases can still read them); the
+    Actions API kinds use version 2, which adds the stored action's id (``"sa"``).
+    """
+    fields: dict[str, object] = {"v": 1, "k": locator.kind, "id": locator.run_id}
+    if locator.kind != "action_run":
+        fields["v"] = 2
+        if locator.stored_action_id is not None:
+            fields["sa"] = locator.stored_action_id
+    payload = json.dumps(fields, separators=(",", ":"))
     raw = base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
     return _TOKEN_PREFIX + raw
 
@@ -313,13 +339,23 @@ def decode_continuation_token(value: object) -> RunLocator:
         payload = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise errors.InvalidRequestError("is not a valid continuation token", "token") from None
-    if not isinstance(payload, dict) or payload.get("v") != 1:
+    if not isinstance(payload, dict) or payload.get("v") not in (1, 2):
         raise errors.InvalidRequestError(
             "is a continuation token of an unknown version; upgrade zapier_async", "token"
         )
-    if payload.get("k") != "action_run":
+    kind = payload.get("k")
+    # Version 1 only ever named /v2/action-runs runs, and those are always encoded as v1.
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise errors.InvalidRequestError("names an unknown kind of run", "token")
-    return RunLocator(kind="action_run", run_id=validate_id(payload.get("id"), field="run_id"))
+    if (payload["v"] == 1) != (kind == "action_run"):
+        raise errors.InvalidRequestError("names an unknown kind of run", "token")
+    run_id = validate_id(payload.get("id"), field="run_id")
+    if kind == "stored_action":
+        stored = validate_id(payload.get("sa"), field="stored_action_id")
+        return RunLocator(kind="stored_action", run_id=run_id, stored_action_id=stored)
+    if kind == "actions_v1":
+        return RunLocator(kind="actions_v1", run_id=run_id)
+    return RunLocator(kind="action_run", run_id=run_id)
 
 
 # --- parsing ----------------------------------------------------------------------------------

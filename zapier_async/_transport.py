@@ -25,6 +25,20 @@ from ._protocol import Request, Response
 __all__ = ["AiohttpTransport", "Transport"]
 
 
+def _timeouts(timeout: float | None) -> aiohttp.ClientTimeout:
+    """aiohttp timeouts for one request of at most `timeout` seconds on the wire.
+
+    Waiting for a pooled connection and connecting count against `connect`, which aiohttp
+    reports as `ConnectionTimeoutError` (mapped to kind "connect": provably never sent). A
+    `total` alone would also run while the request queues for the pool, and a create that
+    timed out there, never sent, would wrongly be reported as an unknown outcome. Once
+    connected, the exchange gets `timeout` more (`sock_read`, capped by `total`).
+    """
+    if timeout is None:
+        return aiohttp.ClientTimeout(total=None)
+    return aiohttp.ClientTimeout(total=2 * timeout, connect=timeout, sock_read=timeout)
+
+
 class Transport(Protocol):
     """Sends one request and returns its response; raises `TransportError` on no answer."""
 
@@ -96,7 +110,7 @@ class AiohttpTransport:
                 params=list(request.query) or None,
                 data=request.body,
                 headers=all_headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=_timeouts(timeout),
                 allow_redirects=False,
             ) as resp:
                 body = await resp.read()

@@ -7,6 +7,7 @@ ZapierError
 ├── APIError                 Zapier answered with an error status
 │   ├── BadRequestError         400
 │   ├── AuthenticationError     401
+│   │   └── TokenRequestError      the OAuth token endpoint refused the credentials
 │   ├── PermissionDeniedError   403
 │   ├── NotFoundError           404 (also: a run past Zapier's 7-day retention)
 │   ├── ConflictError           409
@@ -18,7 +19,9 @@ ZapierError
 ├── OutcomeUnknownError      a run-creating POST whose fate is unknown: it may exist
 ├── RunFailedError           the run ended with status "error" (carries the Run)
 ├── RunTimeoutError          `result(timeout=)` ran out; the run is still being polled
-└── RunDetachedError         polling stopped locally (handle cancelled, client closed)
+├── RunDetachedError         polling stopped locally (handle cancelled, client closed)
+├── ActionNotFoundError      discovery: the app has no action with that key
+└── NoConnectionError        discovery: the user has no usable connection to the app
 ```
 
 Exceptions are attrs `auto_exc` classes **without** `kw_only`, so they pickle and copy.
@@ -36,11 +39,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APIError",
+    "ActionNotFoundError",
     "AuthenticationError",
     "BadRequestError",
     "ConflictError",
     "DecodeError",
     "InvalidRequestError",
+    "NoConnectionError",
     "NotFoundError",
     "OutcomeUnknownError",
     "PermissionDeniedError",
@@ -50,6 +55,7 @@ __all__ = [
     "RunTimeoutError",
     "ServerError",
     "ServiceUnavailableError",
+    "TokenRequestError",
     "TooManyRequestsError",
     "TransportError",
     "ZapierError",
@@ -145,6 +151,18 @@ class BadRequestError(APIError):
 
 class AuthenticationError(APIError):
     """401: the access token is missing, invalid or expired."""
+
+
+class TokenRequestError(AuthenticationError):
+    """The OAuth token endpoint refused to issue an access token (bad client credentials, a
+    JWT it would not accept, a grant it does not support).
+
+    `code` is the OAuth ``error`` (e.g. ``invalid_client``, ``invalid_grant``) and `detail`
+    its ``error_description``. Neither the credentials nor the response body are kept.
+    """
+
+    def __str__(self) -> str:
+        return f"token request refused: {super().__str__()}"
 
 
 class PermissionDeniedError(APIError):
@@ -293,3 +311,51 @@ class RunDetachedError(ZapierError):
 
     def __str__(self) -> str:
         return f"stopped following run {self.run_id}: {self.reason}; resume it by id"
+
+
+@attrs.define(auto_exc=True, eq=False)
+class ActionNotFoundError(ZapierError):
+    """Get Actions lists no action with this key for the app.
+
+    Attributes:
+        app: The app id that was searched.
+        action_key: The stable action key asked for.
+        action_type: The action type filter, if one was used.
+        available: The keys the app does offer (for that type), sorted.
+    """
+
+    app: str
+    action_key: str
+    action_type: str | None = None
+    available: list[str] = attrs.field(factory=list)
+
+    def __str__(self) -> str:
+        kind = f" of type {self.action_type}" if self.action_type else ""
+        offered = ", ".join(self.available[:20]) if self.available else "none"
+        more = f" (+{len(self.available) - 20} more)" if len(self.available) > 20 else ""
+        return (
+            f"app {self.app} has no action{kind} with key {self.action_key!r}; "
+            f"available keys: {offered}{more}"
+        )
+
+
+@attrs.define(auto_exc=True, eq=False)
+class NoConnectionError(ZapierError):
+    """The user has no usable connection (authentication) to the app.
+
+    Attributes:
+        app: The app id.
+        expired: How many connections were found that are expired (unusable until the user
+            reconnects them).
+    """
+
+    app: str
+    expired: int = 0
+
+    def __str__(self) -> str:
+        if self.expired:
+            return (
+                f"no usable connection to app {self.app}: {self.expired} found, all expired; "
+                "the user must reconnect the app"
+            )
+        return f"no connection to app {self.app}; the user must connect the app first"

@@ -17,7 +17,24 @@ from typing import Any, TypeVar
 import attrs
 import cattrs
 
-__all__ = ["Run", "RunErrorCode", "RunErrorDetail", "RunStatus"]
+__all__ = [
+    "Action",
+    "ActionType",
+    "Choice",
+    "ChoicePage",
+    "Connection",
+    "FieldFormat",
+    "Fieldset",
+    "InfoField",
+    "InputField",
+    "OutputField",
+    "Run",
+    "RunErrorCode",
+    "RunErrorDetail",
+    "RunStatus",
+    "StoredAction",
+    "ValueType",
+]
 
 _E = TypeVar("_E", bound="_OpenStrEnum")
 
@@ -213,6 +230,7 @@ def _make_converter(*, strict: bool = False) -> cattrs.Converter:
             next_page=override(struct_hook=_structure_next_page),
         ),
     )
+    _register_discovery_hooks(conv, strict=strict)
     return conv
 
 
@@ -237,4 +255,365 @@ def _structure_error_list(conv: cattrs.Converter) -> Any:
     return structure
 
 
+# --- discovery: actions, input/output fields, choices, connections --------------------------
+# Shapes from the Partner OpenAPI (`Action`, `InputField`, `InfoField`, `Fieldset`, `Choice`,
+# `OutputField`, `Authentication`):
+# https://docs.zapier.com/powered-by-zapier/api-reference/actions/get-actions
+
+
+class ActionType(_OpenStrEnum):
+    """`action_type` of an action (the Partner API's uppercase names)."""
+
+    READ = "READ"
+    READ_BULK = "READ_BULK"
+    WRITE = "WRITE"
+    SEARCH = "SEARCH"
+    SEARCH_OR_WRITE = "SEARCH_OR_WRITE"
+    SEARCH_AND_WRITE = "SEARCH_AND_WRITE"
+    FILTER = "FILTER"
+
+
+class FieldFormat(_OpenStrEnum):
+    """`format` of an input field; `SELECT` fields take values from `action_choices`."""
+
+    DATETIME = "DATETIME"
+    MULTILINE = "MULTILINE"
+    PASSWORD = "PASSWORD"
+    CODE = "CODE"
+    READONLY = "READONLY"
+    FILE = "FILE"
+    SELECT = "SELECT"
+
+
+class ValueType(_OpenStrEnum):
+    """`value_type` of an input field: the JSON type its value should have."""
+
+    STRING = "STRING"
+    NUMBER = "NUMBER"
+    INTEGER = "INTEGER"
+    BOOLEAN = "BOOLEAN"
+    ARRAY = "ARRAY"
+    OBJECT = "OBJECT"
+
+
+@attrs.frozen(kw_only=True)
+class Action:
+    """An action of an app, from Get Actions (`GET /v2/actions`).
+
+    Attributes:
+        id: The id to run it with. Unstable: Zapier asks for a fresh one before every run.
+        key: The developer's stable identifier, e.g. ``"new_lead"``.
+        app: The app id (an expanded app object is reduced to its id).
+        type: The object type, ``"action"``.
+        action_type: ``READ``, ``WRITE``, ``SEARCH``, ...; unknown values are kept.
+        is_instant: True for instant triggers.
+        title: Human-readable name.
+        description: What the action does.
+    """
+
+    id: str
+    key: str
+    app: str
+    type: str = "action"
+    action_type: ActionType
+    is_instant: bool = False
+    title: str = ""
+    description: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class Connection:
+    """A user's connection to an app (an *authentication*, `GET /v2/authentications`).
+
+    Its `id` is what `run(..., authentication=...)` takes; the Actions API calls the same
+    value `connection_id`.
+
+    Attributes:
+        id: The authentication id.
+        app: The app id.
+        is_expired: True when it is unusable until the user reconnects it.
+        title: Human-readable name, e.g. the account's email.
+        type: The object type, ``"authentication"``.
+    """
+
+    id: str
+    app: str
+    is_expired: bool
+    title: str = ""
+    type: str = "authentication"
+
+
+@attrs.frozen(kw_only=True)
+class InputField:
+    """An input an action takes (`InputField` in the Partner OpenAPI).
+
+    Attributes:
+        id: The key to use in `inputs`.
+        type: ``"input_field"``.
+        title: Label.
+        description: Help text.
+        default_value: Used when no value is given.
+        depends_on: Ids of fields whose values change this one.
+        format: How to edit it; `SELECT` fields have `action_choices`.
+        invalidates_input_fields: When True, changing its value changes the field list:
+            ask `action_inputs` again with the new value.
+        is_required: Whether a value is required.
+        items: Free-form extra data.
+        placeholder: Example text.
+        value_type: The JSON type the value should have.
+    """
+
+    id: str
+    type: str = "input_field"
+    title: str = ""
+    description: str = ""
+    default_value: Any = None
+    depends_on: list[str] = attrs.field(factory=list)
+    format: FieldFormat | None = None
+    invalidates_input_fields: bool = False
+    is_required: bool = False
+    items: dict[str, Any] | None = None
+    placeholder: str = ""
+    value_type: ValueType | None = None
+
+    @property
+    def is_select(self) -> bool:
+        """True when its values come from `action_choices`."""
+        return self.format is FieldFormat.SELECT
+
+
+@attrs.frozen(kw_only=True)
+class InfoField:
+    """A read-only note among the input fields (`InfoField`).
+
+    Attributes:
+        id: Its id.
+        type: ``"info_field"``.
+        description: The text to show.
+    """
+
+    id: str
+    type: str = "info_field"
+    description: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class Fieldset:
+    """A group of input fields (`Fieldset`), e.g. line items.
+
+    Attributes:
+        id: Its id.
+        type: ``"fieldset"``.
+        title: Label.
+        fields: The fields it groups.
+    """
+
+    id: str
+    type: str = "fieldset"
+    title: str = ""
+    fields: list[InputField | InfoField] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class Choice:
+    """One value a `SELECT` input field can take (`Choice`).
+
+    Attributes:
+        id: Its id.
+        value: The value to put in `inputs`.
+        label: Human-readable label, when the value is not.
+        type: ``"choice"``.
+    """
+
+    id: str
+    value: str
+    label: str | None = None
+    type: str = "choice"
+
+
+@attrs.frozen(kw_only=True)
+class ChoicePage:
+    """One page of choices.
+
+    Attributes:
+        choices: The choices on this page.
+        page: This page's number, if Zapier said.
+        next_page: The page to ask for next, or None on the last page.
+    """
+
+    choices: list[Choice] = attrs.field(factory=list)
+    page: int | None = None
+    next_page: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class OutputField:
+    """A field an action's results have (`OutputField`).
+
+    Attributes:
+        id: Its key in a result (``"parents[]sha"`` style for nested lists).
+        type: ``"output_field"``.
+        title: Label.
+        sample: An example value, if any.
+    """
+
+    id: str
+    type: str = "output_field"
+    title: str = ""
+    sample: Any = None
+
+
+def _structure_bool(value: Any, _: Any) -> bool:
+    # cattrs' default is bool(value): "false" would be True. An expired connection read as
+    # usable is a failed run, so only real booleans pass.
+    if not isinstance(value, bool):
+        raise TypeError(f"expected a boolean, not {type(value).__name__}")
+    return value
+
+
+def _structure_text(value: Any, _: Any) -> str:
+    # Optional text (titles, descriptions): null is "", anything but a string is an error.
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, not {type(value).__name__}")
+    return value
+
+
+def _structure_app(value: Any, _: Any) -> str:
+    # `app` is a uuid string, or an expanded `Apps` object (the spec's oneOf).
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    if not isinstance(value, str):
+        raise TypeError("app must be a string or an object with an id")
+    return value
+
+
+def _structure_scalar_text(value: Any, _: Any) -> str:
+    # A choice's value is a string in the spec; apps send numbers too. Keep them as text.
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f"expected a string, not {type(value).__name__}")
+    return value if isinstance(value, str) else str(value)
+
+
+def _structure_str_list(value: Any, _: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("expected a list of strings")
+    return list(value)
+
+
+def _structure_optional_enum(cls: type[_E]) -> Any:
+    def structure(value: Any, _: Any) -> _E | None:
+        return None if value is None else _structure_open_enum(value, cls)
+
+    return structure
+
+
+def _field_kind(item: Mapping[str, Any]) -> type[InputField | InfoField | Fieldset]:
+    kind = item.get("type")
+    if kind == "fieldset" or isinstance(item.get("fields"), list):
+        return Fieldset
+    if kind == "info_field":
+        return InfoField
+    if kind == "input_field":
+        return InputField
+    # Unknown type names (the spec only gives "standard" as an example): judge by shape.
+    input_keys = {"value_type", "is_required", "default_value", "format", "title"}
+    return InputField if input_keys & set(item) else InfoField
+
+
+def _register_discovery_hooks(conv: cattrs.Converter, *, strict: bool) -> None:
+    override = cattrs.gen.override
+    text = override(struct_hook=_structure_text)
+    conv.register_structure_hook(bool, _structure_bool)
+    for enum_cls in (ActionType, FieldFormat, ValueType):
+        conv.register_structure_hook(enum_cls, _structure_open_enum)
+
+    def build(cls: type[Any], **fields: Any) -> None:
+        conv.register_structure_hook(
+            cls,
+            cattrs.gen.make_dict_structure_fn(
+                cls, conv, _cattrs_forbid_extra_keys=strict, **fields
+            ),
+        )
+
+    build(
+        Action,
+        app=override(struct_hook=_structure_app),
+        title=text,
+        description=text,
+        type=text,
+    )
+    build(
+        Connection,
+        app=override(struct_hook=_structure_app),
+        title=text,
+        type=text,
+    )
+    build(
+        InputField,
+        type=text,
+        title=text,
+        description=text,
+        placeholder=text,
+        depends_on=override(struct_hook=_structure_str_list),
+        format=override(struct_hook=_structure_optional_enum(FieldFormat)),
+        value_type=override(struct_hook=_structure_optional_enum(ValueType)),
+        items=override(struct_hook=_structure_meta),
+        default_value=override(struct_hook=lambda v, _: v),
+    )
+    build(InfoField, type=text, description=text)
+
+    def structure_fields(value: Any, _: Any) -> list[InputField | InfoField]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise TypeError("fields must be a list")
+        out: list[InputField | InfoField] = []
+        for item in value:
+            if not isinstance(item, Mapping):
+                raise TypeError("each field must be an object")
+            if _field_kind(item) is InfoField:
+                out.append(conv.structure(item, InfoField))
+            else:
+                out.append(conv.structure(item, InputField))
+        return out
+
+    build(Fieldset, type=text, title=text, fields=override(struct_hook=structure_fields))
+    build(
+        Choice,
+        value=override(struct_hook=_structure_scalar_text),
+        id=override(struct_hook=_structure_scalar_text),
+        type=text,
+    )
+    build(OutputField, type=text, title=text, sample=override(struct_hook=lambda v, _: v))
+
+
+
 _converter = _make_converter()
+
+
+@attrs.frozen(kw_only=True)
+class StoredAction:
+    """A saved, repeatable Actions API configuration (White Label stored actions).
+
+    Create returns only the id; get and update return the whole record, so the other fields
+    are None when unknown. https://docs.zapier.com/white-label/api-reference/stored-actions
+
+    Attributes:
+        id: The stored action's id (a uuid).
+        connection_id: The connection (authentication) it runs with.
+        selected_api: The app implementation, e.g. ``"SlackCLIAPI@1.0.0"``.
+        action_key: The action's stable key.
+        action_type: ``"read"``, ``"write"`` or ``"search"``.
+        inputs: The saved inputs.
+    """
+
+    id: str
+    connection_id: str | None = None
+    selected_api: str | None = None
+    action_key: str | None = None
+    action_type: str | None = None
+    inputs: dict[str, Any] = attrs.field(factory=dict)

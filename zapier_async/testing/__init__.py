@@ -7,5 +7,17 @@ with this package) yields a started one.
 
 from ._clock import FakeClock
 from ._fake import FakeStats, FakeZapier, RecordedRequest, RunRecord
+from ._fake_auth import FAKE_APP_ID, FakeAction, FakeAuthServer, FakeCatalog, FakeConnection
 
-__all__ = ["FakeClock", "FakeStats", "FakeZapier", "RecordedRequest", "RunRecord"]
+__all__ = [
+    "FAKE_APP_ID",
+    "FakeAction",
+    "FakeAuthServer",
+    "FakeCatalog",
+    "FakeClock",
+    "FakeConnection",
+    "FakeStats",
+    "FakeZapier",
+    "RecordedRequest",
+    "RunRecord",
+]

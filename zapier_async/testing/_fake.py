@@ -54,6 +54,9 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import MatchInfoError
 
 from zapier_async._clock import Clock, SystemClock
+from zapier_async.testing import _fake_auth
+from zapier_async.testing._fake_actions import JWKS_PATH, FakeActions
+from zapier_async.testing._fake_auth import FakeAuthServer, FakeCatalog
 
 __all__ = ["FakeStats", "FakeZapier", "RecordedRequest", "RunRecord"]
 
@@ -177,6 +180,12 @@ class FakeStats:
             equals that of an earlier accepted create. When every run has unique inputs, any
             duplicate means a client sent the same create twice.
         polls: GETs answered with a run (known id, not refused, not faulted).
+        token_requests: Requests that reached the token endpoint (`fake.auth_server`).
+        tokens_issued: Access tokens the token endpoint issued.
+        token_refusals: Token requests refused (bad credentials, bad JWT, ...).
+        expired_token_refusals: API requests refused with 401 because the token they carried
+            was issued here and has expired.
+        action_lookups: Get Actions requests answered (`fake.catalog`).
     """
 
     requests: int
@@ -187,6 +196,11 @@ class FakeStats:
     runs_created: int
     duplicate_submissions: int
     polls: int
+    token_requests: int = 0
+    tokens_issued: int = 0
+    token_refusals: int = 0
+    expired_token_refusals: int = 0
+    action_lookups: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -719,6 +733,11 @@ class FakeZapier:
         non_json_status: The HTTP status of a `"non_json"` fault.
         slow_delay: Seconds a `"slow"` fault delays the answer.
         record_requests: Keep every request in `requests` (turn off for long benchmarks).
+        auth_server: The token endpoint (`POST /oauth/token/`, see `FakeAuthServer`): accepted
+            client credentials, partner JWT keys, `token_lifetime`. Issued tokens are accepted
+            by every route until they lapse, then refused with 401.
+        catalog: Apps, actions (fresh ids per Get Actions), input/choice/output fields and
+            connections served by the discovery routes (see `FakeCatalog`).
 
     Raises:
         ValueError: A knob has a nonsensical value.
@@ -759,6 +778,13 @@ class FakeZapier:
     non_json_status: int = attrs.field(default=200, validator=_check_http_status)
     slow_delay: float = attrs.field(default=30.0, validator=_check_seconds)
     record_requests: bool = attrs.field(default=True, validator=_check_bool)
+    auth_server: FakeAuthServer = attrs.field(factory=FakeAuthServer, repr=False)
+    """The token endpoint (`POST /oauth/token/`): credentials, partner keys, token lifetime."""
+    catalog: FakeCatalog = attrs.field(factory=FakeCatalog, repr=False)
+    """Apps, actions and connections served by the discovery routes."""
+    actions: FakeActions = attrs.field(factory=FakeActions, repr=False)
+    """The Actions API routes (v1 runs, stored actions, v2 long-poll) and signed callbacks;
+    its knobs (`callback_loss_rate`, `long_poll_early_rate`, ...) are set on it."""
 
     requests: list[RecordedRequest] = attrs.field(init=False, factory=list, repr=False)
     """Every request received, oldest first (when `record_requests`); safe to clear."""
@@ -778,6 +804,7 @@ class FakeZapier:
         if self.fault_rate > 0 and not self.faults:
             raise ValueError("fault_rate > 0 needs at least one kind in faults")
         self._rng = random.Random(self.seed)
+        self.actions._bind(self)
         self._limiter = (
             None
             if self.rate_limit is None
@@ -823,6 +850,7 @@ class FakeZapier:
         self._closed = True
         for waiter in list(self._sleepers):
             _resolve(waiter, False)
+        await self.actions.aclose()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -909,6 +937,7 @@ class FakeZapier:
             run.errors = list(errors)
         else:
             run.errors = [dict(_DEFAULT_RUN_ERROR)] if status == "error" else []
+        self.actions.run_changed(run)
         return run.snapshot(now, self.pending_statuses)
 
     def inject(
@@ -958,7 +987,22 @@ class FakeZapier:
             runs_created=c.runs_created,
             duplicate_submissions=c.duplicates,
             polls=c.polls,
+            token_requests=self.auth_server.token_requests,
+            tokens_issued=self.auth_server.tokens_issued,
+            token_refusals=self.auth_server.token_refusals,
+            expired_token_refusals=self.auth_server.expired_token_refusals,
+            action_lookups=self.catalog.action_lookups,
         )
+
+    @property
+    def token_url(self) -> str:
+        """The emulated OAuth token endpoint, e.g. `http://127.0.0.1:54321/oauth/token/`."""
+        return self.url + _fake_auth.TOKEN_PATHS[0]
+
+    @property
+    def jwks_url(self) -> str:
+        """The JWKS that verifies this emulator's callback signatures."""
+        return self.url + JWKS_PATH
 
     # ---------------------------------------------------------------------------- routing
 
@@ -969,6 +1013,15 @@ class FakeZapier:
             ("POST", "/v2/action-runs", "create", self._create),
             ("POST", "/v2/action-runs/", "create", self._create),
             ("GET", "/v2/action-runs/{id}", "poll", self._poll),
+            # Actions API, stored actions, long-poll reads, JWKS (testing/_fake_actions.py).
+            *self.actions.routes(),
+            # Token endpoint, discovery and connections (testing/_fake_auth.py).
+            *(
+                (method, path, endpoint, _answer(handler))
+                for method, path, endpoint, handler in _fake_auth.routes(
+                    self.auth_server, self.catalog, clock=self.clock, rng=self._rng
+                )
+            ),
         )
 
     def _build_app(self) -> web.Application:
@@ -1027,7 +1080,9 @@ class FakeZapier:
                 )
             )
         exchange = _Exchange(request, endpoint, received_at, body, raw)
-        admission = None if self._limiter is None else self._limiter.admit(received_at)
+        # The token endpoint is another host (zapier.com) with another budget: not limited.
+        limited = self._limiter is not None and endpoint not in _UNAUTHENTICATED
+        admission = self._limiter.admit(received_at) if limited and self._limiter else None
         reply: _Reply | None
         if admission is not None and not admission.allowed:
             counters.rate_limited += 1
@@ -1074,6 +1129,8 @@ class FakeZapier:
         return _error(status, code, title, detail, retry_at=retry_at)
 
     async def _process(self, exchange: _Exchange, handler: _EndpointHandler) -> _Reply:
+        if exchange.endpoint in _UNAUTHENTICATED:
+            return await handler(exchange)
         refusal = self._authenticate(exchange.request)
         if refusal is not None:
             return refusal
@@ -1105,7 +1162,12 @@ class FakeZapier:
                 "NotAuthenticated",
                 "Authentication credentials were not provided.",
             )
-        if self.tokens is not None and token not in self.tokens:
+        state = self.auth_server.check(token, self.clock.monotonic())
+        if state == "expired":
+            self.auth_server.expired_token_refusals += 1
+            return _error(401, "token_expired", "AuthenticationFailed", "Token has expired.")
+        known = state == "valid" or (self.tokens is not None and token in self.tokens)
+        if not known and (self.tokens is not None or self.auth_server.require_issued_tokens):
             return _error(401, "authentication_failed", "AuthenticationFailed", "Invalid token.")
         return None
 
@@ -1202,6 +1264,7 @@ class FakeZapier:
         run = self._new_run(parsed)
         self._runs[run.id] = run
         self._counters.runs_created += 1
+        self.actions.run_created(run)  # schedules its signed callback, if it has a URL
         return _Reply(200, _dumps({"data": {"type": "run", "id": run.id}}))
 
     async def _poll(self, exchange: _Exchange) -> _Reply:
@@ -1273,6 +1336,20 @@ class FakeZapier:
             return self._runs[run_id]
         except KeyError:
             raise KeyError(f"no run with id {run_id!r}") from None
+
+
+_UNAUTHENTICATED: Final = frozenset({"token", "jwks"})
+"""Endpoints without bearer authentication and outside the API rate limit."""
+
+
+def _answer(handler: _fake_auth.Handler) -> _EndpointHandler:
+    """Adapt a `_fake_auth` handler (status, JSON body) to this pipeline's `_Reply`."""
+
+    async def endpoint(exchange: _Exchange) -> _Reply:
+        status, body = await handler(exchange)
+        return _Reply(status, _dumps(body))
+
+    return endpoint
 
 
 def _disconnected(request: web.Request) -> bool:

@@ -1,0 +1,1 @@
+"""Chaos tests: the real client against a misbehaving FakeZapier (see harness.py)."""

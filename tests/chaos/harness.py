@@ -1,0 +1,403 @@
+"""The chaos harness: the real client against `FakeZapier` with faults, and the invariants.
+
+One function, `run_chaos`, drives a workload of N callers through a real `ZapierClient`
+against a `FakeZapier` configured to misbehave, then compares what every caller was told with
+the emulator's server-side truth (`FakeZapier.runs()`). `ChaosReport.violations` lists every
+broken invariant; `check` raises with all of them. The tests in this package run it briefly;
+`python -m benchmarks.soak` runs it for 10,000 runs and prints the numbers.
+
+Invariants (checked after the client and the emulator are closed):
+
+1. Every caller ends with a `Run` or a typed `ZapierError`; nothing else escapes.
+2. Every run the server created is known to exactly one caller by id, except runs whose
+   create got `OutcomeUnknownError`; and each of those corresponds to exactly the request
+   that got it (it carries that caller's unique input). A caller told anything else on create
+   (a refusal, `RateLimitedError`, a connect error) has no run on the server.
+3. Zero duplicate submissions: at most one server run per caller, and the emulator counted
+   no duplicate create.
+4. Outcomes agree with the server: a `Run` is the server's successful run (same id, the
+   results echo the caller's own input), `RunFailedError` is a run that ended in error.
+5. Nothing leaks: no task of ours left after close, no socket left open, no unraisable
+   exception (an unclosed session or transport is reported as one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import attrs
+
+import zapier_async as za
+from zapier_async import errors
+from zapier_async.testing import FakeZapier
+
+__all__ = ["ChaosConfig", "ChaosReport", "check", "open_sockets", "run_chaos"]
+
+OUTCOME_UNKNOWN = "OutcomeUnknownError"
+
+
+@attrs.frozen(kw_only=True)
+class ChaosConfig:
+    """One chaos workload.
+
+    Attributes:
+        runs: Callers, each starting one run and awaiting it.
+        concurrency: Callers in flight at most.
+        seed: Seeds the emulator and the client's jitter.
+        fault_rate: Probability that a request is hit by a fault from `faults`.
+        faults: Fault kinds (see `FakeZapier`).
+        fault_after_create: Probability that a fault on a create hits after the run was made.
+        fault_retry_after: `Retry-After` seconds on a refusing 503 (None: no header).
+        slow_delay: How late a `"slow"` fault answers (real seconds).
+        request_timeout: The client's per-request timeout.
+        durations: Run durations at the emulator.
+        error_rate: Runs that end with status error.
+        rate_limit: The emulator's `(limit, window)`, or None.
+        cooldown_after_429: The emulator's cool-down after its limit was exceeded.
+        max_rate_limit_wait: The client's cap on waiting for the budget.
+        max_poll_failures: Consecutive failed polls before a handle gives up.
+        close_after_creates: Close the client once this many creates were answered, with
+            the rest of the runs (and some creates) still in flight. None: never.
+        latency: Extra emulator latency per response.
+        auth: The auth provider (default: a bearer token).
+        tokens: Tokens the emulator accepts (None: any).
+        on_fake: Called with the started emulator, to configure or inject faults.
+        clients: Clients (each with its own limiter, like separate workers) the callers are
+            spread over round-robin; several of them overrun a shared server budget.
+        fake_options: More `FakeZapier` keyword arguments (e.g. an `auth_server`).
+        auth_factory: Builds each client's auth provider from the started emulator (e.g.
+            `ClientCredentials` against `fake.token_url`); overrides `auth`.
+    """
+
+    runs: int = 300
+    concurrency: int = 100
+    seed: int = 1
+    fault_rate: float = 0.10
+    faults: frozenset[str] = frozenset({"500", "502", "503", "504", "reset", "non_json"})
+    fault_after_create: float = 0.5
+    fault_retry_after: int | None = 0
+    slow_delay: float = 1.0
+    request_timeout: float = 5.0
+    durations: tuple[float, float] = (0.0, 0.05)
+    error_rate: float = 0.05
+    rate_limit: tuple[int, float] | None = None
+    cooldown_after_429: float = 0.0
+    max_rate_limit_wait: float | None = None
+    max_poll_failures: int = 50
+    close_after_creates: int | None = None
+    latency: float | tuple[float, float] = 0.0
+    auth: za.AuthProvider | None = None
+    tokens: frozenset[str] | None = None
+    on_fake: Callable[[FakeZapier], None] | None = None
+    clients: int = 1
+    fake_options: dict[str, Any] = attrs.Factory(dict)
+    auth_factory: Callable[[FakeZapier], za.AuthProvider] | None = None
+
+
+@attrs.define(kw_only=True)
+class ChaosReport:
+    """What happened, from both sides."""
+
+    runs: int
+    outcomes: Counter[str] = attrs.Factory(Counter)
+    faults: dict[str, int] = attrs.Factory(dict)
+    requests: int = 0
+    requests_by_endpoint: dict[str, int] = attrs.Factory(dict)
+    responses_by_status: dict[int, int] = attrs.Factory(dict)
+    rate_limited: int = 0
+    runs_created: int = 0
+    duplicate_submissions: int = 0
+    unknown_outcome: int = 0
+    unknown_outcome_created: int = 0
+    unknown_causes: Counter[str] = attrs.Factory(Counter)
+    wall_time: float = 0.0
+    violations: list[str] = attrs.Factory(list)
+
+    def lines(self) -> list[str]:
+        """The numbers, one per line, for humans."""
+        return [
+            f"runs requested:          {self.runs}",
+            f"wall time:               {self.wall_time:.2f} s",
+            "outcomes by type:        "
+            + ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())),
+            "faults by kind:          "
+            + ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items()) if v)
+            + f" (total {sum(self.faults.values())})",
+            f"requests:                {self.requests} "
+            f"{dict(sorted(self.requests_by_endpoint.items()))}",
+            f"responses by status:     {dict(sorted(self.responses_by_status.items()))}",
+            f"rate limited (429):      {self.rate_limited}",
+            f"runs created (server):   {self.runs_created}",
+            f"duplicate submissions:   {self.duplicate_submissions}",
+            f"outcome unknown:         {self.unknown_outcome} "
+            f"(of which the run exists: {self.unknown_outcome_created})",
+            "outcome unknown causes:  "
+            + ", ".join(f"{k!r}={v}" for k, v in self.unknown_causes.most_common(5)),
+            f"invariant violations:    {len(self.violations)}",
+        ]
+
+
+def check(report: ChaosReport) -> None:
+    """Raise AssertionError listing every violated invariant."""
+    if report.violations:
+        shown = "\n  ".join(report.violations[:30])
+        more = len(report.violations) - 30
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        raise AssertionError(
+            f"{len(report.violations)} chaos invariant(s) violated:\n  {shown}{tail}\n"
+            + "\n".join(report.lines())
+        )
+
+
+def open_sockets() -> int | None:
+    """Sockets this process has open (Linux /proc), or None where that cannot be told."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    count = 0
+    for name in names:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                count += 1
+    return count
+
+
+@contextlib.contextmanager
+def _unraisable_recorder(sink: list[str]) -> Iterator[None]:
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        sink.append(f"unraisable: {unraisable.exc_type.__name__}: {unraisable.exc_value}")
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
+@attrs.define
+class _Caller:
+    index: int
+    handle_id: str | None = None
+    create_error: str | None = None
+    unknown_cause: str | None = None
+    outcome: str | None = None
+    run: za.Run | None = None
+    failed_run: za.Run | None = None
+    escaped: BaseException | None = None
+
+
+async def run_chaos(config: ChaosConfig) -> ChaosReport:
+    """Run the workload; return the report with every invariant violation listed."""
+    report = ChaosReport(runs=config.runs)
+    unraisable: list[str] = []
+    before_tasks = set(asyncio.all_tasks())
+    sockets_before = open_sockets()
+    started = time.perf_counter()
+    with _unraisable_recorder(unraisable):
+        callers = [_Caller(i) for i in range(config.runs)]
+        async with FakeZapier(
+            seed=config.seed,
+            durations=config.durations,
+            error_rate=config.error_rate,
+            fault_rate=config.fault_rate,
+            faults=config.faults,
+            fault_after_create=config.fault_after_create,
+            fault_retry_after=config.fault_retry_after,
+            slow_delay=config.slow_delay,
+            rate_limit=config.rate_limit,
+            cooldown_after_429=config.cooldown_after_429,
+            latency=config.latency,
+            tokens=config.tokens,
+            record_requests=False,
+            **config.fake_options,
+        ) as fake:
+            if config.on_fake is not None:
+                config.on_fake(fake)
+            await _drive(fake, config, callers)
+            stats = fake.stats
+            server_runs = fake.runs()
+        report.wall_time = time.perf_counter() - started
+        # Let aiohttp's connection-closing callbacks run, then collect: an unclosed session or
+        # transport shows up as an unraisable ResourceWarning here, not later in another test.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+    current = asyncio.current_task()
+    leftover = [
+        t
+        for t in asyncio.all_tasks()
+        if t not in before_tasks and t is not current and not t.done()
+    ]
+    _fill(report, stats, callers, server_runs)
+    v = report.violations
+    v.extend(unraisable)
+    if leftover:
+        v.append(f"{len(leftover)} task(s) left after close: {[t.get_name() for t in leftover]}")
+    sockets_after = open_sockets()
+    if sockets_before is not None and sockets_after is not None and sockets_after > sockets_before:
+        v.append(f"sockets leaked: {sockets_before} open before, {sockets_after} after close")
+    return report
+
+
+async def _drive(fake: FakeZapier, config: ChaosConfig, callers: list[_Caller]) -> None:
+    clients = [
+        za.ZapierClient(
+            auth=_auth_for(config, fake),
+            base_url=fake.url,
+            poll_policy=za.PollPolicy(initial=0.02, factor=1.5, cap=0.1),
+            retry_policy=za.RetryPolicy(base=0.005, cap=0.05),
+            request_timeout=config.request_timeout,
+            max_rate_limit_wait=config.max_rate_limit_wait,
+            max_poll_failures=config.max_poll_failures,
+            rng=random.Random(config.seed + n),
+        )
+        for n in range(config.clients)
+    ]
+    gate = asyncio.Semaphore(config.concurrency)
+    creates_answered = 0
+    closing: asyncio.Task[Any] | None = None
+
+    async def one(caller: _Caller) -> None:
+        nonlocal creates_answered, closing
+        client = clients[caller.index % len(clients)]
+        async with gate:
+            try:
+                handle = await client.run(
+                    "core:chaos", authentication=None, inputs={"i": caller.index}
+                )
+            except errors.ZapierError as exc:
+                caller.create_error = caller.outcome = type(exc).__name__
+                if isinstance(exc, errors.OutcomeUnknownError):
+                    caller.unknown_cause = exc.cause.split(" (")[0]
+                return
+            finally:
+                creates_answered += 1
+                if (
+                    config.close_after_creates is not None
+                    and creates_answered >= config.close_after_creates
+                    and closing is None
+                ):
+                    closing = asyncio.create_task(_close_all(clients))
+            caller.handle_id = handle.id
+            try:
+                caller.run = await handle
+            except errors.RunFailedError as exc:
+                caller.failed_run = exc.run
+                caller.outcome = "RunFailedError"
+            except errors.ZapierError as exc:
+                caller.outcome = type(exc).__name__
+            else:
+                caller.outcome = "Run"
+
+    async def guarded(caller: _Caller, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except BaseException as exc:  # invariant 1: record what escaped, do not hide it
+            caller.escaped = exc
+            if not isinstance(exc, Exception):
+                raise
+
+    try:
+        await asyncio.gather(*(guarded(c, one(c)) for c in callers))
+    finally:
+        if closing is not None:
+            await closing
+        await _close_all(clients)
+    if not all(c.closed for c in clients):
+        raise AssertionError("a client did not close")
+
+
+def _auth_for(config: ChaosConfig, fake: FakeZapier) -> za.AuthProvider:
+    if config.auth_factory is not None:
+        return config.auth_factory(fake)
+    return config.auth if config.auth is not None else za.BearerToken("chaos-token")
+
+
+async def _close_all(clients: list[za.ZapierClient]) -> None:
+    for client in clients:
+        await client.aclose()
+
+
+def _fill(report: ChaosReport, stats: Any, callers: list[_Caller], server_runs: list[Any]) -> None:
+    v = report.violations
+    report.faults = dict(stats.faults)
+    report.requests = stats.requests
+    report.requests_by_endpoint = dict(stats.requests_by_endpoint)
+    report.responses_by_status = dict(stats.responses_by_status)
+    report.rate_limited = stats.rate_limited
+    report.runs_created = stats.runs_created
+    report.duplicate_submissions = stats.duplicate_submissions
+    if stats.duplicate_submissions:
+        v.append(f"the emulator counted {stats.duplicate_submissions} duplicate submission(s)")
+    if len(server_runs) != stats.runs_created:
+        v.append(f"{len(server_runs)} run records but {stats.runs_created} runs created")
+
+    by_index: dict[int, list[Any]] = {}
+    for record in server_runs:
+        index = record.inputs.get("i") if isinstance(record.inputs, dict) else None
+        if not isinstance(index, int) or not 0 <= index < len(callers):
+            v.append(f"server run {record.id} carries no caller index: {record.inputs!r}")
+            continue
+        by_index.setdefault(index, []).append(record)
+
+    for caller in callers:
+        i = caller.index
+        mine = by_index.get(i, [])
+        if caller.escaped is not None:
+            v.append(f"caller {i}: {type(caller.escaped).__name__} escaped: {caller.escaped!r}")
+            continue
+        if caller.outcome is None:
+            v.append(f"caller {i}: no outcome at all")
+            continue
+        report.outcomes[caller.outcome] += 1
+        if len(mine) > 1:
+            v.append(f"caller {i}: {len(mine)} runs on the server (a duplicate)")
+            continue
+        if caller.create_error is not None:
+            if caller.create_error == OUTCOME_UNKNOWN:
+                report.unknown_outcome += 1
+                report.unknown_causes[caller.unknown_cause or "?"] += 1
+                report.unknown_outcome_created += len(mine)
+            elif mine:
+                v.append(
+                    f"caller {i}: create raised {caller.create_error} but run {mine[0].id} "
+                    "exists on the server (a lost run)"
+                )
+            continue
+        if not mine:
+            v.append(f"caller {i}: holds run id {caller.handle_id} the server never created")
+            continue
+        record = mine[0]
+        if record.id != caller.handle_id:
+            v.append(f"caller {i}: holds id {caller.handle_id}, the server's run is {record.id}")
+        if caller.run is not None:
+            if record.final_status != "success" or caller.run.id != record.id:
+                v.append(f"caller {i}: got a successful Run, the server says {record.final_status}")
+            expected = [{"id": record.id, "inputs": {"i": i}}]
+            if caller.run.results != expected:
+                v.append(f"caller {i}: results {caller.run.results!r} are not its own run's")
+        if caller.failed_run is not None and (
+            record.final_status != "error" or caller.failed_run.id != record.id
+        ):
+            v.append(f"caller {i}: got RunFailedError, the server says {record.final_status}")
+    if sum(report.outcomes.values()) + sum(1 for c in callers if c.escaped) != len(callers):
+        v.append("some callers were not accounted for")
+
+
+def reproducible_seed() -> int:
+    """A seed from `CHAOS_SEED`, else a fixed one (so failures reproduce)."""
+    raw = os.environ.get("CHAOS_SEED", "")
+    return int(raw) if raw.isdigit() else 8

@@ -1,0 +1,298 @@
+"""run_many / gather: lazy, bounded fan-out against the real FakeZapier."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from _util import until
+
+import zapier_async as za
+from zapier_async import errors
+from zapier_async._bulk import WORKER_TASK_NAME
+from zapier_async.testing import FakeZapier
+
+FAST_POLLS = za.PollPolicy(initial=0.01, factor=1.5, cap=0.05, jitter=0.1)
+FAST_RETRIES = za.RetryPolicy(base=0.01, cap=0.05)
+
+
+def client_for(fake: FakeZapier, **kwargs: Any) -> za.ZapierClient:
+    options: dict[str, Any] = {
+        "auth": za.BearerToken("test-token"),
+        "base_url": fake.url,
+        "poll_policy": FAST_POLLS,
+        "retry_policy": FAST_RETRIES,
+        "rng": random.Random(7),
+    }
+    options.update(kwargs)
+    return za.ZapierClient(**options)
+
+
+def request(i: int, **inputs: Any) -> za.RunRequest:
+    return za.RunRequest(action="core:x", authentication=None, inputs={"i": i, **inputs}, key=i)
+
+
+def live_workers() -> int:
+    return sum(1 for t in asyncio.all_tasks() if t.get_name() == WORKER_TASK_NAME and not t.done())
+
+
+@pytest_asyncio.fixture
+async def fake() -> AsyncIterator[FakeZapier]:
+    async with FakeZapier(seed=1, record_requests=False) as server:
+        yield server
+
+
+@pytest.mark.asyncio
+async def test_a_lazy_input_is_read_as_needed_and_live_runs_stay_bounded(fake):
+    concurrency = 4
+    produced = 0
+
+    def requests() -> Iterator[za.RunRequest]:
+        nonlocal produced
+        for i in range(200):
+            produced += 1
+            yield request(i)
+
+    seen: set[int] = set()
+    async with client_for(fake) as client:
+        async with client.run_many(requests(), concurrency=concurrency) as outcomes:
+            async for outcome in outcomes:
+                assert outcome.ok, outcome.error
+                assert outcome.run is not None
+                assert outcome.run.succeeded
+                assert outcome.run_id == outcome.run.id
+                assert outcome.key == outcome.index
+                seen.add(outcome.index)
+                # Never more than `concurrency` runs followed at once, and the input is read
+                # at most 2 * concurrency items ahead of what was consumed.
+                assert client.in_flight <= concurrency
+                assert produced - len(seen) <= 2 * concurrency
+        assert client.metrics().runs_started == 200
+    assert seen == set(range(200))
+    assert fake.stats.runs_created == 200
+    assert fake.stats.duplicate_submissions == 0
+    assert live_workers() == 0
+
+
+@pytest.mark.asyncio
+async def test_failing_items_become_error_outcomes_and_the_rest_finish(fake):
+    items: list[Any] = [
+        request(0),
+        {"action": "core:x", "authentication": None, "inputs": {"i": 1}},  # a mapping: fine
+        {"action": "core:x", "inputs": {}},  # no authentication key
+        {"action": "core:x", "authentication": None, "bogus": 1},  # unknown key
+        "not a request",
+        request(5, bad=object()),  # inputs that cannot be serialised
+        request(6, __fake__={"status": "error"}),  # the run ends with status error
+        request(7),
+    ]
+    async with client_for(fake) as client:
+        outcomes = await client.gather(items, concurrency=3)
+    assert [o.index for o in outcomes] == list(range(len(items)))
+    ok = {o.index for o in outcomes if o.ok}
+    assert ok == {0, 1, 7}
+    for index in (2, 3, 4, 5):
+        assert isinstance(outcomes[index].error, errors.InvalidRequestError)
+        assert outcomes[index].run_id is None
+    failed = outcomes[6]
+    assert isinstance(failed.error, errors.RunFailedError)
+    assert failed.run is not None
+    assert failed.run.status is za.RunStatus.ERROR
+    assert failed.run_id == failed.run.id
+    assert isinstance(outcomes[1].request, za.RunRequest)  # mappings are converted
+    assert outcomes[4].request == "not a request"  # kept as given when not convertible
+    assert fake.stats.runs_created == 4  # invalid items were never sent
+
+
+@pytest.mark.asyncio
+async def test_an_api_error_on_one_create_does_not_stop_the_others(fake):
+    fake.inject("500", endpoint="create", count=1)  # before processing: nothing created
+    async with client_for(fake) as client:
+        outcomes = await client.gather([request(i) for i in range(6)], concurrency=1)
+    failures = [o for o in outcomes if not o.ok]
+    assert len(failures) == 1
+    assert isinstance(failures[0].error, errors.OutcomeUnknownError)
+    assert sum(o.ok for o in outcomes) == 5
+
+
+@pytest.mark.asyncio
+async def test_async_iterables_are_accepted(fake):
+    async def requests() -> AsyncIterator[dict[str, Any]]:
+        for i in range(12):
+            await asyncio.sleep(0)
+            yield {"action": "core:x", "authentication": "a", "inputs": {"i": i}, "key": f"k{i}"}
+
+    async with client_for(fake) as client:
+        outcomes = await client.gather(requests(), concurrency=5)
+    assert [o.key for o in outcomes] == [f"k{i}" for i in range(12)]
+    assert all(o.ok for o in outcomes)
+
+
+@pytest.mark.asyncio
+async def test_breaking_out_stops_submitting_and_leaves_no_task(fake):
+    taken = 0
+
+    def endless() -> Iterator[za.RunRequest]:
+        nonlocal taken
+        for i in range(10**9):
+            taken += 1
+            yield request(i)
+
+    async with client_for(fake) as client:
+        async for outcome in client.run_many(endless(), concurrency=5):
+            assert outcome.ok
+            break
+        await until(lambda: live_workers() == 0)
+        created = fake.stats.runs_created
+        assert taken <= 2 * 5 + 1
+        assert created <= taken
+        # No more submissions after the job stopped.
+        await asyncio.sleep(0)
+        assert fake.stats.runs_created == created
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_consumer_keeps_accepted_runs_reachable(fake):
+    never_ends = {"__fake__": {"duration": 3600}}  # until fake.complete()
+    async with client_for(fake) as client:
+        job = client.run_many((request(i, **never_ends) for i in range(10)), concurrency=3)
+
+        async def consume() -> None:
+            async for _ in job:
+                pass
+
+        consumer = asyncio.create_task(consume())
+        await until(lambda: fake.stats.runs_created == 3)
+        await until(lambda: client.in_flight == 3)
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        await job.aclose()
+        assert live_workers() == 0
+        unfinished = job.unfinished()
+        accepted = [o for o in unfinished if o.run_id is not None]
+        assert len(accepted) == 3
+        assert {o.run_id for o in accepted} == {r.id for r in fake.runs()}
+        for outcome in accepted:
+            assert isinstance(outcome.error, errors.RunDetachedError)
+            handle = client.resume(outcome.run_id)  # still followed by the client
+            assert not handle.done()
+            fake.complete(outcome.run_id)
+            assert (await handle).succeeded
+        # Items taken but never sent say so; nothing else was created.
+        for outcome in unfinished:
+            if outcome.run_id is None:
+                assert isinstance(outcome.error, errors.InvalidRequestError)
+        assert fake.stats.runs_created == 3
+        # A closed job yields nothing more.
+        assert [o async for o in job] == []
+
+
+@pytest.mark.asyncio
+async def test_submissions_wait_for_the_budget_instead_of_raising():
+    # With max_rate_limit_wait=0, client.run() would raise RateLimitedError as soon as the
+    # budget runs out; run_many's bulk submissions wait for it instead.
+    async with (
+        FakeZapier(seed=2, rate_limit=(5, 0.2), record_requests=False) as fake,
+        client_for(fake, max_rate_limit_wait=0.0) as client,
+    ):
+        outcomes = await client.gather([request(i) for i in range(15)], concurrency=5)
+        assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
+    assert fake.stats.runs_created == 15
+    assert fake.stats.duplicate_submissions == 0
+
+
+@pytest.mark.asyncio
+async def test_journal_hooks_run_before_the_send_and_after_acceptance(fake):
+    calls: list[tuple[str, int, Any]] = []
+
+    def on_sending(index: int, req: za.RunRequest) -> None:
+        # The create has not reached the emulator yet.
+        calls.append(("sending", index, fake.stats.runs_created))
+
+    def on_submitted(index: int, req: za.RunRequest, run_id: str) -> None:
+        assert fake.run(run_id).inputs["i"] == index
+        calls.append(("submitted", index, run_id))
+
+    async with client_for(fake) as client:
+        outcomes = [
+            o
+            async for o in client.run_many(
+                (request(i) for i in range(4)),
+                concurrency=1,
+                on_sending=on_sending,
+                on_submitted=on_submitted,
+            )
+        ]
+    assert [c[:2] for c in calls] == [
+        (kind, i) for i in range(4) for kind in ("sending", "submitted")
+    ]
+    assert [c[2] for c in calls if c[0] == "sending"] == [0, 1, 2, 3]
+    assert [c[2] for c in calls if c[0] == "submitted"] == [o.run_id for o in outcomes]
+
+
+@pytest.mark.asyncio
+async def test_a_raising_on_sending_hook_sends_nothing(fake):
+    def on_sending(index: int, req: za.RunRequest) -> None:
+        if index == 1:
+            raise OSError("disk full")
+
+    async with client_for(fake) as client:
+        outcomes = [
+            o
+            async for o in client.run_many(
+                (request(i) for i in range(3)), concurrency=1, on_sending=on_sending
+            )
+        ]
+    by_index = {o.index: o for o in outcomes}
+    assert isinstance(by_index[1].error, OSError)
+    assert by_index[0].ok
+    assert by_index[2].ok
+    assert fake.stats.runs_created == 2
+
+
+@pytest.mark.asyncio
+async def test_an_input_iterator_that_raises_is_reported_after_the_runs_in_flight(fake):
+    def broken() -> Iterator[za.RunRequest]:
+        yield request(0)
+        yield request(1)
+        raise RuntimeError("bad input source")
+
+    got: list[za.Outcome] = []
+
+    async def consume(client: za.ZapierClient) -> None:
+        async for outcome in client.run_many(broken(), concurrency=4):
+            got.append(outcome)
+
+    async with client_for(fake) as client:
+        with pytest.raises(RuntimeError, match="bad input source"):
+            await consume(client)
+    assert sorted(o.index for o in got) == [0, 1]
+    assert live_workers() == 0
+
+
+def test_run_request_validates_at_construction():
+    with pytest.raises(errors.InvalidRequestError, match="action"):
+        za.RunRequest(action="", authentication=None)
+    with pytest.raises(errors.InvalidRequestError, match="authentication"):
+        za.RunRequest(action="core:x", authentication=5)  # type: ignore[arg-type]
+    with pytest.raises(errors.InvalidRequestError, match="inputs"):
+        za.RunRequest(action="core:x", authentication=None, inputs=[1])  # type: ignore[arg-type]
+    with pytest.raises(errors.InvalidRequestError, match="required"):
+        za.RunRequest.from_mapping({"action": "core:x"})
+    req = za.RunRequest.from_mapping({"action": "core:x", "authentication": None, "key": 3})
+    assert req.inputs == {}
+    assert req.key == 3
+    assert req.callback_url is None
+
+
+@pytest.mark.asyncio
+async def test_concurrency_must_be_positive(fake):
+    async with client_for(fake) as client:
+        with pytest.raises(errors.InvalidRequestError, match="concurrency"):
+            client.run_many([], concurrency=0)
+        assert await client.gather([]) == []

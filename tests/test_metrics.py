@@ -1,0 +1,176 @@
+"""client.metrics() and the event hooks, against the real FakeZapier."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+import zapier_async as za
+from zapier_async import errors
+from zapier_async._metrics import RESERVOIR_SIZE, _Recorder, percentile
+from zapier_async.testing import FakeClock, FakeZapier
+
+FAST_POLLS = za.PollPolicy(initial=0.01, factor=1.5, cap=0.05, jitter=0.1)
+FAST_RETRIES = za.RetryPolicy(base=0.01, cap=0.05)
+
+
+def client_for(fake: FakeZapier, **kwargs: Any) -> za.ZapierClient:
+    options: dict[str, Any] = {
+        "auth": za.BearerToken("test-token"),
+        "base_url": fake.url,
+        "poll_policy": FAST_POLLS,
+        "retry_policy": FAST_RETRIES,
+        "rng": random.Random(7),
+    }
+    options.update(kwargs)
+    return za.ZapierClient(**options)
+
+
+@pytest_asyncio.fixture
+async def fake() -> AsyncIterator[FakeZapier]:
+    async with FakeZapier(seed=1) as server:
+        yield server
+
+
+async def finish(handle: za.RunHandle) -> None:
+    with contextlib.suppress(za.RunFailedError):
+        await handle
+
+
+@pytest.mark.asyncio
+async def test_metrics_count_runs_requests_latency_and_error_codes(fake):
+    async with client_for(fake) as client:
+        before = client.metrics()
+        assert before.runs_started == 0
+        assert before.latency_p50 is None
+        assert before.success_rate is None
+        assert before.polls_per_run is None
+        for i in range(4):
+            await finish(await client.run("core:x", authentication=None, inputs={"i": i}))
+        await finish(
+            await client.run(
+                "core:x",
+                authentication=None,
+                inputs={"__fake__": {"status": "error", "errors": [{"code": "throttled"}]}},
+            )
+        )
+        with pytest.raises(errors.BadRequestError):  # the emulator refuses this override
+            await client.run("core:x", authentication=None, inputs={"__fake__": {"status": "?"}})
+        m = client.metrics()
+    assert m.runs_started == 5
+    assert m.runs_succeeded == 4
+    assert m.runs_failed == 1
+    assert m.runs_in_flight == 0
+    assert m.success_rate == pytest.approx(0.8)
+    assert m.failure_rate == pytest.approx(0.2)
+    assert m.latency_samples == 5
+    assert m.latency_p50 is not None
+    assert m.latency_p95 is not None
+    assert m.latency_max is not None
+    assert 0 < m.latency_p50 <= m.latency_p95 <= m.latency_max
+    assert m.latency_mean is not None
+    assert 0 < m.latency_mean <= m.latency_max
+    stats = fake.stats
+    assert m.requests_by_endpoint["action_runs.create"] == 6
+    assert m.requests_by_endpoint["action_runs.get"] == stats.polls
+    assert m.polls == stats.polls
+    assert m.polls_per_run == pytest.approx(stats.polls / 5)
+    assert m.responses_by_status == {200: stats.responses_by_status[200], 400: 1}
+    assert m.errors_by_code == {"throttled": 1, "invalid": 1}
+    assert m.outcome_unknown == 0
+    assert m.runs_per_day > 0
+    assert m.as_dict()["responses_by_status"] == {"200": stats.responses_by_status[200], "400": 1}
+
+
+@pytest.mark.asyncio
+async def test_listeners_receive_request_retry_rate_limit_and_run_events():
+    events: list[za.Event] = []
+    async with (
+        FakeZapier(seed=3, rate_limit=(1, 0.2)) as fake,
+        client_for(fake, on_event=events.append, max_rate_limit_wait=None) as client,
+    ):
+        fake.inject("502", endpoint="poll")
+        handle = await client.run("core:x", authentication=None, inputs={})
+        await handle
+        # A second client (its own limiter) on the same budget gets a 429 from the emulator.
+        async with client_for(fake, on_event=events.append) as other:
+            await client.get_run(handle.id)
+            await other.get_run(handle.id)
+        assert client.metrics().retries >= 1
+    kinds = {type(e) for e in events}
+    assert {za.RequestEvent, za.RetryEvent, za.RunEvent} <= kinds
+    runs = [e for e in events if isinstance(e, za.RunEvent)]
+    assert runs[0].kind == "started"
+    assert runs[-1].kind == "ended"
+    assert runs[-1].status is za.RunStatus.SUCCESS
+    assert runs[-1].latency is not None
+    retry = next(e for e in events if isinstance(e, za.RetryEvent))
+    assert retry.endpoint == "action_runs.get"
+    assert retry.reason == "HTTP 502"
+    requests = [e for e in events if isinstance(e, za.RequestEvent)]
+    assert any(e.status == 502 for e in requests)
+    assert all(e.elapsed >= 0 for e in requests)
+    refused = [e for e in events if isinstance(e, za.RateLimitEvent)]
+    assert refused
+    assert all(e.status == 429 for e in refused)
+
+
+@pytest.mark.asyncio
+async def test_a_raising_listener_is_logged_and_the_client_goes_on(fake, caplog):
+    def broken(event: za.Event) -> None:
+        raise RuntimeError("exporter down")
+
+    seen: list[za.Event] = []
+    async with client_for(fake, on_event=broken) as client:
+        client.add_listener(seen.append)
+        with caplog.at_level(logging.ERROR, logger="zapier_async"):
+            run = await (await client.run("core:x", authentication=None, inputs={}))
+        assert run.succeeded
+        assert client.remove_listener(broken) is True
+        assert client.remove_listener(broken) is False
+    assert seen  # the other listener still got every event
+    assert any("event listener" in r.message for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_outcome_unknown_and_lost_runs_are_counted(fake):
+    async with client_for(fake) as client:
+        fake.inject("500", endpoint="create", after_create=True)
+        with pytest.raises(errors.OutcomeUnknownError):
+            await client.run("core:x", authentication=None, inputs={"a": 1})
+        handle = client.resume("no-such-run")
+        with pytest.raises(errors.NotFoundError):
+            await handle
+        m = client.metrics()
+    assert m.outcome_unknown == 1
+    assert m.runs_started == 0
+    assert m.runs_lost == 1
+    assert m.errors_by_code == {"outcome_unknown": 1, "not_found": 1}
+
+
+def test_latency_memory_is_bounded_and_percentiles_are_close():
+    clock = FakeClock()
+    recorder = _Recorder(clock)
+    for i in range(50_000):
+        recorder._sample(i / 50_000)
+    assert len(recorder._reservoir) == RESERVOIR_SIZE
+    m = recorder.snapshot(in_flight=0, limiter=za.Limiter(clock=clock).snapshot())
+    assert m.latency_samples == 50_000
+    assert m.latency_max == pytest.approx(49_999 / 50_000)
+    assert m.latency_mean == pytest.approx(0.5, abs=1e-3)
+    assert m.latency_p50 == pytest.approx(0.5, abs=0.05)
+    assert m.latency_p95 == pytest.approx(0.95, abs=0.03)
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.95) == 95.0
+    assert percentile(values, 1.0) == 100.0
+    assert percentile([3.0], 0.95) == 3.0

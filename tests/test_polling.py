@@ -1,0 +1,145 @@
+"""Adaptive polling (`zapier_async._polling`): pure, driven by a simulated clock."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import statistics
+
+import pytest
+
+from zapier_async._backoff import PollPolicy
+from zapier_async._polling import AdaptivePolling, plan_polls, turnbull
+
+
+class _Handle:
+    """Stands in for `RunHandle`: the three attributes the planner owns, and a weakref."""
+
+    poll_key: str | None
+    poll_plan: tuple[float, ...] | None
+    pending_at: float
+
+
+def _simulate(
+    polling: AdaptivePolling, durations: list[float], key: str | None = "a"
+) -> list[tuple[int, float]]:
+    """Follow runs one after another; (polls, lag) per run."""
+    rng = random.Random(7)
+    out = []
+    for duration in durations:
+        handle = _Handle()
+        t = polling.first_delay(handle, key, rng)  # type: ignore[arg-type]
+        polls = 1
+        while t < duration:
+            t += polling.next_delay(handle, polls, t, rng, hint=None)  # type: ignore[arg-type]
+            polls += 1
+        polling.observe(handle, t)  # type: ignore[arg-type]
+        out.append((polls, t - duration))
+    return out
+
+
+def test_turnbull_masses_sum_to_one_and_follow_the_data() -> None:
+    bounds, masses = turnbull([(0.0, 1.0), (0.5, 1.0), (0.5, 2.0), (1.0, 2.0)])
+    assert bounds == [0.0, 0.5, 1.0, 2.0]
+    assert sum(masses) == pytest.approx(1.0)
+    assert all(m >= 0 for m in masses)
+
+
+def test_turnbull_keeps_right_censored_mass_beyond() -> None:
+    bounds, masses = turnbull([(0.0, 1.0), (0.5, 1.0), (1.0, math.inf)])
+    assert math.isinf(bounds[-1])
+    assert masses[-1] > 0
+    assert sum(masses) == pytest.approx(1.0)
+    plan = plan_polls(bounds, masses, 0.1)
+    assert plan[-1] == 1.0  # the last finite end; beyond it is the fallback's job
+
+
+def test_plan_for_a_uniform_distribution_shrinks_its_gaps() -> None:
+    cells = 130
+    bounds = [0.2 + 1.3 * k / cells for k in range(cells + 1)]
+    plan = plan_polls(bounds, [1.0 / cells] * cells, 0.15)
+    assert plan[-1] == pytest.approx(1.5)
+    assert plan[0] > 0.5  # no poll where no run can have ended yet
+    gaps = [b - a for a, b in itertools.pairwise(plan)]
+    assert gaps == sorted(gaps, reverse=True)
+
+
+def test_a_cheap_poll_buys_less_lag() -> None:
+    bounds = [0.0, 1.0]
+    cheap = plan_polls(bounds, [1.0], 0.01)
+    dear = plan_polls(bounds, [1.0], 1.0)
+    assert len(cheap) > len(dear) == 1
+
+
+def test_uses_the_policy_until_enough_runs_ended() -> None:
+    policy = PollPolicy(initial=0.5, jitter=0.0)
+    polling = AdaptivePolling(policy=policy, min_samples=4)
+    _simulate(polling, [0.3, 0.3, 0.3])
+    assert polling.plan("a") is None
+    handle = _Handle()
+    assert polling.first_delay(handle, "a", random.Random(1)) == 0.5  # type: ignore[arg-type]
+    _simulate(polling, [0.3])
+    assert polling.plan("a") is not None
+
+
+def test_learns_to_poll_at_once_for_instant_runs() -> None:
+    polling = AdaptivePolling()
+    results = _simulate(polling, [0.0] * 400)
+    assert statistics.fmean(lag for _, lag in results[-100:]) < 0.02
+    assert all(polls == 1 for polls, _ in results[-100:])
+
+
+def test_fewer_polls_than_a_fixed_half_second_at_equal_lag() -> None:
+    rng = random.Random(3)
+    polling = AdaptivePolling()
+    results = _simulate(polling, [rng.uniform(0.2, 1.5) for _ in range(1200)])[-600:]
+    polls = statistics.fmean(p for p, _ in results)
+    lag = statistics.fmean(lag for _, lag in results)
+    # A fixed 0.5 s poll starting at t=0: 3.15 polls per run, 0.227 s mean lag.
+    assert lag <= 0.235
+    assert polls <= 0.7 * 3.15
+
+
+def test_runs_longer_than_the_plan_fall_back_and_are_learnt() -> None:
+    polling = AdaptivePolling(min_samples=4, replan_every=4)
+    _simulate(polling, [1.0] * 20)
+    results = _simulate(polling, [5.0] * 40)
+    plan = polling.plan("a")
+    assert plan is not None
+    assert plan[-1] >= 5.0
+    assert results[-1][0] < results[0][0]
+
+
+def test_a_server_hint_wins_over_the_plan() -> None:
+    polling = AdaptivePolling(min_samples=2, replan_every=2)
+    _simulate(polling, [1.0] * 10)
+    handle = _Handle()
+    rng = random.Random(1)
+    polling.first_delay(handle, "a", rng)  # type: ignore[arg-type]
+    assert polling.next_delay(handle, 1, 0.1, rng, hint=30.0) == 30.0  # type: ignore[arg-type]
+    policy_cap = polling.policy.max_hint
+    assert polling.next_delay(handle, 1, 0.1, rng, hint=1e9) == policy_cap  # type: ignore[arg-type]
+
+
+def test_disabled_or_keyless_runs_use_the_policy() -> None:
+    policy = PollPolicy(initial=0.25, factor=2.0, jitter=0.0)
+    for polling, key in (
+        (AdaptivePolling(policy=policy, enabled=False), "a"),
+        (AdaptivePolling(policy=policy), None),
+    ):
+        _simulate(polling, [0.1] * 40, key=key)
+        assert polling.plan("a") is None
+        handle = _Handle()
+        rng = random.Random(1)
+        assert polling.first_delay(handle, key, rng) == 0.25  # type: ignore[arg-type]
+        assert polling.next_delay(handle, 1, 0.25, rng, hint=None) == 0.5  # type: ignore[arg-type]
+
+
+def test_forgets_the_oldest_action_beyond_max_actions() -> None:
+    polling = AdaptivePolling(max_actions=2, min_samples=1)
+    for key in ("a", "b", "c"):
+        _simulate(polling, [0.1] * 2, key=key)
+    assert polling.plan("a") is None
+    assert polling.plan("b") is not None
+    assert polling.plan("c") is not None

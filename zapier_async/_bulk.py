@@ -1,0 +1,485 @@
+"""Bulk fan-out: `ZapierClient.run_many` and its values, `RunRequest` and `Outcome`.
+
+Theory of operation
+-------------------
+A job is `concurrency` worker tasks and one queue of finished outcomes, nothing per run.
+Each worker loops: take a *room* token (at most ``2 * concurrency`` items are taken from the
+input and not yet handed to the consumer), pull the next item from the shared input
+iterator, submit it at `Priority.BULK` (waiting for the rate budget, never raising
+`RateLimitedError`), await its handle, and put the `Outcome` on the queue. The consumer's
+``__anext__`` takes outcomes off the queue and gives a room token back, so a slow consumer
+slows the job down instead of growing memory, and a million-item generator is never
+materialised: memory is bounded by ``concurrency``.
+
+Every failure of one item (bad input, an API error, a failed run, a hook that raised)
+becomes that item's `Outcome`; nothing cancels the other items. Cancellation goes the other
+way: `RunMany.aclose()`, leaving ``async with``, cancelling the consumer inside
+``__anext__``, or dropping the iterator (breaking out of ``async for``) cancels the workers,
+so no task outlives the job. Whatever had been taken from the input but not yet reported is
+then available from `RunMany.unfinished()`: accepted runs by id (still followed by the
+client, `client.resume(run_id)` returns their handle), and creates that were on the wire as
+outcome-unknown, so nothing Zapier accepted is lost and nothing is sent twice.
+
+For journaling (the CLI's resumable ``bulk``), ``on_sending`` runs right before a create
+goes on the wire, after the limiter granted its slot, and ``on_submitted`` as soon as Zapier
+returned the run id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import attrs
+
+from . import _protocol as proto
+from . import errors
+from ._limiter import Priority
+from ._metrics import BEFORE_CREATE_SENT
+from .models import Run
+
+if TYPE_CHECKING:
+    from ._client import ZapierClient
+
+__all__ = ["Outcome", "RunMany", "RunRequest"]
+
+logger = logging.getLogger("zapier_async")
+
+WORKER_TASK_NAME: Final = "zapier_async-bulk"
+_REQUEST_KEYS: Final = frozenset({"action", "authentication", "inputs", "callback_url", "key"})
+_DONE: Final = object()
+
+
+def _check_action(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise errors.InvalidRequestError("must be a non-empty string", "action")
+
+
+def _check_optional_str(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise errors.InvalidRequestError(
+            f"must be a string or None, not {type(value).__name__}", attribute.name
+        )
+
+
+def _check_inputs(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, Mapping):
+        raise errors.InvalidRequestError(
+            f"must be a mapping of input ids to values, not {type(value).__name__}", "inputs"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class RunRequest:
+    """One action run to start, as a value (the unit of `ZapierClient.run_many`).
+
+    Attributes:
+        action: The action id from Get Actions (e.g. ``"core:abc123"``).
+        authentication: The authentication (connection) id, or None for apps that need none.
+        inputs: Input field id to value; must be JSON-serialisable.
+        callback_url: An https URL Zapier POSTs the outcome to, or None.
+        key: Any tag of yours (a row id, a line number), handed back on the `Outcome`; it
+            is never sent to Zapier.
+
+    Raises:
+        InvalidRequestError: A field has the wrong type (checked at construction).
+    """
+
+    action: str = attrs.field(validator=_check_action)
+    authentication: str | None = attrs.field(validator=_check_optional_str)
+    inputs: Mapping[str, Any] = attrs.field(factory=dict, validator=_check_inputs)
+    callback_url: str | None = attrs.field(default=None, validator=_check_optional_str)
+    key: Any = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> RunRequest:
+        """Build a request from a mapping with the same keys (e.g. a decoded JSON line).
+
+        ``action`` and ``authentication`` are required (``authentication`` may be null);
+        ``inputs``, ``callback_url`` and ``key`` are optional; any other key is refused.
+
+        Raises:
+            InvalidRequestError: A key is missing, unknown, or has the wrong type.
+        """
+        if not isinstance(data, Mapping):
+            raise errors.InvalidRequestError(
+                f"expected a RunRequest or a mapping, got {type(data).__name__}", "request"
+            )
+        unknown = sorted(str(k) for k in data if k not in _REQUEST_KEYS)
+        if unknown:
+            raise errors.InvalidRequestError(
+                f"unknown keys {unknown}; allowed: {sorted(_REQUEST_KEYS)}", "request"
+            )
+        for required in ("action", "authentication"):
+            if required not in data:
+                raise errors.InvalidRequestError(
+                    "is required (use null for apps without authentication)"
+                    if required == "authentication"
+                    else "is required",
+                    required,
+                )
+        inputs = data.get("inputs")
+        return cls(
+            action=data["action"],
+            authentication=data["authentication"],
+            inputs={} if inputs is None else inputs,
+            callback_url=data.get("callback_url"),
+            key=data.get("key"),
+        )
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class Outcome:
+    """What became of one input item of `ZapierClient.run_many`.
+
+    Exactly one of these holds: `error` is None and `run` is the successful `Run`; or
+    `error` says what went wrong (`RunFailedError` when the run ended with status error,
+    in which case `run` is that final `Run` too).
+
+    Attributes:
+        index: The item's position in the input, from 0.
+        request: The `RunRequest` (a mapping item is converted), or the item as given when
+            it could not be turned into one.
+        run: The final `Run`, when the run ended.
+        error: Why the item did not succeed, or None.
+        run_id: The run id whenever Zapier accepted the run (also on failures after that,
+            e.g. a run that could not be read any more), else None.
+    """
+
+    index: int
+    request: Any
+    run: Run | None = None
+    error: BaseException | None = None
+    run_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the run ended with status ``success``."""
+        return self.error is None
+
+    @property
+    def key(self) -> Any:
+        """The request's caller `key`, if it has one."""
+        request = self.request
+        if isinstance(request, RunRequest):
+            return request.key
+        if isinstance(request, Mapping):
+            return request.get("key")
+        return None
+
+
+class _Live:
+    """An item taken from the input whose outcome was not handed to the consumer yet."""
+
+    __slots__ = ("item", "request", "run_id", "sent")
+
+    def __init__(self, item: object) -> None:
+        self.item = item
+        self.request: RunRequest | None = None
+        self.run_id: str | None = None
+        self.sent = False  # the create may have reached Zapier
+
+
+class _Job:
+    """The state shared by the workers and the consumer (the workers never hold `RunMany`,
+    so dropping the iterator lets it be collected and cancel them)."""
+
+    def __init__(
+        self,
+        client: ZapierClient,
+        requests: Iterable[Any] | AsyncIterable[Any],
+        *,
+        concurrency: int,
+        on_sending: Callable[[int, RunRequest], object] | None,
+        on_submitted: Callable[[int, RunRequest, str], object] | None,
+    ) -> None:
+        self.client = client
+        self.concurrency = concurrency
+        self.on_sending = on_sending
+        self.on_submitted = on_submitted
+        self.sync_source: Iterator[Any] | None = None
+        self.async_source: AsyncIterator[Any] | None = None
+        if isinstance(requests, AsyncIterable):
+            self.async_source = aiter(requests)
+        elif isinstance(requests, Iterable) and not isinstance(requests, (str, bytes, Mapping)):
+            self.sync_source = iter(requests)
+        else:
+            raise errors.InvalidRequestError(
+                "must be an iterable or async iterable of RunRequest or mappings", "requests"
+            )
+        self.source_lock = asyncio.Lock()
+        self.exhausted = False
+        self.input_error: BaseException | None = None
+        self.next_index = 0
+        self.live: dict[int, _Live] = {}
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.room = asyncio.Semaphore(2 * concurrency)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.workers_left = 0
+        self.started = False
+        self.closed = False
+        self.finished = False
+
+    def start(self) -> None:
+        self.started = True
+        loop = asyncio.get_running_loop()
+        self.workers_left = self.concurrency
+        for _ in range(self.concurrency):
+            task = loop.create_task(self._worker(), name=WORKER_TASK_NAME)
+            self.tasks.add(task)
+            task.add_done_callback(self._worker_done)
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("zapier_async: a run_many worker crashed", exc_info=task.exception())
+
+    async def _take(self) -> tuple[int, Any] | None:
+        if self.exhausted:
+            return None
+        try:
+            if self.sync_source is not None:
+                item = next(self.sync_source)
+            else:
+                assert self.async_source is not None
+                async with self.source_lock:  # an async generator cannot be entered twice
+                    if self.exhausted:
+                        return None
+                    item = await anext(self.async_source)
+        except (StopIteration, StopAsyncIteration):
+            self.exhausted = True
+            return None
+        except Exception as exc:  # the caller's iterator failed: stop taking, report it
+            self.exhausted = True
+            self.input_error = exc
+            return None
+        index = self.next_index
+        self.next_index += 1
+        return index, item
+
+    async def _worker(self) -> None:
+        try:
+            while not self.closed:
+                await self.room.acquire()
+                taken = await self._take()
+                if taken is None:
+                    self.room.release()
+                    break
+                index, item = taken
+                live = _Live(item)
+                self.live[index] = live
+                self.queue.put_nowait(await self._one(index, item, live))
+        finally:
+            self.workers_left -= 1
+            if self.workers_left == 0:
+                self.queue.put_nowait(_DONE)
+
+    async def _one(self, index: int, item: object, live: _Live) -> Outcome:
+        try:
+            request = (
+                item
+                if isinstance(item, RunRequest)
+                else RunRequest.from_mapping(cast("Mapping[str, Any]", item))
+            )
+            live.request = request
+            wire = proto.create_action_run(
+                action=request.action,
+                authentication=request.authentication,
+                inputs=request.inputs,
+                callback_url=request.callback_url,
+            )
+        except errors.InvalidRequestError as exc:
+            return Outcome(index=index, request=live.request or item, error=exc)
+
+        def sending() -> None:
+            live.sent = True
+            if self.on_sending is not None:
+                self.on_sending(index, request)
+
+        token = BEFORE_CREATE_SENT.set(sending)
+        try:
+            handle = await self.client._submit(wire, Priority.BULK, None)
+        except Exception as exc:
+            return Outcome(index=index, request=request, error=exc)
+        finally:
+            BEFORE_CREATE_SENT.reset(token)
+        live.run_id = run_id = handle.id
+        if self.on_submitted is not None:
+            try:
+                self.on_submitted(index, request, run_id)
+            except Exception:
+                logger.exception("zapier_async: on_submitted hook failed for run %s", run_id)
+        try:
+            run = await handle
+        except errors.RunFailedError as exc:
+            return Outcome(index=index, request=request, run=exc.run, error=exc, run_id=run_id)
+        except Exception as exc:
+            return Outcome(index=index, request=request, error=exc, run_id=run_id)
+        return Outcome(index=index, request=request, run=run, run_id=run_id)
+
+    def cancel(self) -> None:
+        """Stop the job now, without waiting (safe from `__del__`)."""
+        self.closed = True
+        for task in list(self.tasks):
+            task.cancel()
+
+    async def aclose(self) -> None:
+        self.cancel()
+        tasks = list(self.tasks)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        source = self.async_source
+        if source is not None and inspect.isasyncgen(source):
+            try:
+                await source.aclose()
+            except Exception:
+                logger.exception("zapier_async: closing the run_many input failed")
+
+    def unfinished(self) -> list[Outcome]:
+        queued: list[Outcome] = []
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
+            if isinstance(item, Outcome):
+                queued.append(item)
+        for outcome in queued:  # keep them for a second call
+            self.queue.put_nowait(outcome)
+        reported = {o.index for o in queued}
+        out = list(queued)
+        for index, live in sorted(self.live.items()):
+            if index in reported:
+                continue
+            request = live.request if live.request is not None else live.item
+            error: BaseException
+            if live.run_id is not None:
+                error = errors.RunDetachedError(live.run_id, "run_many stopped before it ended")
+            elif live.sent:
+                error = errors.OutcomeUnknownError(
+                    "run_many stopped while the create was on the wire",
+                    "POST /v2/action-runs",
+                    "cancelled",
+                )
+            else:
+                error = errors.InvalidRequestError(
+                    "not submitted: run_many stopped first (nothing was sent)", "requests"
+                )
+            out.append(Outcome(index=index, request=request, error=error, run_id=live.run_id))
+        out.sort(key=lambda o: o.index)
+        return out
+
+
+class RunMany:
+    """The async iterator of `Outcome` returned by `ZapierClient.run_many`.
+
+    Iterate it (``async for outcome in client.run_many(...)``), or use it as an async context
+    manager for deterministic cleanup::
+
+        async with client.run_many(requests, concurrency=20) as outcomes:
+            async for outcome in outcomes:
+                ...
+
+    Nothing starts until the first ``__anext__``.
+    """
+
+    __slots__ = ("_job", "_progress")
+
+    def __init__(
+        self,
+        client: ZapierClient,
+        requests: Iterable[Any] | AsyncIterable[Any],
+        *,
+        concurrency: int = 50,
+        progress: Callable[[Outcome], object] | None = None,
+        on_sending: Callable[[int, RunRequest], object] | None = None,
+        on_submitted: Callable[[int, RunRequest, str], object] | None = None,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise errors.InvalidRequestError("must be an integer >= 1", "concurrency")
+        self._progress = progress
+        self._job = _Job(
+            client,
+            requests,
+            concurrency=concurrency,
+            on_sending=on_sending,
+            on_submitted=on_submitted,
+        )
+
+    def __aiter__(self) -> RunMany:
+        return self
+
+    async def __anext__(self) -> Outcome:
+        job = self._job
+        if job.closed or job.finished:
+            raise StopAsyncIteration
+        if not job.started:
+            job.start()
+        try:
+            item = await job.queue.get()
+        except asyncio.CancelledError:
+            job.cancel()  # the consumer was cancelled: so is the job
+            raise
+        if item is _DONE:
+            job.finished = True
+            error, job.input_error = job.input_error, None
+            if error is not None:
+                raise error
+            raise StopAsyncIteration
+        assert isinstance(item, Outcome)
+        job.live.pop(item.index, None)
+        job.room.release()
+        if self._progress is not None:
+            try:
+                self._progress(item)
+            except Exception:
+                logger.exception("zapier_async: run_many progress callback failed")
+        return item
+
+    async def aclose(self) -> None:
+        """Stop submitting and end every task of the job; waits for them to finish. Idempotent.
+
+        Runs already accepted go on at Zapier and are still followed by the client; see
+        `unfinished()`.
+        """
+        await self._job.aclose()
+
+    def unfinished(self) -> list[Outcome]:
+        """Items taken from the input whose outcome was not yielded, in input order.
+
+        Meaningful after the job stopped early (closed, cancelled, broken out of): an
+        outcome that was ready but not consumed is returned as is; a run Zapier accepted
+        has its `run_id` (error `RunDetachedError`: ``client.resume(run_id)`` follows it);
+        a create that was on the wire has `OutcomeUnknownError` (do not re-send blindly);
+        an item never sent has `InvalidRequestError` ("not submitted"), safe to send again.
+
+        Returns:
+            A list of `Outcome`.
+        """
+        return self._job.unfinished()
+
+    @property
+    def taken(self) -> int:
+        """Items read from the input so far."""
+        return self._job.next_index
+
+    async def __aenter__(self) -> RunMany:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # Breaking out of `async for` drops the iterator without calling anything: cancel the
+        # workers then, so no task outlives the job.
+        job = getattr(self, "_job", None)
+        if job is not None and job.tasks:
+            with contextlib.suppress(RuntimeError):  # the event loop is already closed
+                job.cancel()

@@ -1,0 +1,551 @@
+"""Run metrics and event hooks: counters on the hot path, numbers on demand.
+
+Theory of operation
+-------------------
+The client owns one `_Recorder`. The hot path only bumps a few integers in dicts (a request
+by endpoint, a response by status, a run started or ended) and, for latency, keeps a bounded
+reservoir sample (Vitter's algorithm R, 1,024 values), the exact maximum, sum and count: so
+memory stays constant however long the client lives, and `ZapierClient.metrics()` derives
+percentiles from the reservoir when asked.
+
+Events (`RequestEvent`, `RetryEvent`, `RateLimitEvent`, `RunEvent`) are small frozen values
+handed to listeners (`ZapierClient(on_event=...)`, `client.add_listener(...)`), so users can
+wire logging, Prometheus or OpenTelemetry without this library depending on any of them. An
+event is only built when at least one listener exists, and a listener that raises is logged
+and skipped: a metrics bug must never break a run.
+
+The instrumented transport (`MeteredTransport`) wraps whichever transport the client uses,
+so every HTTP exchange (creates, polls, and any other request) is counted in one place.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+import random
+import weakref
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Final, Literal
+
+import attrs
+
+from . import errors
+from ._protocol import Request, Response
+from .models import Run, RunStatus
+
+if TYPE_CHECKING:
+    from ._clock import Clock
+    from ._handle import RunHandle
+    from ._limiter import LimiterStats
+    from ._transport import Transport
+
+__all__ = [
+    "Event",
+    "EventListener",
+    "Metrics",
+    "RateLimitEvent",
+    "RequestEvent",
+    "RetryEvent",
+    "RunEvent",
+]
+
+logger = logging.getLogger("zapier_async")
+
+RESERVOIR_SIZE: Final = 1024
+"""Latency samples kept for percentiles (a uniform sample of every run's latency)."""
+
+_SECONDS_PER_DAY: Final = 86_400.0
+
+# Set by `run_many` around one submission: called right before a run-creating request goes on
+# the wire (after the rate limiter granted its slot), so a caller can journal "maybe sent".
+BEFORE_CREATE_SENT: contextvars.ContextVar[Callable[[], object] | None] = contextvars.ContextVar(
+    "zapier_async_before_create_sent", default=None
+)
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class RequestEvent:
+    """One HTTP exchange ended (an answer or a transport failure).
+
+    Attributes:
+        endpoint: A stable label, e.g. ``"action_runs.create"`` or ``"action_runs.get"``.
+        method: The HTTP method.
+        status: The HTTP status, or None when there was no answer.
+        elapsed: Seconds from sending to the answer (or the failure).
+        error: The transport failure's kind (``"connect"``, ``"timeout"``, ``"reset"``, ...),
+            or None when there was an answer.
+    """
+
+    endpoint: str
+    method: str
+    status: int | None
+    elapsed: float
+    error: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RetryEvent:
+    """A request failed and is being sent again.
+
+    Attributes:
+        endpoint: The request's endpoint label.
+        attempt: The attempt that failed (1 for the first).
+        reason: ``"HTTP 502"``, ``"transport: connect"``, ... .
+        paced: True when the retry waits for the rate limiter (after a 429 or a 503 with
+            ``Retry-After``) rather than a backoff delay.
+    """
+
+    endpoint: str
+    attempt: int
+    reason: str
+    paced: bool
+
+
+@attrs.frozen(kw_only=True)
+class RateLimitEvent:
+    """Zapier refused a request for the rate budget: a 429, or a 503 with ``Retry-After``.
+
+    The whole shared limiter freezes until the hinted time (waits for the limiter are
+    reported by ``ZapierClient(on_rate_limited=...)`` and counted in `Metrics`).
+
+    Attributes:
+        endpoint: The refused request's endpoint label.
+        status: 429 or 503.
+        retry_after: ``Retry-After`` in seconds when it was a number, else None.
+    """
+
+    endpoint: str
+    status: int
+    retry_after: float | None
+
+
+@attrs.frozen(kw_only=True)
+class RunEvent:
+    """A run changed state as this client saw it.
+
+    Attributes:
+        kind: ``"started"`` (Zapier accepted the create), ``"status"`` (a new non-terminal
+            status), ``"ended"`` (a terminal status), or ``"lost"`` (the run could no longer
+            be read, e.g. 404 after Zapier's retention).
+        run_id: The run id.
+        status: The latest status.
+        latency: For ``"ended"``: seconds from the submission to the outcome, when this
+            client submitted the run; else None.
+        error_codes: For an ended run, the ``code`` of each of its errors; for a lost run,
+            the error's code.
+    """
+
+    kind: Literal["started", "status", "ended", "lost"]
+    run_id: str
+    status: RunStatus
+    latency: float | None = None
+    error_codes: tuple[str, ...] = ()
+
+
+Event = RequestEvent | RetryEvent | RateLimitEvent | RunEvent
+"""Any event a listener receives."""
+
+EventListener = Callable[[Event], object]
+"""A callable that receives events; its return value is ignored, exceptions are logged."""
+
+
+# --- the snapshot ----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Metrics:
+    """A snapshot of what one client did since it was created (`ZapierClient.metrics()`).
+
+    Attributes:
+        uptime: Seconds since the client was created.
+        runs_started: Runs Zapier accepted from this client.
+        runs_succeeded: Runs seen ending with status ``success``.
+        runs_failed: Runs seen ending with status ``error``.
+        runs_lost: Runs whose outcome could not be read (e.g. 404 past retention).
+        runs_in_flight: Runs this client follows now.
+        outcome_unknown: Creates whose fate is unknown (`OutcomeUnknownError`).
+        latency_mean: Mean seconds from submission (the create call) to the outcome.
+        latency_p50: Median of that latency (from a bounded uniform sample), or None.
+        latency_p95: 95th percentile of that latency, or None.
+        latency_max: The longest latency seen, or None.
+        latency_samples: How many latencies were measured.
+        requests_by_endpoint: HTTP requests sent, by endpoint label.
+        responses_by_status: HTTP responses, by status code.
+        transport_errors: Requests that got no HTTP answer.
+        retries: Requests sent again after a failure or a refusal.
+        rate_limited: 429 responses (from the limiter's count).
+        limiter_waits: Requests that waited for the rate limiter.
+        limiter_wait_total: Seconds waited for the rate limiter, summed.
+        limiter_wait_max: The longest wait for the rate limiter.
+        errors_by_code: Errors by ``code``: run error codes (``user``, ``throttled``, ...),
+            API error codes (``invalid``, ``not_found``, ... or ``http_<status>`` when the
+            body named none), ``transport_<kind>``, ``outcome_unknown``, ``rate_limited``.
+    """
+
+    uptime: float
+    runs_started: int
+    runs_succeeded: int
+    runs_failed: int
+    runs_lost: int
+    runs_in_flight: int
+    outcome_unknown: int
+    latency_mean: float | None
+    latency_p50: float | None
+    latency_p95: float | None
+    latency_max: float | None
+    latency_samples: int
+    requests_by_endpoint: Mapping[str, int]
+    responses_by_status: Mapping[int, int]
+    transport_errors: int
+    retries: int
+    rate_limited: int
+    limiter_waits: int
+    limiter_wait_total: float
+    limiter_wait_max: float
+    errors_by_code: Mapping[str, int]
+
+    @property
+    def runs_ended(self) -> int:
+        """Runs that reached a terminal status."""
+        return self.runs_succeeded + self.runs_failed
+
+    @property
+    def success_rate(self) -> float | None:
+        """Share of ended runs that succeeded, or None before any ended."""
+        ended = self.runs_ended
+        return self.runs_succeeded / ended if ended else None
+
+    @property
+    def failure_rate(self) -> float | None:
+        """Share of ended runs that failed, or None before any ended."""
+        ended = self.runs_ended
+        return self.runs_failed / ended if ended else None
+
+    @property
+    def runs_per_day(self) -> float:
+        """Runs started per day at the rate seen since the client was created."""
+        return self.runs_started / self.uptime * _SECONDS_PER_DAY if self.uptime > 0 else 0.0
+
+    @property
+    def polls(self) -> int:
+        """Requests that read a run."""
+        return sum(n for name, n in self.requests_by_endpoint.items() if _is_poll(name))
+
+    @property
+    def polls_per_run(self) -> float | None:
+        """Reads per run that ended or was lost, or None before any did."""
+        ended = self.runs_ended + self.runs_lost
+        return self.polls / ended if ended else None
+
+    def as_dict(self) -> dict[str, object]:
+        """The snapshot and its derived numbers as a JSON-ready dict."""
+        out: dict[str, object] = attrs.asdict(self)
+        out["responses_by_status"] = {str(k): v for k, v in self.responses_by_status.items()}
+        for name in (
+            "runs_ended",
+            "success_rate",
+            "failure_rate",
+            "runs_per_day",
+            "polls",
+            "polls_per_run",
+        ):
+            out[name] = getattr(self, name)
+        return out
+
+
+def _is_poll(endpoint: str) -> bool:
+    return endpoint.endswith((".get", ".read", ".poll")) or endpoint.startswith("runs.")
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of sorted values, nearest rank; the list must not be empty."""
+    index = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))
+    return ordered[index]
+
+
+# --- the recorder ----------------------------------------------------------------------------
+
+
+class _Recorder:
+    """The client's mutable counters and its listeners (see the module docstring)."""
+
+    __slots__ = (
+        "_clock",
+        "_created",
+        "_lat_count",
+        "_lat_max",
+        "_lat_sum",
+        "_reservoir",
+        "_rng",
+        "_submitted",
+        "by_endpoint",
+        "by_status",
+        "errors_by_code",
+        "listeners",
+        "outcome_unknown",
+        "retries",
+        "runs_failed",
+        "runs_lost",
+        "runs_started",
+        "runs_succeeded",
+        "transport_errors",
+    )
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._created = clock.monotonic()
+        self.listeners: list[EventListener] = []
+        self.by_endpoint: dict[str, int] = {}
+        self.by_status: dict[int, int] = {}
+        self.errors_by_code: dict[str, int] = {}
+        self.transport_errors = 0
+        self.retries = 0
+        self.runs_started = 0
+        self.runs_succeeded = 0
+        self.runs_failed = 0
+        self.runs_lost = 0
+        self.outcome_unknown = 0
+        # Submission time of each run this client created, until it ends. Weak keys: a handle
+        # cancelled or dropped by its owner takes its entry with it.
+        self._submitted: weakref.WeakKeyDictionary[RunHandle, float] = weakref.WeakKeyDictionary()
+        self._reservoir: list[float] = []
+        self._rng = random.Random(0)  # sampling only; deterministic for tests
+        self._lat_count = 0
+        self._lat_sum = 0.0
+        self._lat_max = 0.0
+
+    # listeners
+
+    def emit(self, event: Event) -> None:
+        for listener in tuple(self.listeners):
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("zapier_async: event listener %r failed", listener)
+
+    # requests (called by MeteredTransport and the client's retry loop)
+
+    def request_sent(self, request: Request) -> None:
+        by_endpoint = self.by_endpoint
+        by_endpoint[request.endpoint] = by_endpoint.get(request.endpoint, 0) + 1
+
+    def response(self, request: Request, response: Response, started: float) -> None:
+        status = response.status
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        if self.listeners:
+            elapsed = self._clock.monotonic() - started
+            self.emit(
+                RequestEvent(
+                    endpoint=request.endpoint,
+                    method=request.method,
+                    status=status,
+                    elapsed=elapsed,
+                )
+            )
+            if status == 429 or (status == 503 and "retry-after" in response.headers):
+                raw = response.headers.get("retry-after")
+                seconds: float | None
+                try:
+                    seconds = float(raw) if raw is not None else None
+                except ValueError:
+                    seconds = None  # an HTTP-date; the limiter parses it, the event need not
+                self.emit(
+                    RateLimitEvent(endpoint=request.endpoint, status=status, retry_after=seconds)
+                )
+
+    def transport_failed(self, request: Request, exc: BaseException, started: float) -> None:
+        self.transport_errors += 1
+        if self.listeners:
+            kind = exc.kind if isinstance(exc, errors.TransportError) else type(exc).__name__
+            self.emit(
+                RequestEvent(
+                    endpoint=request.endpoint,
+                    method=request.method,
+                    status=None,
+                    elapsed=self._clock.monotonic() - started,
+                    error=kind,
+                )
+            )
+
+    def retry(
+        self, request: Request, attempt: int, status: int | None, failure: object, paced: bool
+    ) -> None:
+        self.retries += 1
+        if self.listeners:
+            reason = f"HTTP {status}" if status is not None else f"transport: {failure}"
+            self.emit(
+                RetryEvent(endpoint=request.endpoint, attempt=attempt, reason=reason, paced=paced)
+            )
+
+    def error(self, exc: BaseException) -> None:
+        """An error surfaced from a request (after retries)."""
+        code = error_code(exc)
+        self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
+        if code == "outcome_unknown":
+            self.outcome_unknown += 1
+
+    # runs
+
+    def run_started(self, handle: RunHandle, submitted_at: float) -> None:
+        self.runs_started += 1
+        self._submitted[handle] = submitted_at
+        if self.listeners:
+            self.emit(RunEvent(kind="started", run_id=handle.id, status=handle.status))
+
+    def run_read(self, handle: RunHandle, previous: RunStatus, run: Run) -> None:
+        """A poll read `run`; `handle` was updated with it (and may now be done)."""
+        status = run.status
+        if status.is_terminal:
+            submitted = self._submitted.pop(handle, None)
+            latency = None
+            if submitted is not None:
+                latency = self._clock.monotonic() - submitted
+                self._sample(latency)
+            codes: tuple[str, ...] = ()
+            if status is RunStatus.SUCCESS:
+                self.runs_succeeded += 1
+            else:
+                self.runs_failed += 1
+                counts = self.errors_by_code
+                codes = tuple(
+                    str(e.code.value) if e.code is not None else "unknown" for e in run.errors
+                )
+                for code in codes or ("unknown",):
+                    counts[code] = counts.get(code, 0) + 1
+            if self.listeners:
+                self.emit(
+                    RunEvent(
+                        kind="ended",
+                        run_id=handle.id,
+                        status=status,
+                        latency=latency,
+                        error_codes=codes,
+                    )
+                )
+        elif status is not previous and self.listeners:
+            self.emit(RunEvent(kind="status", run_id=handle.id, status=status))
+
+    def run_lost(self, handle: RunHandle, exc: BaseException) -> None:
+        self.runs_lost += 1
+        self._submitted.pop(handle, None)
+        if self.listeners:
+            self.emit(
+                RunEvent(
+                    kind="lost",
+                    run_id=handle.id,
+                    status=handle.status,
+                    error_codes=(error_code(exc),),
+                )
+            )
+
+    def _sample(self, value: float) -> None:
+        self._lat_count += 1
+        self._lat_sum += value
+        if value > self._lat_max:
+            self._lat_max = value
+        reservoir = self._reservoir
+        if len(reservoir) < RESERVOIR_SIZE:
+            reservoir.append(value)
+        else:
+            j = self._rng.randrange(self._lat_count)
+            if j < RESERVOIR_SIZE:
+                reservoir[j] = value
+
+    def snapshot(self, *, in_flight: int, limiter: LimiterStats) -> Metrics:
+        ordered = sorted(self._reservoir)
+        n = self._lat_count
+        return Metrics(
+            uptime=max(self._clock.monotonic() - self._created, 0.0),
+            runs_started=self.runs_started,
+            runs_succeeded=self.runs_succeeded,
+            runs_failed=self.runs_failed,
+            runs_lost=self.runs_lost,
+            runs_in_flight=in_flight,
+            outcome_unknown=self.outcome_unknown,
+            latency_mean=self._lat_sum / n if n else None,
+            latency_p50=percentile(ordered, 0.5) if ordered else None,
+            latency_p95=percentile(ordered, 0.95) if ordered else None,
+            latency_max=self._lat_max if n else None,
+            latency_samples=n,
+            requests_by_endpoint=dict(sorted(self.by_endpoint.items())),
+            responses_by_status=dict(sorted(self.by_status.items())),
+            transport_errors=self.transport_errors,
+            retries=self.retries,
+            rate_limited=limiter.rate_limited,
+            limiter_waits=limiter.waits,
+            limiter_wait_total=limiter.wait_total,
+            limiter_wait_max=limiter.wait_max,
+            errors_by_code=dict(sorted(self.errors_by_code.items())),
+        )
+
+
+def error_code(exc: BaseException) -> str:
+    """The key under which `exc` is counted in `Metrics.errors_by_code`."""
+    if isinstance(exc, errors.OutcomeUnknownError):
+        return "outcome_unknown"
+    if isinstance(exc, errors.RunFailedError):
+        first = exc.run.errors[0].code if exc.run.errors else None
+        return str(first.value) if first is not None else "unknown"
+    if isinstance(exc, errors.APIError):
+        return exc.code or f"http_{exc.status}"
+    if isinstance(exc, errors.TransportError):
+        return f"transport_{exc.kind}"
+    if isinstance(exc, errors.RateLimitedError):
+        return "rate_limited"
+    if isinstance(exc, errors.DecodeError):
+        return "decode_error"
+    if isinstance(exc, errors.InvalidRequestError):
+        return "invalid_request"
+    if isinstance(exc, errors.RunTimeoutError):
+        return "timeout"
+    if isinstance(exc, errors.RunDetachedError):
+        return "detached"
+    return type(exc).__name__
+
+
+class MeteredTransport:
+    """Wraps the client's transport: counts every exchange, feeds the event hooks.
+
+    It also calls the `BEFORE_CREATE_SENT` hook of the current context right before a
+    run-creating request goes out, which is how `run_many` journals "this create may have
+    reached Zapier" at the last moment it is still known not to have.
+    """
+
+    __slots__ = ("_clock", "_recorder", "inner")
+
+    def __init__(self, inner: Transport, recorder: _Recorder, clock: Clock) -> None:
+        self.inner = inner
+        self._recorder = recorder
+        self._clock = clock
+
+    async def send(
+        self,
+        request: Request,
+        *,
+        base_url: str,
+        headers: Mapping[str, str],
+        timeout: float | None,
+    ) -> Response:
+        if request.creates_run:
+            hook = BEFORE_CREATE_SENT.get()
+            if hook is not None:
+                hook()  # may raise (e.g. the journal cannot be written): nothing is sent
+        recorder = self._recorder
+        recorder.request_sent(request)
+        started = self._clock.monotonic() if recorder.listeners else 0.0
+        try:
+            response = await self.inner.send(
+                request, base_url=base_url, headers=headers, timeout=timeout
+            )
+        except errors.TransportError as exc:
+            recorder.transport_failed(request, exc, started)
+            raise
+        recorder.response(request, response, started)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

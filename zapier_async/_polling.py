@@ -1,0 +1,340 @@
+"""Adaptive polling: learn how long an action's runs take, and poll when they end.
+
+Theory of operation
+-------------------
+A fixed cadence cannot know that one action always takes 0.2 to 1.5 s and another one 40 s,
+so it either polls too early (wasting rate budget) or too late (adding lag). This module
+learns, per action, when runs end, and plans each new run's polls for that distribution.
+
+**What is observed.** A poll that finds a run still going says it ends later; the poll that
+finds it ended says it ended earlier. So each run yields an interval ``(lo, hi]`` (seconds
+after the create) holding its duration, never the duration itself. The last `window` such
+intervals of an action are kept.
+
+**Estimate.** The duration distribution is estimated from the intervals with Turnbull's
+self-consistency algorithm (the nonparametric maximum-likelihood estimate for
+interval-censored data): mass lives on the elementary cells between interval endpoints, and
+each run's unit of mass is spread over the cells of its interval in proportion to their
+current mass. It starts from a flat density and stops after six iterations on purpose:
+the exact NPMLE piles the mass onto the narrowest cells, and a plan for such spikes polls at
+every one of them. Endpoints are rounded to a 2% grid so that there are few cells.
+
+**Plan.** Given the estimate ``F``, the poll times ``t_1 < ... < t_k`` minimise
+``cost * E[polls] + E[lag]``: poll ``i`` is sent iff the run was still going at ``t_{i-1}``
+(probability ``1 - F(t_{i-1})``), and a run ending in ``(t_{i-1}, t_i]`` is detected at
+``t_i``. ``cost`` (seconds of mean lag one poll is worth) prices the trade-off. This is a
+shortest path over candidate times (cell boundaries and cell midpoints, mass uniform within
+a cell), solved by dynamic programming in O(candidates^2). The last planned poll is at the
+longest duration seen; a run that outlives the plan falls back to `PollPolicy`'s growing
+cadence: a tenth of the plan's length, growing by `PollPolicy.factor`, up to its cap.
+
+**Exploring.** Censored data says nothing about where in ``(lo, hi]`` a run ended, and the
+estimate puts the mass of a wide interval where narrower ones place it: if every run were
+polled at the same times, mass between two planned polls could never be seen, and a first
+poll placed late would stay late. So one run in `explore_every` has its plan scaled by a
+random factor in ``[1 - explore, 1 + explore]``, which varies the inspection times (the
+others follow the plan exactly: jittering every run costs about 5% more polls at the same
+lag). And when most runs are found ended by their first poll, every fourth run also polls
+once at a quarter of that time, so the estimate can move a lot earlier at once (this is how
+a zero-duration action converges to polling almost at once).
+
+**Before anything is learnt** (fewer than `min_samples` runs of the action ended) the plain
+`PollPolicy` cadence is used, and a server hint (a throttled run's ``delay``) always wins.
+
+Pure: no clock, no I/O; the client tells it what happened (`observe`) and asks for delays.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import weakref
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ._backoff import PollPolicy, SupportsRandom, next_poll_delay
+
+if TYPE_CHECKING:
+    from ._handle import RunHandle
+
+__all__ = ["AdaptivePolling", "plan_polls", "turnbull"]
+
+_RESOLUTION = 0.02  # endpoints are rounded to 2% of their value ...
+_FLOOR = 0.002  # ... or 2 ms, whichever is larger
+_MAX_CANDIDATES = 64  # poll times the plan chooses from (the plan is O(candidates^2))
+
+
+_LOG_STEP = math.log1p(_RESOLUTION)
+_LINEAR_BELOW = _FLOOR / _RESOLUTION  # below this, a fixed step; above, a geometric grid
+
+
+def _quantise(t: float) -> float:
+    """`t` on a fixed grid (2 ms steps up to 0.1 s, then 2% steps), so endpoints coincide."""
+    if t <= 0:
+        return 0.0
+    if t < _LINEAR_BELOW:
+        return round(t / _FLOOR) * _FLOOR
+    return _LINEAR_BELOW * math.exp(round(math.log(t / _LINEAR_BELOW) / _LOG_STEP) * _LOG_STEP)
+
+
+def turnbull(
+    intervals: list[tuple[float, float]], *, iterations: int = 6
+) -> tuple[list[float], list[float]]:
+    """The NPMLE of a distribution from interval-censored observations ``(lo, hi]``.
+
+    Args:
+        intervals: One ``(lo, hi)`` per observation, ``lo < hi``; ``hi`` may be infinite
+            (a run still going at ``lo``).
+        iterations: Self-consistency iterations from a flat start (few on purpose: see below).
+
+    Returns:
+        ``(bounds, masses)``: the cells ``(bounds[i], bounds[i + 1]]`` and the probability mass
+        of each (they sum to 1).
+    """
+    bounds = sorted({b for iv in intervals for b in iv})
+    cells = len(bounds) - 1
+    index = {b: i for i, b in enumerate(bounds)}
+    spans = [(index[lo], index[hi]) for lo, hi in intervals]
+    n = len(spans)
+    # Start from a flat density over the support, and stop after a few iterations: the exact
+    # NPMLE piles all mass onto the narrowest cells (spikes between two nearby endpoints),
+    # which would make the plan poll at every spike; a few steps keep it smooth.
+    finite = bounds[:-1] if math.isinf(bounds[-1]) else bounds
+    width = (finite[-1] - finite[0]) or 1.0
+    masses = [(finite[c + 1] - finite[c]) / width for c in range(len(finite) - 1)]
+    if len(finite) < len(bounds):  # right-censored runs: some mass beyond every end seen
+        beyond = sum(1 for _, hi in intervals if math.isinf(hi)) / len(intervals)
+        masses = [m * (1.0 - beyond) for m in masses] + [beyond]
+    for _ in range(iterations):
+        # new[c] = masses[c] * sum over the intervals covering c of 1 / (their mass), summed
+        # with prefix sums and a difference array: O(n + cells) per iteration.
+        prefix = [0.0]
+        for m in masses:
+            prefix.append(prefix[-1] + m)
+        weights = [0.0] * (cells + 1)
+        for a, b in spans:
+            total = prefix[b] - prefix[a]
+            w = 1.0 / total if total > 0.0 else 0.0
+            weights[a] += w
+            weights[b] -= w
+        running = 0.0
+        new = []
+        for c in range(cells):
+            running += weights[c]
+            new.append(masses[c] * running / n)
+        total = sum(new)
+        masses = [m / total for m in new] if total > 0.0 else [1.0 / cells] * cells
+    return bounds, masses
+
+
+def plan_polls(bounds: list[float], masses: list[float], cost: float) -> list[float]:
+    """Poll times minimising ``cost * E[polls] + E[mean lag]`` for a cell distribution.
+
+    Mass is taken as uniform within each cell. Candidate poll times are the cell boundaries
+    and cell midpoints; the last poll is at the last boundary, so every run seen is caught.
+
+    Args:
+        bounds: Cell boundaries, ascending (see `turnbull`).
+        masses: Probability of each cell. A last cell ending at infinity (runs still going)
+            is left to the fallback cadence: its mass only counts as runs polled on.
+        cost: Seconds of mean lag that one poll is worth.
+
+    Returns:
+        The poll times, ascending, in seconds after the create.
+    """
+    if math.isinf(bounds[-1]):
+        bounds, masses = bounds[:-1], masses[:-1]
+    xs = [0.0]
+    fs = [0.0]
+    areas = [0.0]  # integral of F from 0 to xs[k]
+    f = 0.0
+    previous = 0.0
+    if bounds[0] > 0.0:
+        # No mass before the first boundary: F stays 0 up to it.
+        xs.append(bounds[0])
+        fs.append(0.0)
+        areas.append(0.0)
+        previous = bounds[0]
+    for i, mass in enumerate(masses):
+        lo, hi = bounds[i], bounds[i + 1]
+        for x, g in (((lo + hi) / 2, f + mass / 2), (hi, f + mass)):
+            areas.append(areas[-1] + (x - previous) * (fs[-1] + g) / 2)
+            xs.append(x)
+            fs.append(g)
+            previous = x
+        f += mass
+    if len(xs) > _MAX_CANDIDATES:
+        # Thin by index: candidates are densest where the data are, so resolution stays there.
+        step = math.ceil((len(xs) - 1) / (_MAX_CANDIDATES - 1))
+        keep = [*range(0, len(xs) - 1, step), len(xs) - 1]
+        xs = [xs[k] for k in keep]
+        fs = [fs[k] for k in keep]
+        areas = [areas[k] for k in keep]
+    count = len(xs)
+    best = [math.inf] * count
+    back = [0] * count
+    best[0] = 0.0
+    for j in range(1, count):
+        xj, aj = xs[j], areas[j]
+        bj = math.inf
+        bi = 0
+        for i in range(j):
+            if best[i] == math.inf:
+                continue
+            fi = fs[i]
+            c = best[i] + cost * (1.0 - fi) + (aj - areas[i]) - fi * (xj - xs[i])
+            if c < bj:
+                bj, bi = c, i
+        best[j], back[j] = bj, bi
+    plan: list[float] = []
+    j = count - 1
+    while j > 0:
+        plan.append(xs[j])
+        j = back[j]
+    plan.reverse()
+    # Drop polls that would catch nothing (a zero-mass stretch before them).
+    return [t for k, t in enumerate(plan) if k == len(plan) - 1 or t > 0.0]
+
+
+@attrs.define(eq=False)
+class _Action:
+    samples: collections.deque[tuple[float, float]]
+    pending: weakref.WeakSet[RunHandle] = attrs.Factory(weakref.WeakSet)
+    fresh: int = 0
+    plan: tuple[float, ...] | None = None
+    first_hits: int = 0
+    started: int = 0
+
+
+@attrs.define(kw_only=True, eq=False)
+class AdaptivePolling:
+    """Per-action poll plans learnt from how long runs took (see the module docstring).
+
+    Args:
+        policy: The cadence before anything is learnt, and after a plan runs out.
+        cost: Seconds of mean detection lag one poll is worth. 0.12 gives, for runs of 0.2
+            to 1.5 s, about the mean lag of a fixed 0.5 s poll with ~35-40% fewer polls than
+            polling at once and then every 0.5 s (see `benchmarks/results.md`).
+        min_samples: Runs of an action that must have ended before its plan is used.
+        window: Most recent runs per action the estimate is made from.
+        replan_every: New observations between two plans.
+        explore_every: One run in this many follows a randomly scaled plan.
+        explore: The relative spread of that scaling.
+        max_actions: Actions remembered (the oldest is forgotten first).
+        enabled: False to always use `policy`.
+    """
+
+    policy: PollPolicy = attrs.field(factory=PollPolicy)
+    cost: float = 0.12
+    min_samples: int = 16
+    window: int = 128
+    replan_every: int = 16
+    max_actions: int = 256
+    explore_every: int = 4
+    explore: float = 0.2
+    enabled: bool = True
+    _actions: dict[str, _Action] = attrs.field(init=False, factory=dict)
+
+    # --- the client's hooks -----------------------------------------------------------------
+
+    def first_delay(self, handle: RunHandle, key: str | None, rng: SupportsRandom) -> float:
+        """The delay before a new run's first poll; remembers `key` on the handle."""
+        handle.poll_key = key
+        handle.poll_plan = None
+        handle.pending_at = 0.0
+        state = self._state(key, create=True) if self.enabled and key is not None else None
+        if state is not None:
+            state.pending.add(handle)
+        if state is not None and state.plan:
+            plan = state.plan
+            state.started += 1
+            if state.first_hits * 2 > len(state.samples) and state.started % 4 == 0:
+                probe = plan[0] / 4
+                if probe >= _FLOOR:
+                    plan = (probe, *plan)
+            # Jitter the whole plan: spreads runs created together, and varies the times at
+            # which runs are inspected, without which the estimate cannot see mass between
+            # two planned polls (see "Exploring").
+            if state.started % self.explore_every == 0:
+                scale = 1.0 + self.explore * (2.0 * rng.random() - 1.0)
+                plan = tuple(t * scale for t in plan)
+            handle.poll_plan = plan
+            return plan[0]
+        return self.policy.interval(0, elapsed=0.0, rng=rng)
+
+    def next_delay(
+        self,
+        handle: RunHandle,
+        attempt: int,
+        elapsed: float,
+        rng: SupportsRandom,
+        *,
+        hint: float | None,
+    ) -> float:
+        """The delay before the next poll of a run found still going at `elapsed`."""
+        handle.pending_at = elapsed
+        plan = handle.poll_plan
+        if plan:
+            for t in plan:
+                if t > elapsed:
+                    delay = t - elapsed
+                    break
+            else:
+                # Longer than any run seen: poll again soon (a tenth of the longest duration
+                # known), backing off geometrically, so the plan learns the longer tail.
+                beyond = max(0, attempt - len(plan))
+                delay = min(
+                    self.policy.cap, max(_FLOOR, 0.1 * plan[-1]) * self.policy.factor**beyond
+                )
+            if hint is not None and math.isfinite(hint) and hint > delay:
+                return max(min(hint, self.policy.max_hint), delay)
+            return delay
+        return next_poll_delay(self.policy, attempt, elapsed, rng, hint=hint)
+
+    def observe(self, handle: RunHandle, elapsed: float) -> None:
+        """A poll found the run ended at `elapsed` seconds after its create."""
+        key = handle.poll_key
+        if not self.enabled or key is None:
+            return
+        lo, hi = _quantise(handle.pending_at), _quantise(elapsed)
+        if hi <= lo:
+            hi = lo + max(_FLOOR, _RESOLUTION * lo)
+        state = self._state(key, create=True)
+        assert state is not None
+        state.pending.discard(handle)
+        if len(state.samples) == state.samples.maxlen and state.samples[0][0] == 0.0:
+            state.first_hits -= 1
+        state.samples.append((lo, hi))
+        if lo == 0.0:
+            state.first_hits += 1
+        state.fresh += 1
+        if len(state.samples) >= self.min_samples and (
+            state.plan is None or state.fresh >= self.replan_every
+        ):
+            state.fresh = 0
+            # Runs still going count too (as "longer than their last pending poll"): without
+            # them the first runs to end, the shortest, would look like the whole story.
+            censored = [
+                (_quantise(h.pending_at), math.inf)
+                for h in itertools.islice(state.pending, self.window)
+                if h.pending_at > 0.0
+            ]
+            bounds, masses = turnbull([*state.samples, *censored])
+            state.plan = tuple(plan_polls(bounds, masses, self.cost))
+
+    def plan(self, key: str) -> tuple[float, ...] | None:
+        """The current plan of `key` (poll times after the create), or None."""
+        state = self._actions.get(key)
+        return None if state is None else state.plan
+
+    def _state(self, key: str | None, *, create: bool = False) -> _Action | None:
+        if key is None:
+            return None
+        state = self._actions.get(key)
+        if state is None and create:
+            if len(self._actions) >= self.max_actions:
+                del self._actions[next(iter(self._actions))]
+            state = self._actions[key] = _Action(collections.deque(maxlen=self.window))
+        return state
