@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from _util import eventually
 
 import zapier_async as za
 from zapier_async.testing import FakeZapier
-
-from _util import eventually
 
 
 @pytest_asyncio.fixture

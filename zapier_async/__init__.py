@@ -17,7 +17,7 @@ from ._bulk import Outcome, RunMany, RunRequest
 from ._client import ZapierClient
 from ._clock import Clock, SystemClock
 from ._handle import RunHandle
-from ._limiter import Limiter, Priority
+from ._limiter import Limiter, LimiterStats, Priority
 from ._metrics import (
     Event,
     EventListener,
@@ -34,6 +34,7 @@ from .errors import (
     APIError,
     DecodeError,
     InvalidRequestError,
+    LimiterClosedError,
     NoConnectionError,
     OutcomeUnknownError,
     RateLimitedError,
@@ -89,6 +90,8 @@ __all__ = [
     "InputField",
     "InvalidRequestError",
     "Limiter",
+    "LimiterClosedError",
+    "LimiterStats",
     "LongPoll",
     "Metrics",
     "NoConnectionError",

@@ -526,9 +526,7 @@ class ZapierClient:
         Returns:
             One `Outcome` per input item, in input order.
         """
-        async with self.run_many(
-            requests, concurrency=concurrency, progress=progress
-        ) as outcomes:
+        async with self.run_many(requests, concurrency=concurrency, progress=progress) as outcomes:
             collected = [outcome async for outcome in outcomes]
         collected.sort(key=lambda outcome: outcome.index)
         return collected
@@ -1001,7 +999,6 @@ class ZapierClient:
                 raise error
             assert failure is not None
             raise failure
-
 
     def _refusal_freezes(self, response: proto.Response) -> None:
         """A 429/503 to a long-poll (whose slot was released on send) still freezes the bucket."""

@@ -103,7 +103,7 @@ from ._ratelimit import (
     pace_interval,
     pause_after,
 )
-from .errors import RateLimitedError, ZapierError
+from .errors import LimiterClosedError, RateLimitedError
 
 __all__ = ["Limiter", "LimiterClosedError", "LimiterStats", "Priority", "Slot"]
 
@@ -149,20 +149,6 @@ class _Default(enum.Enum):
 
 USE_DEFAULT: Final = _Default.TOKEN
 """Sentinel for `Limiter.slot`'s ``max_wait``: use the limiter's default."""
-
-
-@attrs.define(auto_exc=True, eq=False)
-class LimiterClosedError(ZapierError, RuntimeError):
-    """The limiter was closed: no more slots are granted.
-
-    Attributes:
-        message: What was refused.
-    """
-
-    message: str = "the rate limiter is closed"
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @attrs.frozen(kw_only=True)

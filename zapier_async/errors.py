@@ -16,6 +16,7 @@ ZapierError
 │       └── ServiceUnavailableError  503
 ├── DecodeError              Zapier answered 2xx with a body we cannot understand
 ├── RateLimitedError         our limiter would have to wait longer than you allowed
+├── LimiterClosedError       the shared rate limiter was closed while a request waited
 ├── OutcomeUnknownError      a run-creating POST whose fate is unknown: it may exist
 ├── RunFailedError           the run ended with status "error" (carries the Run)
 ├── RunTimeoutError          `result(timeout=)` ran out; the run is still being polled
@@ -45,6 +46,7 @@ __all__ = [
     "ConflictError",
     "DecodeError",
     "InvalidRequestError",
+    "LimiterClosedError",
     "NoConnectionError",
     "NotFoundError",
     "OutcomeUnknownError",
@@ -359,3 +361,17 @@ class NoConnectionError(ZapierError):
                 "the user must reconnect the app"
             )
         return f"no connection to app {self.app}; the user must connect the app first"
+
+
+@attrs.define(auto_exc=True, eq=False)
+class LimiterClosedError(ZapierError, RuntimeError):
+    """The limiter was closed: no more slots are granted.
+
+    Attributes:
+        message: What was refused.
+    """
+
+    message: str = "the rate limiter is closed"
+
+    def __str__(self) -> str:
+        return self.message

@@ -591,7 +591,6 @@ def _register_discovery_hooks(conv: cattrs.Converter, *, strict: bool) -> None:
     build(OutputField, type=text, title=text, sample=override(struct_hook=lambda v, _: v))
 
 
-
 _converter = _make_converter()
 
 
