@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
+from typing import Any
 
-from zapier_async.testing import FakeClock
+import zapier_async as za
+from zapier_async.testing import FakeClock, FakeZapier
 
 
 async def until(predicate: Callable[[], bool], *, turns: int = 200_000) -> None:
@@ -46,3 +49,21 @@ async def eventually(predicate: Callable[[], bool], *, timeout: float = 10.0) ->
         if loop.time() > deadline:
             raise AssertionError(f"condition not reached within {timeout}s")
         await asyncio.sleep(0.001)
+
+
+# Fast cadences for end-to-end tests against the emulator on loopback.
+FAST_POLLS = za.PollPolicy(initial=0.01, factor=1.5, cap=0.05, jitter=0.1)
+FAST_RETRIES = za.RetryPolicy(base=0.01, cap=0.05)
+
+
+def client_for(fake: FakeZapier, **kwargs: Any) -> za.ZapierClient:
+    """A client for `fake` with fast polls and retries; `kwargs` override any option."""
+    options: dict[str, Any] = {
+        "auth": za.BearerToken("test-token"),
+        "base_url": fake.url,
+        "poll_policy": FAST_POLLS,
+        "retry_policy": FAST_RETRIES,
+        "rng": random.Random(7),
+    }
+    options.update(kwargs)
+    return za.ZapierClient(**options)

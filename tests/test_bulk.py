@@ -3,33 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from _util import until
+from _util import client_for, until
 
 import zapier_async as za
 from zapier_async import errors
 from zapier_async._bulk import WORKER_TASK_NAME
 from zapier_async.testing import FakeZapier
-
-FAST_POLLS = za.PollPolicy(initial=0.01, factor=1.5, cap=0.05, jitter=0.1)
-FAST_RETRIES = za.RetryPolicy(base=0.01, cap=0.05)
-
-
-def client_for(fake: FakeZapier, **kwargs: Any) -> za.ZapierClient:
-    options: dict[str, Any] = {
-        "auth": za.BearerToken("test-token"),
-        "base_url": fake.url,
-        "poll_policy": FAST_POLLS,
-        "retry_policy": FAST_RETRIES,
-        "rng": random.Random(7),
-    }
-    options.update(kwargs)
-    return za.ZapierClient(**options)
 
 
 def request(i: int, **inputs: Any) -> za.RunRequest:

@@ -5,33 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import random
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp  # noqa: TID251 (a caller-owned session is part of what is tested)
 import pytest
 import pytest_asyncio
+from _util import FAST_RETRIES, client_for
 
 import zapier_async as za
 from zapier_async import errors
 from zapier_async._scheduler import POLL_TASK_NAME, POLLER_TASK_NAME
 from zapier_async.testing import FakeZapier
-
-FAST_POLLS = za.PollPolicy(initial=0.01, factor=1.5, cap=0.05, jitter=0.1)
-FAST_RETRIES = za.RetryPolicy(base=0.01, cap=0.05)
-
-
-def client_for(fake: FakeZapier, **kwargs: Any) -> za.ZapierClient:
-    options: dict[str, Any] = {
-        "auth": za.BearerToken("test-token"),
-        "base_url": fake.url,
-        "poll_policy": FAST_POLLS,
-        "retry_policy": FAST_RETRIES,
-        "rng": random.Random(7),
-    }
-    options.update(kwargs)
-    return za.ZapierClient(**options)
 
 
 @pytest_asyncio.fixture
