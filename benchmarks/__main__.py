@@ -9,7 +9,7 @@ holds, and writes ``benchmarks/results.md``:
    poll schedule can achieve (`benchmarks.polling_math`);
 3. rate-limited bulk (`benchmarks.ratelimited`);
 4. 10,000 runs in flight (`benchmarks.scale`);
-5. with callbacks on (`benchmarks.callbacks`: not available yet).
+5. with callbacks on (`benchmarks.callbacks`): polls per run and detection lag.
 
 ``--quick`` runs small sizes (under a minute) as a smoke test, e.g. for CI. Each scenario
 also runs alone: ``python -m benchmarks.<scenario>``. Only 127.0.0.1 is contacted.
@@ -37,14 +37,14 @@ FULL: dict[int, Callable[[], Awaitable[Report]]] = {
     2: lambda: detection.measure(runs=600, concurrency=100, repeats=2),
     3: lambda: ratelimited.measure(runs=200, reset_formats=("epoch", "delta", "iso")),
     4: lambda: scale.measure(runs=10_000, steady=10.0),
-    5: callbacks.measure,
+    5: lambda: callbacks.measure(runs=600, concurrency=100, repeats=2),
 }
 QUICK: dict[int, Callable[[], Awaitable[Report]]] = {
     1: lambda: throughput.measure(runs=400, concurrency=100, repeats=1, warmup=50),
     2: lambda: detection.measure(runs=300, concurrency=100, repeats=1),
     3: lambda: ratelimited.measure(runs=50, reset_formats=("epoch",)),
     4: lambda: scale.measure(runs=1000, steady=2.0),
-    5: callbacks.measure,
+    5: lambda: callbacks.measure(runs=200, concurrency=100, repeats=1),
 }
 
 

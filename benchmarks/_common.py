@@ -47,13 +47,17 @@ async def library_run_all(
     *,
     concurrency: int = 100,
     on_result: Callable[[Result], None] | None = None,
+    **run_kwargs: Any,
 ) -> list[Result]:
-    """Run every input through the client, at most `concurrency` runs in flight."""
+    """Run every input through the client, at most `concurrency` runs in flight.
+
+    `run_kwargs` go to every `client.run` call (e.g. ``callback_url``).
+    """
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(item: dict[str, Any]) -> Result:
         async with semaphore:
-            handle = await client.run("core:bench", authentication=None, inputs=item)
+            handle = await client.run("core:bench", authentication=None, inputs=item, **run_kwargs)
             try:
                 run = await handle
                 status = run.status.value

@@ -48,12 +48,16 @@ def _fake_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     for key in ("rate_limit", "latency"):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
+    kwargs.pop("actions", None)
     kwargs["record_requests"] = False
     return kwargs
 
 
 async def _serve(config: dict[str, Any]) -> None:
     fake = FakeZapier(**_fake_kwargs(config))
+    # Knobs of the Actions API side (e.g. ``callback_loss_rate``) are set on `fake.actions`.
+    for name, value in dict(config.get("actions") or {}).items():
+        setattr(fake.actions, name, value)
 
     async def stats(_: web.Request) -> web.Response:
         s = fake.stats
@@ -129,7 +133,8 @@ class Emulator:
 async def emulator(**config: Any) -> AsyncIterator[Emulator]:
     """Start `FakeZapier(**config)` in a child process; stop it on exit.
 
-    `durations` may be ``"inf"``; tuples may be given as lists (the config crosses as JSON).
+    `durations` may be ``"inf"``; tuples may be given as lists (the config crosses as JSON);
+    ``actions={...}`` sets knobs of `FakeZapier.actions` (e.g. ``callback_loss_rate``).
     """
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -55,7 +55,9 @@ async def _wait_created(emu: Emulator, runs: int, timeout: float) -> float:
     raise TimeoutError(f"not all {runs} runs were created within {timeout} s")
 
 
-async def child(arm: str, url: str, admin: str, runs: int, steady: float) -> dict[str, Any]:
+async def child(
+    arm: str, url: str, admin: str, runs: int, steady: float, polls: int | None = None
+) -> dict[str, Any]:
     emu = Emulator(None, url, admin)  # type: ignore[arg-type]  # only its admin side door
     probe = LoopLagProbe(0.010)
     probe.start()
@@ -64,7 +66,8 @@ async def child(arm: str, url: str, admin: str, runs: int, steady: float) -> dic
     started = time.monotonic()
     out: dict[str, Any] = {}
     if arm == "library":
-        async with make_client(url) as client:
+        kwargs = {} if polls is None else {"max_concurrent_polls": polls}
+        async with make_client(url, **kwargs) as client:
             handles: list[za.RunHandle] = []
             items = iter(range(runs))
 
@@ -123,7 +126,10 @@ async def child(arm: str, url: str, admin: str, runs: int, steady: float) -> dic
     }
 
 
-async def _run_child(arm: str, emu: Emulator, runs: int, steady: float) -> dict[str, Any]:
+async def _run_child(
+    arm: str, emu: Emulator, runs: int, steady: float, polls: int | None = None
+) -> dict[str, Any]:
+    extra = [] if polls is None else ["--max-concurrent-polls", str(polls)]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -138,6 +144,7 @@ async def _run_child(arm: str, emu: Emulator, runs: int, steady: float) -> dict[
         str(runs),
         "--steady",
         str(steady),
+        *extra,
         stdout=asyncio.subprocess.PIPE,
     )
     stdout, _ = await process.communicate()
@@ -145,6 +152,20 @@ async def _run_child(arm: str, emu: Emulator, runs: int, steady: float) -> dict[
         raise RuntimeError(f"scale child {arm} failed with exit code {process.returncode}")
     result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
     return result
+
+
+async def sweep(runs: int, steady: float, values: list[int], repeats: int) -> None:
+    """The library alone at several `max_concurrent_polls`, interleaved, printed as found."""
+    for rep in range(repeats):
+        for polls in values:
+            async with emulator(durations=600.0, seed=1) as emu:
+                r = await _run_child("library", emu, runs, steady, polls)
+            print(
+                f"max_concurrent_polls={polls:>3} rep={rep} p99 steady {r['steady_p99_ms']:.1f} "
+                f"ms, max {r['steady_max_ms']:.1f} ms, p99 ramp {r['ramp_p99_ms']:.1f} ms, "
+                f"{r['polls_per_s']:.0f} polls/s, RSS {r['rss_per_run_kb']:.2f} KB/run",
+                flush=True,
+            )
 
 
 async def measure(*, runs: int = 10_000, steady: float = 10.0) -> Report:
@@ -213,10 +234,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--admin", help=argparse.SUPPRESS)
+    parser.add_argument("--max-concurrent-polls", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sweep",
+        default=None,
+        help="comma-separated max_concurrent_polls values: run the library alone at each",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="repeats of --sweep")
     args = parser.parse_args(argv)
     if args.child:
-        result = asyncio.run(child(args.child, args.url, args.admin, args.runs, args.steady))
+        result = asyncio.run(
+            child(
+                args.child,
+                args.url,
+                args.admin,
+                args.runs,
+                args.steady,
+                args.max_concurrent_polls,
+            )
+        )
         print(json.dumps(result))
+        return
+    if args.sweep:
+        values = [int(v) for v in args.sweep.split(",") if v.strip()]
+        asyncio.run(sweep(args.runs, args.steady, values, args.repeats))
         return
     print(asyncio.run(measure(runs=args.runs, steady=args.steady)).text())
 

@@ -29,14 +29,16 @@ from ._server import emulator
 ARMS = ("library", *baseline.SHAPES)
 
 
-async def _one_arm(arm: str, runs: int, concurrency: int) -> dict[str, Any]:
+async def _one_arm(
+    arm: str, runs: int, concurrency: int, client_kwargs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     inputs = [{"i": i} for i in range(runs)]
     async with emulator(durations=0.0, seed=1) as emu:
         job: Callable[[], Awaitable[object]]
         if arm == "library":
 
             async def job() -> object:
-                async with make_client(emu.url) as client:
+                async with make_client(emu.url, **(client_kwargs or {})) as client:
                     return await library_run_all(client, inputs, concurrency=concurrency)
 
         else:

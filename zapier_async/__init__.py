@@ -17,7 +17,7 @@ from ._bulk import Outcome, RunMany, RunRequest
 from ._client import ZapierClient
 from ._clock import Clock, SystemClock
 from ._handle import RunHandle
-from ._limiter import Limiter, LimiterStats, Priority
+from ._limiter import Limiter, LimiterLike, LimiterStats, Priority
 from ._metrics import (
     Event,
     EventListener,
@@ -91,6 +91,7 @@ __all__ = [
     "InvalidRequestError",
     "Limiter",
     "LimiterClosedError",
+    "LimiterLike",
     "LimiterStats",
     "LongPoll",
     "Metrics",

@@ -7,7 +7,7 @@ import logging
 import random
 import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -28,7 +28,7 @@ from ._backoff import (
 )
 from ._clock import Clock, SystemClock
 from ._handle import RunHandle
-from ._limiter import Limiter, Priority
+from ._limiter import Limiter, LimiterLike, Priority
 from ._metrics import EventListener, MeteredTransport, Metrics, _Recorder
 from ._polling import AdaptivePolling
 from ._ratelimit import DEFAULT_COOLDOWN, RateLimitState, parse_retry_after, pause_after
@@ -113,7 +113,12 @@ class ZapierClient:
         max_rate_limit_wait: Longest a caller-facing request may wait for the rate budget
             before `RateLimitedError` is raised instead. None waits as long as needed.
             Background polls always wait.
-        max_concurrent_polls: Poll requests in flight at most.
+        max_concurrent_polls: Poll requests in flight at most. 8 by default: far above any
+            Zapier budget (8 polls at 100-300 ms each is 27-80 requests/s, the budgets are
+            60-1000 per minute or per 5 minutes), and keeping few polls alive at once keeps
+            the event loop responsive with thousands of runs in flight (fewer objects
+            promoted into CPython's oldest GC generation; see `benchmarks/results.md`).
+            Parked long-polls count against it: raise it to long-poll many runs at once.
         max_poll_failures: Consecutive failed polls (after retries) before a handle fails with
             the last error.
         rng: Random source for jitter (seed it for reproducible tests).
@@ -143,13 +148,13 @@ class ZapierClient:
         base_url: str = DEFAULT_BASE_URL,
         session: aiohttp.ClientSession | None = None,
         transport: Transport | None = None,
-        limiter: Limiter | None = None,
+        limiter: LimiterLike | None = None,
         clock: Clock | None = None,
         poll_policy: PollPolicy | None = None,
         retry_policy: RetryPolicy | None = None,
         request_timeout: float = 30.0,
         max_rate_limit_wait: float | None = 10.0,
-        max_concurrent_polls: int = 64,
+        max_concurrent_polls: int = 8,
         max_poll_failures: int = 5,
         rng: random.Random | None = None,
         rate_limit: tuple[int, float] | None = None,
@@ -187,7 +192,7 @@ class ZapierClient:
                 "pass them to the shared Limiter instead"
             )
         self._owns_limiter = limiter is None
-        self._limiter = (
+        self._limiter: LimiterLike = (
             limiter
             if limiter is not None
             else Limiter(clock=self._clock, rate=rate_limit, on_wait=on_rate_limited)
@@ -209,6 +214,8 @@ class ZapierClient:
             callback_polling if callback_polling is not None else actions.CallbackPolling()
         )
         self._allow_loopback_callback = bool(allow_insecure_callback_url_for_testing)
+        # The Authorization header of the latest token, built once per token, not per request.
+        self._auth_header: tuple[str, Mapping[str, str]] | None = None
         self.stored_actions: StoredActions = StoredActions(self)
         """Stored actions of the Actions API: create, get, update, delete, list, run, pages."""
         self._closed = False
@@ -255,7 +262,7 @@ class ZapierClient:
         return self._closed
 
     @property
-    def limiter(self) -> Limiter:
+    def limiter(self) -> LimiterLike:
         """The rate limiter this client spends its budget through."""
         return self._limiter
 
@@ -263,6 +270,13 @@ class ZapierClient:
     def in_flight(self) -> int:
         """Runs this client is following now."""
         return sum(1 for h in self._handles.values() if not h.done())
+
+    def _auth_headers(self, token: str) -> Mapping[str, str]:
+        cached = self._auth_header
+        if cached is None or cached[0] != token:
+            cached = (token, MappingProxyType({"Authorization": f"Bearer {token}"}))
+            self._auth_header = cached
+        return cached[1]
 
     def _ensure_open(self) -> None:
         if self._closed:
@@ -919,7 +933,7 @@ class ZapierClient:
                     response = await self._transport.send(
                         request,
                         base_url=self._base_url,
-                        headers={"Authorization": f"Bearer {token}"},
+                        headers=self._auth_headers(token),
                         timeout=timeout,
                     )
                 except errors.TransportError as exc:

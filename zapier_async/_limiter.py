@@ -91,7 +91,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 
@@ -105,7 +105,7 @@ from ._ratelimit import (
 )
 from .errors import LimiterClosedError, RateLimitedError
 
-__all__ = ["Limiter", "LimiterClosedError", "LimiterStats", "Priority", "Slot"]
+__all__ = ["Limiter", "LimiterLike", "LimiterStats", "Priority", "Slot", "SlotLike"]
 
 logger = logging.getLogger("zapier_async")
 
@@ -366,6 +366,43 @@ class _SlotRequest:
     ) -> None:
         if self._slot is not None:
             self._slot._release()
+
+
+class SlotLike(Protocol):
+    """Permission to send one request, as a client uses it."""
+
+    def record(self, status: int | None, headers: Mapping[str, str]) -> None:
+        """Report the response (status None: no HTTP response)."""
+        ...
+
+
+class LimiterLike(Protocol):
+    """What a `ZapierClient` needs of a rate limiter.
+
+    `Limiter` (in-memory) and `zapier_async.redis.RedisLimiter` (a budget shared across
+    processes) both provide it; so can your own.
+    """
+
+    def slot(
+        self,
+        priority: Priority = Priority.INTERACTIVE,
+        *,
+        max_wait: float | _Default | None = USE_DEFAULT,
+    ) -> contextlib.AbstractAsyncContextManager[SlotLike]:
+        """Wait for permission to send one request."""
+        ...
+
+    def freeze(self, seconds: float) -> None:
+        """Hold every request back for `seconds`."""
+        ...
+
+    def snapshot(self) -> LimiterStats:
+        """Counters and the current view of the budget."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop granting slots."""
+        ...
 
 
 class Limiter:

@@ -77,7 +77,8 @@ class Poller:
         clock: The client's clock.
         poll: Coroutine function that reads one handle's run and reschedules it (or finishes
             it). It must not raise; the poller logs and drops anything it does raise.
-        max_concurrent_polls: Upper bound on poll requests in flight at once.
+        max_concurrent_polls: Upper bound on poll requests in flight at once (8, as the
+            client's default).
     """
 
     def __init__(
@@ -85,7 +86,7 @@ class Poller:
         *,
         clock: Clock,
         poll: Callable[[RunHandle], Awaitable[None]],
-        max_concurrent_polls: int = 64,
+        max_concurrent_polls: int = 8,
     ) -> None:
         if max_concurrent_polls < 1:
             raise ValueError("max_concurrent_polls must be at least 1")

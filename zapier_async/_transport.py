@@ -34,9 +34,20 @@ def _timeouts(timeout: float | None) -> aiohttp.ClientTimeout:
     timed out there, never sent, would wrongly be reported as an unknown outcome. Once
     connected, the exchange gets `timeout` more (`sock_read`, capped by `total`).
     """
-    if timeout is None:
-        return aiohttp.ClientTimeout(total=None)
-    return aiohttp.ClientTimeout(total=2 * timeout, connect=timeout, sock_read=timeout)
+    cached = _TIMEOUTS.get(timeout)
+    if cached is None:
+        if timeout is None:
+            cached = aiohttp.ClientTimeout(total=None)
+        else:
+            cached = aiohttp.ClientTimeout(total=2 * timeout, connect=timeout, sock_read=timeout)
+        if len(_TIMEOUTS) >= 64:  # a client uses one or two values; stay bounded regardless
+            _TIMEOUTS.clear()
+        _TIMEOUTS[timeout] = cached
+    return cached
+
+
+# `ClientTimeout` values are frozen: one per timeout value, not one per request.
+_TIMEOUTS: dict[float | None, aiohttp.ClientTimeout] = {}
 
 
 class Transport(Protocol):
@@ -80,6 +91,7 @@ class AiohttpTransport:
         self._limit = limit
         self._user_agent = user_agent
         self._closed = False
+        self._base_headers = {"User-Agent": user_agent, "Accept": "application/json"}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -99,7 +111,7 @@ class AiohttpTransport:
         timeout: float | None,
     ) -> Response:
         session = self._get_session()
-        all_headers = {"User-Agent": self._user_agent, "Accept": "application/json", **headers}
+        all_headers = {**self._base_headers, **headers}
         if request.content_type is not None:
             all_headers["Content-Type"] = request.content_type
         what = request.describe()

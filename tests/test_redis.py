@@ -1,0 +1,235 @@
+"""RedisLimiter against a real redis-server started by the fixture (skipped without one)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+aioredis = pytest.importorskip("redis.asyncio", reason="the 'redis' extra is not installed")
+
+import zapier_async as za  # noqa: E402
+from zapier_async.redis import RedisLimiter, RedisSlot  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Server:
+    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def redis_server() -> Iterator[_Server]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            [
+                exe,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        server = _Server(proc, port)
+        try:
+            assert proc.stdout is not None
+            # Redis says when it is ready: read its log instead of guessing a delay.
+            for line in proc.stdout:
+                if "Ready to accept connections" in line:
+                    break
+            else:
+                pytest.fail("redis-server exited before it was ready")
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest_asyncio.fixture
+async def rclient(redis_server: _Server) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_server.url, socket_timeout=5)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def _headers(limit: int, remaining: int, reset: int) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Reset": str(reset),  # a delta: seconds until the reset
+    }
+
+
+def test_the_package_imports_without_redis() -> None:
+    code = "import sys, zapier_async; assert 'redis' not in sys.modules, 'redis imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.asyncio
+async def test_state_lives_in_redis_under_the_prefix(rclient):
+    limiter = RedisLimiter(rclient, prefix="t", name="acct")
+    async with limiter, limiter.slot(za.Priority.INTERACTIVE) as slot:
+        assert isinstance(slot, RedisSlot)
+        assert slot.probe  # nothing is known yet: the first request probes
+        assert limiter.in_flight == 1
+        assert await rclient.zcard("t:acct:inflight") == 1
+        slot.record(200, _headers(10, 9, 60))
+    state = await rclient.hgetall("t:acct:state")
+    assert state[b"mode"] == b"window"
+    assert int(state[b"granted"]) == 1
+    assert int(state[b"answered"]) == 1
+    # Budget: Remaining 9 + 0 answers before the grant + 1 = anchor 10; 1 granted: 9 left.
+    assert float(state[b"anchor"]) - int(state[b"granted"]) == 9
+    assert await rclient.zcard("t:acct:inflight") == 0
+    assert await rclient.exists("t:acct:probe") == 0
+    assert limiter.in_flight == 0
+
+
+@pytest.mark.asyncio
+async def test_one_probe_at_a_time_across_limiters(rclient):
+    async with (
+        RedisLimiter(rclient, name="p") as first,
+        RedisLimiter(rclient, name="p", poll_interval=0.005) as second,
+    ):
+        cm = first.slot()
+        slot = await cm.__aenter__()
+        assert slot.probe
+        other = asyncio.ensure_future(second.slot().__aenter__())
+        # The second process polls Redis, finds the probe taken, and keeps waiting.
+        for _ in range(5):
+            await asyncio.wait({other}, timeout=0.02)
+        assert not other.done()
+        assert second.waiting == 1
+        slot.record(200, _headers(10, 9, 60))
+        await cm.__aexit__(None, None, None)
+        granted = await other
+        assert isinstance(granted, RedisSlot)
+        assert not granted.probe  # the budget is known now
+        granted.record(200, _headers(10, 8, 60))
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_waiter_takes_nothing(rclient):
+    async with (
+        RedisLimiter(rclient, name="c") as holder,
+        RedisLimiter(rclient, name="c", poll_interval=0.005) as limiter,
+    ):
+        cm = holder.slot()
+        await cm.__aenter__()  # holds the probe: everybody else waits
+        waiter = asyncio.ensure_future(limiter.slot().__aenter__())
+        await asyncio.wait({waiter}, timeout=0.05)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert limiter.waiting == 0
+        assert limiter.in_flight == 0
+        await cm.__aexit__(None, None, None)
+    assert int(await rclient.hget("zapier_async:ratelimit:c:state", "granted")) == 1
+    assert await rclient.zcard("zapier_async:ratelimit:c:inflight") == 0
+
+
+@pytest.mark.asyncio
+async def test_slots_of_a_dead_process_expire_with_their_lease(rclient):
+    dead = RedisLimiter(rclient, name="d", lease=0.2)
+    await dead.slot().__aenter__()  # granted, never answered, never released
+    await dead.aclose()  # nothing to flush: as if the process was killed
+    assert await rclient.zcard("zapier_async:ratelimit:d:inflight") == 1
+    alive = RedisLimiter(rclient, name="d", poll_interval=0.01)
+    # The probe lock and the in-flight entry lapse with the lease: the budget is not blocked
+    # forever, and the lapsed slot counts as answered.
+    async with alive, alive.slot() as slot:
+        assert slot.probe
+        slot.record(None, {})
+    state = await rclient.hgetall("zapier_async:ratelimit:d:state")
+    assert int(state[b"answered"]) == 2
+    assert await rclient.zcard("zapier_async:ratelimit:d:inflight") == 0
+
+
+@pytest.mark.asyncio
+async def test_a_429_freezes_every_process(rclient):
+    async with (
+        RedisLimiter(rclient, name="f") as seen,
+        RedisLimiter(rclient, name="f", max_wait=0.0) as other,
+    ):
+        async with seen.slot() as slot:
+            slot.record(429, {"Retry-After": "30"})
+        with pytest.raises(za.RateLimitedError):
+            async with other.slot():
+                pass
+        assert other.frozen_until is not None
+
+
+@pytest.mark.asyncio
+async def test_a_lost_redis_degrades_to_local_pacing(redis_server, caplog):
+    client = aioredis.from_url(redis_server.url, socket_timeout=2)
+    try:
+        async with RedisLimiter(client, name="g", fallback_rate=(1, 60.0)) as limiter:
+            async with limiter.slot() as slot:
+                slot.record(200, _headers(10, 9, 60))
+            redis_server.stop()
+            with caplog.at_level(logging.WARNING, logger="zapier_async"):
+                async with limiter.slot() as local:
+                    assert not isinstance(local, RedisSlot)  # the in-memory fallback's
+                    local.record(200, {})
+            assert limiter.degraded
+            assert "Redis unreachable" in caplog.text
+            # Never unlimited: the fallback paces at 1 request per minute.
+            with pytest.raises(za.RateLimitedError):
+                async with limiter.slot(max_wait=0.0):
+                    pass
+    finally:
+        await client.aclose()
+
+
+def test_worker_processes_share_one_budget_without_429s(redis_server):
+    """A short version of benchmarks/redis_workers.py: 2 processes, one emulator (no timing)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import redis_workers
+    finally:
+        sys.path.remove(str(ROOT))
+    summary = redis_workers.run(workers=2, runs=40, rate="20/1", redis_url=redis_server.url)
+    assert summary["ok"] == 40
+    assert summary["rate_limited_429"] == 0
+    assert summary["runs_created"] == 40
+    assert summary["duplicate_submissions"] == 0
