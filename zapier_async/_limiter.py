@@ -91,7 +91,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
 
@@ -199,40 +199,25 @@ class LimiterStats:
     frozen_for: float | None
 
 
-class Slot:
-    """Permission to send one request; hand its response back with `record`."""
+class _SlotOwner(Protocol):
+    def _complete(self, slot: Any, status: int | None, headers: Mapping[str, str]) -> None: ...
 
-    __slots__ = (
-        "_completions_at_grant",
-        "_done",
-        "_limiter",
-        "granted_at",
-        "priority",
-        "probe",
-        "waited",
-    )
+    def _ungrant(self, slot: Any) -> None: ...
 
-    def __init__(
-        self,
-        limiter: Limiter,
-        priority: Priority,
-        granted_at: float,
-        completions_at_grant: int,
-        *,
-        probe: bool,
-        waited: float,
-    ) -> None:
+
+class _OneShotSlot:
+    """The contract every limiter's slot keeps: its outcome is reported exactly once.
+
+    `record()` with the response, else `_release()` at the end of the ``async with`` block
+    (no response), else `_undo()` when the grant raced with a cancellation (nothing sent).
+    Whichever comes first wins; the others are ignored.
+    """
+
+    __slots__ = ("_done", "_limiter")
+
+    def __init__(self, limiter: _SlotOwner) -> None:
         self._limiter = limiter
-        self._completions_at_grant = completions_at_grant
         self._done = False
-        self.priority = priority
-        """The priority the slot was asked for."""
-        self.granted_at = granted_at
-        """Monotonic time of the grant."""
-        self.probe = probe
-        """Whether this request probes the budget (the only one in flight until answered)."""
-        self.waited = waited
-        """Seconds the slot waited to be granted."""
 
     def record(self, status: int | None, headers: Mapping[str, str]) -> None:
         """Report the response to the request sent with this slot.
@@ -259,6 +244,39 @@ class Slot:
         if not self._done:
             self._done = True
             self._limiter._ungrant(self)
+
+
+class Slot(_OneShotSlot):
+    """Permission to send one request; hand its response back with `record`."""
+
+    __slots__ = (
+        "_completions_at_grant",
+        "granted_at",
+        "priority",
+        "probe",
+        "waited",
+    )
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        priority: Priority,
+        granted_at: float,
+        completions_at_grant: int,
+        *,
+        probe: bool,
+        waited: float,
+    ) -> None:
+        super().__init__(limiter)
+        self._completions_at_grant = completions_at_grant
+        self.priority = priority
+        """The priority the slot was asked for."""
+        self.granted_at = granted_at
+        """Monotonic time of the grant."""
+        self.probe = probe
+        """Whether this request probes the budget (the only one in flight until answered)."""
+        self.waited = waited
+        """Seconds the slot waited to be granted."""
 
     def __repr__(self) -> str:
         return (

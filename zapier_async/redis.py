@@ -93,7 +93,7 @@ from typing import Final
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ._limiter import USE_DEFAULT, Limiter, LimiterStats, Priority, _Default
+from ._limiter import USE_DEFAULT, Limiter, LimiterStats, Priority, _Default, _OneShotSlot
 from ._limiter import Slot as _LocalSlot
 from ._ratelimit import DEFAULT_COOLDOWN, RateLimitState, pause_after
 from .errors import LimiterClosedError, RateLimitedError
@@ -260,7 +260,7 @@ return 1
 """
 
 
-class RedisSlot:
+class RedisSlot(_OneShotSlot):
     """Permission to send one request; hand its response back with `record`.
 
     The same contract as `zapier_async.Slot`: call ``record(status, headers)`` once, as soon
@@ -269,9 +269,7 @@ class RedisSlot:
 
     __slots__ = (
         "_answered_at_grant",
-        "_done",
         "_id",
-        "_limiter",
         "_opener_seq",
         "granted_at",
         "priority",
@@ -291,11 +289,10 @@ class RedisSlot:
         opener_seq: str,
         waited: float,
     ) -> None:
-        self._limiter = limiter
+        super().__init__(limiter)
         self._id = slot_id
         self._answered_at_grant = answered_at_grant
         self._opener_seq = opener_seq
-        self._done = False
         self.priority = priority
         """The priority the slot was asked for."""
         self.granted_at = granted_at
@@ -304,27 +301,6 @@ class RedisSlot:
         """Whether this request probes the budget (alone across all processes)."""
         self.waited = waited
         """Seconds the slot waited to be granted."""
-
-    def record(self, status: int | None, headers: Mapping[str, str]) -> None:
-        """Report the response to the request sent with this slot (later calls are ignored).
-
-        Args:
-            status: The HTTP status, or None if there was no HTTP response.
-            headers: The response headers (case-insensitive names).
-        """
-        if not self._done:
-            self._done = True
-            self._limiter._complete(self, status, headers)
-
-    def _release(self) -> None:
-        if not self._done:
-            self._done = True
-            self._limiter._complete(self, None, {})
-
-    def _undo(self) -> None:
-        if not self._done:
-            self._done = True
-            self._limiter._undo(self)
 
     def __repr__(self) -> str:
         return f"RedisSlot(priority={self.priority.name}, probe={self.probe})"
@@ -696,7 +672,7 @@ class RedisLimiter:
         )
         self._enqueue(args, slot.granted_at, now)
 
-    def _undo(self, slot: RedisSlot) -> None:
+    def _ungrant(self, slot: RedisSlot) -> None:
         self._in_flight -= 1
         self._enqueue((slot._id, "0", "0", "0", "undo", "", "", "", "1", "", "", "", ""))
 
