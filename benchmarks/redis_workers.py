@@ -18,65 +18,26 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from zapier_async.testing import _redis as launcher
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
-    """A throw-away redis-server on 127.0.0.1; yields its URL."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server not found (apt-get install redis-server)")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if "Ready to accept connections" in line:
-                    break
-            else:
-                raise SystemExit("redis-server exited before it was ready")
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+    """A throw-away redis-server on 127.0.0.1 (`zapier_async.testing._redis`); yields its URL."""
+    try:
+        with launcher.redis_server() as server:
+            yield server.url
+    except launcher.RedisServerNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 @contextlib.contextmanager

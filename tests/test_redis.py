@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,72 +16,22 @@ aioredis = pytest.importorskip("redis.asyncio", reason="the 'redis' extra is not
 
 import zapier_async as za  # noqa: E402
 from zapier_async.redis import RedisLimiter, RedisSlot  # noqa: E402
+from zapier_async.testing import _redis as launcher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class _Server:
-    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
-        self.proc = proc
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def redis_server() -> Iterator[_Server]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        server = _Server(proc, port)
-        try:
-            assert proc.stdout is not None
-            # Redis says when it is ready: read its log instead of guessing a delay.
-            for line in proc.stdout:
-                if "Ready to accept connections" in line:
-                    break
-            else:
-                pytest.fail("redis-server exited before it was ready")
+def redis_server() -> Iterator[launcher.RedisServer]:
+    try:
+        with launcher.redis_server() as server:
             yield server
-        finally:
-            server.stop()
+    except launcher.RedisServerNotFoundError as exc:
+        pytest.skip(str(exc))
 
 
 @pytest_asyncio.fixture
-async def rclient(redis_server: _Server) -> AsyncIterator[aioredis.Redis]:
+async def rclient(redis_server: launcher.RedisServer) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.from_url(redis_server.url, socket_timeout=5)
     try:
         yield client
