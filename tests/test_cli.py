@@ -67,9 +67,11 @@ def test_demo_runs_against_the_in_process_emulator(capsys):
     assert summary["emulator"]["duplicate_submissions"] == 0
     metrics = summary["metrics"]
     assert metrics["runs_succeeded"] + metrics["runs_failed"] + metrics["outcome_unknown"] <= 30
-    # A create whose answer a fault spoiled exists at the emulator but is not "started".
+    # A create whose answer a fault spoiled may or may not exist at the emulator (that is
+    # what "unknown" means), and it is never "started"; every run started exists.
+    created = summary["emulator"]["runs_created"]
     assert (
-        metrics["runs_started"] + metrics["outcome_unknown"] == summary["emulator"]["runs_created"]
+        metrics["runs_started"] <= created <= metrics["runs_started"] + metrics["outcome_unknown"]
     )
     assert "30/30 done" in err
 

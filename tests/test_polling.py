@@ -14,11 +14,18 @@ from zapier_async._polling import AdaptivePolling, plan_polls, turnbull
 
 
 class _Handle:
-    """Stands in for `RunHandle`: the three attributes the planner owns, and a weakref."""
+    """Stands in for `RunHandle`: the attributes the planner owns, and a weakref."""
 
     poll_key: str | None
     poll_plan: tuple[float, ...] | None
     pending_at: float
+    poll_skew: int
+    poll_attempts = 0
+    created_at = 0.0
+    timer = None
+
+    def done(self) -> bool:
+        return False
 
 
 def _simulate(
@@ -143,3 +150,94 @@ def test_forgets_the_oldest_action_beyond_max_actions() -> None:
     assert polling.plan("a") is None
     assert polling.plan("b") is not None
     assert polling.plan("c") is not None
+
+
+def _fresh(polling: AdaptivePolling, key: str = "a") -> tuple[_Handle, float]:
+    handle = _Handle()
+    return handle, polling.first_delay(handle, key, random.Random(1))  # type: ignore[arg-type]
+
+
+def test_an_unlearnt_action_is_polled_at_once_until_a_few_misses() -> None:
+    policy = PollPolicy(initial=0.5, factor=2.0, jitter=0.0)
+    polling = AdaptivePolling(policy=policy, at_once_misses=2)
+    rng = random.Random(1)
+    for _ in range(2):
+        handle, delay = _fresh(polling)
+        assert delay == 0.0
+        # The at-once poll found it still going: the policy's cadence starts from its first
+        # interval (the at-once poll is not counted against it).
+        assert polling.next_delay(handle, 1, 0.01, rng, hint=None) == 0.5  # type: ignore[arg-type]
+        assert polling.next_delay(handle, 2, 0.51, rng, hint=None) == 1.0  # type: ignore[arg-type]
+    _, delay = _fresh(polling)
+    assert delay == 0.5  # two misses: slow action, no more at-once polls
+
+
+def test_concurrent_unlearnt_runs_wait_for_the_first_at_once_answer() -> None:
+    polling = AdaptivePolling(policy=PollPolicy(jitter=0.0), at_once_misses=3)
+    handles = [_fresh(polling) for _ in range(10)]
+    assert [d for _, d in handles] == [0.0] * 3 + [polling.policy.initial] * 7
+    # The first at-once poll finds its run ended: the seven held back are polled now.
+    moved = polling.observe(handles[0][0], 0.003)  # type: ignore[arg-type]
+    assert sorted(id(h) for h, _ in moved) == sorted(id(h) for h, _ in handles[3:])
+    assert all(delay == 0.0 for _, delay in moved)
+    # From then on new runs are polled at once without waiting.
+    assert _fresh(polling)[1] == 0.0
+
+
+def test_runs_in_flight_switch_to_the_first_plan() -> None:
+    polling = AdaptivePolling(min_samples=8, at_once=False)
+    going = []
+    for _ in range(4):
+        handle, _ = _fresh(polling)
+        handle.timer = object()  # type: ignore[assignment]  # scheduled, not in flight
+        handle.created_at = 0.9  # created 0.1 s before the observation that makes the plan
+        going.append(handle)
+    moved: list[tuple[object, float]] = []
+    for _ in range(8):
+        handle, _ = _fresh(polling)
+        moved = polling.observe(handle, 1.0)  # type: ignore[arg-type,assignment]
+    plan = polling.plan("a")
+    assert plan is not None
+    assert {id(h) for h, _ in moved} == {id(h) for h in going}
+    assert all(h.poll_plan == plan for h in going)
+    assert all(delay == pytest.approx(plan[0] - 0.1) for _, delay in moved)
+
+
+def test_replanning_backs_off_while_the_action_is_steady(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import zapier_async._polling as polling_module
+
+    calls = 0
+    real = polling_module.plan_polls
+
+    def counting(*args: object, **kwargs: object) -> list[float]:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(polling_module, "plan_polls", counting)
+    polling = AdaptivePolling(min_samples=16, replan_every=16, window=128)
+    rng = random.Random(5)
+    _simulate(polling, [rng.uniform(0.2, 1.5) for _ in range(1000)])
+    # Every 16 runs would be 62 plans; backing off to every 64 makes about 18.
+    assert calls <= 20
+    # A run that outlives the plan brings re-planning back soon.
+    before = calls
+    _simulate(polling, [5.0] * 20)
+    assert calls - before >= 1
+    plan = polling.plan("a")
+    assert plan is not None
+    assert plan[-1] >= 5.0
+
+
+def test_a_first_poll_within_half_a_round_trip_goes_at_once() -> None:
+    polling = AdaptivePolling(min_samples=4, at_once=False, at_once_below=0.0, explore_every=1000)
+    _simulate(polling, [0.04] * 8)
+    plan = polling.plan("a")
+    assert plan is not None
+    assert 0.04 <= plan[0] < 0.5
+    assert _fresh(polling)[1] == plan[0]
+    for _ in range(50):
+        polling.round_trip(1.0)  # answers take a second: a shorter timer saves nothing
+    assert _fresh(polling)[1] == 0.0

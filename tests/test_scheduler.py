@@ -313,3 +313,39 @@ async def test_aclose_cancels_in_flight_polls_and_the_runner(clock):
     assert poller.in_flight == 0
     assert tasks_named(POLL_TASK_NAME) == []
     assert tasks_named(POLLER_TASK_NAME) == []
+
+
+@pytest.mark.asyncio
+async def test_a_poll_due_now_with_a_free_slot_starts_without_the_runner(rig, clock):
+    poller, script = rig
+    script.gate = asyncio.Event()
+    handle = track(poller, clock, "now", 0.0)
+    # Started synchronously: a poll task exists and no runner was needed to start it.
+    assert poller.in_flight == 1
+    assert poller.scheduled == 0
+    assert not poller.running
+    await settle()
+    assert script.calls == [(0.0, "now", False)]
+    script.gate.set()
+    await settle()
+    assert handle.done()
+    assert poller.in_flight == 0
+    assert tasks_named(POLL_TASK_NAME) == []
+    assert tasks_named(POLLER_TASK_NAME) == []
+
+
+@pytest.mark.asyncio
+async def test_a_poll_due_now_queues_behind_others_when_slots_are_full(rig, clock):
+    poller, script = rig  # max_concurrent_polls=4
+    script.gate = asyncio.Event()
+    for i in range(4):
+        track(poller, clock, f"busy{i}", 0.0)
+    assert poller.in_flight == 4
+    late = track(poller, clock, "late", 0.0)
+    assert poller.in_flight == 4  # not a fifth: it waits for a slot in the heap
+    await settle()
+    assert [c[1] for c in script.calls] == ["busy0", "busy1", "busy2", "busy3"]
+    script.gate.set()
+    await until(lambda: late.done())
+    assert [c[1] for c in script.calls][-1] == "late"
+    assert script.max_active <= 4

@@ -440,7 +440,7 @@ class ZapierClient:
         self._metrics.run_read(handle, previous, run)
         if handle.done():
             self._poller.forget(handle)
-            self._polling.observe(handle, self._clock.monotonic() - handle.created_at)
+            self._observe(handle, self._clock.monotonic() - handle.created_at)
         return True
 
     def resume(self, token_or_run_id: str) -> RunHandle:
@@ -840,6 +840,11 @@ class ZapierClient:
         self._poller.schedule(handle, first_delay)
         return handle
 
+    def _observe(self, handle: RunHandle, elapsed: float) -> None:
+        """Teach the poll planner how long `handle`'s run took; poll what it brings forward."""
+        for other, delay in self._polling.observe(handle, elapsed):
+            self._poller.schedule(other, delay)
+
     async def _poll(self, handle: RunHandle) -> None:
         """Read one handle's run once; update, finish or reschedule it. Never raises."""
         if handle.done():
@@ -879,12 +884,13 @@ class ZapierClient:
             self._poller.schedule(handle, delay)
             return
         handle.poll_failures = 0
+        self._polling.round_trip(self._clock.monotonic() - sent_at)
         previous = handle.status
         handle._update(run)
         self._metrics.run_read(handle, previous, run)
         elapsed = self._clock.monotonic() - handle.created_at
         if handle.done():
-            self._polling.observe(handle, elapsed)
+            self._observe(handle, elapsed)
             return
         hint = _throttle_hint(run)
         if handle.via_callback:

@@ -53,6 +53,7 @@ class RunHandle:
         "poll_failures",
         "poll_key",
         "poll_plan",
+        "poll_skew",
         "timer",
         "via_callback",
     )
@@ -82,6 +83,7 @@ class RunHandle:
         self.poll_key: str | None = None
         self.poll_plan: tuple[float, ...] | None = None
         self.pending_at = 0.0
+        self.poll_skew = 0
         # Created with a callback_url: polled at the safety-net cadence (see `_actions`).
         self.via_callback = False
 

@@ -1094,6 +1094,8 @@ class Limiter:
             return
         if self._closed:
             return
+        if not self._live and self._timer is None:
+            return  # nobody waits and no timer to disarm: nothing to do (the common case)
         self._dispatching = True
         try:
             again = True

@@ -38,8 +38,23 @@ lag). And when most runs are found ended by their first poll, every fourth run a
 once at a quarter of that time, so the estimate can move a lot earlier at once (this is how
 a zero-duration action converges to polling almost at once).
 
-**Before anything is learnt** (fewer than `min_samples` runs of the action ended) the plain
-`PollPolicy` cadence is used, and a server hint (a throttled run's ``delay``) always wins.
+**Before anything is learnt** (fewer than `min_samples` runs of the action ended) a new
+run is polled once at once, right after its create returned (what a hand-written
+"check, then sleep" loop does), and then at the plain `PollPolicy` cadence. An action whose
+runs end instantly is so learnt from its very first runs, instead of every one of them waiting
+out the policy's first interval; once `at_once_misses` such polls of an action found its run
+still going, its other unlearnt runs skip the at-once poll, so a slow action pays a few polls
+for it, not one per run. A learnt plan whose first poll falls within `at_once_below` of the
+create, or within half a poll's round trip (`round_trip`, a moving average), is likewise
+sent at once: the answer could not come back sooner, and the plan of an instant action
+otherwise settles at the client's own latency (each observation's upper end is when its
+answer arrived). A server hint (a
+throttled run's ``delay``) always wins.
+
+**Re-planning** costs O(candidates^2) (about half a millisecond), so it is not done per run:
+every `replan_every` new observations at first, then twice as seldom after each plan (up to
+every `window / 2` observations); a run that outlived its plan (the action got slower) brings the
+interval back to `replan_every`.
 
 Pure: no clock, no I/O; the client tells it what happened (`observe`) and asks for delays.
 """
@@ -201,11 +216,17 @@ def plan_polls(bounds: list[float], masses: list[float], cost: float) -> list[fl
 @attrs.define(eq=False)
 class _Action:
     samples: collections.deque[tuple[float, float]]
+    replan_every: int
     pending: weakref.WeakSet[RunHandle] = attrs.Factory(weakref.WeakSet)
     fresh: int = 0
     plan: tuple[float, ...] | None = None
     first_hits: int = 0
     started: int = 0
+    at_once_misses: int = 0
+    at_once_hits: int = 0
+    # Unlearnt runs whose at-once poll is out, and those held back until one of them hits.
+    probing: weakref.WeakSet[RunHandle] = attrs.Factory(weakref.WeakSet)
+    deferred: weakref.WeakSet[RunHandle] = attrs.Factory(weakref.WeakSet)
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -219,23 +240,33 @@ class AdaptivePolling:
             polling at once and then every 0.5 s (see `benchmarks/results.md`).
         min_samples: Runs of an action that must have ended before its plan is used.
         window: Most recent runs per action the estimate is made from.
-        replan_every: New observations between two plans.
+        replan_every: New observations between two plans at first (the interval doubles
+            after each plan, up to half the `window`).
         explore_every: One run in this many follows a randomly scaled plan.
         explore: The relative spread of that scaling.
         max_actions: Actions remembered (the oldest is forgotten first).
         enabled: False to always use `policy`.
+        at_once: Poll a run of an action with no plan yet once right after its create.
+        at_once_misses: At-once polls of an action that may find its run still going before
+            its other unlearnt runs stop getting one.
+        at_once_below: A planned first poll sooner than this (seconds), or than half the
+            polls' mean round trip, is sent at once.
     """
 
     policy: PollPolicy = attrs.field(factory=PollPolicy)
     cost: float = 0.12
-    min_samples: int = 16
+    min_samples: int = 32
     window: int = 128
     replan_every: int = 16
     max_actions: int = 256
     explore_every: int = 4
     explore: float = 0.2
     enabled: bool = True
+    at_once: bool = True
+    at_once_misses: int = 3
+    at_once_below: float = 0.01
     _actions: dict[str, _Action] = attrs.field(init=False, factory=dict)
+    _rtt: float | None = attrs.field(init=False, default=None)
 
     # --- the client's hooks -----------------------------------------------------------------
 
@@ -244,12 +275,18 @@ class AdaptivePolling:
         handle.poll_key = key
         handle.poll_plan = None
         handle.pending_at = 0.0
+        handle.poll_skew = 0
         state = self._state(key, create=True) if self.enabled and key is not None else None
-        if state is not None:
-            state.pending.add(handle)
-        if state is not None and state.plan:
+        if state is None:
+            return self.policy.interval(0, elapsed=0.0, rng=rng)
+        state.pending.add(handle)
+        if state.plan:
             plan = state.plan
             state.started += 1
+            if plan[0] < max(self.at_once_below, 0.5 * (self._rtt or 0.0)):
+                # Runs end (nearly) instantly: poll as soon as the create returned.
+                handle.poll_plan = plan
+                return 0.0
             if state.first_hits * 2 > len(state.samples) and state.started % 4 == 0:
                 probe = plan[0] / 4
                 if probe >= _FLOOR:
@@ -262,6 +299,17 @@ class AdaptivePolling:
                 plan = tuple(t * scale for t in plan)
             handle.poll_plan = plan
             return plan[0]
+        if self.at_once and state.at_once_misses < self.at_once_misses:
+            # Nothing learnt yet: look once right away (the policy's cadence follows, from
+            # its first interval), so instant runs are neither slow nor unlearnt. Until one
+            # such poll found its run ended, only a few go out; the others wait on the policy
+            # and are brought forward by the first hit (`observe` returns them).
+            outstanding = sum(1 for h in state.probing if not h.done())
+            if state.at_once_hits or outstanding < self.at_once_misses:
+                handle.poll_skew = 1
+                state.probing.add(handle)
+                return 0.0
+            state.deferred.add(handle)
         return self.policy.interval(0, elapsed=0.0, rng=rng)
 
     def next_delay(
@@ -291,27 +339,56 @@ class AdaptivePolling:
             if hint is not None and math.isfinite(hint) and hint > delay:
                 return max(min(hint, self.policy.max_hint), delay)
             return delay
-        return next_poll_delay(self.policy, attempt, elapsed, rng, hint=hint)
+        skew = handle.poll_skew
+        if skew and attempt == skew:
+            # The at-once poll found the run still going.
+            state = self._state(handle.poll_key)
+            if state is not None and handle in state.probing:
+                state.probing.discard(handle)
+                state.at_once_misses += 1
+                if state.at_once_misses >= self.at_once_misses:
+                    state.deferred.clear()
+        return next_poll_delay(self.policy, attempt - skew, elapsed, rng, hint=hint)
 
-    def observe(self, handle: RunHandle, elapsed: float) -> None:
-        """A poll found the run ended at `elapsed` seconds after its create."""
+    def observe(self, handle: RunHandle, elapsed: float) -> list[tuple[RunHandle, float]]:
+        """A poll found the run ended at `elapsed` seconds after its create.
+
+        Returns:
+            ``(run, delay)`` for runs of the same action whose next poll moves (usually
+            none): unlearnt runs held back from an at-once poll, polled now when this run's
+            at-once poll found it ended; and, when this observation made the action's first
+            plan, the unlearnt runs still going, which switch to the plan.
+        """
         key = handle.poll_key
         if not self.enabled or key is None:
-            return
+            return []
         lo, hi = _quantise(handle.pending_at), _quantise(elapsed)
         if hi <= lo:
             hi = lo + max(_FLOOR, _RESOLUTION * lo)
         state = self._state(key, create=True)
         assert state is not None
         state.pending.discard(handle)
+        moved: list[tuple[RunHandle, float]] = []
+        if handle in state.probing:
+            state.probing.discard(handle)
+            state.at_once_hits += 1
+            for h in state.deferred:
+                if not h.done() and h.poll_attempts == 0:
+                    h.poll_skew = 1
+                    state.probing.add(h)
+                    moved.append((h, 0.0))
+            state.deferred.clear()
         if len(state.samples) == state.samples.maxlen and state.samples[0][0] == 0.0:
             state.first_hits -= 1
         state.samples.append((lo, hi))
         if lo == 0.0:
             state.first_hits += 1
         state.fresh += 1
+        plan = handle.poll_plan
+        if plan and elapsed > plan[-1]:
+            state.replan_every = self.replan_every  # outlived its plan: learn it soon
         if len(state.samples) >= self.min_samples and (
-            state.plan is None or state.fresh >= self.replan_every
+            state.plan is None or state.fresh >= state.replan_every
         ):
             state.fresh = 0
             # Runs still going count too (as "longer than their last pending poll"): without
@@ -322,7 +399,42 @@ class AdaptivePolling:
                 if h.pending_at > 0.0
             ]
             bounds, masses = turnbull([*state.samples, *censored])
-            state.plan = tuple(plan_polls(bounds, masses, self.cost))
+            new = tuple(plan_polls(bounds, masses, self.cost))
+            state.replan_every = min(2 * state.replan_every, self.window // 2)
+            first_plan = state.plan is None
+            state.plan = new
+            if first_plan and new:
+                moved = self._adopt(state, new, now=handle.created_at + elapsed, moved=moved)
+        return moved
+
+    def _adopt(
+        self,
+        state: _Action,
+        plan: tuple[float, ...],
+        *,
+        now: float,
+        moved: list[tuple[RunHandle, float]],
+    ) -> list[tuple[RunHandle, float]]:
+        """Switch the action's unlearnt runs still going to its first plan."""
+        rescheduled = {id(h) for h, _ in moved}
+        for h in state.pending:
+            if h.done() or h.poll_plan is not None or id(h) in rescheduled:
+                continue
+            h.poll_plan = plan
+            if h.timer is None:
+                continue  # a poll is in flight: its answer reschedules it by the plan
+            age = now - h.created_at
+            for t in plan:
+                if t > age:
+                    moved.append((h, t - age))
+                    break
+        state.deferred.clear()
+        return moved
+
+    def round_trip(self, seconds: float) -> None:
+        """A poll took `seconds` from being started to its answer (a moving average is kept)."""
+        rtt = self._rtt
+        self._rtt = seconds if rtt is None else rtt + 0.1 * (seconds - rtt)
 
     def plan(self, key: str) -> tuple[float, ...] | None:
         """The current plan of `key` (poll times after the create), or None."""
@@ -336,5 +448,7 @@ class AdaptivePolling:
         if state is None and create:
             if len(self._actions) >= self.max_actions:
                 del self._actions[next(iter(self._actions))]
-            state = self._actions[key] = _Action(collections.deque(maxlen=self.window))
+            state = self._actions[key] = _Action(
+                collections.deque(maxlen=self.window), self.replan_every
+            )
         return state

@@ -95,7 +95,8 @@ class Response:
 
     Attributes:
         status: HTTP status code.
-        headers: Header names lower-cased.
+        headers: The response headers; names match case-insensitively (a lower-cased
+            `dict`, or the transport's own case-insensitive mapping).
         body: The raw body.
     """
 

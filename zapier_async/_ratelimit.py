@@ -234,6 +234,8 @@ class RateLimitState:
         lowered: dict[str, str] = {}
         for name, value in headers.items():
             lowered.setdefault(name.lower(), value)
+        if not _RELEVANT.intersection(lowered):
+            return _NOTHING
         limit = _first_integer(_header(lowered, "x-ratelimit-limit", "ratelimit-limit"))
         remaining = _first_integer(_header(lowered, "x-ratelimit-remaining", "ratelimit-remaining"))
         reset_raw = _header(lowered, "x-ratelimit-reset", "ratelimit-reset")
@@ -260,6 +262,21 @@ class RateLimitState:
     def has_budget(self) -> bool:
         """Whether the response stated the remaining budget (what pacing needs)."""
         return self.remaining is not None
+
+
+# The headers `from_headers` reads; a response with none of them needs no parsing.
+_RELEVANT = frozenset(
+    {
+        "x-ratelimit-limit",
+        "ratelimit-limit",
+        "x-ratelimit-remaining",
+        "ratelimit-remaining",
+        "x-ratelimit-reset",
+        "ratelimit-reset",
+        "retry-after",
+    }
+)
+_NOTHING = RateLimitState()
 
 
 def pause_after(

@@ -10,7 +10,8 @@ loops:
    timer runs inline (callbacks are tiny and synchronous);
 2. start polls from the ready queue while fewer than `max_concurrent_polls` are in flight.
    A poll is one short-lived task (read, decide, reschedule), so the number of tasks tracks
-   the number of HTTP requests in flight, never the number of runs;
+   the number of HTTP requests in flight, never the number of runs. A poll due at once
+   (``schedule(handle, 0)``) with a slot free is started directly, without the heap;
 3. sleep until the earliest timer, inside a cancel scope that `_wake()` cancels when an
    earlier timer arrives or a poll slot frees up.
 
@@ -108,6 +109,17 @@ class Poller:
     def schedule(self, handle: RunHandle, delay: float) -> None:
         """Poll `handle` after `delay` seconds (replacing any poll already scheduled)."""
         self._cancel_timer(handle)
+        if (
+            delay <= 0.0
+            and not self._closed
+            and len(self._inflight) < self._max
+            and not self._urgent
+            and not self._ready
+        ):
+            # Due now and a poll slot is free: start it here, without a trip through the
+            # heap and the runner (an instant action's runs are all polled this way).
+            self._start(asyncio.get_running_loop(), handle)
+            return
         timer = Timer(self._clock.monotonic() + max(0.0, delay), handle=handle)
         handle.timer = timer
         self._push(timer)
@@ -214,10 +226,13 @@ class Poller:
             handle = (self._urgent or self._ready).popleft()
             if handle.done() or handle.timer is not None:
                 continue  # finished, cancelled or rescheduled meanwhile
-            task = loop.create_task(self._poll_one(handle), name=POLL_TASK_NAME)
-            self._inflight.add(task)
-            task.add_done_callback(self._poll_done)
-            self.polls_started += 1
+            self._start(loop, handle)
+
+    def _start(self, loop: asyncio.AbstractEventLoop, handle: RunHandle) -> None:
+        task = loop.create_task(self._poll_one(handle), name=POLL_TASK_NAME)
+        self._inflight.add(task)
+        task.add_done_callback(self._poll_done)
+        self.polls_started += 1
 
     async def _poll_one(self, handle: RunHandle) -> None:
         try:
@@ -229,7 +244,9 @@ class Poller:
 
     def _poll_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        if not self._closed:
+        if not self._closed and (self._ready or self._urgent or not self._inflight):
+            # A slot freed up for a waiting poll, or the runner may now exit idle; otherwise
+            # the runner's own timer is still right and waking it would be a wasted turn.
             self._wake()
 
     # --- shutdown -------------------------------------------------------------------------

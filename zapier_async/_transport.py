@@ -114,7 +114,6 @@ class AiohttpTransport:
         all_headers = {**self._base_headers, **headers}
         if request.content_type is not None:
             all_headers["Content-Type"] = request.content_type
-        what = request.describe()
         try:
             async with session.request(
                 request.method,
@@ -126,37 +125,42 @@ class AiohttpTransport:
                 allow_redirects=False,
             ) as resp:
                 body = await resp.read()
-                return Response(
-                    status=resp.status,
-                    headers={k.lower(): v for k, v in resp.headers.items()},
-                    body=body,
-                )
+                # aiohttp's headers are an immutable case-insensitive mapping already: no copy.
+                return Response(status=resp.status, headers=resp.headers, body=body)
         except aiohttp.ClientConnectorCertificateError as exc:
+            what = request.describe()
             raise errors.TransportError(
                 f"TLS certificate error: {exc}", what, False, "tls"
             ) from exc
         except aiohttp.ClientConnectorSSLError as exc:
+            what = request.describe()
             raise errors.TransportError(f"TLS error: {exc}", what, False, "tls") from exc
         except aiohttp.ClientConnectorError as exc:
+            what = request.describe()
             raise errors.TransportError(f"cannot connect: {exc}", what, False, "connect") from exc
         except aiohttp.ConnectionTimeoutError as exc:
+            what = request.describe()
             # Timed out while connecting: the request was never written.
             raise errors.TransportError("connect timed out", what, False, "connect") from exc
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            what = request.describe()
             raise errors.TransportError(
                 f"no response within {timeout}s", what, None, "timeout"
             ) from exc
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            what = request.describe()
             raise errors.TransportError(
                 f"connection lost: {exc or type(exc).__name__}", what, None, "reset"
             ) from exc
         except aiohttp.ClientPayloadError as exc:
+            what = request.describe()
             raise errors.TransportError(
                 f"response body cut short: {exc}", what, None, "reset"
             ) from exc
         except aiohttp.InvalidURL as exc:
             raise errors.InvalidRequestError(f"invalid URL: {exc}", "base_url") from exc
         except aiohttp.ClientError as exc:
+            what = request.describe()
             raise errors.TransportError(
                 f"HTTP client error: {type(exc).__name__}: {exc}", what, None, "other"
             ) from exc
