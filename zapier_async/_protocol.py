@@ -372,7 +372,9 @@ def _body_text(response: Response) -> str:
 
 def _load_json(response: Response, request: Request) -> Any:
     try:
-        return json.loads(response.body)
+        # JSON on the wire is UTF-8 (RFC 8259 section 8.1): decoding it ourselves skips
+        # `json.loads`' encoding detection.
+        return json.loads(response.body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise errors.DecodeError(
             "response body is not JSON",
