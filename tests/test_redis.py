@@ -52,6 +52,12 @@ def test_the_package_imports_without_redis() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+def test_the_issue_name_is_the_same_limiter() -> None:
+    from zapier_async.redis import RedisLimiterBackend
+
+    assert RedisLimiterBackend is RedisLimiter
+
+
 @pytest.mark.asyncio
 async def test_state_lives_in_redis_under_the_prefix(rclient):
     limiter = RedisLimiter(rclient, prefix="t", name="acct")

@@ -54,6 +54,7 @@ class RunHandle:
         "poll_key",
         "poll_plan",
         "poll_skew",
+        "submitted_at",
         "timer",
         "via_callback",
     )
@@ -84,6 +85,8 @@ class RunHandle:
         self.poll_plan: tuple[float, ...] | None = None
         self.pending_at = 0.0
         self.poll_skew = 0
+        # When the create was sent (owned by `_metrics`, for the run's latency).
+        self.submitted_at: float | None = None
         # Created with a callback_url: polled at the safety-net cadence (see `_actions`).
         self.via_callback = False
 

@@ -24,7 +24,6 @@ import contextvars
 import logging
 import math
 import random
-import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -281,7 +280,6 @@ class _Recorder:
         "_lat_sum",
         "_reservoir",
         "_rng",
-        "_submitted",
         "by_endpoint",
         "by_status",
         "errors_by_code",
@@ -311,7 +309,6 @@ class _Recorder:
         self.outcome_unknown = 0
         # Submission time of each run this client created, until it ends. Weak keys: a handle
         # cancelled or dropped by its owner takes its entry with it.
-        self._submitted: weakref.WeakKeyDictionary[RunHandle, float] = weakref.WeakKeyDictionary()
         self._reservoir: list[float] = []
         self._rng = random.Random(0)  # sampling only; deterministic for tests
         self._lat_count = 0
@@ -392,7 +389,7 @@ class _Recorder:
 
     def run_started(self, handle: RunHandle, submitted_at: float) -> None:
         self.runs_started += 1
-        self._submitted[handle] = submitted_at
+        handle.submitted_at = submitted_at  # on the handle: no per-run dictionary entry
         if self.listeners:
             self.emit(RunEvent(kind="started", run_id=handle.id, status=handle.status))
 
@@ -400,7 +397,7 @@ class _Recorder:
         """A poll read `run`; `handle` was updated with it (and may now be done)."""
         status = run.status
         if status.is_terminal:
-            submitted = self._submitted.pop(handle, None)
+            submitted, handle.submitted_at = handle.submitted_at, None
             latency = None
             if submitted is not None:
                 latency = self._clock.monotonic() - submitted
@@ -431,7 +428,7 @@ class _Recorder:
 
     def run_lost(self, handle: RunHandle, exc: BaseException) -> None:
         self.runs_lost += 1
-        self._submitted.pop(handle, None)
+        handle.submitted_at = None
         if self.listeners:
             self.emit(
                 RunEvent(

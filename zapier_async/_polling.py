@@ -385,8 +385,9 @@ class AdaptivePolling:
             state.first_hits += 1
         state.fresh += 1
         plan = handle.poll_plan
-        if plan and elapsed > plan[-1]:
-            state.replan_every = self.replan_every  # outlived its plan: learn it soon
+        if plan and handle.pending_at >= plan[-1]:
+            # Still going at the plan's last poll (not merely read late): learn it soon.
+            state.replan_every = self.replan_every
         if len(state.samples) >= self.min_samples and (
             state.plan is None or state.fresh >= state.replan_every
         ):

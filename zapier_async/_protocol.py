@@ -149,9 +149,13 @@ def _validate_inputs(inputs: object) -> dict[str, Any]:
     return dict(inputs)
 
 
+# One encoder for every body: `json.dumps` with non-default options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def _dump(payload: Mapping[str, Any], *, field: str) -> bytes:
     try:
-        text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _ENCODER.encode(payload)
     except (TypeError, ValueError) as exc:
         # json's messages name the offending type ("Object of type datetime is not JSON
         # serializable"), which is what the caller needs to fix it.

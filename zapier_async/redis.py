@@ -175,6 +175,7 @@ __all__ = [
     "NotJournalledError",
     "RecoveredRuns",
     "RedisLimiter",
+    "RedisLimiterBackend",
     "RedisSlot",
     "RunJournal",
     "WorkerAliveError",
@@ -909,6 +910,10 @@ class RedisLimiter:
                 self._live -= 1
                 waiter.fut.set_exception(exc)
         self._deadlines.clear()
+
+
+RedisLimiterBackend = RedisLimiter
+"""The name issue #9 gives the Redis-backed limiter: the same class as `RedisLimiter`."""
 
 
 # ====================================================================== the run journal
