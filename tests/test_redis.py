@@ -6,37 +6,17 @@ import asyncio
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 aioredis = pytest.importorskip("redis.asyncio", reason="the 'redis' extra is not installed")
 
+
 import zapier_async as za  # noqa: E402
 from zapier_async.redis import RedisLimiter, RedisSlot  # noqa: E402
-from zapier_async.testing import _redis as launcher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def redis_server() -> Iterator[launcher.RedisServer]:
-    try:
-        with launcher.redis_server() as server:
-            yield server
-    except launcher.RedisServerNotFoundError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest_asyncio.fixture
-async def rclient(redis_server: launcher.RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_server.url, socket_timeout=5)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def _headers(limit: int, remaining: int, reset: int) -> dict[str, str]:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
@@ -46,24 +46,6 @@ from zapier_async.testing import _redis as launcher  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 HELPER = Path(__file__).resolve().parent / "_journal_worker.py"
 DAY = 86_400
-
-
-@pytest.fixture
-def redis_server() -> Iterator[launcher.RedisServer]:
-    try:
-        with launcher.redis_server() as server:
-            yield server
-    except launcher.RedisServerNotFoundError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest_asyncio.fixture
-async def rclient(redis_server: launcher.RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_server.url, socket_timeout=5)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def wait_for(

@@ -1,0 +1,14 @@
+"""Fixtures shared across test modules.
+
+The Redis fixtures (`redis_server`, `rclient`) exist only when the ``redis`` extra is
+installed; the modules using them skip themselves otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+if importlib.util.find_spec("redis") is not None:
+    from _redis_fixtures import rclient, redis_server
+
+    __all__ = ["rclient", "redis_server"]
