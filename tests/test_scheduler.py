@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import pytest
 import pytest_asyncio
-from _util import drive, until
+from _util import drive, eventually, until
 
 from zapier_async import errors
+from zapier_async._clock import SystemClock
 from zapier_async._handle import RunHandle
 from zapier_async._protocol import RunLocator
 from zapier_async._scheduler import POLL_TASK_NAME, POLLER_TASK_NAME, Poller
@@ -349,3 +350,34 @@ async def test_a_poll_due_now_queues_behind_others_when_slots_are_full(rig, cloc
     await until(lambda: late.done())
     assert [c[1] for c in script.calls][-1] == "late"
     assert script.max_active <= 4
+
+
+@pytest.mark.asyncio
+async def test_on_the_real_clock_an_earlier_timer_wakes_the_sleeping_runner():
+    clock = SystemClock()
+    polled: list[str] = []
+
+    async def poll(handle: RunHandle) -> None:
+        polled.append(handle.id)
+        handle._update(Run(id=handle.id, status=RunStatus.SUCCESS))
+
+    poller = Poller(clock=clock, poll=poll, max_concurrent_polls=1)
+    try:
+
+        def handle(run_id: str) -> RunHandle:
+            return RunHandle(
+                RunLocator(kind="action_run", run_id=run_id), poller, created_at=clock.monotonic()
+            )
+
+        late, busy, soon = handle("late"), handle("busy"), handle("soon")
+        poller.schedule(late, 3600.0)  # the runner now sleeps for an hour ...
+        await eventually(lambda: poller.running)
+        poller.schedule(busy, 0.0)  # ... a free slot: started directly
+        poller.schedule(soon, 0.05)  # ... an earlier timer must wake it
+        await eventually(lambda: soon.done())
+        assert polled == ["busy", "soon"]
+        assert not late.done()
+        assert poller.running  # asleep again, until the hour is up
+    finally:
+        await poller.aclose()
+    assert tasks_named(POLLER_TASK_NAME) == []
