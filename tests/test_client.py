@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 import aiohttp  # noqa: TID251 (a caller-owned session is part of what is tested)
 import pytest
 import pytest_asyncio
-from _util import FAST_RETRIES, client_for
+from _util import FAST_RETRIES, client_for, eventually
 
 import zapier_async as za
 from zapier_async import errors
 from zapier_async._scheduler import POLL_TASK_NAME, POLLER_TASK_NAME
-from zapier_async.testing import FakeZapier
+from zapier_async.testing import FakeClock, FakeZapier
 
 
 @pytest_asyncio.fixture
@@ -426,3 +426,33 @@ async def test_two_clients_sharing_a_limiter_share_one_budget():
         await shared.aclose()
         assert fake.stats.rate_limited == 0
         assert fake.stats.runs_created == 12
+
+
+@pytest.mark.asyncio
+async def test_an_instant_actions_runs_are_polled_at_once_a_slow_ones_after_three_probes():
+    # The client's clock never moves, and the policy's first poll is 30 s away: only the
+    # at-once polls of an unlearnt action can read anything.
+    slow_policy = za.PollPolicy(initial=30.0, cap=60.0, jitter=0.0)
+    async with (
+        FakeZapier(durations=0.0, seed=3) as fake,
+        client_for(fake, clock=FakeClock(), poll_policy=slow_policy) as client,
+    ):
+        handles = [
+            await client.run("core:instant", authentication=None, inputs={"i": i}) for i in range(6)
+        ]
+        await eventually(lambda: all(h.done() for h in handles))
+        assert [(await h).status for h in handles] == [za.RunStatus.SUCCESS] * 6
+        assert fake.stats.polls == 6  # one poll per run, each found it ended
+    async with (
+        FakeZapier(durations=60.0, seed=3) as fake,
+        client_for(fake, clock=FakeClock(), poll_policy=slow_policy) as client,
+    ):
+        slow = [
+            await client.run("core:slow", authentication=None, inputs={"i": i}) for i in range(6)
+        ]
+        await eventually(lambda: fake.stats.polls >= 3 and client._poller.in_flight == 0)
+        # Three at-once polls found their runs going; every run now waits for the
+        # policy's 30 s (nothing else is due on the client's clock, which stands at 0).
+        assert fake.stats.polls == 3
+        timers = [h.timer for h in slow]
+        assert all(t is not None and t.when >= 30.0 for t in timers)  # type: ignore[attr-defined]

@@ -572,6 +572,45 @@ async def test_on_wait_hook_and_info_log(caplog: pytest.LogCaptureFixture) -> No
 
 
 @pytest.mark.asyncio
+async def test_background_waits_are_summarised_and_interactive_ones_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="zapier_async")
+    clock = FakeClock()
+    async with Limiter(clock=clock) as limiter:
+        first = Caller(limiter)
+        await settle()
+        first.release(200, {})
+        await settle()
+        caplog.clear()
+        for _ in range(100):  # a bulk job: every request waits 2 s, for 200 s in all
+            limiter.freeze(2)
+            caller = Caller(limiter, BULK)
+            await clock.advance(2)
+            assert caller.granted
+            caller.release(200, {})
+            await settle()
+        waits = [r for r in caplog.records if "waited" in r.getMessage()]
+        info = [r.getMessage() for r in waits if r.levelno == logging.INFO]
+        debug = [r for r in waits if r.levelno == logging.DEBUG]
+        # The first at once, then one summary a minute (at 62, 122 and 182 s), each line
+        # counting the waits since the previous one; every wait is still at DEBUG.
+        assert len(info) == 4
+        assert "summarised every 60s" in info[0]
+        assert [int(m.split()[2]) for m in info[1:]] == [30, 30, 30]
+        assert len(debug) == 99
+        caplog.clear()
+        limiter.freeze(2)
+        web = Caller(limiter, INTERACTIVE)
+        await clock.advance(2)
+        assert web.granted
+        [record] = [r for r in caplog.records if "waited" in r.getMessage()]
+        assert record.levelno == logging.INFO
+        assert "interactive request waited 2.0s" in record.getMessage()
+        await finish(web)
+
+
+@pytest.mark.asyncio
 async def test_a_failing_hook_does_not_break_the_limiter(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

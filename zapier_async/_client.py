@@ -126,7 +126,8 @@ class ZapierClient:
             ``(60, 60.0)`` for the Partner API's per-IP limit; without it the limiter learns
             the budget from `X-RateLimit-*` headers. Only for the client's own limiter.
         on_rate_limited: Called as ``on_rate_limited(seconds, priority)`` whenever a request
-            had to wait for the rate budget (waits over a second are also logged at INFO).
+            had to wait for the rate budget (waits over a second are also logged: at INFO
+            for interactive requests, as a summary a minute for background ones).
             Only for the client's own limiter.
         on_event: Receives every `RequestEvent`, `RetryEvent`, `RateLimitEvent` and
             `RunEvent` (more with `add_listener`); exceptions it raises are logged, never

@@ -110,7 +110,12 @@ __all__ = ["Limiter", "LimiterLike", "LimiterStats", "Priority", "Slot", "SlotLi
 logger = logging.getLogger("zapier_async")
 
 LOG_WAIT_OVER: Final = 1.0
-"""Waits longer than this many seconds are logged at INFO."""
+"""Waits longer than this many seconds are logged at INFO (background ones summarised)."""
+
+LOG_SUMMARY_EVERY: Final = 60.0
+"""Background (POLL, BULK) waits over `LOG_WAIT_OVER` are logged one by one at DEBUG, and at
+INFO only the first one and then one summary line at most this often (seconds): a bulk job
+paced by the budget waits on almost every request, and a line each would drown the log."""
 
 _BURST_FRACTION: Final = 0.1
 """Share of the available budget that may be sent at once instead of paced."""
@@ -509,6 +514,10 @@ class Limiter:
         self._n_waits = 0
         self._wait_total = 0.0
         self._wait_max = 0.0
+        # Background waits over LOG_WAIT_OVER not logged at INFO yet: count, longest, since.
+        self._quiet_waits = 0
+        self._quiet_max = 0.0
+        self._quiet_since: float | None = None
         self._n_rejected = 0
         self._n_expired = 0
         self._n_cancelled = 0
@@ -1133,17 +1142,43 @@ class Limiter:
         self._wait_total += waited
         self._wait_max = max(self._wait_max, waited)
         if waited > LOG_WAIT_OVER:
-            logger.info(
-                "rate limit: a %s request waited %.1fs (%s)",
-                waiter.priority.name.lower(),
-                waited,
-                waiter.reason,
-            )
+            self._log_wait(waiter, waited)
         if self._on_wait is not None:
             try:
                 self._on_wait(waited, waiter.priority)
             except Exception:
                 logger.exception("on_wait hook failed")
+
+    def _log_wait(self, waiter: _Waiter, waited: float) -> None:
+        """Log a long wait: interactive ones at INFO, background ones summarised."""
+        args = (waiter.priority.name.lower(), waited, waiter.reason)
+        if waiter.priority is Priority.INTERACTIVE:
+            logger.info("rate limit: a %s request waited %.1fs (%s)", *args)
+            return
+        now = self._clock.monotonic()
+        since = self._quiet_since
+        if since is None:
+            self._quiet_since = now
+            logger.info(
+                "rate limit: a %s request waited %.1fs (%s); further background waits are "
+                "summarised every %.0fs",
+                *args,
+                LOG_SUMMARY_EVERY,
+            )
+            return
+        logger.debug("rate limit: a %s request waited %.1fs (%s)", *args)
+        self._quiet_waits += 1
+        self._quiet_max = max(self._quiet_max, waited)
+        if now - since >= LOG_SUMMARY_EVERY:
+            logger.info(
+                "rate limit: %d more background requests waited over %.0fs in the last %.0fs "
+                "(longest %.1fs)",
+                self._quiet_waits,
+                LOG_WAIT_OVER,
+                now - since,
+                self._quiet_max,
+            )
+            self._quiet_waits, self._quiet_max, self._quiet_since = 0, 0.0, now
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
