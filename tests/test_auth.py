@@ -30,6 +30,7 @@ from zapier_async._auth import (
 )
 from zapier_async._protocol import Request, Response
 from zapier_async.testing import FakeClock, FakeZapier
+from zapier_async.testing._clock import settle
 from zapier_async.testing._fake_auth import FAKE_APP_ID, FakeAuthServer
 
 CLIENT_SECRET = "cs_very_secret_value_123"
@@ -383,11 +384,56 @@ async def test_a_failed_refresh_fails_every_waiter_once_and_the_next_call_tries_
     tasks = [asyncio.ensure_future(auth.token()) for _ in range(20)]
     await asyncio.sleep(0)
     stub.gate.set()
+    await clock.advance(0.5)  # the retries' back-off, on the client's clock
+    await clock.advance(2.0)
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, errors.TransportError) for r in results)
-    assert stub.calls == 1
+    assert stub.calls == 3  # one flight for all 20 waiters, three attempts
     stub.fail = None
-    assert await auth.token() == "tok2"
+    assert await auth.token() == "tok4"
+
+
+@pytest.mark.asyncio
+async def test_transient_token_failures_are_retried_within_one_flight(caplog):
+    clock = FakeClock()
+    failures: list[BaseException] = [
+        errors.ServerError(503, None, None, None, "POST /oauth/token/", ""),
+        errors.TransportError("timed out", "POST /oauth/token/", None, "timeout"),
+    ]
+    calls = 0
+
+    async def send(request: Request, base_url: str) -> Response:
+        nonlocal calls
+        calls += 1
+        if failures:
+            raise failures.pop(0)
+        body = {"access_token": f"tok{calls}", "expires_in": 600}
+        return Response(status=200, body=json.dumps(body).encode())
+
+    auth = za.ClientCredentials("cid", CLIENT_SECRET)
+    auth.bind(AuthContext(clock=clock, send=send))
+    tasks = [asyncio.ensure_future(auth.token()) for _ in range(10)]
+    await settle()
+    assert calls == 1
+    await clock.advance(0.5)
+    assert calls == 2
+    await clock.advance(2.0)
+    assert await asyncio.gather(*tasks) == ["tok3"] * 10
+    warnings = [r.getMessage() for r in caplog.records if "token request failed" in r.getMessage()]
+    assert len(warnings) == 2
+    assert CLIENT_SECRET not in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_a_refused_token_request_is_not_retried():
+    clock, stub = FakeClock(), TokenEndpointStub()
+    stub.fail = lambda: errors.TokenRequestError(
+        401, "invalid_client", None, None, "POST /oauth/token/", ""
+    )
+    auth = bound_credentials(clock, stub)
+    with pytest.raises(errors.TokenRequestError):
+        await auth.token()
+    assert stub.calls == 1
 
 
 @pytest.mark.asyncio
@@ -449,6 +495,20 @@ async def test_client_credentials_send_the_documented_form_and_the_token_is_used
     assert "Authorization" not in token_req.headers
     assert fake.stats.token_requests == 1
     assert fake.stats.tokens_issued == 1
+
+
+@pytest.mark.asyncio
+async def test_a_token_endpoint_outage_of_one_answer_does_not_fail_the_run():
+    server = auth_server()
+    async with FakeZapier(seed=1, auth_server=server, durations=0.05) as fake:
+        fake.inject("503")  # the first request of all: the token request
+        auth = za.ClientCredentials("partner", CLIENT_SECRET, token_url=fake.token_url)
+        async with za.ZapierClient(auth=auth, base_url=fake.url) as client:
+            run = await (await client.run("core:x", authentication=None, inputs={"i": 1}))
+    assert run.succeeded
+    assert fake.stats.faults["503"] == 1
+    assert fake.stats.tokens_issued == 1
+    assert fake.stats.runs_created == 1
 
 
 @pytest.mark.asyncio

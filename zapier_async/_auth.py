@@ -347,8 +347,33 @@ class _Restart(Exception):
     """The leader of a refresh was cancelled; a waiter takes over."""
 
 
+TOKEN_RETRY_DELAYS: Final = (0.5, 2.0)
+"""Seconds before the second and the third attempt of a token request that failed transiently
+(no answer, a 5xx or a 429). Token requests have no side effect a repeat could double (a
+token exchange signs a fresh JWT for each attempt), so they are retried; a refusal (another
+4xx) is final."""
+
+
+async def _fetch_with_retries(
+    fetch: Callable[[], Awaitable[IssuedToken]], clock: Clock
+) -> IssuedToken:
+    for delay in (*TOKEN_RETRY_DELAYS, None):
+        try:
+            return await fetch()
+        except (errors.TransportError, errors.ServerError, errors.TooManyRequestsError) as exc:
+            if delay is None or (
+                isinstance(exc, errors.TransportError) and exc.kind in ("tls", "closed")
+            ):
+                raise
+            logger.warning(
+                "zapier_async: token request failed (%s); trying again in %.1fs", exc, delay
+            )
+            await clock.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class _TokenCache:
-    """Tokens by key, refreshed single-flight ahead of expiry."""
+    """Tokens by key, refreshed single-flight ahead of expiry (transient failures retried)."""
 
     __slots__ = ("_entries", "_flights", "_margin")
 
@@ -375,7 +400,7 @@ class _TokenCache:
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
         try:
-            issued = await fetch()
+            issued = await _fetch_with_retries(fetch, clock)
         except asyncio.CancelledError:
             flight.set_exception(_Restart())
             flight.exception()  # retrieved: no "never retrieved" warning when nobody waits
