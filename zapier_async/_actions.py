@@ -44,7 +44,7 @@ from ._protocol import (
     _seg,
     _unwrap_data,
     _validate_inputs,
-    validate_callback_url,
+    run_creating_post,
     validate_id,
 )
 from .models import StoredAction
@@ -208,19 +208,13 @@ def create_run(
     page_value = _page(page)
     if page_value is not None:
         data["page"] = page_value
-    if callback_url is not None:
-        data["callback_url"] = validate_callback_url(
-            callback_url, allow_loopback_http=allow_loopback_callback
-        )
-    return Request(
-        method="POST",
+    return run_creating_post(
         path="/actions/v1/runs",
         endpoint="actions_runs.create",
-        body=_dump({"data": data}, field="inputs"),
-        content_type=_JSON,
-        idempotent=False,
-        creates_run=True,
+        data=data,
         poll_key=f"{data['selected_api']}/{data['action_key']}/{kind}",
+        callback_url=callback_url,
+        allow_loopback_callback=allow_loopback_callback,
     )
 
 
@@ -350,19 +344,13 @@ def run_stored_action(
     page_value = _page(page)
     if page_value is not None:
         data["page"] = page_value
-    if callback_url is not None:
-        data["callback_url"] = validate_callback_url(
-            callback_url, allow_loopback_http=allow_loopback_callback
-        )
-    return Request(
-        method="POST",
+    return run_creating_post(
         path=f"{_STORED}/{_seg(sid)}/run",
         endpoint="stored_actions.run",
-        body=_dump({"data": data}, field="inputs"),
-        content_type=_JSON,
-        idempotent=False,
-        creates_run=True,
+        data=data,
         poll_key=f"stored/{sid}",
+        callback_url=callback_url,
+        allow_loopback_callback=allow_loopback_callback,
     )
 
 

@@ -251,19 +251,52 @@ def create_action_run(
         "authentication": authentication,
         "inputs": _validate_inputs(inputs),
     }
+    return run_creating_post(
+        path="/v2/action-runs",
+        endpoint="action_runs.create",
+        data=data,
+        poll_key=action_id,
+        callback_url=callback_url,
+        allow_loopback_callback=allow_loopback_callback,
+    )
+
+
+def run_creating_post(
+    *,
+    path: str,
+    endpoint: str,
+    data: dict[str, Any],
+    poll_key: str,
+    callback_url: object = None,
+    allow_loopback_callback: bool = False,
+) -> Request:
+    """A POST that creates a run, of any API: body ``{"data": {..., "callback_url"?}}``.
+
+    Every run-creating request is built here, so they all share what makes a create safe:
+    never re-sent blind (`idempotent=False`), journalled before it leaves (`creates_run`),
+    inputs bounded by Zapier's size limit, and a `callback_url` validated as Zapier will.
+
+    Args:
+        path: The request path.
+        endpoint: The endpoint name for metrics.
+        data: The ``data`` object (changed in place: the callback URL is added).
+        poll_key: What the run's durations are learnt under (see `Request.poll_key`).
+        callback_url: Where Zapier POSTs the outcome, or None.
+        allow_loopback_callback: Accept an ``http://`` loopback callback URL (emulator only).
+    """
     if callback_url is not None:
         data["callback_url"] = validate_callback_url(
             callback_url, allow_loopback_http=allow_loopback_callback
         )
     return Request(
         method="POST",
-        path="/v2/action-runs",
-        endpoint="action_runs.create",
+        path=path,
+        endpoint=endpoint,
         body=_dump({"data": data}, field="inputs"),
         content_type=_JSON,
         idempotent=False,
         creates_run=True,
-        poll_key=action_id,
+        poll_key=poll_key,
     )
 
 
