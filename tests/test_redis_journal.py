@@ -36,6 +36,7 @@ from zapier_async.redis import (  # noqa: E402
     RETENTION,
     JournalClosedError,
     JournalEntry,
+    KeyInFlightError,
     NotJournalledError,
     RunJournal,
     WorkerAliveError,
@@ -162,10 +163,14 @@ def test_errors_pickle_and_copy():
         JournalClosedError("closed!"),
         WorkerAliveError("w1"),
         NotJournalledError("no key", "key"),
+        KeyInFlightError("in flight", "key", "row-1", "w2"),
     ):
         for clone in (pickle.loads(pickle.dumps(exc)), copy.copy(exc)):
             assert type(clone) is type(exc)
             assert str(clone) == str(exc)
+    clone = pickle.loads(pickle.dumps(KeyInFlightError("in flight", "key", "row-1", "w2")))
+    assert (clone.key, clone.worker) == ("row-1", "w2")
+    assert isinstance(clone, za.InvalidRequestError)
     assert "w1" in str(WorkerAliveError("w1"))
     assert isinstance(JournalClosedError(), RuntimeError)
 
@@ -496,15 +501,35 @@ async def test_two_concurrent_claimers_never_share_an_entry(redis_server):
 
 
 @pytest.mark.asyncio
-async def test_claim_keeps_this_workers_own_entry_for_the_same_key(rclient):
+async def test_a_key_another_worker_journals_is_refused_until_claimed_and_forgotten(rclient):
     await _abandoned(rclient, "dead", 2)  # dead-item-0 maybe sent, dead-item-1 run-dead-1
+    async with (
+        RunJournal(rclient, name="j", worker="me") as me,
+        RunJournal(rclient, name="j", worker="other") as other,
+    ):
+        # A queue delivered the item again: its run is in flight in dead's journal.
+        with pytest.raises(KeyInFlightError) as info:
+            await me.sending("dead-item-1")
+        assert (info.value.key, info.value.worker) == ("dead-item-1", "dead")
+        assert await me.entries() == []  # nothing written
+        claimed = await me.claim("dead")
+        assert [e.run_id for e in claimed] == [None, "run-dead-1"]
+        with pytest.raises(KeyInFlightError) as info:
+            await other.sending("dead-item-1")
+        assert info.value.worker == "me"  # the claim moved the ownership
+        assert await me.forget("dead-item-1")
+        await other.sending("dead-item-1")  # its outcome was stored: free again
+        assert [e.key for e in await other.entries()] == ["dead-item-1"]
+
+
+@pytest.mark.asyncio
+async def test_an_owner_whose_entry_is_gone_does_not_block_the_key(rclient):
+    await _abandoned(rclient, "dead", 2)
+    # The dead worker's journal expired (its TTL): the owners index still names it.
+    await rclient.delete(_keys("dead")["runs"])
     async with RunJournal(rclient, name="j", worker="me") as me:
         await me.sending("dead-item-1")
-        claimed = await me.claim("dead")
-        assert [e.run_id for e in claimed] == [None, "run-dead-1"]  # returned as they were
-        mine = {e.key: e for e in await me.entries()}
-        assert mine["dead-item-1"].worker == "me"  # its own entry was kept
-        assert mine["dead-item-0"].worker == "dead"
+        assert [e.key for e in await me.entries()] == ["dead-item-1"]
 
 
 @pytest.mark.asyncio

@@ -102,8 +102,18 @@ progress to Redis, so that another worker can tell the two apart:
   the journal opens and every ``heartbeat_interval`` by one background task; deleted by
   `RunJournal.aclose`, so a clean shutdown hands its leftover entries over at once.
 
-and all workers share ``:workers`` (set): the workers that have entries. Writes are Lua
-scripts, so an entry and the set never disagree.
+and all workers share ``:workers`` (set): the workers that have entries, and ``:owners``
+(hash): which worker journals each key. Writes are Lua scripts, so an entry, the set and the
+index never disagree.
+
+**One key, one worker.** ``sending(key)`` refuses a key that another worker's journal holds
+(`KeyInFlightError`, naming that worker), whether that worker is alive or dead: its run may be
+in flight, and a second create could run the item twice. Queues that deliver at least once
+hand an item out again when its first delivery takes long; the second delivery is refused
+until the first one's outcome is stored and forgotten (or its journal expired). A claim
+moves the ownership with the entries. Outcomes must still be stored idempotently: after
+``forget`` the key is free, so a delivery that arrives later is sent again unless the caller
+checks its outcome store first.
 
 **Taking over.** `RunJournal.orphans` lists workers that have entries and no heartbeat.
 `RunJournal.claim` moves all of one orphan's entries into the claimer's own hash in ONE Lua
@@ -172,6 +182,7 @@ __all__ = [
     "RETENTION",
     "JournalClosedError",
     "JournalEntry",
+    "KeyInFlightError",
     "NotJournalledError",
     "RecoveredRuns",
     "RedisLimiter",
@@ -924,15 +935,24 @@ RETENTION: Final = 7 * 86_400.0
 _JOURNAL_TASK_NAME: Final = "zapier_async.run_journal"
 _MAX_KEY_LENGTH: Final = 1024
 
-# KEYS: runs hash, workers set. ARGV: field, value, ttl (ms), mode, worker.
-# mode "new": refuse (return the old value) if the field exists; "set": write;
+# KEYS: runs hash, workers set, owners hash. ARGV: field, value, ttl (ms), mode, worker,
+# the runs-hash key prefix. mode "new": refuse if the field exists here (return the old
+# value) or in another worker's journal (return {owner}), else own it; "set": write;
 # "update": write only if the field exists (a late write after `forget` is a no-op).
+# (The other owner's runs hash is named from ARGV, so this journal needs a standalone Redis,
+# as the limiter does: keys of a cluster would have to share a hash slot.)
 _J_WRITE: Final = """
-local h, ws = KEYS[1], KEYS[2]
+local h, ws, owners = KEYS[1], KEYS[2], KEYS[3]
 local field, value, ttl, mode, me = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if mode == 'new' then
   local old = redis.call('HGET', h, field)
   if old then return old end
+  local owner = redis.call('HGET', owners, field)
+  if owner and owner ~= me and redis.call('HEXISTS', ARGV[6] .. owner, field) == 1 then
+    return {owner}
+  end
+  redis.call('HSET', owners, field, me)
+  redis.call('PEXPIRE', owners, ttl)
 elseif mode == 'update' and redis.call('HEXISTS', h, field) == 0 then
   return 0
 end
@@ -943,10 +963,12 @@ redis.call('PEXPIRE', ws, ttl)
 return 1
 """
 
-# KEYS: runs hash, workers set. ARGV: field, ttl (ms), worker. Redis deletes an emptied hash.
+# KEYS: runs hash, workers set, owners hash. ARGV: field, ttl (ms), worker. Redis deletes an
+# emptied hash.
 _J_FORGET: Final = """
-local h, ws = KEYS[1], KEYS[2]
+local h, ws, owners = KEYS[1], KEYS[2], KEYS[3]
 local n = redis.call('HDEL', h, ARGV[1])
+if redis.call('HGET', owners, ARGV[1]) == ARGV[3] then redis.call('HDEL', owners, ARGV[1]) end
 if redis.call('EXISTS', h) == 0 then
   redis.call('SREM', ws, ARGV[3])
 elseif n > 0 then
@@ -955,14 +977,19 @@ end
 return n
 """
 
-# KEYS: workers set, the dead worker's runs hash and heartbeat, the claimer's runs hash.
-# ARGV: dead worker, claimer, ttl (ms). Returns {0} (alive: refused) or {1, {field, value...}}.
+# KEYS: workers set, the dead worker's runs hash and heartbeat, the claimer's runs hash, the
+# owners hash. ARGV: dead worker, claimer, ttl (ms). Returns {0} (alive: refused) or
+# {1, {field, value...}}.
 _J_CLAIM: Final = """
-local ws, dead_h, dead_alive, mine = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ws, dead_h, dead_alive, mine, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 if redis.call('EXISTS', dead_alive) == 1 then return {0} end
 local flat = redis.call('HGETALL', dead_h)
 if #flat > 0 then
-  for i = 1, #flat, 2 do redis.call('HSETNX', mine, flat[i], flat[i + 1]) end
+  for i = 1, #flat, 2 do
+    redis.call('HSETNX', mine, flat[i], flat[i + 1])
+    redis.call('HSET', owners, flat[i], ARGV[2])
+  end
+  redis.call('PEXPIRE', owners, ARGV[3])
   redis.call('DEL', dead_h)
   redis.call('PEXPIRE', mine, ARGV[3])
   redis.call('SADD', ws, ARGV[2])
@@ -1009,6 +1036,22 @@ class WorkerAliveError(ZapierError):
 
     def __str__(self) -> str:
         return f"worker {self.worker!r} is alive (its heartbeat is fresh): nothing was claimed"
+
+
+@attrs.define(auto_exc=True, eq=False)
+class KeyInFlightError(InvalidRequestError):
+    """`RunJournal.sending` refused: another worker journals the same key, in flight there.
+
+    Sending it too could run the item twice. A queue with at-least-once delivery hands an
+    item out again when its first delivery takes long; skip (or requeue) it instead.
+
+    Attributes:
+        key: The item's key.
+        worker: The worker whose journal holds it.
+    """
+
+    key: str = ""
+    worker: str = ""
 
 
 @attrs.define(auto_exc=True, eq=False)
@@ -1168,6 +1211,7 @@ class RunJournal:
         self._redis = redis
         self._base = f"{prefix}:{name}"
         self._workers_key = f"{self._base}:workers"
+        self._owners_key = f"{self._base}:owners"
         self._hash = self._runs_key(self._worker)
         self._alive = self._alive_key(self._worker)
         self._ttl_ms = max(1, math.ceil(ttl * 1000))
@@ -1269,6 +1313,8 @@ class RunJournal:
             InvalidRequestError: `key` is not a non-empty string, or is already journalled
                 by this worker (store its outcome and `forget` it first: sending it again
                 could run it twice). Nothing was written.
+            KeyInFlightError: Another worker's journal holds `key` (its run may be in
+                flight); `.worker` names it. Nothing was written.
             JournalClosedError: The journal is not open.
             RedisError: Redis failed; the entry may not exist, so do not send.
         """
@@ -1278,9 +1324,26 @@ class RunJournal:
         key = _check_name(key, "key")
         self._require_open("sending")
         old = await self._write_script(
-            keys=[self._hash, self._workers_key],
-            args=[key, self._value(None, None), self._ttl_ms, "new", self._worker],
+            keys=[self._hash, self._workers_key, self._owners_key],
+            args=[
+                key,
+                self._value(None, None),
+                self._ttl_ms,
+                "new",
+                self._worker,
+                self._runs_key(""),
+            ],
         )
+        if isinstance(old, list):
+            owner = _text(old[0])
+            raise KeyInFlightError(
+                f"{key!r} is in flight in worker {owner!r}'s journal: a second create could "
+                "run it twice (a queue that delivers an item again, while the first delivery "
+                "is still being worked on, is the usual cause)",
+                "key",
+                key,
+                owner,
+            )
         if isinstance(old, (bytes, str)):
             entry = self._entry(key, old)
             state = "maybe sent" if entry.run_id is None else f"run {entry.run_id}"
@@ -1309,8 +1372,8 @@ class RunJournal:
         run_id, token = _locate(run)
         self._require_open("record")
         await self._write_script(
-            keys=[self._hash, self._workers_key],
-            args=[key, self._value(run_id, token), self._ttl_ms, "set", self._worker],
+            keys=[self._hash, self._workers_key, self._owners_key],
+            args=[key, self._value(run_id, token), self._ttl_ms, "set", self._worker, ""],
         )
 
     async def forget(self, key: str) -> bool:
@@ -1328,7 +1391,8 @@ class RunJournal:
         """
         key = _check_name(key, "key")
         deleted = await self._forget_script(
-            keys=[self._hash, self._workers_key], args=[key, self._ttl_ms, self._worker]
+            keys=[self._hash, self._workers_key, self._owners_key],
+            args=[key, self._ttl_ms, self._worker],
         )
         return int(deleted) > 0
 
@@ -1404,6 +1468,7 @@ class RunJournal:
                 self._runs_key(worker),
                 self._alive_key(worker),
                 self._hash,
+                self._owners_key,
             ],
             args=[worker, self._worker, self._ttl_ms],
         )
@@ -1568,8 +1633,8 @@ class RunJournal:
     async def _record_if_journalled(self, key: str, run_id: str) -> None:
         run_id, token = _locate(run_id)
         await self._write_script(
-            keys=[self._hash, self._workers_key],
-            args=[key, self._value(run_id, token), self._ttl_ms, "update", self._worker],
+            keys=[self._hash, self._workers_key, self._owners_key],
+            args=[key, self._value(run_id, token), self._ttl_ms, "update", self._worker, ""],
         )
 
     def _spawn(self, coro: Any) -> None:
