@@ -456,3 +456,23 @@ async def test_an_instant_actions_runs_are_polled_at_once_a_slow_ones_after_thre
         assert fake.stats.polls == 3
         timers = [h.timer for h in slow]
         assert all(t is not None and t.when >= 30.0 for t in timers)  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_a_run_resumed_with_callback_is_read_once_then_polled_as_a_safety_net():
+    safety_net = za.CallbackPolling(first_delay=45.0, interval=300.0, jitter=0.0)
+    async with FakeZapier(durations=600.0, seed=5) as fake:
+        async with client_for(fake) as first:
+            created = await first.run("core:x", authentication=None, inputs={"i": 1})
+            token = created.continuation_token()
+        clock = FakeClock()
+        async with client_for(fake, clock=clock, callback_polling=safety_net) as client:
+            plain = client.resume(token)
+            await eventually(lambda: plain.poll_attempts == 1 and client._poller.in_flight == 0)
+            plain_next = plain.timer.when  # type: ignore[union-attr]
+            plain.cancel()
+            handle = client.resume(token, callback=True)
+            await eventually(lambda: handle.poll_attempts == 1 and client._poller.in_flight == 0)
+            assert handle.via_callback
+            assert handle.timer.when == 300.0  # type: ignore[union-attr]  # the safety net
+            assert plain_next < 10.0  # without callback=True: the ordinary cadence

@@ -444,19 +444,25 @@ class ZapierClient:
             self._observe(handle, self._clock.monotonic() - handle.created_at)
         return True
 
-    def resume(self, token_or_run_id: str) -> RunHandle:
+    def resume(self, token_or_run_id: str, *, callback: bool = False) -> RunHandle:
         """Follow a run again from its id or `continuation_token()`.
 
         Within one client, resuming a run that is still followed returns the same handle, so
         a run is never polled twice; a run whose handle is done (ended, cancelled) gets a
-        fresh handle that reads it again.
+        fresh handle that reads it again. The run is read once at once.
+
+        Args:
+            token_or_run_id: A continuation token, or a `/v2/action-runs` run id.
+            callback: The run was created with a `callback_url` whose callbacks reach this
+                client (`deliver_callback`): after the first read it is polled only at the
+                safety-net cadence (`CallbackPolling`), as it was before the resume.
         """
         self._ensure_open()
         locator = proto.decode_continuation_token(token_or_run_id)
         existing = self._handles.get(locator.run_id)
         if existing is not None and not existing.done() and existing.locator == locator:
             return existing
-        return self._track(locator, first_delay=0.0)
+        return self._track(locator, first_delay=0.0, callback=callback)
 
     async def get_run(
         self, run_id: str, *, max_rate_limit_wait: float | _Unset | None = _UNSET
