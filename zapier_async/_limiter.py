@@ -91,7 +91,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import attrs
 
@@ -218,11 +218,27 @@ class _OneShotSlot:
     Whichever comes first wins; the others are ignored.
     """
 
-    __slots__ = ("_done", "_limiter")
+    __slots__ = ("_done", "_limiter", "granted_at", "priority", "probe", "waited")
 
-    def __init__(self, limiter: _SlotOwner) -> None:
+    def __init__(
+        self,
+        limiter: _SlotOwner,
+        priority: Priority,
+        granted_at: float,
+        *,
+        probe: bool,
+        waited: float,
+    ) -> None:
         self._limiter = limiter
         self._done = False
+        self.priority = priority
+        """The priority the slot was asked for."""
+        self.granted_at = granted_at
+        """Monotonic time of the grant."""
+        self.probe = probe
+        """Whether this request probes the budget (the only one in flight until answered)."""
+        self.waited = waited
+        """Seconds the slot waited to be granted."""
 
     def record(self, status: int | None, headers: Mapping[str, str]) -> None:
         """Report the response to the request sent with this slot.
@@ -254,13 +270,7 @@ class _OneShotSlot:
 class Slot(_OneShotSlot):
     """Permission to send one request; hand its response back with `record`."""
 
-    __slots__ = (
-        "_completions_at_grant",
-        "granted_at",
-        "priority",
-        "probe",
-        "waited",
-    )
+    __slots__ = ("_completions_at_grant",)
 
     def __init__(
         self,
@@ -272,16 +282,8 @@ class Slot(_OneShotSlot):
         probe: bool,
         waited: float,
     ) -> None:
-        super().__init__(limiter)
+        super().__init__(limiter, priority, granted_at, probe=probe, waited=waited)
         self._completions_at_grant = completions_at_grant
-        self.priority = priority
-        """The priority the slot was asked for."""
-        self.granted_at = granted_at
-        """Monotonic time of the grant."""
-        self.probe = probe
-        """Whether this request probes the budget (the only one in flight until answered)."""
-        self.waited = waited
-        """Seconds the slot waited to be granted."""
 
     def __repr__(self) -> str:
         return (
@@ -290,8 +292,30 @@ class Slot(_OneShotSlot):
         )
 
 
-class _Waiter:
-    __slots__ = ("alive", "deadline", "enqueued_at", "fut", "priority", "reason", "seq")
+_S = TypeVar("_S")
+
+
+class _BaseWaiter(Generic[_S]):
+    """A caller waiting for a slot: what every limiter's waiting line keeps of it."""
+
+    __slots__ = ("alive", "deadline", "enqueued_at", "fut", "priority")
+
+    def __init__(
+        self,
+        priority: Priority,
+        fut: asyncio.Future[_S],
+        enqueued_at: float,
+        deadline: float | None,
+    ) -> None:
+        self.priority = priority
+        self.fut = fut
+        self.enqueued_at = enqueued_at
+        self.deadline = deadline
+        self.alive = True
+
+
+class _Waiter(_BaseWaiter[Slot]):
+    __slots__ = ("reason", "seq")
 
     def __init__(
         self,
@@ -302,13 +326,9 @@ class _Waiter:
         deadline: float | None,
         reason: str,
     ) -> None:
-        self.priority = priority
+        super().__init__(priority, fut, enqueued_at, deadline)
         self.seq = seq
-        self.fut = fut
-        self.enqueued_at = enqueued_at
-        self.deadline = deadline
         self.reason = reason
-        self.alive = True
 
 
 class _Window:

@@ -170,7 +170,15 @@ from redis.exceptions import RedisError
 from . import _protocol as proto
 from ._bulk import Outcome, RunMany, RunRequest
 from ._handle import RunHandle
-from ._limiter import USE_DEFAULT, Limiter, LimiterStats, Priority, _Default, _OneShotSlot
+from ._limiter import (
+    USE_DEFAULT,
+    Limiter,
+    LimiterStats,
+    Priority,
+    _BaseWaiter,
+    _Default,
+    _OneShotSlot,
+)
 from ._limiter import Slot as _LocalSlot
 from ._ratelimit import DEFAULT_COOLDOWN, RateLimitState, pause_after
 from .errors import InvalidRequestError, LimiterClosedError, RateLimitedError, ZapierError
@@ -359,15 +367,7 @@ class RedisSlot(_OneShotSlot):
     as the status and headers are in.
     """
 
-    __slots__ = (
-        "_answered_at_grant",
-        "_id",
-        "_opener_seq",
-        "granted_at",
-        "priority",
-        "probe",
-        "waited",
-    )
+    __slots__ = ("_answered_at_grant", "_id", "_opener_seq")
 
     def __init__(
         self,
@@ -381,38 +381,19 @@ class RedisSlot(_OneShotSlot):
         opener_seq: str,
         waited: float,
     ) -> None:
-        super().__init__(limiter)
+        super().__init__(limiter, priority, granted_at, probe=probe, waited=waited)
         self._id = slot_id
         self._answered_at_grant = answered_at_grant
         self._opener_seq = opener_seq
-        self.priority = priority
-        """The priority the slot was asked for."""
-        self.granted_at = granted_at
-        """Monotonic time of the grant."""
-        self.probe = probe
-        """Whether this request probes the budget (alone across all processes)."""
-        self.waited = waited
-        """Seconds the slot waited to be granted."""
 
     def __repr__(self) -> str:
         return f"RedisSlot(priority={self.priority.name}, probe={self.probe})"
 
 
-class _Waiter:
-    __slots__ = ("alive", "deadline", "enqueued_at", "fut", "priority")
+class _Waiter(_BaseWaiter[RedisSlot | None]):
+    """A local caller waiting for a grant from Redis (None: Redis was lost, go local)."""
 
-    def __init__(
-        self,
-        priority: Priority,
-        fut: asyncio.Future[RedisSlot | None],
-        enqueued_at: float,
-        deadline: float | None,
-    ) -> None:
-        self.priority = priority
-        self.fut = fut
-        self.enqueued_at = enqueued_at
-        self.deadline = deadline
-        self.alive = True
+    __slots__ = ()
 
 
 class _SlotRequest:
