@@ -381,3 +381,20 @@ async def test_on_the_real_clock_an_earlier_timer_wakes_the_sleeping_runner():
     finally:
         await poller.aclose()
     assert tasks_named(POLLER_TASK_NAME) == []
+
+
+@pytest.mark.asyncio
+async def test_fake_clock_call_later_fires_on_advance_and_can_be_called_off():
+    clock = FakeClock()
+    calls: list[str] = []
+    clock.call_later(2.0, lambda: calls.append("kept"))
+    dropped = clock.call_later(1.0, lambda: calls.append("dropped"))
+    clock.call_later(0.0, lambda: calls.append("now"))
+    await settle()
+    assert calls == ["now"]
+    dropped.cancel()
+    await clock.advance(1.5)
+    assert calls == ["now"]
+    await clock.advance(0.5)
+    assert calls == ["now", "kept"]
+    assert clock.sleepers == 0

@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock"]
+__all__ = ["Cancellable", "Clock", "SystemClock"]
+
+
+class Cancellable(Protocol):
+    """What `Clock.call_later` returns: a scheduled call that can be called off."""
+
+    def cancel(self) -> object:
+        """Do not make the call (no effect once it was made)."""
+        ...
 
 
 @runtime_checkable
@@ -36,6 +45,10 @@ class Clock(Protocol):
         """Suspend the calling task for `seconds` of this clock's time."""
         ...
 
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Cancellable:
+        """Call `callback()` on the running event loop after `seconds` of this clock's time."""
+        ...
+
 
 class SystemClock:
     """The real clock: `time.monotonic`, `time.time` and `asyncio.sleep`."""
@@ -50,6 +63,9 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> Cancellable:
+        return asyncio.get_running_loop().call_later(max(0.0, seconds), callback)
 
     def __repr__(self) -> str:
         return "SystemClock()"

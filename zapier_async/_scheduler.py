@@ -12,9 +12,8 @@ loops:
    A poll is one short-lived task (read, decide, reschedule), so the number of tasks tracks
    the number of HTTP requests in flight, never the number of runs. A poll due at once
    (``schedule(handle, 0)``) with a slot free is started directly, without the heap;
-3. sleep until the earliest timer; `_wake()` ends the sleep early when an earlier timer
-   arrives or a poll slot frees up (on the real clock a future and a loop timer; on an
-   injected clock a cancel scope around `clock.sleep`).
+3. sleep until the earliest timer, on a future that `clock.call_later` resolves; `_wake()`
+   resolves it early when an earlier timer arrives or a poll slot frees up.
 
 Handles that someone awaits jump the ready queue (and their requests get the limiter's
 interactive priority), so runs a web request is waiting on are not stuck behind a bulk job.
@@ -32,11 +31,10 @@ import heapq
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from ._clock import Clock, SystemClock
+from ._clock import Clock
 
 if TYPE_CHECKING:
     from ._handle import RunHandle
@@ -106,7 +104,6 @@ class Poller:
         self._urgent: collections.deque[RunHandle] = collections.deque()
         self._inflight: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
-        self._sleep_scope: anyio.CancelScope | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._closed = False
         self.polls_started = 0
@@ -178,9 +175,6 @@ class Poller:
         wakeup = self._wakeup
         if wakeup is not None:
             _resolve(wakeup)
-        scope = self._sleep_scope
-        if scope is not None:
-            scope.cancel()
 
     # --- the runner -----------------------------------------------------------------------
 
@@ -204,32 +198,19 @@ class Poller:
                     continue
                 await self._sleep(delay)
         finally:
-            self._sleep_scope = None
             self._wakeup = None
 
     async def _sleep(self, delay: float | None) -> None:
         """Sleep `delay` seconds of the clock (None: until woken); `_wake()` ends it early."""
-        if type(self._clock) is SystemClock:
-            # The real clock: a future and a loop timer, a few times cheaper than a cancel
-            # scope around `clock.sleep` (the runner sleeps and wakes about once per poll).
-            loop = asyncio.get_running_loop()
-            wakeup: asyncio.Future[None] = loop.create_future()
-            timer = None if delay is None else loop.call_later(delay, _resolve, wakeup)
-            self._wakeup = wakeup
-            try:
-                await wakeup
-            finally:
-                self._wakeup = None
-                if timer is not None:
-                    timer.cancel()
-            return
-        with anyio.CancelScope() as scope:
-            self._sleep_scope = scope
-            if delay is None:
-                await anyio.sleep_forever()
-            else:
-                await self._clock.sleep(delay)
-        self._sleep_scope = None
+        wakeup: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        timer = None if delay is None else self._clock.call_later(delay, partial(_resolve, wakeup))
+        self._wakeup = wakeup
+        try:
+            await wakeup
+        finally:
+            self._wakeup = None
+            if timer is not None:
+                timer.cancel()
 
     def _fire_due(self) -> None:
         now = self._clock.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
 
 __all__ = ["FakeClock"]
 
@@ -42,6 +43,19 @@ class FakeClock:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
         await fut  # a cancelled sleeper's future is cancelled; advance() skips it
+
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> asyncio.Future[None]:
+        """Call `callback()` once `advance()` carries the clock `seconds` on (at once if <= 0).
+
+        Returns the pending call, which counts as a sleeper; `cancel()` calls it off.
+        """
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: None if f.cancelled() else callback())
+        if seconds <= 0:
+            fut.set_result(None)
+        else:
+            heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
+        return fut
 
     @property
     def sleepers(self) -> int:
