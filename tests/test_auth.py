@@ -329,9 +329,20 @@ class TokenEndpointStub:
         return Response(status=200, body=json.dumps(body).encode())
 
 
+class _MostJitter:
+    """An rng whose full-jitter backoffs are their ceilings: 0.5 s, then 1 s, ..."""
+
+    def random(self) -> float:
+        return 1.0
+
+
+# Three attempts, after 0.5 s and 1 s: the retries of a token request, made deterministic.
+TOKEN_RETRIES = {"retry_policy": za.RetryPolicy(max_attempts=3, base=0.5), "rng": _MostJitter()}
+
+
 def bound_credentials(clock: FakeClock, stub: TokenEndpointStub) -> za.ClientCredentials:
     auth = za.ClientCredentials("cid", CLIENT_SECRET, refresh_margin=60.0)
-    auth.bind(AuthContext(clock=clock, send=stub.send))
+    auth.bind(AuthContext(clock=clock, send=stub.send, **TOKEN_RETRIES))
     return auth
 
 
@@ -411,7 +422,7 @@ async def test_transient_token_failures_are_retried_within_one_flight(caplog):
         return Response(status=200, body=json.dumps(body).encode())
 
     auth = za.ClientCredentials("cid", CLIENT_SECRET)
-    auth.bind(AuthContext(clock=clock, send=send))
+    auth.bind(AuthContext(clock=clock, send=send, **TOKEN_RETRIES))
     tasks = [asyncio.ensure_future(auth.token()) for _ in range(10)]
     await settle()
     assert calls == 1

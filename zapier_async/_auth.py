@@ -31,6 +31,7 @@ import asyncio
 import json
 import logging
 import math
+import random
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -41,6 +42,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import errors
+from ._backoff import (
+    RetryDecision,
+    RetryPolicy,
+    SupportsRandom,
+    decide_retry,
+    failure_kind,
+)
 from ._clock import Clock
 from ._protocol import Request, Response, error_class_for_status, is_loopback_host
 
@@ -99,10 +107,15 @@ class AuthContext:
         send: ``await send(request, base_url)``: sends a token request through the client's
             transport (not its rate limiter), with no `Authorization` header. Raises
             `TransportError` when no answer came.
+        retry_policy: The client's `RetryPolicy`: a token request that failed transiently
+            is tried again under the same rule as any idempotent request (`decide_retry`).
+        rng: The client's source of jitter for those retries.
     """
 
     clock: Clock
     send: Callable[[Request, str], Awaitable[Response]] = attrs.field(repr=False)
+    retry_policy: RetryPolicy = attrs.field(factory=RetryPolicy)
+    rng: SupportsRandom = attrs.field(factory=random.Random, repr=False)
 
 
 @runtime_checkable
@@ -347,29 +360,47 @@ class _Restart(Exception):
     """The leader of a refresh was cancelled; a waiter takes over."""
 
 
-TOKEN_RETRY_DELAYS: Final = (0.5, 2.0)
-"""Seconds before the second and the third attempt of a token request that failed transiently
-(no answer, a 5xx or a 429). Token requests have no side effect a repeat could double (a
-token exchange signs a fresh JWT for each attempt), so they are retried; a refusal (another
-4xx) is final."""
-
-
 async def _fetch_with_retries(
-    fetch: Callable[[], Awaitable[IssuedToken]], clock: Clock
+    fetch: Callable[[], Awaitable[IssuedToken]], context: AuthContext
 ) -> IssuedToken:
-    for delay in (*TOKEN_RETRY_DELAYS, None):
+    """`fetch()`, tried again as any idempotent request is when it fails transiently.
+
+    A token request has no side effect a repeat could double (a token exchange signs a
+    fresh JWT for each attempt), so no answer, a 5xx or a 429 is retried under the client's
+    `RetryPolicy`; a refusal (another 4xx) is final.
+    """
+    policy = context.retry_policy
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return await fetch()
-        except (errors.TransportError, errors.ServerError, errors.TooManyRequestsError) as exc:
-            if delay is None or (
-                isinstance(exc, errors.TransportError) and exc.kind in ("tls", "closed")
-            ):
+        except (errors.TransportError, errors.APIError) as exc:
+            retry_after: float | None = None
+            if isinstance(exc, errors.TransportError):
+                if exc.sent is False and exc.kind != "connect":
+                    raise  # TLS failure, closed transport: retrying will not help
+                decision = decide_retry(
+                    idempotent=True,
+                    status=None,
+                    failure=failure_kind(exc.kind),
+                    has_retry_after=False,
+                )
+            else:
+                retry_after = exc.retry_after
+                decision = decide_retry(
+                    idempotent=True,
+                    status=exc.status,
+                    failure=None,
+                    has_retry_after=retry_after is not None,
+                )
+            if decision is not RetryDecision.RETRY or not policy.can_retry(attempt):
                 raise
+            delay = policy.delay(attempt, context.rng, retry_after=retry_after)
             logger.warning(
                 "zapier_async: token request failed (%s); trying again in %.1fs", exc, delay
             )
-            await clock.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+            await context.clock.sleep(delay)
 
 
 class _TokenCache:
@@ -383,8 +414,9 @@ class _TokenCache:
         self._flights: dict[Hashable, asyncio.Future[str]] = {}
 
     async def get(
-        self, key: Hashable, clock: Clock, fetch: Callable[[], Awaitable[IssuedToken]]
+        self, key: Hashable, context: AuthContext, fetch: Callable[[], Awaitable[IssuedToken]]
     ) -> str:
+        clock = context.clock
         while True:
             entry = self._entries.get(key)
             if entry is not None and clock.monotonic() < entry.refresh_at:
@@ -400,7 +432,7 @@ class _TokenCache:
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
         try:
-            issued = await _fetch_with_retries(fetch, clock)
+            issued = await _fetch_with_retries(fetch, context)
         except asyncio.CancelledError:
             flight.set_exception(_Restart())
             flight.exception()  # retrieved: no "never retrieved" warning when nobody waits
@@ -518,7 +550,7 @@ class ClientCredentials:
 
     async def token(self) -> str:
         context = self._binding.require("ClientCredentials")
-        return await self._cache.get(None, context.clock, self._fetch)
+        return await self._cache.get(None, context, self._fetch)
 
     def invalidate(self, token: str) -> bool:
         return self._cache.invalidate(token)
@@ -807,9 +839,7 @@ class PartnerTokenExchange:
 
     async def token(self) -> str:
         context = self._config.binding.require("PartnerTokenExchange")
-        return await self._config.cache.get(
-            (self._subject, self._tenant), context.clock, self._fetch
-        )
+        return await self._config.cache.get((self._subject, self._tenant), context, self._fetch)
 
     def invalidate(self, token: str) -> bool:
         return self._config.cache.invalidate(token)

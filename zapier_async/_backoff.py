@@ -204,6 +204,16 @@ Failure = Literal["connect", "timeout", "reset"]
 """How a request failed without an HTTP status: the connection could not be made (the request
 provably never left), the answer did not come in time, or the connection broke."""
 
+
+def failure_kind(transport_kind: str) -> Failure:
+    """The `Failure` of a `TransportError` of this `kind`: only "connect" provably never left."""
+    if transport_kind == "connect":
+        return "connect"
+    if transport_kind == "timeout":
+        return "timeout"
+    return "reset"  # anything else may have reached the server
+
+
 _RETRYABLE_IDEMPOTENT = frozenset({429, 500, 502, 503, 504})
 # 501 Not Implemented and 505 HTTP Version Not Supported refuse the request before acting on it.
 _NOT_PROCESSED_5XX = frozenset({501, 505})

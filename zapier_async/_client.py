@@ -19,12 +19,12 @@ from . import _protocol as proto
 from . import errors
 from ._auth import AuthContext, AuthProvider
 from ._backoff import (
-    Failure,
     PollPolicy,
     RetryBudget,
     RetryDecision,
     RetryPolicy,
     decide_retry,
+    failure_kind,
 )
 from ._clock import Clock, SystemClock
 from ._handle import RunHandle
@@ -223,7 +223,14 @@ class ZapierClient:
         bind = getattr(auth, "bind", None)
         if callable(bind):
             # Providers that fetch tokens borrow our transport and clock (see `_auth`).
-            bind(AuthContext(clock=self._clock, send=self._send_auth_request))
+            bind(
+                AuthContext(
+                    clock=self._clock,
+                    send=self._send_auth_request,
+                    retry_policy=self._retry_policy,
+                    rng=self._rng,
+                )
+            )
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -982,7 +989,7 @@ class ZapierClient:
                 decision = decide_retry(
                     idempotent=request.idempotent,
                     status=None,
-                    failure=_failure_kind(failure),
+                    failure=failure_kind(failure.kind),
                     has_retry_after=False,
                 )
             if decision is RetryDecision.UNKNOWN_OUTCOME:
@@ -1033,14 +1040,6 @@ class ZapierClient:
         pause = pause_after(response.status, state, default_cooldown=DEFAULT_COOLDOWN)
         if pause is not None:
             self._limiter.freeze(pause)
-
-
-def _failure_kind(exc: errors.TransportError) -> Failure:
-    if exc.kind == "connect":
-        return "connect"
-    if exc.kind == "timeout":
-        return "timeout"
-    return "reset"  # anything else may have reached Zapier
 
 
 def _throttle_hint(run: Run) -> float | None:
