@@ -32,13 +32,13 @@ import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import attrs
 
 from . import _protocol as proto
 from . import errors
+from ._closing import AsyncCloseable
 from ._limiter import Priority
 from ._metrics import BEFORE_CREATE_SENT
 from .models import Run
@@ -372,7 +372,7 @@ class _Job:
         return out
 
 
-class RunMany:
+class RunMany(AsyncCloseable):
     """The async iterator of `Outcome` returned by `ZapierClient.run_many`.
 
     Iterate it (``async for outcome in client.run_many(...)``), or use it as an async context
@@ -464,17 +464,6 @@ class RunMany:
     def taken(self) -> int:
         """Items read from the input so far."""
         return self._job.next_index
-
-    async def __aenter__(self) -> RunMany:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __del__(self) -> None:
         # Breaking out of `async for` drops the iterator without calling anything: cancel the

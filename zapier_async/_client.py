@@ -7,7 +7,7 @@ import logging
 import random
 import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -27,6 +27,7 @@ from ._backoff import (
     failure_kind,
 )
 from ._clock import Clock, SystemClock
+from ._closing import AsyncCloseable
 from ._handle import RunHandle
 from ._limiter import Limiter, LimiterLike, Priority
 from ._metrics import EventListener, MeteredTransport, Metrics, _Recorder
@@ -93,7 +94,7 @@ def _check_base_url(base_url: object) -> str:
     return base_url.rstrip("/")
 
 
-class ZapierClient:
+class ZapierClient(AsyncCloseable):
     """An asyncio client for Zapier's action-run APIs.
 
     Use it as an async context manager (or call `aclose()`), and share one client per
@@ -237,14 +238,6 @@ class ZapierClient:
     async def __aenter__(self) -> ZapierClient:
         self._ensure_open()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop polling, detach every pending handle, release connections. Idempotent.

@@ -96,6 +96,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 import attrs
 
 from ._clock import Clock, SystemClock
+from ._closing import AsyncCloseable
 from ._ratelimit import (
     DEFAULT_COOLDOWN,
     MAX_DELAY,
@@ -448,7 +449,7 @@ class LimiterLike(Protocol):
         ...
 
 
-class Limiter:
+class Limiter(AsyncCloseable):
     """One shared rate budget for every request of one or more clients.
 
     See the module docstring for how it works. Share one limiter between clients that spend
@@ -662,17 +663,6 @@ class Limiter:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task})
-
-    async def __aenter__(self) -> Limiter:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return (

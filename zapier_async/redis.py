@@ -169,6 +169,7 @@ from redis.exceptions import RedisError
 
 from . import _protocol as proto
 from ._bulk import Outcome, RunMany, RunRequest
+from ._closing import AsyncCloseable
 from ._handle import RunHandle
 from ._limiter import (
     USE_DEFAULT,
@@ -435,7 +436,7 @@ class _SlotRequest:
             await self._fallback_cm.__aexit__(exc_type, exc, tb)
 
 
-class RedisLimiter:
+class RedisLimiter(AsyncCloseable):
     """A rate budget shared through Redis by every process using the same ``name``.
 
     See the module docstring for how it works. The Redis client is the caller's: the limiter
@@ -634,17 +635,6 @@ class RedisLimiter:
                 await self._flush()
         if self._fallback is not None:
             await self._fallback.aclose()
-
-    async def __aenter__(self) -> RedisLimiter:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return (
@@ -1129,7 +1119,7 @@ def _default_worker() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-class RunJournal:
+class RunJournal(AsyncCloseable):
     """Which runs this worker has in flight, in Redis, for other workers to take over.
 
     See the module docstring for how it works. Typical use, one item at a time::
@@ -1267,14 +1257,6 @@ class RunJournal:
     async def __aenter__(self) -> RunJournal:
         await self.open()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"RunJournal(worker={self._worker!r}, key={self._hash!r}, state={self._state!r})"
