@@ -377,23 +377,34 @@ async def test_cancel_mid_request_releases_the_slot() -> None:
 # ---------------------------------------------------------------------------- pacing
 
 
+def paced_bulk(
+    limiter: Limiter, clock: FakeClock, *, window: float, requests: int
+) -> tuple[list[asyncio.Task[None]], list[float], list[int]]:
+    """`requests` bulk callers in a window of `window` s whose first answer said 49 left.
+
+    Each records when it was granted (`times`) and answers with the budget `left[0]`, which
+    counts down (a test may lower it to mimic another client spending the budget).
+    """
+    left = [48]
+    times: list[float] = []
+
+    async def one() -> None:
+        async with limiter.slot(BULK) as slot:
+            now = clock.monotonic()
+            times.append(now)
+            slot.record(200, budget(left[0], reset=f"{window - now:.3f}"))
+            left[0] -= 1
+
+    return [asyncio.create_task(one()) for _ in range(requests)], times, left
+
+
 @pytest.mark.asyncio
 async def test_pacing_spreads_a_window_instead_of_bursting() -> None:
     clock = FakeClock()
     async with Limiter(clock=clock) as limiter:
         async with limiter.slot() as slot:
             slot.record(200, budget(49, reset="2.000"))
-        left = [48]
-        times: list[float] = []
-
-        async def one() -> None:
-            async with limiter.slot(BULK) as slot:
-                now = clock.monotonic()
-                times.append(now)
-                slot.record(200, budget(left[0], reset=f"{2.0 - now:.3f}"))
-                left[0] -= 1
-
-        tasks = [asyncio.create_task(one()) for _ in range(49)]
+        tasks, times, _ = paced_bulk(limiter, clock, window=2.0, requests=49)
         await drive(clock, lambda: all(t.done() for t in tasks))
         assert len(times) == 49
         assert times[-1] < 2.0  # the whole budget used within the window, none wasted
@@ -410,17 +421,7 @@ async def test_pace_slows_as_remaining_falls() -> None:
     async with Limiter(clock=clock) as limiter:
         async with limiter.slot() as slot:
             slot.record(200, budget(49, reset="10.000"))
-        left = [48]
-        times: list[float] = []
-
-        async def one() -> None:
-            async with limiter.slot(BULK) as slot:
-                now = clock.monotonic()
-                times.append(now)
-                slot.record(200, budget(left[0], reset=f"{10.0 - now:.3f}"))
-                left[0] -= 1
-
-        tasks = [asyncio.create_task(one()) for _ in range(30)]
+        tasks, times, left = paced_bulk(limiter, clock, window=10.0, requests=30)
         await clock.advance(2.0)
         steady = times[-1] - times[-2]
         assert steady == pytest.approx(10 / 45, rel=0.3)
