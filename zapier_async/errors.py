@@ -60,6 +60,8 @@ __all__ = [
     "TokenRequestError",
     "TooManyRequestsError",
     "TransportError",
+    "UnexpectedError",
+    "WrongEventLoopError",
     "ZapierError",
 ]
 
@@ -375,3 +377,45 @@ class LimiterClosedError(ZapierError, RuntimeError):
 
     def __str__(self) -> str:
         return self.message
+
+
+@attrs.define(auto_exc=True, eq=False)
+class WrongEventLoopError(ZapierError, RuntimeError):
+    """The client was used from an event loop other than the one it was first used in.
+
+    A client owns a connection pool and a poller bound to one event loop; create one
+    client per event loop (e.g. inside the coroutine that `asyncio.run` runs), or use
+    `SyncZapierClient` from synchronous code.
+
+    Attributes:
+        message: What was refused and what to do instead.
+    """
+
+    message: str = (
+        "this client belongs to another event loop; create the client inside the event loop "
+        "that uses it (one client per asyncio.run)"
+    )
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@attrs.define(auto_exc=True, eq=False)
+class UnexpectedError(ZapierError):
+    """A component raised an exception that is not a `ZapierError`; it is wrapped in this.
+
+    Raised, for instance, when a custom auth provider's ``token()`` raises ``OSError`` or a
+    caller-owned session is closed under the client. The original exception is the
+    ``__cause__``; its type and text are in `message`.
+
+    Attributes:
+        message: What failed, and the original exception's type and text.
+        request: ``"METHOD /path"`` of the request it happened in, if any.
+    """
+
+    message: str
+    request: str = ""
+
+    def __str__(self) -> str:
+        where = f" ({self.request})" if self.request else ""
+        return f"{self.message}{where}"
