@@ -19,6 +19,11 @@ Invariants (checked after the client and the emulator are closed):
    results echo the caller's own input), `RunFailedError` is a run that ended in error.
 5. Nothing leaks: no task of ours left after close, no socket left open, no unraisable
    exception (an unclosed session or transport is reported as one).
+6. Cancellation loses nothing (the cancellation storm: `cancel_rate`, `create_timeout`): a
+   caller cancelled at any await, or whose create timed out under `asyncio.wait_for`, may end
+   without a handle, but every run the server created for it is reachable by its id: the
+   client announced it (a ``"started"`` `RunEvent`) although its caller was gone.
+7. Nothing hangs: every caller ends before `deadline`; a caller still running then is hung.
 """
 
 from __future__ import annotations
@@ -76,6 +81,14 @@ class ChaosConfig:
         fake_options: More `FakeZapier` keyword arguments (e.g. an `auth_server`).
         auth_factory: Builds each client's auth provider from the started emulator (e.g.
             `ClientCredentials` against `fake.token_url`); overrides `auth`.
+        cancel_rate: Probability that a caller's task is cancelled, at a uniformly random
+            moment within `cancel_within` seconds of its start (waiting for a slot, during
+            its create, or awaiting its handle).
+        cancel_within: See `cancel_rate`.
+        create_timeout: Wrap each create in `asyncio.wait_for` with this timeout (callers
+            that give up on the limiter or the POST); None: no timeout.
+        deadline: Seconds after which callers still running count as hung (and are
+            cancelled so that the report can be made).
     """
 
     runs: int = 300
@@ -101,6 +114,10 @@ class ChaosConfig:
     clients: int = 1
     fake_options: dict[str, Any] = attrs.Factory(dict)
     auth_factory: Callable[[FakeZapier], za.AuthProvider] | None = None
+    cancel_rate: float = 0.0
+    cancel_within: float = 0.5
+    create_timeout: float | None = None
+    deadline: float = 240.0
 
 
 @attrs.define(kw_only=True)
@@ -119,6 +136,12 @@ class ChaosReport:
     unknown_outcome: int = 0
     unknown_outcome_created: int = 0
     unknown_causes: Counter[str] = attrs.Factory(Counter)
+    cancelled: int = 0
+    cancelled_runs_announced: int = 0
+    lost_run_ids: int = 0
+    hung: int = 0
+    untyped: int = 0
+    leaked_tasks: int = 0
     wall_time: float = 0.0
     violations: list[str] = attrs.Factory(list)
 
@@ -142,6 +165,12 @@ class ChaosReport:
             f"(of which the run exists: {self.unknown_outcome_created})",
             "outcome unknown causes:  "
             + ", ".join(f"{k!r}={v}" for k, v in self.unknown_causes.most_common(5)),
+            f"cancelled callers:       {self.cancelled} "
+            f"(runs created for them, announced by id: {self.cancelled_runs_announced})",
+            f"lost run ids:            {self.lost_run_ids}",
+            f"hung callers:            {self.hung}",
+            f"untyped errors:          {self.untyped}",
+            f"leaked tasks:            {self.leaked_tasks}",
             f"invariant violations:    {len(self.violations)}",
         ]
 
@@ -197,6 +226,8 @@ class _Caller:
     run: za.Run | None = None
     failed_run: za.Run | None = None
     escaped: BaseException | None = None
+    cancelled: bool = False
+    hung: bool = False
 
 
 async def run_chaos(config: ChaosConfig) -> ChaosReport:
@@ -226,7 +257,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         ) as fake:
             if config.on_fake is not None:
                 config.on_fake(fake)
-            await _drive(fake, config, callers)
+            announced = await _drive(fake, config, callers)
             stats = fake.stats
             server_runs = fake.runs()
         report.wall_time = time.perf_counter() - started
@@ -241,9 +272,10 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         for t in asyncio.all_tasks()
         if t not in before_tasks and t is not current and not t.done()
     ]
-    _fill(report, stats, callers, server_runs)
+    _fill(report, stats, callers, server_runs, announced)
     v = report.violations
     v.extend(unraisable)
+    report.leaked_tasks = len(leftover)
     if leftover:
         v.append(f"{len(leftover)} task(s) left after close: {[t.get_name() for t in leftover]}")
     sockets_after = open_sockets()
@@ -252,7 +284,14 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
     return report
 
 
-async def _drive(fake: FakeZapier, config: ChaosConfig, callers: list[_Caller]) -> None:
+async def _drive(fake: FakeZapier, config: ChaosConfig, callers: list[_Caller]) -> set[str]:
+    """Run every caller; return the ids of the runs the clients announced as started."""
+    announced: set[str] = set()
+
+    def listen(event: za.Event) -> None:
+        if isinstance(event, za.RunEvent) and event.kind == "started":
+            announced.add(event.run_id)
+
     clients = [
         za.ZapierClient(
             auth=_auth_for(config, fake),
@@ -263,9 +302,11 @@ async def _drive(fake: FakeZapier, config: ChaosConfig, callers: list[_Caller]) 
             max_rate_limit_wait=config.max_rate_limit_wait,
             max_poll_failures=config.max_poll_failures,
             rng=random.Random(config.seed + n),
+            on_event=listen,
         )
         for n in range(config.clients)
     ]
+    storm = random.Random(config.seed * 7919 + 1)
     gate = asyncio.Semaphore(config.concurrency)
     creates_answered = 0
     closing: asyncio.Task[Any] | None = None
@@ -275,13 +316,20 @@ async def _drive(fake: FakeZapier, config: ChaosConfig, callers: list[_Caller]) 
         client = clients[caller.index % len(clients)]
         async with gate:
             try:
-                handle = await client.run(
-                    "core:chaos", authentication=None, inputs={"i": caller.index}
-                )
+                create = client.run("core:chaos", authentication=None, inputs={"i": caller.index})
+                if config.create_timeout is not None:
+                    handle = await asyncio.wait_for(create, config.create_timeout)
+                else:
+                    handle = await create
             except errors.ZapierError as exc:
                 caller.create_error = caller.outcome = type(exc).__name__
                 if isinstance(exc, errors.OutcomeUnknownError):
                     caller.unknown_cause = exc.cause.split(" (")[0]
+                return
+            except asyncio.TimeoutError:
+                # asyncio.wait_for gave up on the create: the caller is gone, like a cancel.
+                caller.cancelled = True
+                caller.outcome = "CreateTimedOut"
                 return
             finally:
                 creates_answered += 1
@@ -302,22 +350,52 @@ async def _drive(fake: FakeZapier, config: ChaosConfig, callers: list[_Caller]) 
             else:
                 caller.outcome = "Run"
 
+    cancelling: set[int] = set()
+
     async def guarded(caller: _Caller, work: Awaitable[None]) -> None:
         try:
             await work
+        except asyncio.CancelledError as exc:
+            if caller.index not in cancelling:
+                caller.escaped = exc
+                raise
+            # The storm cancelled this caller (at any await): an ordinary event.
+            caller.cancelled = True
+            caller.outcome = "Cancelled"
         except BaseException as exc:  # invariant 1: record what escaped, do not hide it
             caller.escaped = exc
             if not isinstance(exc, Exception):
                 raise
 
+    loop = asyncio.get_running_loop()
+    tasks = [asyncio.create_task(guarded(c, one(c))) for c in callers]
+    timers = []
+    for caller, task in zip(callers, tasks, strict=True):
+        if config.cancel_rate and storm.random() < config.cancel_rate:
+
+            def cancel(index: int = caller.index, task: asyncio.Task[None] = task) -> None:
+                if not task.done():
+                    cancelling.add(index)
+                    task.cancel()
+
+            timers.append(loop.call_later(storm.uniform(0.0, config.cancel_within), cancel))
     try:
-        await asyncio.gather(*(guarded(c, one(c)) for c in callers))
+        _done, pending = await asyncio.wait(tasks, timeout=config.deadline)
+        for caller, task in zip(callers, tasks, strict=True):
+            if task in pending:
+                caller.hung = True
+                task.cancel()
+        if pending:
+            await asyncio.wait(pending)
     finally:
+        for timer in timers:
+            timer.cancel()
         if closing is not None:
             await closing
         await _close_all(clients)
     if not all(c.closed for c in clients):
         raise AssertionError("a client did not close")
+    return announced
 
 
 def _auth_for(config: ChaosConfig, fake: FakeZapier) -> za.AuthProvider:
@@ -331,7 +409,13 @@ async def _close_all(clients: list[za.ZapierClient]) -> None:
         await client.aclose()
 
 
-def _fill(report: ChaosReport, stats: Any, callers: list[_Caller], server_runs: list[Any]) -> None:
+def _fill(
+    report: ChaosReport,
+    stats: Any,
+    callers: list[_Caller],
+    server_runs: list[Any],
+    announced: set[str],
+) -> None:
     v = report.violations
     report.faults = dict(stats.faults)
     report.requests = stats.requests
@@ -356,8 +440,38 @@ def _fill(report: ChaosReport, stats: Any, callers: list[_Caller], server_runs: 
     for caller in callers:
         i = caller.index
         mine = by_index.get(i, [])
+        if caller.hung:
+            report.hung += 1
+            v.append(f"caller {i}: still running at the deadline (hung)")
+            continue
         if caller.escaped is not None:
+            report.untyped += 1
             v.append(f"caller {i}: {type(caller.escaped).__name__} escaped: {caller.escaped!r}")
+            continue
+        if caller.cancelled and caller.handle_id is None:
+            # Gone before it held a handle: any run made for it must still be known by id.
+            report.cancelled += 1
+            report.outcomes[caller.outcome or "Cancelled"] += 1
+            if len(mine) > 1:
+                v.append(f"caller {i}: {len(mine)} runs on the server (a duplicate)")
+            for record in mine:
+                if record.id in announced:
+                    report.cancelled_runs_announced += 1
+                else:
+                    report.lost_run_ids += 1
+                    v.append(
+                        f"caller {i} was cancelled during its create; run {record.id} exists "
+                        "on the server and the client never announced its id (a lost run)"
+                    )
+            continue
+        if caller.cancelled:
+            # Cancelled while awaiting its handle: it held the id, so nothing is lost.
+            report.cancelled += 1
+            report.outcomes["Cancelled"] += 1
+            if len(mine) > 1:
+                v.append(f"caller {i}: {len(mine)} runs on the server (a duplicate)")
+            elif not mine or mine[0].id != caller.handle_id:
+                v.append(f"caller {i}: holds id {caller.handle_id}, not its server run")
             continue
         if caller.outcome is None:
             v.append(f"caller {i}: no outcome at all")
@@ -372,6 +486,7 @@ def _fill(report: ChaosReport, stats: Any, callers: list[_Caller], server_runs: 
                 report.unknown_causes[caller.unknown_cause or "?"] += 1
                 report.unknown_outcome_created += len(mine)
             elif mine:
+                report.lost_run_ids += 1
                 v.append(
                     f"caller {i}: create raised {caller.create_error} but run {mine[0].id} "
                     "exists on the server (a lost run)"
@@ -393,7 +508,8 @@ def _fill(report: ChaosReport, stats: Any, callers: list[_Caller], server_runs: 
             record.final_status != "error" or caller.failed_run.id != record.id
         ):
             v.append(f"caller {i}: got RunFailedError, the server says {record.final_status}")
-    if sum(report.outcomes.values()) + sum(1 for c in callers if c.escaped) != len(callers):
+    accounted = sum(report.outcomes.values()) + report.untyped + report.hung
+    if accounted != len(callers):
         v.append("some callers were not accounted for")
 
 
