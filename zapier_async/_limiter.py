@@ -18,7 +18,10 @@ one timer task when the next grant is due. The timer exists only while someone w
 time to pass, and an earlier deadline wakes it by a cancellation it absorbs (the injected
 clock's ``sleep`` cannot be woken otherwise). So each waiter costs O(log n), nothing is
 done per tick, and nothing is left running when nobody waits. A waiter cancelled while
-waiting leaves the heap; a grant that races with the cancellation is given back.
+waiting leaves the heap; a grant that races with the cancellation is given back; and one
+whose future is already done when its turn comes (cancelled, or timed out by ``wait_for``, in
+the loop iteration of the dispatch, before its task could run) is skipped, not granted: a
+slot nobody will use is never counted, and in probe mode the probe goes to the next in line.
 
 **Modes.** *probe*: nothing is known (at start, after a freeze, after a window ran out):
 one request at a time, so that a burst of 1,000 creates at start-up does not collect 999
@@ -1134,18 +1137,40 @@ class Limiter(AsyncCloseable):
             if when is None or when > now:
                 break
             waiter = self._pop()
+            if waiter is None:
+                break  # only callers who already gave up were waiting
             waited = now - waiter.enqueued_at
             slot = self._grant(waiter.priority, now, waited=waited)
             waiter.fut.set_result(slot)
             self._note_wait(waiter, waited)
         self._arm(self._timer_due(now))
 
-    def _pop(self) -> _Waiter:
-        while True:
+    def _pop(self) -> _Waiter | None:
+        """The next waiter a slot can be handed to, or None when nobody can take one."""
+        while self._heap:
             _, _, waiter = heapq.heappop(self._heap)
-            if waiter.alive:
-                self._kill(waiter)
-                return waiter
+            if not waiter.alive:
+                continue
+            self._kill(waiter)
+            if self._gone(waiter):
+                continue
+            return waiter
+        return None
+
+    def _gone(self, waiter: _Waiter) -> bool:
+        """Whether a live waiter's caller already gave up (its future is done).
+
+        A task cancelled (by ``task.cancel()`` or ``wait_for``'s timeout) has its future
+        cancelled at once but runs its ``except`` clause only on a later loop iteration; a
+        dispatch in between must neither grant it a slot nobody will use or release (in probe
+        mode that would stop every request for good) nor fail it a second time. The caller
+        has been removed from the line by ``_kill``; it is counted as cancelled here, since
+        its own clause finds it already dead.
+        """
+        if not waiter.fut.done():
+            return False
+        self._n_cancelled += 1
+        return True
 
     def _note_wait(self, waiter: _Waiter, waited: float) -> None:
         self._n_waits += 1
@@ -1197,6 +1222,8 @@ class Limiter(AsyncCloseable):
                 continue
             position = sum(self._live_by_priority[: waiter.priority + 1])
             self._kill(waiter)
+            if self._gone(waiter):
+                continue
             self._n_expired += 1
             estimate = self._estimate_wait(now, position)
             waiter.fut.set_exception(RateLimitedError(estimate, self._clock.time() + estimate))
