@@ -23,12 +23,31 @@ outcome-unknown, so nothing Zapier accepted is lost and nothing is sent twice.
 For journaling (the CLI's resumable ``bulk``), ``on_sending`` runs right before a create
 goes on the wire, after the limiter granted its slot, and ``on_submitted`` as soon as Zapier
 returned the run id.
+
+Refusals that would say the same for every item
+-----------------------------------------------
+Some refusals are about the caller, not the item: a wrong or revoked token (401,
+`AuthenticationError`, including `TokenRequestError` when the token endpoint refuses the
+credentials), a token without the scope or access to create runs (403,
+`PermissionDeniedError`), a rate limiter that was closed (`LimiterClosedError`). Sending the
+next thousand items would get the same answer a thousand times (and spend the rate budget on
+it), so after the first such refusal of a create the job *stops sending creates*: every item
+not yet on the wire gets an `Outcome` whose error is a copy of that refusal (nothing was
+sent for it; `run_id` is None), creates already on the wire get their own answers, and runs
+Zapier already accepted are still followed to their end. It is logged once at ERROR, and
+`RunMany.refusal` holds it. The check is made twice per item: before it is submitted, and
+again right before its create goes on the wire (after the limiter wait), so items that were
+waiting for a slot when the refusal came are not sent either.
+
+Everything else is per item and does not stop the job: 400 (this item's input), 404 (this
+item's action), 409, 429 and 5xx (transient), an outcome unknown, a failed run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import inspect
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -53,6 +72,18 @@ logger = logging.getLogger("zapier_async")
 WORKER_TASK_NAME: Final = "zapier_async-bulk"
 _REQUEST_KEYS: Final = frozenset({"action", "authentication", "inputs", "callback_url", "key"})
 _DONE: Final = object()
+
+# Refusals that would be the same for every item of a job (see "Refusals that would say the
+# same for every item" above).
+_JOB_WIDE_REFUSALS: Final = (
+    errors.AuthenticationError,
+    errors.PermissionDeniedError,
+    errors.LimiterClosedError,
+)
+
+
+class _Refused(Exception):
+    """Raised by the before-send hook: the job stopped sending; this create never left."""
 
 
 def _check_action(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -224,6 +255,7 @@ class _Job:
         self.started = False
         self.closed = False
         self.finished = False
+        self.refusal: BaseException | None = None  # stops new creates (job-wide refusal)
 
     def start(self) -> None:
         self.started = True
@@ -237,7 +269,7 @@ class _Job:
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.error("zapier_async: a run_many worker crashed", exc_info=task.exception())
+            logger.error("a run_many worker crashed", exc_info=task.exception())
 
     async def _take(self) -> tuple[int, Any] | None:
         if self.exhausted:
@@ -295,8 +327,12 @@ class _Job:
             )
         except errors.InvalidRequestError as exc:
             return Outcome(index=index, request=live.request or item, error=exc)
+        if self.refusal is not None:
+            return Outcome(index=index, request=request, error=copy.copy(self.refusal))
 
         def sending() -> None:
+            if self.refusal is not None:
+                raise _Refused  # nothing was sent; the limiter's slot is released unused
             live.sent = True
             if self.on_sending is not None:
                 self.on_sending(index, request)
@@ -304,7 +340,13 @@ class _Job:
         token = BEFORE_CREATE_SENT.set(sending)
         try:
             handle = await self.client._submit(wire, Priority.BULK, None)
+        except _Refused:
+            live.sent = False
+            assert self.refusal is not None
+            return Outcome(index=index, request=request, error=copy.copy(self.refusal))
         except Exception as exc:
+            if isinstance(exc, _JOB_WIDE_REFUSALS):
+                self._stop_sending(exc)
             return Outcome(index=index, request=request, error=exc)
         finally:
             BEFORE_CREATE_SENT.reset(token)
@@ -313,7 +355,7 @@ class _Job:
             try:
                 self.on_submitted(index, request, run_id)
             except Exception:
-                logger.exception("zapier_async: on_submitted hook failed for run %s", run_id)
+                logger.exception("on_submitted hook failed for run %s", run_id)
         try:
             run = await handle
         except errors.RunFailedError as exc:
@@ -321,6 +363,19 @@ class _Job:
         except Exception as exc:
             return Outcome(index=index, request=request, error=exc, run_id=run_id)
         return Outcome(index=index, request=request, run=run, run_id=run_id)
+
+    def _stop_sending(self, exc: BaseException) -> None:
+        """A job-wide refusal: no further create is sent (logged once)."""
+        if self.refusal is not None:
+            return
+        self.refusal = exc
+        logger.error(
+            "run_many stopped sending: a create was refused with %s (%s), which "
+            "would be the same for every item; the items not yet sent fail with it, runs "
+            "already accepted are still followed",
+            type(exc).__name__,
+            exc,
+        )
 
     def cancel(self) -> None:
         """Stop the job now, without waiting (safe from `__del__`)."""
@@ -338,7 +393,7 @@ class _Job:
             try:
                 await source.aclose()
             except Exception:
-                logger.exception("zapier_async: closing the run_many input failed")
+                logger.exception("closing the run_many input failed")
 
     def unfinished(self) -> list[Outcome]:
         queued: list[Outcome] = []
@@ -435,7 +490,7 @@ class RunMany(AsyncCloseable):
             try:
                 self._progress(item)
             except Exception:
-                logger.exception("zapier_async: run_many progress callback failed")
+                logger.exception("run_many progress callback failed")
         return item
 
     async def aclose(self) -> None:
@@ -459,6 +514,16 @@ class RunMany(AsyncCloseable):
             A list of `Outcome`.
         """
         return self._job.unfinished()
+
+    @property
+    def refusal(self) -> BaseException | None:
+        """The refusal that stopped new creates, or None.
+
+        Set after the first create refused with an error that would be the same for every
+        item (`AuthenticationError`, `PermissionDeniedError`, `LimiterClosedError`); from then
+        on every item not yet sent gets an `Outcome` with a copy of it, without being sent.
+        """
+        return self._job.refusal
 
     @property
     def taken(self) -> int:
