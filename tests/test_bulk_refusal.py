@@ -64,9 +64,7 @@ class RefuseCreatesAfter:
             self.creates += 1
             if self.creates > self.accepted:
                 body = b'{"errors": [{"status": "403", "code": "forbidden", "title": "no"}]}'
-                return Response(
-                    status=403, headers={"content-type": "application/json"}, body=body
-                )
+                return Response(status=403, headers={"content-type": "application/json"}, body=body)
         return await self.inner.send(request, base_url=base_url, headers=headers, timeout=timeout)
 
     async def aclose(self) -> None:
@@ -77,23 +75,25 @@ class RefuseCreatesAfter:
 async def test_after_a_403_the_rest_fail_and_accepted_runs_are_still_followed(caplog):
     transport = RefuseCreatesAfter(accepted=3)
     n = 200
-    async with FakeZapier(seed=2, durations=math.inf, record_requests=False) as fake:
-        async with client_for(fake, transport=transport) as client:
-            outcomes: list[za.Outcome] = []
-            async with client.run_many(map(request, range(n)), concurrency=4) as stream:
+    outcomes: list[za.Outcome] = []
+    async with (
+        FakeZapier(seed=2, durations=math.inf, record_requests=False) as fake,
+        client_for(fake, transport=transport) as client,
+        client.run_many(map(request, range(n)), concurrency=4) as stream,
+    ):
 
-                async def consume() -> None:
-                    async for outcome in stream:
-                        outcomes.append(outcome)
+        async def consume() -> None:
+            async for outcome in stream:
+                outcomes.append(outcome)
 
-                task = asyncio.create_task(consume())
-                # Everything but the three accepted runs fails at once with the refusal.
-                await eventually(lambda: len(outcomes) == n - 3)
-                assert stream.refusal is not None
-                assert isinstance(stream.refusal, errors.PermissionDeniedError)
-                for run in fake.runs():
-                    fake.complete(run.id)
-                await task
+        task = asyncio.create_task(consume())
+        # Everything but the three accepted runs fails at once with the refusal.
+        await eventually(lambda: len(outcomes) == n - 3)
+        assert stream.refusal is not None
+        assert isinstance(stream.refusal, errors.PermissionDeniedError)
+        for run in fake.runs():
+            fake.complete(run.id)
+        await task
     assert transport.creates <= 4  # 3 accepted + the refused one(s) already on their way
     by_index = {o.index: o for o in outcomes}
     assert sorted(by_index) == list(range(n))
