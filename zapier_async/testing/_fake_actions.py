@@ -11,14 +11,17 @@ Routes (all through the emulator's pipeline: counted, rate limited, faults, bear
   the run ends or N s pass on the emulator's clock, then 202 if still pending; with
   probability `long_poll_early_rate` it comes back early with ``Retry-After``
   (https://docs.zapier.com/api-reference/actions/action-runs/read-an-action-run);
-- ``GET /.well-known/jwks.json``: the public key that signs callbacks (no auth, not limited).
+- ``GET /.well-known/jwks.json``: the public key that signs callbacks (no auth, not limited);
+  `FakeActions.rotate_key` replaces it, as Zapier rotates its keys.
 
 Runs of every surface live in the emulator's one run table (`FakeZapier.run`, `complete`,
 durations and error rate apply). A run created with a ``callback_url`` (here or on
 ``/v2/action-runs``) gets its outcome POSTed there when it ends, signed like Zapier's
 (``Zapier-Callback-Signature``: an RS256 JWT valid 5 minutes, https://docs.zapier.com/
 powered-by-zapier/running-actions/action-run-callbacks), tried up to 3 times on 5xx and
-network errors. One dispatcher task sleeps on the emulator's clock until the next run ends;
+network errors. A callback is POSTed to the exact ``callback_url`` the create carried, query
+string included, byte for byte (the client binds a callback to its run with a token there).
+One dispatcher task sleeps on the emulator's clock until the next run ends;
 there is still no task per pending run.
 """
 
@@ -37,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, cast
 import aiohttp
 import attrs
 import jwt
+import yarl
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 if TYPE_CHECKING:
@@ -194,6 +198,9 @@ class FakeActions:
     _key: rsa.RSAPrivateKey | None = attrs.field(init=False, default=None, repr=False)
     _other_key: rsa.RSAPrivateKey | None = attrs.field(init=False, default=None, repr=False)
     _kid: str = attrs.field(init=False, factory=lambda: f"fake-{uuid.uuid4().hex[:8]}")
+    _previous: list[tuple[str, rsa.RSAPrivateKey]] = attrs.field(
+        init=False, factory=list, repr=False
+    )  # retired keys still published (rotate_key(keep_previous=True))
     _session: aiohttp.ClientSession | None = attrs.field(init=False, default=None, repr=False)
     _closed: bool = attrs.field(init=False, default=False, repr=False)
     _posting: int = attrs.field(init=False, default=0, repr=False)
@@ -248,11 +255,39 @@ class FakeActions:
         """The stored record as the emulator keeps it (KeyError if absent)."""
         return self._stored[stored_action_id].record()
 
+    @property
+    def kid(self) -> str:
+        """The ``kid`` of the key that signs callbacks now."""
+        return self._kid
+
+    def rotate_key(self, *, keep_previous: bool = False) -> str:
+        """Sign from now on with a new key under a new ``kid``, as Zapier rotates its keys.
+
+        The JWKS serves the new key at once (a verifier learns it by fetching again).
+
+        Args:
+            keep_previous: Keep publishing the retired key too, so signatures made before
+                the rotation still verify (an overlapping rotation).
+
+        Returns:
+            The new ``kid``.
+        """
+        if keep_previous:
+            self._previous.append((self._kid, self._signing_key()))
+        else:
+            self._previous.clear()
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._kid = f"fake-{uuid.uuid4().hex[:8]}"
+        return self._kid
+
     def jwks(self) -> dict[str, Any]:
-        """The JWKS document served at ``/.well-known/jwks.json``."""
-        jwk = jwt.algorithms.RSAAlgorithm.to_jwk(self._signing_key().public_key(), as_dict=True)
-        jwk.update({"kid": self._kid, "use": "sig", "alg": "RS256"})
-        return {"keys": [jwk]}
+        """The JWKS document served at ``/.well-known/jwks.json`` (current key first)."""
+        keys = []
+        for kid, key in [(self._kid, self._signing_key()), *reversed(self._previous)]:
+            jwk = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+            jwk.update({"kid": kid, "use": "sig", "alg": "RS256"})
+            keys.append(jwk)
+        return {"keys": keys}
 
     def sign(self, *, forge: ForgeKind | None = None) -> str | None:
         """A ``Zapier-Callback-Signature`` value as the emulator sends it (now, its clock)."""
@@ -681,8 +716,12 @@ class FakeActions:
             status: int | None
             self._posting += 1
             try:
+                # encoded=True: the exact URL the create carried, not a re-quoted one.
                 async with self._session.post(
-                    record.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
+                    yarl.URL(record.url, encoded=True),
+                    data=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=10),
                 ) as resp:
                     status = resp.status
                     await resp.read()
