@@ -185,7 +185,7 @@ async def test_verifier_rejects_forgeries_and_rate_limits_jwks_refreshes():
 
 
 @pytest.mark.asyncio
-async def test_receiver_answers_401_for_bad_signatures_and_400_for_bad_bodies(serve):
+async def test_receiver_answers_401_for_bad_signatures_and_unknown_runs_400_for_bad_bodies(serve):
     clock = FakeClock()
     async with FakeZapier(clock=clock) as fake, client_for(fake, clock) as client:
         receiver = CallbackReceiver(client, CallbackVerifier(jwks_url=fake.jwks_url, clock=clock))
@@ -207,10 +207,12 @@ async def test_receiver_answers_401_for_bad_signatures_and_400_for_bad_bodies(se
             ]:
                 async with session.post(url + "/zapier/callback", data=body, headers=headers) as r:
                     statuses.append(r.status)
-    assert statuses == [401, 401, 400, 400, 200]
+    # A run the client does not follow is refused like a bad signature (Zapier does not
+    # retry 4xx either): its body is never believed.
+    assert statuses == [401, 401, 400, 400, 401]
     assert receiver.stats.rejected_signatures == 2
     assert receiver.stats.bad_bodies == 2
-    assert receiver.stats.unknown_runs == 1
+    assert receiver.stats.not_accepted == 1
 
 
 def test_parse_callback_reads_the_documented_shape():

@@ -8,7 +8,8 @@ on 4xx), so the same run may arrive twice.
 https://docs.zapier.com/powered-by-zapier/running-actions/action-run-callbacks
 
 A library cannot listen by itself; you mount `CallbackReceiver` in your own aiohttp server
-(or call `CallbackVerifier.verify` and `ZapierClient.deliver_callback` from any framework)::
+(or call `CallbackVerifier.verify` and `ZapierClient.deliver_callback` from any framework,
+passing the request's ``zapier_async_token`` query parameter as ``token=``)::
 
     verifier = CallbackVerifier()
     receiver = CallbackReceiver(client, verifier)
@@ -17,18 +18,46 @@ A library cannot listen by itself; you mount `CallbackReceiver` in your own aioh
 Handles of runs created with a `callback_url` resolve on the callback and are polled only as
 a safety net (`CallbackPolling`), so a lost callback costs latency, never the run.
 
+What is trusted, and why
+------------------------
+Zapier's JWT carries only ``iat`` and ``exp``: it names neither the run nor the body, so a
+valid signature proves only that Zapier sent *a* callback within the last 5 minutes. Anyone
+who sees one signed callback (a log, a proxy, a misrouted request) could replay its header
+with a forged body for another run. So each callback is also bound to its run:
+
+- the client appends an unguessable per-run token (`TOKEN_PARAM`, ``zapier_async_token``) to
+  the `callback_url` it sends Zapier, and ``deliver_callback(run, token=...)`` resolves a
+  handle only when the token is that run's own;
+- the signature proves the sender is Zapier, the URL token proves the callback is for that
+  run; the body (status, results, errors) is believed only after both checks pass;
+- a refused callback gets the same 401 and body whichever check failed (the reason is
+  logged, the token never), and it leaves no trace that would make the genuine callback
+  look like a duplicate;
+- what remains trusted: whoever holds a run's full callback URL (its token) and a fresh
+  signature can forge that one run's outcome, and nothing else. Treat callback URLs as
+  secrets (keep them out of logs), and where an outcome matters more than latency, confirm
+  it by reading the run (`ZapierClient.get_run`): polling is answered by Zapier itself.
+
 The JWT's ``aud``/``iss`` values are not documented, so they are not checked; the signature,
 ``kid``, ``iat`` and ``exp`` (at most 5 minutes apart) are.
+
+Key rotation: an unknown ``kid`` makes the verifier fetch the JWKS again, one fetch shared
+by every callback waiting on it and at most one per `min_refresh_interval`, so random
+``kid`` values cannot make it fetch per request. While a fetch is not allowed yet, a
+callback signed after the last fetch with an unknown key is answered 503 (Zapier retries
+5xx, not 4xx), as is any callback while the JWKS cannot be fetched at all; an unknown key
+after a fetch newer than the signature is refused with 401.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeGuard
 
 import aiohttp
 import attrs
@@ -46,7 +75,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_JWKS_URL",
     "SIGNATURE_HEADER",
+    "TOKEN_PARAM",
     "CallbackBodyError",
+    "CallbackKeysUnavailableError",
     "CallbackReceiver",
     "CallbackSignatureError",
     "CallbackStats",
@@ -60,16 +91,23 @@ DEFAULT_JWKS_URL: Final = "https://zapier.com/.well-known/jwks.json"
 """Zapier's JWKS (named in the changelog of Zapier's SDK, 0.94.0)."""
 
 SIGNATURE_HEADER: Final = "Zapier-Callback-Signature"
+TOKEN_PARAM: Final = "zapier_async_token"
+"""The `callback_url` query parameter that carries a run's callback token."""
 MAX_VALIDITY: Final = 300.0
 """Zapier's callback signatures are valid for 5 minutes."""
 
 _ALGORITHMS: Final = ["RS256"]
 _MAX_BODY: Final = 6 * 1024 * 1024
+_RETRY_FAILED_FETCH: Final = 1.0
+"""Seconds after a failed JWKS fetch before the next may be tried (if sooner than the
+refresh interval): callbacks are answered 503 meanwhile and Zapier retries them."""
 
 
 @attrs.define(auto_exc=True, eq=False)
 class CallbackSignatureError(ZapierError, ValueError):
     """A callback's signature is missing, forged, expired or signed by an unknown key.
+
+    Answer it with a 4xx: Zapier does not retry those.
 
     Attributes:
         reason: What was wrong.
@@ -79,6 +117,22 @@ class CallbackSignatureError(ZapierError, ValueError):
 
     def __str__(self) -> str:
         return f"callback signature rejected: {self.reason}"
+
+
+@attrs.define(auto_exc=True, eq=False)
+class CallbackKeysUnavailableError(CallbackSignatureError):
+    """The signature could not be checked yet: the JWKS could not be fetched, or the key
+    may be newer than the cached JWKS and fetching again is not allowed yet.
+
+    Answer it with a 503 so that Zapier tries again (it retries 5xx, not 4xx). It subclasses
+    `CallbackSignatureError`, so a handler written before it existed still refuses it.
+
+    Attributes:
+        reason: What was wrong.
+    """
+
+    def __str__(self) -> str:
+        return f"callback signature not checked yet: {self.reason}"
 
 
 @attrs.define(auto_exc=True, eq=False)
@@ -99,19 +153,30 @@ JwksFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
 """Returns a JWKS document (``{"keys": [...]}``)."""
 
 
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class CallbackVerifier:
     """Verifies ``Zapier-Callback-Signature`` JWTs against a JWKS, with cached keys.
 
     Keys are fetched on first use and kept. A token whose ``kid`` is not in the cache makes
-    the verifier fetch the JWKS again (Zapier rotated its keys), at most once per
-    `min_refresh_interval`, so forged tokens with random ``kid`` values cannot make it hammer
-    the JWKS endpoint.
+    the verifier fetch the JWKS again (Zapier rotated its keys): one fetch at a time, shared
+    by every token waiting on it, and at most one per `min_refresh_interval` (one per
+    second after a failed fetch), so forged tokens with random ``kid`` values cannot make it
+    hammer the JWKS endpoint. When the key is still unknown:
+
+    - the last successful fetch started at or after the token's ``iat``: the key is not
+      Zapier's, `CallbackSignatureError` (answer 401);
+    - the token is newer than the cached keys and no fetch is allowed yet, or the JWKS
+      could not be fetched: `CallbackKeysUnavailableError` (answer 503; Zapier retries).
 
     Args:
         jwks_url: Where the keys are (``FakeZapier.jwks_url`` in tests).
-        clock: Source of time for ``iat``/``exp`` checks (the client's `FakeClock` in tests).
+        clock: Source of time for ``iat``/``exp`` checks and refresh intervals (the
+            client's `FakeClock` in tests).
         leeway: Seconds of clock skew tolerated.
-        min_refresh_interval: Least seconds between two JWKS fetches.
+        min_refresh_interval: Least seconds between two JWKS fetches caused by unknown keys.
         session: An `aiohttp.ClientSession` to fetch with (you own it); by default one is
             created per fetch.
         fetch: A custom fetcher instead of HTTP (then `jwks_url` and `session` are unused).
@@ -123,7 +188,7 @@ class CallbackVerifier:
         jwks_url: str = DEFAULT_JWKS_URL,
         clock: Clock | None = None,
         leeway: float = 5.0,
-        min_refresh_interval: float = 60.0,
+        min_refresh_interval: float = 10.0,
         session: aiohttp.ClientSession | None = None,
         fetch: JwksFetcher | None = None,
     ) -> None:
@@ -134,7 +199,9 @@ class CallbackVerifier:
         self._session = session
         self._fetch = fetch if fetch is not None else self._fetch_http
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at: float | None = None
+        self._attempted_at: float | None = None  # monotonic start of the last fetch
+        self._last_failed = False
+        self._keys_as_of: float | None = None  # wall-clock start of the last good fetch
         self._refreshing: asyncio.Task[None] | None = None
         self.fetches = 0
         """JWKS fetches made so far."""
@@ -161,32 +228,65 @@ class CallbackVerifier:
 
     async def _refresh(self) -> None:
         # Concurrent callbacks with an unknown kid share one fetch (and its outcome).
-        if self._refreshing is not None and not self._refreshing.done():
-            await asyncio.shield(self._refreshing)
-            return
-        now = self._clock.monotonic()
-        if self._fetched_at is not None and now - self._fetched_at < self._min_refresh:
-            return
-        self._fetched_at = now
-        self._refreshing = asyncio.get_running_loop().create_task(self._do_refresh())
-        await asyncio.shield(self._refreshing)
+        task = self._refreshing
+        if task is None or task.done():
+            now = self._clock.monotonic()
+            wait = self._min_refresh
+            if self._last_failed:
+                wait = min(wait, _RETRY_FAILED_FETCH)
+            if self._attempted_at is not None and now - self._attempted_at < wait:
+                return
+            self._attempted_at = now
+            task = asyncio.get_running_loop().create_task(self._do_refresh())
+            self._refreshing = task
+        await asyncio.shield(task)
 
     async def _do_refresh(self) -> None:
         self.fetches += 1
+        started = self._clock.time()
         try:
             document = await self._fetch()
             key_set = jwt.PyJWKSet.from_dict(dict(document))
-        except (aiohttp.ClientError, OSError, TimeoutError, jwt.PyJWTError, ValueError) as exc:
-            logger.warning("zapier_async: fetching the callback JWKS failed: %s", exc)
+        except Exception as exc:  # a fetcher's failure must not reach a caller untyped
+            self._last_failed = True
+            logger.warning(
+                "fetching the callback JWKS failed (%s: %s); callbacks are answered 503 "
+                "until it succeeds",
+                type(exc).__name__,
+                exc,
+            )
             return
+        self._last_failed = False
+        self._keys_as_of = started
         self._keys = {key.key_id: key for key in key_set.keys if key.key_id}
+
+    async def _key(self, kid: str, token: str) -> jwt.PyJWK:
+        key = self._keys.get(kid)
+        if key is None:
+            await self._refresh()
+            key = self._keys.get(kid)
+        if key is not None:
+            return key
+        if self._keys_as_of is None:
+            raise CallbackKeysUnavailableError("the JWKS could not be fetched")
+        if self._last_failed:
+            raise CallbackKeysUnavailableError("the JWKS could not be fetched again")
+        try:
+            iat = jwt.decode(token, options={"verify_signature": False}).get("iat")
+        except jwt.PyJWTError:
+            iat = None
+        if _is_number(iat) and iat > self._keys_as_of:
+            # Signed after our keys were fetched: maybe with a key published since.
+            raise CallbackKeysUnavailableError("signed with a key newer than the cached JWKS")
+        raise CallbackSignatureError("signed with an unknown key")
 
     async def verify(self, token: str | None) -> dict[str, Any]:
         """Check a signature header value; returns the JWT's claims.
 
         Raises:
+            CallbackKeysUnavailableError: The key could not be checked yet (answer 503).
             CallbackSignatureError: Missing, malformed, unknown key, bad signature, expired,
-                issued in the future, or valid for longer than 5 minutes.
+                issued in the future, or valid for longer than 5 minutes (answer 401).
         """
         if not token:
             raise CallbackSignatureError(f"no {SIGNATURE_HEADER} header")
@@ -199,12 +299,7 @@ class CallbackVerifier:
         kid = header.get("kid")
         if not isinstance(kid, str):
             raise CallbackSignatureError("the JWT names no key (kid)")
-        key = self._keys.get(kid)
-        if key is None:
-            await self._refresh()
-            key = self._keys.get(kid)
-        if key is None:
-            raise CallbackSignatureError("signed with an unknown key")
+        key = await self._key(kid, token)
         try:
             # Time claims are checked below on the injected clock, not PyJWT's time.time().
             claims: dict[str, Any] = jwt.decode(
@@ -277,30 +372,52 @@ class CallbackStats:
     Attributes:
         received: Requests received.
         delivered: Callbacks that resolved (or updated) a handle of the client.
-        duplicates: Valid callbacks for a run already seen (ignored).
-        unknown_runs: Valid callbacks for runs the client does not follow (answered 200).
+        duplicates: Repeated deliveries of a callback already delivered, with the same URL
+            token (answered 200 and ignored).
+        not_accepted: Signed callbacks the client did not take (answered 401): a run it does
+            not follow or that already ended, or a URL token that is not the run's own.
         rejected_signatures: Requests refused with 401 (missing, forged, expired signature).
+        deferred: Requests answered 503 because the signature could not be checked yet (the
+            JWKS could not be fetched, or a key newer than the cached JWKS); Zapier retries.
         bad_bodies: Signed requests refused with 400 (not the documented body).
     """
 
     received: int
     delivered: int
     duplicates: int
-    unknown_runs: int
+    not_accepted: int
     rejected_signatures: int
+    deferred: int
     bad_bodies: int
+
+
+def _refused() -> web.Response:
+    # One answer for every failed check (signature, run, URL token), so that a sender cannot
+    # tell which one failed; the reason is logged.
+    return web.json_response({"error": "callback not accepted"}, status=401)
+
+
+def _same_token(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return hmac.compare_digest(a.encode(), b.encode())
 
 
 class CallbackReceiver:
     """An aiohttp.web endpoint that turns Zapier's callbacks into resolved handles.
 
-    Answers at once: 200 once the callback was handled (duplicates and unknown runs too, so
-    Zapier does not retry them), 401 for a bad signature, 400 for a bad body.
+    A callback resolves a handle only when its signature is valid and the URL's
+    `TOKEN_PARAM` is that run's token (``ZapierClient.deliver_callback(run, token=...)``).
+    Answers at once: 200 when the callback was delivered (and for repeated deliveries of
+    it, so Zapier does not retry them); 401, the same status and body whichever check
+    failed, for a bad signature and for a callback the client did not take (a run it does
+    not follow or that already ended, or the wrong token); 400 for a signed request whose
+    body is not a callback; 503 when the signature cannot be checked yet (Zapier retries).
 
     Args:
         client: The client whose handles the callbacks resolve.
         verifier: Checks the signatures.
-        remember: How many run ids are remembered to recognise duplicate deliveries.
+        remember: How many delivered runs are remembered to recognise repeated deliveries.
     """
 
     def __init__(
@@ -308,10 +425,11 @@ class CallbackReceiver:
     ) -> None:
         self._client = client
         self._verifier = verifier
-        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # run id -> the URL token its delivered callback carried
+        self._seen: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self._remember = remember
         self._received = self._delivered = self._duplicates = 0
-        self._unknown = self._rejected = self._bad = 0
+        self._not_accepted = self._rejected = self._deferred = self._bad = 0
 
     def __repr__(self) -> str:
         return f"<CallbackReceiver received={self._received} rejected={self._rejected}>"
@@ -323,8 +441,9 @@ class CallbackReceiver:
             received=self._received,
             delivered=self._delivered,
             duplicates=self._duplicates,
-            unknown_runs=self._unknown,
+            not_accepted=self._not_accepted,
             rejected_signatures=self._rejected,
+            deferred=self._deferred,
             bad_bodies=self._bad,
         )
 
@@ -333,10 +452,14 @@ class CallbackReceiver:
         self._received += 1
         try:
             await self._verifier.verify(request.headers.get(SIGNATURE_HEADER))
+        except CallbackKeysUnavailableError as exc:
+            self._deferred += 1
+            logger.warning("callback answered 503 (Zapier retries): %s", exc)
+            return web.json_response({"error": "try again later"}, status=503)
         except CallbackSignatureError as exc:
             self._rejected += 1
-            logger.warning("zapier_async: %s", exc)
-            return web.json_response({"error": "invalid signature"}, status=401)
+            logger.warning("callback refused: %s", exc)
+            return _refused()
         try:
             body = await request.read()
             if len(body) > _MAX_BODY:
@@ -345,17 +468,29 @@ class CallbackReceiver:
         except CallbackBodyError as exc:
             self._bad += 1
             return web.json_response({"error": str(exc)}, status=400)
-        if run.id in self._seen:
+        token = request.query.get(TOKEN_PARAM)
+        if run.id in self._seen and _same_token(self._seen[run.id], token):
             self._duplicates += 1
             return web.json_response({"ok": True, "duplicate": True})
+        if not self._client.deliver_callback(run, token=token):
+            # The body is not believed: it may be a replayed signature with a forged body.
+            # INFO: the client already warns about a wrong token for a run it follows; the
+            # other cases (a run it does not follow or that already ended) are routine.
+            self._not_accepted += 1
+            logger.info(
+                "callback for run %s not accepted (answered 401): the client does not follow "
+                "that run, it already ended, or the callback URL's token is not the run's own",
+                run.id,
+                extra={"run_id": run.id},
+            )
+            return _refused()
+        self._delivered += 1
         if run.status.is_terminal:
-            self._seen[run.id] = None
+            # Remembered only once delivered: a refused forgery cannot make the genuine
+            # callback look like a duplicate.
+            self._seen[run.id] = token
             if len(self._seen) > self._remember:
                 self._seen.popitem(last=False)
-        if self._client.deliver_callback(run):
-            self._delivered += 1
-        else:
-            self._unknown += 1
         return web.json_response({"ok": True})
 
     def app(self, path: str = "/zapier/callback") -> web.Application:
