@@ -205,7 +205,40 @@ logger = logging.getLogger("zapier_async")
 
 _TASK_NAME: Final = "zapier_async.redis_limiter"
 
-_ACQUIRE: Final = """
+ONCE_TTL: Final = 600.0
+"""Seconds Redis keeps the reply of a script that must run once, under its request id.
+
+A command that timed out is re-sent by redis-py's own retries (``Redis(host=...)`` retries
+a timed-out command up to 10 times), and Redis may then run it twice: the first copy was
+only late. Each such script takes a request id (the last key) and the TTL (the last
+argument); a run that finds the id answers with the first run's reply and changes nothing.
+Ten minutes is far above any client's whole retry span."""
+
+
+def _once(body: str, *, store_if: str = "true") -> str:
+    """Wrap a Lua script body so that re-runs with the same request id change nothing.
+
+    The body reads its own ``KEYS``/``ARGV`` by position (never ``#KEYS``/``#ARGV``); the
+    request key is appended after its keys and the TTL (ms) after its arguments. Replies
+    are kept as JSON (numbers, strings, nested arrays: what these scripts return), and only
+    when ``store_if`` (a Lua expression on ``reply``) holds: a "not yet" of the limiter
+    changed nothing, so a re-run may answer afresh.
+    """
+    return f"""
+local once_key, once_ttl = KEYS[#KEYS], tonumber(ARGV[#ARGV])
+local once_done = redis.call('GET', once_key)
+if once_done then return cjson.decode(once_done) end
+local function body()
+{body}
+end
+local reply = body()
+if {store_if} then redis.call('SET', once_key, cjson.encode(reply), 'PX', once_ttl) end
+return reply
+"""
+
+
+_ACQUIRE: Final = _once(
+    """
 local st, zs, pk = KEYS[1], KEYS[2], KEYS[3]
 local slot, lease = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -215,13 +248,23 @@ local function num(f)
   if v then return tonumber(v) end
   return nil
 end
+local epoch = redis.call('HGET', st, 'epoch')
+if not epoch then
+  -- No budget here: first use, or Redis lost it (FLUSHALL, a restart without persistence,
+  -- an eviction). A new epoch starts in probe mode; slots granted before it belong to a
+  -- budget nobody knows any more (RECORD ignores their answers' budget), and whatever is
+  -- left of its in-flight set and probe lock goes with it.
+  epoch = t[1] .. '.' .. t[2] .. '/' .. slot
+  redis.call('DEL', zs, pk)
+  redis.call('HSET', st, 'epoch', epoch, 'probe_from', redis.call('HGET', st, 'granted') or '0')
+end
 local expired = redis.call('ZRANGEBYSCORE', zs, '-inf', now)
 if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', zs, '-inf', now)
   redis.call('HINCRBY', st, 'answered', #expired)
 end
 local function to_probe()
-  redis.call('HSET', st, 'mode', 'probe')
+  redis.call('HSET', st, 'mode', 'probe', 'probe_from', redis.call('HGET', st, 'granted') or '0')
   redis.call('HDEL', st, 'anchor', 'reset_at', 'next_at', 'probe_at')
   return 'probe'
 end
@@ -253,6 +296,8 @@ if mode == 'probe' then
 elseif mode == 'window' then
   local reset_at = num('reset_at')
   local avail = num('anchor') - granted
+  local limit = num('limit')
+  if limit and avail > limit then avail = limit end
   if avail <= 0 then return {0, tostring(reset_at - now), 'exhausted'} end
   local probe_at = num('probe_at')
   if probe_at and probe_at >= reset_at then probe_at = nil end
@@ -268,13 +313,16 @@ elseif mode == 'window' then
     if wait then return {0, tostring(wait), 'paced'} end
   end
 end
-redis.call('HINCRBY', st, 'granted', 1)
+local seq = redis.call('HINCRBY', st, 'granted', 1)
 redis.call('ZADD', zs, tostring(now + lease), slot)
 return {1, tostring(probe), redis.call('HGET', st, 'answered') or '0',
-        redis.call('HGET', st, 'opener_seq') or '0'}
-"""
+        redis.call('HGET', st, 'opener_seq') or '0', epoch, tostring(seq)}
+""",
+    store_if="reply[1] == 1",
+)
 
-_RECORD: Final = """
+_RECORD: Final = _once(
+    """
 local st, zs, pk = KEYS[1], KEYS[2], KEYS[3]
 local slot = ARGV[1]
 local answered_at_grant = tonumber(ARGV[2])
@@ -285,6 +333,9 @@ local remaining, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
 local reset_after, prec = tonumber(ARGV[8]), tonumber(ARGV[9])
 local sent_ago, recv_ago = tonumber(ARGV[10]), tonumber(ARGV[11])
 local freeze, default_period, narrow = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local seq = tonumber(ARGV[17])
+-- Whether the slot was granted from the budget Redis holds now (not one Redis lost since).
+local ours = ARGV[16] ~= '' and redis.call('HGET', st, 'epoch') == ARGV[16]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local function num(f)
@@ -294,7 +345,7 @@ local function num(f)
 end
 if slot ~= '' then
   local held = redis.call('ZREM', zs, slot) == 1
-  if held then
+  if held and ours then
     if kind == 'undo' then
       redis.call('HINCRBY', st, 'granted', -1)
     else
@@ -307,12 +358,16 @@ if freeze then
   local until_ = now + freeze
   local cur = num('frozen_until')
   if not cur or until_ > cur then redis.call('HSET', st, 'frozen_until', tostring(until_)) end
-  redis.call('HSET', st, 'mode', 'probe')
+  redis.call('HSET', st, 'mode', 'probe', 'probe_from', redis.call('HGET', st, 'granted') or '0')
   redis.call('HDEL', st, 'anchor', 'reset_at', 'next_at', 'probe_at')
   return 1
 end
-if kind ~= 'answer' then return 0 end
+-- A straggler tells nothing of the budget now: granted from a budget Redis lost (its
+-- answers-at-grant count answers of that budget: a stale anchor), or granted before the
+-- bucket went back to probing (its Remaining may predate the 429 or the window's end).
+if kind ~= 'answer' or not ours then return 0 end
 local mode = redis.call('HGET', st, 'mode') or 'probe'
+if mode == 'probe' and seq and seq <= (num('probe_from') or 0) then return 0 end
 if not remaining then
   if mode == 'probe' and ARGV[15] == '1' then redis.call('HSET', st, 'mode', 'open') end
   return 0
@@ -359,6 +414,7 @@ if opener_r and p_lo and p_hi then
 end
 return 1
 """
+)
 
 
 class RedisSlot(_OneShotSlot):
@@ -368,7 +424,7 @@ class RedisSlot(_OneShotSlot):
     as the status and headers are in.
     """
 
-    __slots__ = ("_answered_at_grant", "_id", "_opener_seq")
+    __slots__ = ("_answered_at_grant", "_epoch", "_id", "_opener_seq", "_seq")
 
     def __init__(
         self,
@@ -380,12 +436,16 @@ class RedisSlot(_OneShotSlot):
         probe: bool,
         answered_at_grant: int,
         opener_seq: str,
+        epoch: str,
+        seq: str,
         waited: float,
     ) -> None:
         super().__init__(limiter, priority, granted_at, probe=probe, waited=waited)
         self._id = slot_id
         self._answered_at_grant = answered_at_grant
         self._opener_seq = opener_seq
+        self._epoch = epoch  # which budget granted it (a new one after Redis lost its state)
+        self._seq = seq  # its place among that budget's grants
 
     def __repr__(self) -> str:
         return f"RedisSlot(priority={self.priority.name}, probe={self.probe})"
@@ -482,6 +542,8 @@ class RedisLimiter(AsyncCloseable):
         self._redis = redis
         base = f"{prefix}:{name}"
         self._keys = [f"{base}:state", f"{base}:inflight", f"{base}:probe"]
+        self._once_prefix = f"{base}:once:"
+        self._once_ms = str(math.ceil(ONCE_TTL * 1000))
         self._lease = lease
         self._max_wait = max_wait
         self._fallback_rate = fallback_rate
@@ -498,7 +560,8 @@ class RedisLimiter(AsyncCloseable):
         self._deadlines: list[tuple[float, int, _Waiter]] = []
         self._seq = itertools.count()
         self._live = 0
-        self._ops: deque[tuple[tuple[str, ...], float, float]] = deque()
+        # Recorded answers not yet written: (arguments, sent at, received at, request id).
+        self._ops: deque[tuple[tuple[str, ...], float, float, str]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -556,7 +619,9 @@ class RedisLimiter(AsyncCloseable):
         self._freeze_locally(seconds)
         if self._fallback is not None:
             self._fallback.freeze(seconds)
-        self._enqueue(("", "0", "0", "0", "freeze", "", "", "", "1", "", "", repr(seconds), ""))
+        self._enqueue(
+            ("", "0", "0", "0", "freeze", "", "", "", "1", "", "", repr(seconds), "", "", "")
+        )
 
     @property
     def waiting(self) -> int:
@@ -686,7 +751,7 @@ class RedisLimiter(AsyncCloseable):
     def _enqueue(self, args: tuple[str, ...], sent_at: float = 0.0, recv_at: float = 0.0) -> None:
         if self._closed and self._task is None:
             return
-        self._ops.append((args, sent_at, recv_at))
+        self._ops.append((args, sent_at, recv_at, f"{self._owner}:r{next(self._ids)}"))
         self._wake.set()
         with contextlib.suppress(RuntimeError):  # no running loop: flushed by the next slot()
             self._ensure_task()
@@ -732,12 +797,19 @@ class RedisLimiter(AsyncCloseable):
             "",
             freeze,
             ok,
+            slot._epoch,
+            slot._seq,
         )
         self._enqueue(args, slot.granted_at, now)
 
     def _ungrant(self, slot: RedisSlot) -> None:
         self._in_flight -= 1
-        self._enqueue((slot._id, "0", "0", "0", "undo", "", "", "", "1", "", "", "", ""))
+        self._enqueue(
+            (slot._id, "0", "0", "0", "undo", "", "", "", "1", "", "", "", "", slot._epoch, "")
+        )
+
+    def _once_key(self, request_id: str) -> str:
+        return self._once_prefix + request_id
 
     def _freeze_locally(self, seconds: float) -> None:
         until = time.monotonic() + seconds
@@ -814,7 +886,10 @@ class RedisLimiter(AsyncCloseable):
     async def _try_grant(self, loop: asyncio.AbstractEventLoop) -> float | None:
         """Ask Redis for one grant; None: granted (or nobody to give it to), else the wait."""
         slot_id = f"{self._owner}:{next(self._ids)}"
-        reply = await self._acquire_script(keys=self._keys, args=[slot_id, repr(self._lease)])
+        reply = await self._acquire_script(
+            keys=[*self._keys, self._once_key(slot_id)],
+            args=[slot_id, repr(self._lease), self._once_ms],
+        )
         if int(reply[0]) == 0:
             wait = float(reply[1])
             reason = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
@@ -834,7 +909,9 @@ class RedisLimiter(AsyncCloseable):
             granted_at=time.monotonic(),
             probe=int(reply[1]) == 1,
             answered_at_grant=int(reply[2]),
-            opener_seq=reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3]),
+            opener_seq=_text(reply[3]),
+            epoch=_text(reply[4]),
+            seq=_text(reply[5]),
             waited=0.0 if waiter is None else now - waiter.enqueued_at,
         )
         self._in_flight += 1
@@ -856,15 +933,15 @@ class RedisLimiter(AsyncCloseable):
 
     async def _flush(self) -> None:
         while self._ops:
-            args, sent_at, recv_at = self._ops[0]
+            args, sent_at, recv_at, request_id = self._ops[0]
             now = time.monotonic()
             full = list(args)
             if full[4] == "answer":
                 full[9] = repr(max(now - sent_at, 0.0))
                 full[10] = repr(max(now - recv_at, 0.0))
-            # ARGV: ..., freeze, default_period, narrow, open-ok
-            argv = [*full[:12], repr(self._period), repr(self._narrow), full[12]]
-            await self._record_script(keys=self._keys, args=argv)
+            # ARGV: ..., freeze, default_period, narrow, open-ok, epoch, seq, once TTL
+            argv = [*full[:12], repr(self._period), repr(self._narrow), *full[12:], self._once_ms]
+            await self._record_script(keys=[*self._keys, self._once_key(request_id)], args=argv)
             self._ops.popleft()
 
     def _degrade(self, exc: BaseException) -> None:
@@ -912,7 +989,8 @@ _MAX_KEY_LENGTH: Final = 1024
 # "update": write only if the field exists (a late write after `forget` is a no-op).
 # (The other owner's runs hash is named from ARGV, so this journal needs a standalone Redis,
 # as the limiter does: keys of a cluster would have to share a hash slot.)
-_J_WRITE: Final = """
+_J_WRITE: Final = _once(
+    """
 local h, ws, owners = KEYS[1], KEYS[2], KEYS[3]
 local field, value, ttl, mode, me = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if mode == 'new' then
@@ -933,10 +1011,12 @@ redis.call('SADD', ws, me)
 redis.call('PEXPIRE', ws, ttl)
 return 1
 """
+)
 
 # KEYS: runs hash, workers set, owners hash. ARGV: field, ttl (ms), worker. Redis deletes an
 # emptied hash.
-_J_FORGET: Final = """
+_J_FORGET: Final = _once(
+    """
 local h, ws, owners = KEYS[1], KEYS[2], KEYS[3]
 local n = redis.call('HDEL', h, ARGV[1])
 if redis.call('HGET', owners, ARGV[1]) == ARGV[3] then redis.call('HDEL', owners, ARGV[1]) end
@@ -947,11 +1027,13 @@ elseif n > 0 then
 end
 return n
 """
+)
 
 # KEYS: workers set, the dead worker's runs hash and heartbeat, the claimer's runs hash, the
 # owners hash. ARGV: dead worker, claimer, ttl (ms). Returns {0} (alive: refused) or
 # {1, {field, value...}}.
-_J_CLAIM: Final = """
+_J_CLAIM: Final = _once(
+    """
 local ws, dead_h, dead_alive, mine, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 if redis.call('EXISTS', dead_alive) == 1 then return {0} end
 local flat = redis.call('HGETALL', dead_h)
@@ -969,6 +1051,7 @@ end
 redis.call('SREM', ws, ARGV[1])
 return {1, flat}
 """
+)
 
 # KEYS: workers set, a worker's runs hash. ARGV: the worker. Drops a member without entries
 # (its hash expired); atomic, so it never races with that worker's next write.
@@ -1187,6 +1270,7 @@ class RunJournal(AsyncCloseable):
         self._alive = self._alive_key(self._worker)
         self._ttl_ms = max(1, math.ceil(ttl * 1000))
         self._heartbeat_ms = max(1, math.ceil(heartbeat_ttl * 1000))
+        self._once_ms = str(math.ceil(ONCE_TTL * 1000))
         self._write_script = redis.register_script(_J_WRITE)
         self._forget_script = redis.register_script(_J_FORGET)
         self._claim_script = redis.register_script(_J_CLAIM)
@@ -1286,7 +1370,8 @@ class RunJournal(AsyncCloseable):
     async def _sending(self, key: object) -> None:
         key = _check_name(key, "key")
         self._require_open("sending")
-        old = await self._write_script(
+        old = await self._run_once(
+            self._write_script,
             keys=[self._hash, self._workers_key, self._owners_key],
             args=[
                 key,
@@ -1334,7 +1419,8 @@ class RunJournal(AsyncCloseable):
         key = _check_name(key, "key")
         run_id, token = _locate(run)
         self._require_open("record")
-        await self._write_script(
+        await self._run_once(
+            self._write_script,
             keys=[self._hash, self._workers_key, self._owners_key],
             args=[key, self._value(run_id, token), self._ttl_ms, "set", self._worker, ""],
         )
@@ -1353,7 +1439,8 @@ class RunJournal(AsyncCloseable):
             RedisError: Redis failed; the entry may remain (forget it again later).
         """
         key = _check_name(key, "key")
-        deleted = await self._forget_script(
+        deleted = await self._run_once(
+            self._forget_script,
             keys=[self._hash, self._workers_key, self._owners_key],
             args=[key, self._ttl_ms, self._worker],
         )
@@ -1425,7 +1512,8 @@ class RunJournal(AsyncCloseable):
         if worker == self._worker:
             raise InvalidRequestError("is this journal's own worker", "worker")
         self._require_open("claim")
-        reply = await self._claim_script(
+        reply = await self._run_once(
+            self._claim_script,
             keys=[
                 self._workers_key,
                 self._runs_key(worker),
@@ -1595,7 +1683,8 @@ class RunJournal(AsyncCloseable):
 
     async def _record_if_journalled(self, key: str, run_id: str) -> None:
         run_id, token = _locate(run_id)
-        await self._write_script(
+        await self._run_once(
+            self._write_script,
             keys=[self._hash, self._workers_key, self._owners_key],
             args=[key, self._value(run_id, token), self._ttl_ms, "update", self._worker, ""],
         )
@@ -1616,6 +1705,13 @@ class RunJournal(AsyncCloseable):
             )
 
     # ------------------------------------------------------------------ internals
+
+    async def _run_once(self, script: Any, *, keys: list[str], args: list[Any]) -> Any:
+        """Run a journal script under a fresh request id: redis-py re-sends a command that
+        timed out, and Redis then runs the script twice; the second run answers as the first
+        did (see `ONCE_TTL`)."""
+        once_key = f"{self._base}:once:{uuid.uuid4().hex}"
+        return await script(keys=[*keys, once_key], args=[*args, self._once_ms])
 
     def _runs_key(self, worker: str) -> str:
         return f"{self._base}:runs:{worker}"

