@@ -9,7 +9,10 @@ holds, and writes ``benchmarks/results.md``:
    poll schedule can achieve (`benchmarks.polling_math`);
 3. rate-limited bulk (`benchmarks.ratelimited`);
 4. 10,000 runs in flight (`benchmarks.scale`);
-5. with callbacks on (`benchmarks.callbacks`): polls per run and detection lag.
+5. with callbacks on (`benchmarks.callbacks`): polls per run and detection lag;
+6. the rate budget (`benchmarks.budget`, issue #15): requests per run and wall time against
+   the physical minimum, beside the hand-written loop, on fixed windows of both kinds; cold
+   bursts, budget slack and web callers over a tight budget.
 
 ``--quick`` runs small sizes (under a minute) as a smoke test, e.g. for CI. Each scenario
 also runs alone: ``python -m benchmarks.<scenario>``. Only 127.0.0.1 is contacted.
@@ -26,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from . import callbacks, detection, polling_math, ratelimited, scale, throughput
+from . import budget, callbacks, detection, polling_math, ratelimited, scale, throughput
 from ._common import Report, fmt_table
 
 HERE = Path(__file__).resolve().parent
@@ -38,6 +41,7 @@ FULL: dict[int, Callable[[], Awaitable[Report]]] = {
     3: lambda: ratelimited.measure(runs=200, reset_formats=("epoch", "delta", "iso")),
     4: lambda: scale.measure(runs=10_000, steady=10.0),
     5: lambda: callbacks.measure(runs=600, concurrency=100, repeats=2),
+    6: lambda: budget.measure(),
 }
 QUICK: dict[int, Callable[[], Awaitable[Report]]] = {
     1: lambda: throughput.measure(runs=400, concurrency=100, repeats=1, warmup=50),
@@ -45,6 +49,7 @@ QUICK: dict[int, Callable[[], Awaitable[Report]]] = {
     3: lambda: ratelimited.measure(runs=50, reset_formats=("epoch",)),
     4: lambda: scale.measure(runs=1000, steady=2.0),
     5: lambda: callbacks.measure(runs=200, concurrency=100, repeats=1),
+    6: lambda: budget.measure(quick=True, windows=("first",), parts=("bulk", "cold", "web")),
 }
 
 
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     parser.add_argument(
-        "--only", default="1,2,3,4,5", help="comma-separated scenario numbers (default: all)"
+        "--only", default="1,2,3,4,5,6", help="comma-separated scenario numbers (default: all)"
     )
     parser.add_argument(
         "--output",

@@ -135,18 +135,20 @@ class LoopLagProbe:
 
 @attrs.frozen
 class Target:
-    """One target of issue #7 and whether it holds."""
+    """One target of an issue (#7, #15) and whether it holds."""
 
     scenario: str
     text: str
     holds: bool | None  # None: not measured
     detail: str = ""
+    words: tuple[str, str] = ("HOLDS", "MISSED")
+    """How `verdict` says it holds / is missed (issue #15's targets read PASS / MISS)."""
 
     @property
     def verdict(self) -> str:
         if self.holds is None:
             return "n/a"
-        return "HOLDS" if self.holds else "MISSED"
+        return self.words[0] if self.holds else self.words[1]
 
 
 def fmt_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

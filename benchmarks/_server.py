@@ -9,7 +9,9 @@ The child serves the emulator on one port and a tiny admin app on another:
 
 - ``GET /stats``: `FakeZapier.stats` as JSON;
 - ``GET /runs``: one row per run from `FakeZapier.runs()`: ``[id, created_at, ends_at,
-  polls, first_terminal_poll_at]``.
+  polls, first_terminal_poll_at]``;
+- ``GET /front``: the counts of the fixed-window front (`_window.WindowFront`), when the
+  config asks for one (``"front"``), else null.
 
 Times are `time.monotonic()` of the child (the emulator's default `SystemClock`). On Linux
 that is ``CLOCK_MONOTONIC``, one clock for every process of the machine, so a run's
@@ -35,6 +37,8 @@ from aiohttp import web  # noqa: TID251
 
 from zapier_async.testing import FakeZapier
 
+from ._window import WindowFront
+
 __all__ = ["Emulator", "emulator"]
 
 
@@ -49,6 +53,7 @@ def _fake_kwargs(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
     kwargs.pop("actions", None)
+    kwargs.pop("front", None)
     kwargs["record_requests"] = False
     return kwargs
 
@@ -79,9 +84,16 @@ async def _serve(config: dict[str, Any]) -> None:
         ]
         return web.json_response(rows)
 
+    front_config = config.get("front")
+    front: WindowFront | None = None
+
+    async def front_stats(_: web.Request) -> web.Response:
+        return web.json_response(front.stats() if front is not None else None)
+
     admin = web.Application()
     admin.router.add_get("/stats", stats)
     admin.router.add_get("/runs", runs)
+    admin.router.add_get("/front", front_stats)
     runner = web.AppRunner(admin, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -100,9 +112,29 @@ async def _serve(config: dict[str, Any]) -> None:
         stop.set()
 
     watcher = asyncio.create_task(watch_stdin())
+    front_runner: web.AppRunner | None = None
     async with fake:
-        print(json.dumps({"url": fake.url, "admin": f"http://{host}:{port}"}), flush=True)
+        url = fake.url
+        if front_config:
+            front = WindowFront(
+                fake.url,
+                limit=int(front_config["limit"]),
+                window=float(front_config["window"]),
+                align=front_config.get("align", "first"),
+            )
+            front_runner = web.AppRunner(front.app(), access_log=None)
+            await front_runner.setup()
+            front_site = web.TCPSite(front_runner, "127.0.0.1", 0)
+            await front_site.start()
+            fhost, fport = front_runner.addresses[0][:2]
+            url = f"http://{fhost}:{fport}"
+        info = {"url": url, "direct": fake.url, "admin": f"http://{host}:{port}"}
+        print(json.dumps(info), flush=True)
         await stop.wait()
+        if front_runner is not None:
+            await front_runner.cleanup()
+        if front is not None:
+            await front.close()
     watcher.cancel()
     await runner.cleanup()
 
@@ -110,10 +142,14 @@ async def _serve(config: dict[str, Any]) -> None:
 class Emulator:
     """A running emulator child process (see `emulator`)."""
 
-    def __init__(self, process: asyncio.subprocess.Process, url: str, admin: str) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, url: str, admin: str, direct: str | None = None
+    ) -> None:
         self.process = process
         self.url = url
         self.admin = admin
+        self.direct = direct if direct is not None else url
+        """The emulator itself, bypassing the front (JWKS, callbacks' keys)."""
 
     async def _get(self, path: str) -> Any:
         async with aiohttp.ClientSession() as session, session.get(self.admin + path) as resp:
@@ -123,6 +159,11 @@ class Emulator:
     async def stats(self) -> dict[str, Any]:
         """`FakeZapier.stats` now."""
         return dict(await self._get("/stats"))
+
+    async def front(self) -> dict[str, Any] | None:
+        """The window front's counts (see `_window.WindowFront.stats`), or None without one."""
+        value = await self._get("/front")
+        return dict(value) if value is not None else None
 
     async def runs(self) -> list[list[Any]]:
         """``[id, created_at, ends_at, polls, first_terminal_poll_at]`` per run."""
@@ -134,7 +175,10 @@ async def emulator(**config: Any) -> AsyncIterator[Emulator]:
     """Start `FakeZapier(**config)` in a child process; stop it on exit.
 
     `durations` may be ``"inf"``; tuples may be given as lists (the config crosses as JSON);
-    ``actions={...}`` sets knobs of `FakeZapier.actions` (e.g. ``callback_loss_rate``).
+    ``actions={...}`` sets knobs of `FakeZapier.actions` (e.g. ``callback_loss_rate``);
+    ``front={"limit": L, "window": W, "align": "first" | "aligned"}`` puts a
+    `_window.WindowFront` in front of the emulator: `Emulator.url` is then the front and
+    `Emulator.direct` the emulator itself.
     """
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -150,7 +194,7 @@ async def emulator(**config: Any) -> AsyncIterator[Emulator]:
         if not line:
             raise RuntimeError("the emulator process exited before it was ready")
         info = json.loads(line)
-        yield Emulator(process, info["url"], info["admin"])
+        yield Emulator(process, info["url"], info["admin"], info.get("direct"))
     finally:
         if process.returncode is None:
             assert process.stdin is not None

@@ -6,9 +6,13 @@ is fanned out by the library (`client.run` + ``await handle``, waiting on the bu
 the hand-written baseline (sleep ``Retry-After`` on 429), in both loop shapes. The emulator
 counts every request it saw (creates, polls, refused ones) and the 429s it answered.
 
-The theoretical minimum of a client is ``its requests / (limit / window)``: nothing finishes
-those requests faster without 429s. ``floor`` is the same for the least any polling client
-needs (one create and one poll per run).
+Wall time is judged against the physical minimum of the JOB, not of the requests a client
+chose to send (issue #15): ``max((2 * N - L) / (L / W), N * E[duration] / C)``, the least
+any polling client needs (one create and one poll per run; the first window's L requests
+are free at t = 0; C = N here, everything is submitted at once). ``own requests / rate`` is
+also shown, clearly apart: it is what the client's own request count would take at the
+allowed rate, and a client that sends extra polls gets a larger one, so it cannot judge
+them (the figure the #7 target was set on, kept for comparison).
 
 Run: ``python -m benchmarks.ratelimited [--runs 200] [--limit 50] [--window 2]
 [--reset-formats epoch,delta,iso]``
@@ -65,9 +69,24 @@ async def measure_one(
         "429s": stats["rate_limited"],
         "duplicates": stats["duplicate_submissions"],
         "wall": wall,
-        "minimum": stats["requests"] / rate,
-        "floor": 2 * runs / rate,
+        "own": stats["requests"] / rate,
+        "minimum": physical_minimum(runs, limit, window, durations, concurrency=runs),
     }
+
+
+def physical_minimum(
+    runs: int,
+    limit: int,
+    window: float,
+    durations: tuple[float, float],
+    *,
+    concurrency: int,
+    requests_per_run: int = 2,
+) -> float:
+    """``max((k*N - L) / (L / W), N * E[duration] / C)``: no client finishes the job sooner."""
+    mean = sum(durations) / 2
+    budget = (requests_per_run * runs - limit) / (limit / window)
+    return max(budget, runs * mean / concurrency, 0.0)
 
 
 async def measure(
@@ -81,9 +100,11 @@ async def measure(
         number=3,
         title=f"Rate-limited bulk ({limit} requests per {window:g} s window)",
         method=(
-            f"{runs} runs, all submitted at once, durations U[0.2, 1.5] s. 'minimum' = the "
-            "client's own requests / allowed rate; 'floor' = 2 requests per run / rate "
-            "(the least any polling client needs)."
+            f"{runs} runs, all submitted at once, durations U[0.2, 1.5] s. 'physical minimum' "
+            "= max((2N - L) / (L / W), N * E[d] / C): the least any polling client needs "
+            "(one create and one poll per run, the first window free). 'own requests / rate' "
+            "= the client's own requests at the allowed rate (it grows with every extra poll, "
+            "so it cannot judge them: shown apart, for comparison with #7)."
         ),
         headers=(
             "client",
@@ -91,11 +112,12 @@ async def measure(
             "requests",
             "polls/run",
             "429s",
+            "req/run",
             "wall s",
-            "minimum s",
-            "wall/minimum",
-            "floor s",
-            "wall/floor",
+            "physical minimum s",
+            "wall/physical minimum",
+            "own requests / rate s",
+            "wall/(own requests / rate)",
         ),
     )
     for fmt in reset_formats:
@@ -111,11 +133,12 @@ async def measure(
                     r["requests"],
                     r["polls_per_run"],
                     r["429s"],
+                    r["requests"] / runs,
                     r["wall"],
                     r["minimum"],
                     r["wall"] / r["minimum"],
-                    r["floor"],
-                    r["wall"] / r["floor"],
+                    r["own"],
+                    r["wall"] / r["own"],
                 )
             )
         lib = results["library"]
@@ -130,9 +153,10 @@ async def measure(
         report.targets.append(
             Target(
                 "3",
-                f"wall time <= 1.10x the theoretical minimum ({fmt} reset)",
+                f"wall time <= 1.10x the physical minimum ({fmt} reset)",
                 lib["wall"] <= 1.10 * lib["minimum"],
-                f"{lib['wall'] / lib['minimum']:.3f}x",
+                f"{lib['wall'] / lib['minimum']:.3f}x; "
+                f"{lib['wall'] / lib['own']:.3f}x its own requests / rate",
             )
         )
         fastest = min(results[s]["wall"] for s in baseline.SHAPES)
@@ -143,12 +167,12 @@ async def measure(
             + " 429s."
         )
     report.notes.append(
-        "Why a baseline can beat 'floor': the emulator's fixed window need not elapse after "
-        "the last request, so R requests need only (ceil(R / limit) - 1) windows (14 s for "
-        "400 requests at 50 per 2 s). The baselines get there by hammering: every refused "
-        "request is a 429, which the emulator does not punish here, but the Partner API "
-        "answers with a 60 s cool-down. The library spreads the budget evenly instead and "
-        "never sees a 429."
+        "The physical minimum counts the first window's L requests as free at t = 0 (a fixed "
+        "window need not elapse after the last request), which is how the baselines can "
+        "come close to it while collecting hundreds of 429s: every refused request is one, "
+        "which this emulator does not punish, but the Partner API answers with a 60 s "
+        "cool-down. Issue #15 measures this on realistic budgets, beside the hand-written "
+        "loop: scenario 6 (`benchmarks.budget`)."
     )
     return report
 
