@@ -450,3 +450,21 @@ def test_signature_errors_pickle_and_copy():
         for clone in (pickle.loads(pickle.dumps(exc)), copy.copy(exc)):
             assert type(clone) is type(exc)
             assert str(clone) == str(exc)
+
+
+@pytest.mark.asyncio
+async def test_an_overlapping_rotation_keeps_signatures_of_the_retired_key_valid():
+    clock = FakeClock()
+    async with FakeZapier(clock=clock) as fake:
+        verifier = CallbackVerifier(jwks_url=fake.jwks_url, clock=clock)
+        before = fake.actions.sign()
+        await verifier.verify(before)
+        await clock.advance(20.0)
+        old_kid = fake.actions.kid
+        new_kid = fake.actions.rotate_key(keep_previous=True)
+        assert [k["kid"] for k in fake.actions.jwks()["keys"]] == [new_kid, old_kid]
+        await verifier.verify(fake.actions.sign())  # refetch: both keys now cached
+        await verifier.verify(before)  # the retired key's signature, still within 5 min
+        assert verifier.fetches == 2
+        fake.actions.rotate_key()  # a clean rotation retires every earlier key
+        assert [k["kid"] for k in fake.actions.jwks()["keys"]] == [fake.actions.kid]
