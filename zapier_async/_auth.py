@@ -51,6 +51,7 @@ from ._backoff import (
 )
 from ._clock import Clock
 from ._protocol import Request, Response, error_class_for_status, is_loopback_host
+from ._redact import SecretSet, redact
 
 __all__ = [
     "ALLOWED_JWT_ALGORITHMS",
@@ -142,21 +143,47 @@ class AuthProvider(Protocol):
         ...
 
 
+def token_problem(token: str) -> str | None:
+    """Why `token` cannot be sent as ``Authorization: Bearer <token>``, or None if it can.
+
+    A bearer token is printable ASCII without spaces (RFC 6750's ``b64token`` and then some):
+    a control character (NUL, a line break) cannot be carried in an HTTP header at all, and a
+    space or a non-ASCII character would be refused by Zapier. The answer never quotes the
+    token.
+    """
+    if not token.isascii():
+        return "holds a non-ASCII character"
+    if not token.isprintable():
+        return "holds a control character (e.g. NUL or a line break)"
+    if " " in token:
+        return "holds a space"
+    return None
+
+
 class BearerToken:
     """A fixed access token (a Powered by Zapier user token, or one you refresh yourself).
 
     Args:
-        token: The access token, sent as ``Authorization: Bearer <token>``.
+        token: The access token, sent as ``Authorization: Bearer <token>``. Surrounding
+            whitespace is dropped.
+
+    Raises:
+        InvalidRequestError: The token is empty, or holds a character an HTTP header cannot
+            carry (a control character, a space, non-ASCII). The message never quotes it.
     """
 
-    __slots__ = ("_token",)
+    __slots__ = ("_secrets", "_token")
 
     def __init__(self, token: str) -> None:
         if not isinstance(token, str) or not token.strip():
             raise errors.InvalidRequestError("must be a non-empty string", "token")
-        if any(c in token for c in "\r\n"):
-            raise errors.InvalidRequestError("must not contain line breaks", "token")
-        self._token = token.strip()
+        token = token.strip()
+        problem = token_problem(token)
+        if problem is not None:
+            raise errors.InvalidRequestError(f"{problem}; it cannot be sent", "token")
+        self._token = token
+        self._secrets = SecretSet()
+        self._secrets.set("token", token)
 
     def bind(self, context: AuthContext) -> None:
         """Nothing to bind: a fixed token needs neither HTTP nor time."""
@@ -253,12 +280,8 @@ class IssuedToken:
 
 
 def _scrub(text: str | None, secrets: Sequence[str]) -> str | None:
-    if text is None:
-        return None
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "<redacted>")
-    return text
+    # Every registered secret in every encoding (see `_redact`), and `secrets` too.
+    return None if text is None else redact(text, extra=secrets)
 
 
 def _token_body(response: Response) -> Any:
@@ -281,12 +304,14 @@ def parse_token_response(
     ``error_description`` (RFC 6749 section 5.2) as `code` and `detail`; 429 and 5xx get the
     usual `APIError` subclass (transient: a later request may succeed). The response body is
     never kept on the error (a success body holds a token; an error body may echo the
-    request), and any of `secrets` found in the description is redacted.
+    request), and every secret we send (registered ones and `secrets`), in every encoding,
+    is redacted from the code, title and description (see `_redact`).
 
     Raises:
-        TokenRequestError: The endpoint refused the request.
+        TokenRequestError: The endpoint refused the request, or issued a token that cannot
+            be sent (a control character, a space, non-ASCII; the token is not quoted).
         APIError: 429 or 5xx.
-        DecodeError: A 2xx without a usable ``access_token``.
+        DecodeError: A 2xx without an ``access_token``.
     """
     payload = _token_body(response)
     where = request.describe()
@@ -317,15 +342,26 @@ def parse_token_response(
     if not isinstance(payload, dict):
         raise errors.DecodeError("token response is not a JSON object", where, response.status)
     token = payload.get("access_token")
-    if not isinstance(token, str) or not token.strip() or any(c in token for c in "\r\n"):
+    if not isinstance(token, str) or not token.strip():
         raise errors.DecodeError(
             "token response has no usable access_token", where, response.status
+        )
+    token = token.strip()
+    problem = token_problem(token)
+    if problem is not None:
+        raise errors.TokenRequestError(
+            response.status,
+            "invalid_token",
+            None,
+            f"the issued access token {problem}; it cannot be sent in an HTTP header",
+            where,
+            "",
         )
     token_type = payload.get("token_type")
     if not isinstance(token_type, str) or not token_type:
         token_type = "Bearer"
     return IssuedToken(
-        access_token=token.strip(),
+        access_token=token,
         expires_in=_expires_in(payload.get("expires_in"), default_lifetime),
         token_type=token_type,
     )
@@ -397,21 +433,25 @@ async def _fetch_with_retries(
             if decision is not RetryDecision.RETRY or not policy.can_retry(attempt):
                 raise
             delay = policy.delay(attempt, context.rng, retry_after=retry_after)
-            logger.warning(
-                "zapier_async: token request failed (%s); trying again in %.1fs", exc, delay
-            )
+            # Retried, so not a WARNING: one that finally fails reaches the caller as an error.
+            logger.info("token request failed (%s); trying again in %.1fs", exc, delay)
             await context.clock.sleep(delay)
 
 
 class _TokenCache:
-    """Tokens by key, refreshed single-flight ahead of expiry (transient failures retried)."""
+    """Tokens by key, refreshed single-flight ahead of expiry (transient failures retried).
 
-    __slots__ = ("_entries", "_flights", "_margin")
+    `secrets` holds what its provider sends: each key's token (registered as it is issued)
+    and the provider's own secrets, so an echo of any is redacted (see `_redact`).
+    """
+
+    __slots__ = ("_entries", "_flights", "_margin", "secrets")
 
     def __init__(self, margin: float) -> None:
         self._margin = margin
         self._entries: dict[Hashable, _Entry] = {}
         self._flights: dict[Hashable, asyncio.Future[str]] = {}
+        self.secrets = SecretSet()
 
     async def get(
         self, key: Hashable, context: AuthContext, fetch: Callable[[], Awaitable[IssuedToken]]
@@ -449,6 +489,7 @@ class _TokenCache:
         # short-lived token's life (else a 60 s margin would refetch a 60 s token every time).
         margin = min(self._margin, lifetime / 2)
         self._entries[key] = _Entry(issued.access_token, now + lifetime, now + lifetime - margin)
+        self.secrets.set(("token", key), issued.access_token)
         flight.set_result(issued.access_token)
         return issued.access_token
 
@@ -542,6 +583,7 @@ class ClientCredentials:
             form["audience"] = _check_secret(audience, "audience")
         self._form: Mapping[str, str] = form
         self._cache = _TokenCache(_check_margin(refresh_margin))
+        self._cache.secrets.set("client_secret", self._client_secret)
         self._binding = _Binding()
 
     def bind(self, context: AuthContext) -> None:
@@ -561,7 +603,7 @@ class ClientCredentials:
         response = await context.send(request, self._endpoint.base_url)
         issued = parse_token_response(response, request, secrets=(self._client_secret,))
         logger.debug(
-            "zapier_async: client-credentials token issued by %s, valid %.0fs",
+            "client-credentials token issued by %s, valid %.0fs",
             self._endpoint.url,
             issued.expires_in,
         )
@@ -807,6 +849,7 @@ class PartnerTokenExchange:
             cache=_TokenCache(_check_margin(refresh_margin)),
             binding=_Binding(),
         )
+        self._config.cache.secrets.set("client_secret", self._config.client_secret)
         self._subject = _check_secret(subject, "subject")
         self._tenant = _check_secret(tenant, "tenant")
 
@@ -864,9 +907,12 @@ class PartnerTokenExchange:
             claims["rate_limit"] = config.rate_limit
         if config.billing is not None:
             claims["billing"] = config.billing
-        return jwt.encode(
+        signed = jwt.encode(
             claims, config.key, algorithm=config.algorithm, headers={"kid": config.key_id}
         )
+        # Sent once, to the token endpoint, which may echo it in a refusal: redacted there.
+        config.cache.secrets.add_recent(signed)
+        return signed
 
     def exchange_request(self, now: float) -> Request:
         """The token-exchange `Request` for this user at wall-clock time `now` (a secret)."""
@@ -886,7 +932,7 @@ class PartnerTokenExchange:
         response = await context.send(request, config.endpoint.base_url)
         issued = parse_token_response(response, request, secrets=(config.client_secret,))
         logger.debug(
-            "zapier_async: token exchange for subject %r issued by %s, valid %.0fs",
+            "token exchange for subject %r issued by %s, valid %.0fs",
             self._subject,
             config.endpoint.url,
             issued.expires_in,

@@ -322,7 +322,7 @@ class _Recorder:
             try:
                 listener(event)
             except Exception:
-                logger.exception("zapier_async: event listener %r failed", listener)
+                logger.exception("event listener %r failed", listener)
 
     # requests (called by MeteredTransport and the client's retry loop)
 

@@ -25,6 +25,7 @@ import attrs
 import cattrs
 
 from . import errors
+from ._redact import redact, redact_value, redacted_excerpt
 from .models import Run, RunStatus, _converter
 
 __all__ = [
@@ -404,7 +405,11 @@ def _excerpt(text: str, limit: int = errors.BODY_EXCERPT_LIMIT) -> str:
 
 
 def _body_text(response: Response) -> str:
-    return _excerpt(response.body.decode("utf-8", errors="replace"))
+    """The start of the body, for an error: secrets echoed in it redacted (see `_redact`)."""
+    limit = errors.BODY_EXCERPT_LIMIT
+    # Decode a little more than is kept: enough for a secret straddling the cut to be found.
+    head = response.body[: 8 * limit].decode("utf-8", errors="replace")
+    return redacted_excerpt(head, limit)
 
 
 def _load_json(response: Response, request: Request) -> Any:
@@ -459,6 +464,10 @@ def error_for_response(
     (the spec's `ErrorResponse`), the flat ``{"code", "detail"}`` body Zapier's gateway sends
     (e.g. ``403 {"code": "authentication_failed", ...}``), non-JSON bodies, and `status` given
     as an integer or a string.
+
+    Server text (code, title, detail, the body excerpt, the `errors` entries) has every secret
+    we send redacted here, where the error is built, so `str`, `repr`, pickles and log lines
+    of the error never hold one (see `_redact`).
     """
     status = response.status
     if 200 <= status < 300:
@@ -482,13 +491,13 @@ def error_for_response(
     cls = error_class_for_status(status)
     return cls(
         status,
-        code,
-        title,
-        detail,
+        None if code is None else redact(code),
+        None if title is None else redact(title),
+        None if detail is None else redact(detail),
         request.describe(),
         _body_text(response),
         retry_after,
-        entries,
+        redact_value(entries) if entries else entries,
     )
 
 
@@ -548,7 +557,9 @@ def parse_run(response: Response, request: Request, *, run_id: str) -> Run:
     data = dict(_unwrap_data(_load_json(response, request), response, request))
     data["id"] = run_id
     data.pop("type", None)
-    data.setdefault("errors", [])
+    if data.setdefault("errors", []):
+        # A run's errors are server text a `RunFailedError` shows: no secret echoed in them.
+        data["errors"] = redact_value(data["errors"])
     try:
         run = _converter.structure(data, Run)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:

@@ -4,6 +4,7 @@
 ZapierError
 ├── InvalidRequestError      local: bad input, refused before any request was sent
 ├── TransportError           the request never got an HTTP answer (connect error, reset, timeout)
+│   └── ResponseTooLargeError  it got one, larger than max_body_size; we stopped reading it
 ├── APIError                 Zapier answered with an error status
 │   ├── BadRequestError         400
 │   ├── AuthenticationError     401
@@ -52,6 +53,7 @@ __all__ = [
     "OutcomeUnknownError",
     "PermissionDeniedError",
     "RateLimitedError",
+    "ResponseTooLargeError",
     "RunDetachedError",
     "RunFailedError",
     "RunTimeoutError",
@@ -98,8 +100,8 @@ class TransportError(ZapierError):
         request: ``"METHOD /path"`` of the request.
         sent: False when the request provably never left (connect failed): safe to retry
             even a run-creating POST. None when it may have reached Zapier.
-        kind: ``"connect"``, ``"tls"``, ``"timeout"``, ``"reset"``, ``"closed"`` or
-            ``"other"``.
+        kind: ``"connect"``, ``"tls"``, ``"timeout"``, ``"reset"``, ``"closed"``,
+            ``"too_large"`` or ``"other"``.
     """
 
     message: str
@@ -110,6 +112,26 @@ class TransportError(ZapierError):
     def __str__(self) -> str:
         where = f" ({self.request})" if self.request else ""
         return f"{self.message}{where}"
+
+
+@attrs.define(auto_exc=True, eq=False)
+class ResponseTooLargeError(TransportError):
+    """Zapier's answer was larger than the transport's `max_body_size`; we stopped reading.
+
+    A `TransportError` (kind ``"too_large"``) rather than a `DecodeError`: what we have is no
+    complete answer, and the retry rule for "no (complete) answer" is the safe one. The
+    request *was* received (``sent=True``), so a run-creating POST is never re-sent: the
+    client reports it as `OutcomeUnknownError` (the run may exist), while a read may be tried
+    again. Raise `AiohttpTransport(max_body_size=)` if Zapier's answers are legitimately
+    this large.
+
+    Attributes:
+        status: The HTTP status of the answer.
+        limit: The `max_body_size` that was passed, in decoded bytes.
+    """
+
+    status: int | None = None
+    limit: int | None = None
 
 
 @attrs.define(auto_exc=True, eq=False)
