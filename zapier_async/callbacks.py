@@ -34,9 +34,11 @@ with a forged body for another run. So each callback is also bound to its run:
   logged, the token never), and it leaves no trace that would make the genuine callback
   look like a duplicate;
 - what remains trusted: whoever holds a run's full callback URL (its token) and a fresh
-  signature can forge that one run's outcome, and nothing else. Treat callback URLs as
-  secrets (keep them out of logs), and where an outcome matters more than latency, confirm
-  it by reading the run (`ZapierClient.get_run`): polling is answered by Zapier itself.
+  signature can forge that one run's outcome, and nothing else, and only until the run's
+  handle has ended (later callbacks for it are refused). Treat callback URLs as secrets:
+  web servers' access logs record query strings, so keep those logs private or strip the
+  query. Where an outcome matters more than latency, confirm it by reading the run
+  (`ZapierClient.get_run`): a read is answered by Zapier itself.
 
 The JWT's ``aud``/``iss`` values are not documented, so they are not checked; the signature,
 ``kid``, ``iat`` and ``exp`` (at most 5 minutes apart) are.
