@@ -241,7 +241,12 @@ async def test_503_freezes_only_with_retry_after() -> None:
         assert limiter.frozen_until is None
         b = Caller(limiter)
         await settle()
-        b.release(503, {"Retry-After": "7"})
+        b.release(503, {"Retry-After": "7"})  # the second in a row: a lone fault still
+        await settle()
+        assert limiter.frozen_until is None
+        c = Caller(limiter)
+        await settle()
+        c.release(503, {"Retry-After": "7"})  # the third in a row: the server is down
         await settle()
         assert limiter.frozen_until == 7.0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ from aiohttp import web  # noqa: TID251 (a misbehaving server on loopback)
 
 import zapier_async as za
 from zapier_async._limiter import Limiter, Priority, Slot
+from zapier_async._ratelimit import DEFAULT_MAX_SERVER_WAIT
 from zapier_async.errors import InvalidRequestError, RateLimitedError
 from zapier_async.testing import FakeClock
 
@@ -71,7 +73,8 @@ async def test_waiters_cancelled_in_the_dispatching_iteration_get_no_slot(priori
     async with Limiter(clock=clock) as limiter:
         probe = Holder(limiter)
         await settle()
-        assert probe.granted and limiter.snapshot().mode == "probe"
+        assert probe.granted
+        assert limiter.snapshot().mode == "probe"
         waiters = [Holder(limiter, priority) for _ in range(5)]
         await settle()
         assert limiter.waiting == 5
@@ -108,7 +111,8 @@ async def test_a_cancelled_waiter_does_not_take_the_probe() -> None:
         probe.slot.record(None, {})  # no answer: still probing, the next in line probes
         await settle()
         assert first.task.cancelled()
-        assert second.granted and second.slot is not None and second.slot.probe
+        assert second.slot is not None
+        assert second.slot.probe
         assert limiter.in_flight == 1
         second.slot.record(200, {})
         await finish(probe, second)
@@ -241,3 +245,283 @@ async def test_callers_giving_up_while_a_cold_client_probes_do_not_wedge_it(budg
         assert sorted(ids) == ["run-2", "run-3", "run-4", "run-5"]
         assert state["creates"] == 5
         assert client._limiter.snapshot().cancelled == 5  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ item 8: one cap on waits
+
+FAR = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
+def http_date(epoch: float) -> str:
+    return email.utils.formatdate(epoch, usegmt=True)
+
+
+# (status, headers, the time the server named)
+DICTATED_PAST_THE_CAP = [
+    pytest.param(429, {"Retry-After": "1000000000000"}, WALL + 1e12, id="429-retry-after-1e12"),
+    pytest.param(429, {"Retry-After": http_date(FAR)}, FAR, id="429-retry-after-9999"),
+    pytest.param(
+        429,
+        {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(FAR)},
+        FAR + 1,
+        id="429-reset-9999",
+    ),
+    pytest.param(
+        503,
+        {"Retry-After": "1000000000000", "X-RateLimit-Remaining": "0"},
+        WALL + 1e12,
+        id="503-spent-retry-after-1e12",
+    ),
+    pytest.param(
+        200,
+        {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(FAR)},
+        FAR + 1,
+        id="200-nothing-left-reset-9999",
+    ),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("status", "headers", "named"), DICTATED_PAST_THE_CAP)
+async def test_a_wait_dictated_past_the_cap_fails_every_priority_at_once(
+    status: int, headers: Mapping[str, str], named: float
+) -> None:
+    clock = FakeClock(wall_start=WALL)
+    async with Limiter(clock=clock) as limiter:  # the default cap: 900 s
+        probe = Holder(limiter)
+        await settle()
+        queued = [Holder(limiter, p) for p in (INTERACTIVE, POLL, BULK)]
+        await settle()
+        assert probe.slot is not None
+        probe.slot.record(status, headers)
+        await settle()
+        # Those in line fail at once, whatever their priority and max_wait (None here) ...
+        for h in queued:
+            assert h.task.done()
+            with pytest.raises(RateLimitedError) as info:
+                await h.task
+            assert info.value.retry_at == pytest.approx(named)  # the server's time, honest
+        # ... and so do new requests, without waiting.
+        for priority in (INTERACTIVE, POLL, BULK):
+            with pytest.raises(RateLimitedError) as info:
+                async with limiter.slot(priority, max_wait=None):
+                    pytest.fail("granted")
+            assert info.value.retry_at == pytest.approx(named)
+            assert info.value.retry_after > DEFAULT_MAX_SERVER_WAIT
+        assert limiter.snapshot().rejected == 6
+        # Nothing is held for a day: once the cap has passed, one request probes again.
+        await clock.advance(DEFAULT_MAX_SERVER_WAIT + 2.0)
+        again = Holder(limiter)
+        await settle()
+        assert again.granted
+        assert again.slot is not None
+        assert again.slot.probe
+        await finish(probe, again)
+        assert (limiter.in_flight, limiter.waiting) == (0, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_wait_within_the_cap_is_waited_for() -> None:
+    clock = FakeClock(wall_start=WALL)
+    async with Limiter(clock=clock, max_server_wait=120.0) as limiter:
+        probe = Holder(limiter)
+        await settle()
+        assert probe.slot is not None
+        assert probe.slot.record(429, {"Retry-After": "100"}) is True
+        assert limiter.frozen_until == 100.0
+        waiter = Holder(limiter, BULK)
+        await settle()
+        assert not waiter.task.done()
+        await clock.advance(100.0)
+        await settle()
+        assert waiter.granted
+        await finish(probe, waiter)
+
+
+@pytest.mark.asyncio
+async def test_max_server_wait_is_the_limiters_knob() -> None:
+    clock = FakeClock(wall_start=WALL)
+    async with Limiter(clock=clock, max_server_wait=60.0) as limiter:
+        assert limiter.max_server_wait == 60.0
+        probe = Holder(limiter)
+        await settle()
+        assert probe.slot is not None
+        probe.slot.record(429, {"Retry-After": "61"})
+        assert limiter.frozen_until == 60.0  # held for the cap only ...
+        with pytest.raises(RateLimitedError) as info:  # ... failing meanwhile
+            async with limiter.slot(BULK, max_wait=None):
+                pytest.fail("granted")
+        assert info.value.retry_at == pytest.approx(WALL + 61.0)
+        await finish(probe)
+
+
+@pytest.mark.asyncio
+async def test_freeze_past_the_cap_fails_requests_instead_of_holding_them() -> None:
+    clock = FakeClock(wall_start=WALL)
+    async with Limiter(clock=clock) as limiter:
+        limiter.freeze(86_400.0)
+        assert limiter.frozen_until == DEFAULT_MAX_SERVER_WAIT
+        with pytest.raises(RateLimitedError) as info:
+            async with limiter.slot(POLL, max_wait=None):
+                pytest.fail("granted")
+        assert info.value.retry_at == pytest.approx(WALL + 86_400.0)
+        limiter.freeze(10.0)  # a shorter freeze does not lift the refusal
+        with pytest.raises(RateLimitedError):
+            async with limiter.slot(POLL, max_wait=None):
+                pytest.fail("granted")
+        await clock.advance(DEFAULT_MAX_SERVER_WAIT)
+        async with limiter.slot(POLL, max_wait=None) as slot:
+            assert slot.probe
+
+
+@pytest.mark.asyncio
+async def test_a_far_reset_with_budget_left_paces_to_the_cap() -> None:
+    clock = FakeClock(wall_start=WALL)
+    async with Limiter(clock=clock, max_server_wait=100.0) as limiter:
+        probe = Holder(limiter)
+        await settle()
+        assert probe.slot is not None
+        probe.slot.record(200, budget(9, reset=str(FAR), limit=10))
+        snap = limiter.snapshot()
+        assert snap.mode == "window"
+        assert snap.reset_in is not None
+        assert snap.reset_in <= 100.0 + 2.0  # not a day, let alone 8,000 years
+        # The nine requests left go out within the capped horizon; none fails.
+        holders = [Holder(limiter, BULK) for _ in range(9)]
+        await settle()
+        while not all(h.granted for h in holders):
+            deadline = clock.next_deadline()
+            assert deadline is not None
+            assert deadline <= 100.0 + 2.0
+            await clock.advance_to(deadline)
+            await settle()
+        assert not any(h.task.done() for h in holders)  # granted, not failed
+        await finish(probe, *holders)
+
+
+@pytest.mark.asyncio
+async def test_a_far_reset_stops_counting_once_a_fresh_answer_is_within_the_cap() -> None:
+    clock = FakeClock(wall_start=WALL)
+    async with Limiter(clock=clock) as limiter:
+        probe = Holder(limiter)
+        await settle()
+        assert probe.slot is not None
+        probe.slot.record(200, budget(2, reset=str(FAR), limit=10))
+        a, b = Holder(limiter), Holder(limiter)
+        await settle()
+        while not b.granted:  # paced over the capped horizon
+            deadline = clock.next_deadline()
+            assert deadline is not None
+            assert deadline <= DEFAULT_MAX_SERVER_WAIT + 2.0
+            await clock.advance_to(deadline)
+            await settle()
+        assert a.slot is not None
+        assert b.slot is not None
+        a.slot.record(200, budget(1, reset="30", limit=10))
+        b.slot.record(200, budget(0, reset="30", limit=10))
+        # Nothing left, but the window ends in 30 s by the latest answers: wait, not fail.
+        late = Holder(limiter, max_wait=None)
+        await settle()
+        assert not late.task.done()
+        await clock.advance(40.0)
+        await settle()
+        assert late.granted
+        await finish(probe, a, b, late)
+
+
+@pytest.mark.parametrize("value", [0.0, -5.0, math.nan, math.inf, 86_401.0])
+def test_max_server_wait_is_validated_at_construction(value: float) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        Limiter(max_server_wait=value)
+    assert info.value.field == "max_server_wait"
+
+
+def test_the_limiters_arguments_fail_typed() -> None:
+    with pytest.raises(InvalidRequestError):
+        Limiter(max_wait=-1.0)
+    with pytest.raises(InvalidRequestError):
+        Limiter(rate=(0, 1.0))
+    with pytest.raises(InvalidRequestError):
+        Limiter(default_cooldown=0.0)
+
+
+# ------------------------------------------------------------------ "Also": a lone 503
+
+
+@pytest.mark.asyncio
+async def test_a_lone_503_does_not_freeze_the_bucket() -> None:
+    clock = FakeClock()
+    async with Limiter(clock=clock) as limiter:
+        probe = Holder(limiter)
+        await settle()
+        assert probe.slot is not None
+        probe.slot.record(200, budget(40))
+        a, b = Holder(limiter), Holder(limiter)
+        await settle()
+        assert a.slot is not None
+        assert b.slot is not None
+        assert a.slot.record(503, {**budget(39), "Retry-After": "1"}) is False
+        assert limiter.frozen_until is None
+        # The others keep going: a second caller is granted without waiting for a second.
+        c = Holder(limiter)
+        await settle()
+        assert c.granted
+        assert b.slot.record(200, budget(38)) is False
+        await finish(probe, a, b, c)
+        assert limiter.snapshot().freezes == 0
+
+
+@pytest.mark.asyncio
+async def test_a_503_saying_the_budget_is_spent_freezes_it() -> None:
+    clock = FakeClock()
+    async with Limiter(clock=clock) as limiter:
+        probe = Holder(limiter)
+        await settle()
+        assert probe.slot is not None
+        assert probe.slot.record(503, {**budget(0), "Retry-After": "5"}) is True
+        assert limiter.frozen_until == 5.0
+        await finish(probe)
+
+
+@pytest.mark.asyncio
+async def test_503s_in_a_row_freeze_the_bucket_and_any_other_answer_breaks_the_run() -> None:
+    clock = FakeClock()
+    unavailable = {"Retry-After": "4"}
+    async with Limiter(clock=clock, rate=(100, 1.0)) as limiter:  # open: no probing
+        holders = [Holder(limiter) for _ in range(7)]
+        await settle()
+        slots = [h.slot for h in holders]
+        assert all(s is not None for s in slots)
+        froze = [
+            slots[0].record(503, unavailable),  # type: ignore[union-attr]
+            slots[1].record(503, unavailable),  # type: ignore[union-attr]
+            slots[2].record(200, {}),  # type: ignore[union-attr]  (breaks the run)
+            slots[3].record(503, unavailable),  # type: ignore[union-attr]
+            slots[4].record(None, {}),  # type: ignore[union-attr]  (no answer: neutral)
+            slots[5].record(503, unavailable),  # type: ignore[union-attr]
+        ]
+        assert froze == [False] * 6
+        assert limiter.frozen_until is None
+        assert slots[6].record(503, unavailable) is True  # type: ignore[union-attr]
+        assert limiter.frozen_until == 4.0
+        await finish(*holders)
+
+
+@pytest.mark.asyncio
+async def test_a_5xx_without_budget_headers_does_not_end_probing() -> None:
+    clock = FakeClock()
+    async with Limiter(clock=clock) as limiter:
+        probe = Holder(limiter)
+        await settle()
+        assert probe.slot is not None
+        probe.slot.record(503, {"Retry-After": "1"})  # a proxy's error page
+        assert limiter.snapshot().mode == "probe"
+        a, b = Holder(limiter), Holder(limiter)
+        await settle()
+        assert (a.granted, b.granted) == (True, False)  # still one at a time
+        assert a.slot is not None
+        a.slot.record(200, {})  # the API itself says nothing: open
+        await settle()
+        assert b.granted
+        assert limiter.snapshot().mode == "open"
+        await finish(probe, a, b)

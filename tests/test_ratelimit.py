@@ -12,14 +12,21 @@ from hypothesis import strategies as st
 
 from zapier_async._ratelimit import (
     DEFAULT_COOLDOWN,
+    DEFAULT_MAX_SERVER_WAIT,
     MAX_DELAY,
+    UNAVAILABLE_STREAK,
     RateLimitState,
+    ServerWait,
+    cap_server_wait,
+    check_max_server_wait,
     pace_interval,
     parse_reset,
     parse_retry_after,
     pause_after,
     reset_precision,
+    server_wait,
 )
+from zapier_async.errors import InvalidRequestError
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
@@ -167,7 +174,13 @@ def test_state_from_headers_case_insensitive() -> None:
         now=NOW,
     )
     assert state == RateLimitState(
-        limit=60, remaining=17, reset_after=30.0, retry_after=5.0, reset_precision=1.0
+        limit=60,
+        remaining=17,
+        reset_after=30.0,
+        retry_after=5.0,
+        reset_precision=1.0,
+        retry_at=NOW + 5,
+        reset_at=NOW + 30,
     )
     assert state.present
     assert state.has_budget
@@ -244,7 +257,9 @@ def test_state_of_any_rate_limit_text_is_sane(headers: dict[str, str]) -> None:
         (429, RateLimitState(reset_after=30.0), 31.0),  # + the whole-second rounding
         (429, RateLimitState(reset_after=2.5, reset_precision=0.1), 2.6),
         (429, RateLimitState(), DEFAULT_COOLDOWN),
-        (503, RateLimitState(retry_after=12.0), 12.0),
+        (503, RateLimitState(retry_after=12.0), None),  # one transient 503: no freeze
+        (503, RateLimitState(retry_after=12.0, remaining=0), 12.0),  # the budget is spent
+        (503, RateLimitState(retry_after=12.0, remaining=3), None),
         (503, RateLimitState(reset_after=30.0), None),  # 503 without Retry-After: no freeze
         (200, RateLimitState(remaining=0, reset_after=30.0), None),
         (500, RateLimitState(retry_after=5.0), None),
@@ -272,3 +287,102 @@ def test_pace_slows_as_remaining_falls(remaining: int, reset_after: float) -> No
     gaps = [pace_interval(r, reset_after) for r in range(remaining, 0, -1)]
     assert gaps == sorted(gaps)
     assert all(gap <= reset_after for gap in gaps)
+
+
+# ---------------------------------------------------------------------------- issue 14
+
+
+@pytest.mark.parametrize("streak", [1, 2])
+def test_a_lone_503_does_not_freeze_the_bucket(streak: int) -> None:
+    state = RateLimitState(retry_after=1.0)
+    assert pause_after(503, state, unavailable_streak=streak) is None
+
+
+def test_a_streak_of_503s_freezes_the_bucket() -> None:
+    state = RateLimitState(retry_after=1.0)
+    assert pause_after(503, state, unavailable_streak=UNAVAILABLE_STREAK) == 1.0
+    assert pause_after(503, state, unavailable_streak=UNAVAILABLE_STREAK + 5) == 1.0
+    assert pause_after(503, RateLimitState(), unavailable_streak=10) is None  # no Retry-After
+
+
+def test_a_429_freezes_whatever_the_streak() -> None:
+    assert pause_after(429, RateLimitState(retry_after=3.0), unavailable_streak=0) == 3.0
+
+
+HUGE_RETRY_AFTERS = [
+    ("1000000000000", NOW + 1e12),
+    ("99999999999999999999", NOW + 1e20),
+    ("Fri, 31 Dec 9999 23:59:59 GMT", 253402300799.0),
+]
+
+
+@pytest.mark.parametrize(("value", "named"), HUGE_RETRY_AFTERS)
+def test_a_huge_retry_after_keeps_the_time_the_server_named(value: str, named: float) -> None:
+    state = RateLimitState.from_headers({"Retry-After": value}, now=NOW)
+    assert state.retry_after == MAX_DELAY  # what any wait is clamped to, at most
+    assert state.retry_at == pytest.approx(named)
+    wait = server_wait(429, state, now=NOW, max_server_wait=DEFAULT_MAX_SERVER_WAIT)
+    assert wait is not None
+    assert wait.over_cap
+    assert wait.hold == DEFAULT_MAX_SERVER_WAIT
+    assert wait.retry_at == pytest.approx(named)
+
+
+@pytest.mark.parametrize("reset", ["253402300799", "9999-12-31T23:59:59Z", "1000000"])
+def test_a_far_reset_on_a_429_is_past_the_cap(reset: str) -> None:
+    state = RateLimitState.from_headers({"X-RateLimit-Reset": reset}, now=NOW)
+    assert state.reset_at is not None
+    wait = server_wait(429, state, now=NOW, max_server_wait=600.0)
+    assert wait is not None
+    assert (wait.hold, wait.over_cap) == (600.0, True)
+    assert wait.retry_at == pytest.approx(state.reset_at + 1.0)  # + its rounding
+
+
+def test_a_wait_within_the_cap_is_held_whole() -> None:
+    state = RateLimitState.from_headers({"Retry-After": "120"}, now=NOW)
+    wait = server_wait(429, state, now=NOW, max_server_wait=600.0)
+    assert wait == ServerWait(hold=120.0, retry_at=NOW + 120.0, over_cap=False)
+    lone = server_wait(503, state, now=NOW, max_server_wait=600.0)
+    assert lone is None
+    spent = RateLimitState.from_headers({"Retry-After": "1", "X-RateLimit-Remaining": "0"}, now=NOW)
+    assert server_wait(503, spent, now=NOW, max_server_wait=600.0) == ServerWait(
+        hold=1.0, retry_at=NOW + 1.0, over_cap=False
+    )
+
+
+@given(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=0.001, max_value=MAX_DELAY),
+)
+def test_cap_server_wait_never_holds_past_the_cap(seconds: float, cap: float) -> None:
+    wait = cap_server_wait(seconds, max_server_wait=cap, now=NOW)
+    assert 0.0 <= wait.hold <= cap
+    assert math.isfinite(wait.retry_at)
+    assert wait.retry_at >= NOW + wait.hold
+    assert wait.over_cap == (seconds > cap)  # NaN and negatives: nothing to wait
+
+
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_named_times_are_never_in_the_past(retry_after: str, reset: str) -> None:
+    state = RateLimitState.from_headers(
+        {"Retry-After": retry_after, "X-RateLimit-Reset": reset}, now=NOW
+    )
+    for named, wait in ((state.retry_at, state.retry_after), (state.reset_at, state.reset_after)):
+        assert (named is None) == (wait is None)
+        if named is not None and wait is not None:
+            assert math.isfinite(named)
+            assert named >= NOW + wait - 1e-6
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -1.0, math.nan, math.inf, MAX_DELAY + 1, "60", True])
+def test_max_server_wait_is_validated(value: object) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        check_max_server_wait(value)  # type: ignore[arg-type]
+    assert info.value.field == "max_server_wait"
+
+
+def test_max_server_wait_accepts_seconds() -> None:
+    assert check_max_server_wait(1) == 1.0
+    assert check_max_server_wait(MAX_DELAY) == MAX_DELAY
+    assert check_max_server_wait(0.5, "wait") == 0.5
+    assert 0 < DEFAULT_MAX_SERVER_WAIT <= MAX_DELAY

@@ -69,9 +69,20 @@ which is where the first probes go. Against a server allowing 50 requests per 2 
 whole-second ``Reset`` values, a long job runs within about 5% of the theoretical rate, with
 no 429 after the first answer.
 
-**Freezes.** A 429, or a 503 with ``Retry-After``, freezes the whole bucket (not only the
-request that got it) until ``Retry-After``, else ``Reset``, else 60 s; `Limiter.freeze` does
-the same for the client. When it ends, one probe goes first, then pacing resumes.
+**Freezes.** A 429 freezes the whole bucket (not only the request that got it) until
+``Retry-After``, else ``Reset``, else 60 s; `Limiter.freeze` does the same for the client. A
+503 with ``Retry-After`` freezes it only when it says ``X-RateLimit-Remaining: 0`` or is the
+third 503 in a row (`_ratelimit.UNAVAILABLE_STREAK`): one transient 503 is not a rate signal,
+and the client waits its ``Retry-After`` for that request alone (``Slot.record`` returns
+whether the answer froze the bucket). When a freeze ends, one probe goes first, then pacing
+resumes.
+
+**Server-dictated waits are capped** (``max_server_wait``, 900 s by default). A freeze and
+the horizon a window is paced to are clamped to it. When the server dictates a longer wait
+(a ``Retry-After`` of 1e12 s or a date in 9999, or a ``Reset`` that far with no budget left),
+nobody waits for it: every request that would, of any priority, fails at once with
+`RateLimitedError` whose ``retry_at`` is the time the server named, and so do the waiters
+already in line. Once ``max_server_wait`` has passed, one request probes again.
 
 **Failing fast.** ``max_wait``: when the estimated wait is longer, `slot` raises
 `RateLimitedError` at once, its ``retry_at`` saying when to come back; when the estimate was
@@ -102,12 +113,15 @@ from ._clock import Clock, SystemClock
 from ._closing import AsyncCloseable
 from ._ratelimit import (
     DEFAULT_COOLDOWN,
-    MAX_DELAY,
+    DEFAULT_MAX_SERVER_WAIT,
     RateLimitState,
+    ServerWait,
+    cap_server_wait,
+    check_max_server_wait,
     pace_interval,
-    pause_after,
+    server_wait,
 )
-from .errors import LimiterClosedError, RateLimitedError
+from .errors import InvalidRequestError, LimiterClosedError, RateLimitedError
 
 __all__ = ["Limiter", "LimiterLike", "LimiterStats", "Priority", "Slot", "SlotLike"]
 
@@ -222,7 +236,7 @@ class _OneShotSlot:
     Whichever comes first wins; the others are ignored.
     """
 
-    __slots__ = ("_done", "_limiter", "granted_at", "priority", "probe", "waited")
+    __slots__ = ("_done", "_limiter", "froze", "granted_at", "priority", "probe", "waited")
 
     def __init__(
         self,
@@ -243,8 +257,10 @@ class _OneShotSlot:
         """Whether this request probes the budget (the only one in flight until answered)."""
         self.waited = waited
         """Seconds the slot waited to be granted."""
+        self.froze = False
+        """Whether the response recorded froze the whole bucket (set by the limiter)."""
 
-    def record(self, status: int | None, headers: Mapping[str, str]) -> None:
+    def record(self, status: int | None, headers: Mapping[str, str]) -> bool:
         """Report the response to the request sent with this slot.
 
         Call it once, as soon as the status and headers are in. Later calls are ignored,
@@ -253,10 +269,17 @@ class _OneShotSlot:
         Args:
             status: The HTTP status, or None if there was no HTTP response.
             headers: The response headers (case-insensitive names).
+
+        Returns:
+            Whether this response froze the whole bucket (a 429; a 503 with ``Retry-After``
+            that says the budget is spent or ends a streak of 503s): then the next `slot`
+            waits for the freeze, or fails past ``max_server_wait``. False for a lone 503:
+            its ``Retry-After`` is for the caller to honour, for that request alone.
         """
         if not self._done:
             self._done = True
             self._limiter._complete(self, status, headers)
+        return self.froze
 
     def _release(self) -> None:
         """End of the ``async with`` block: without a response, the slot is just returned."""
@@ -343,6 +366,7 @@ class _Window:
         "anchor_sent",
         "arrived",
         "arrived_min",
+        "beyond_at",
         "first_sent",
         "hi",
         "last_member_sent",
@@ -363,6 +387,7 @@ class _Window:
         lo: float,
         hi: float,
         precision: float,
+        beyond_at: float | None,
     ) -> None:
         self.limit = limit
         self.precision = precision  # coarsest Reset step seen in the window
@@ -381,6 +406,9 @@ class _Window:
         # When the window's first request was sent, if the opening answer was that request
         # (Remaining = Limit - 1): the reference for the learnt window length.
         self.first_sent = sent if limit is not None and remaining == limit - 1 else None
+        # Wall-clock reset the server named when every answer put it past max_server_wait
+        # (``hi`` is then capped): with no budget left, requests fail instead of waiting.
+        self.beyond_at = beyond_at
 
     def min_remaining_before(self, t: float) -> int | None:
         """The lowest Remaining among answers that arrived before ``t``."""
@@ -418,8 +446,13 @@ class _SlotRequest:
 class SlotLike(Protocol):
     """Permission to send one request, as a client uses it."""
 
-    def record(self, status: int | None, headers: Mapping[str, str]) -> None:
-        """Report the response (status None: no HTTP response)."""
+    def record(self, status: int | None, headers: Mapping[str, str]) -> bool | None:
+        """Report the response (status None: no HTTP response).
+
+        Returns True when the response froze the whole bucket (the next slot waits for it),
+        False when it did not (a lone 503: its ``Retry-After`` is the request's own to
+        honour), None when the limiter does not say.
+        """
         ...
 
 
@@ -469,6 +502,14 @@ class Limiter(AsyncCloseable):
         on_wait: Called as ``on_wait(seconds, priority)`` after each slot that had to wait.
         default_cooldown: Freeze after a 429 that says neither ``Retry-After`` nor
             ``X-RateLimit-Reset``; also the assumed window length when ``Reset`` is missing.
+        max_server_wait: The longest wait a server may dictate, in seconds (900 by default;
+            above 0, at most a day). Freezes (``Retry-After``, ``Reset``, `freeze`) and pacing
+            horizons are capped to it; a request whose wait the server dictates past it fails
+            at once with `RateLimitedError`, whatever its priority, ``retry_at`` saying the
+            time the server named. Unlike ``max_wait``, it applies to background requests too.
+
+    Raises:
+        InvalidRequestError: An argument is out of range.
     """
 
     def __init__(
@@ -479,16 +520,20 @@ class Limiter(AsyncCloseable):
         rate: tuple[int, float] | None = None,
         on_wait: Callable[[float, Priority], None] | None = None,
         default_cooldown: float = DEFAULT_COOLDOWN,
+        max_server_wait: float = DEFAULT_MAX_SERVER_WAIT,
     ) -> None:
         if max_wait is not None and not max_wait >= 0:
-            raise ValueError(f"max_wait must be >= 0 or None, got {max_wait!r}")
+            raise InvalidRequestError(f"must be >= 0 or None, got {max_wait!r}", "max_wait")
         if rate is not None:
             count, per = rate
             if int(count) != count or count < 1 or not (math.isfinite(per) and per > 0):
-                raise ValueError(f"rate must be (requests >= 1, seconds > 0), got {rate!r}")
+                raise InvalidRequestError(
+                    f"must be (requests >= 1, seconds > 0), got {rate!r}", "rate"
+                )
             rate = (int(count), float(per))
         if not (math.isfinite(default_cooldown) and default_cooldown > 0):
-            raise ValueError(f"default_cooldown must be > 0, got {default_cooldown!r}")
+            raise InvalidRequestError(f"must be > 0, got {default_cooldown!r}", "default_cooldown")
+        self._max_server_wait = check_max_server_wait(max_server_wait)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._max_wait = max_wait
         self._rate = rate
@@ -520,6 +565,9 @@ class Limiter(AsyncCloseable):
         self._offsets: dict[str, tuple[float, float]] = {}
         self._scores: dict[str, float] = dict.fromkeys(_REFERENCES, 0.0)
         self._frozen_until: float | None = None
+        # Wall-clock time the server named when the current freeze is past max_server_wait.
+        self._refused_at: float | None = None
+        self._unavailable_streak = 0  # 503 answers in a row
         self._tat = -math.inf  # pacing: theoretical time of the next grant
         self._last_grant = -math.inf
         self._rtt = 0.0  # smoothed time from grant to answer
@@ -583,13 +631,20 @@ class Limiter(AsyncCloseable):
         """Stop granting slots to anybody for ``seconds`` (e.g. a ``Retry-After`` seen elsewhere).
 
         A freeze never shortens an earlier one. When it ends, one request probes the budget
-        before pacing resumes.
+        before pacing resumes. Longer than ``max_server_wait``, it holds requests back for
+        ``max_server_wait`` only, and meanwhile every request fails at once with
+        `RateLimitedError` (``retry_at`` = now + ``seconds``) instead of waiting.
 
         Args:
             seconds: How long to hold every request back.
         """
         self._freeze(seconds, "freeze() called")
         self._dispatch()
+
+    @property
+    def max_server_wait(self) -> float:
+        """The cap on any server-dictated wait, in seconds."""
+        return self._max_server_wait
 
     @property
     def waiting(self) -> int:
@@ -681,6 +736,10 @@ class Limiter(AsyncCloseable):
         limit = self._max_wait if isinstance(max_wait, _Default) else max_wait
         now = self._clock.monotonic()
         self._advance(now)
+        refused = self._refusal(now)
+        if refused is not None:
+            self._n_rejected += 1
+            raise self._refused_error(refused)
         ahead = sum(self._live_by_priority[: priority + 1])
         if ahead == 0 and self._may_grant(now):
             self._n_immediate += 1
@@ -778,17 +837,28 @@ class Limiter(AsyncCloseable):
 
     def _on_response(self, slot: Slot, status: int, headers: Mapping[str, str]) -> None:
         now = self._clock.monotonic()
-        state = RateLimitState.from_headers(headers, now=self._clock.time())
+        wall = self._clock.time()
+        state = RateLimitState.from_headers(headers, now=wall)
         if status == 429:
             self._n_429 += 1
-        pause = pause_after(status, state, default_cooldown=self._cooldown)
-        if pause is not None:
-            self._freeze(pause, f"HTTP {status}")
+        self._unavailable_streak = self._unavailable_streak + 1 if status == 503 else 0
+        wait = server_wait(
+            status,
+            state,
+            now=wall,
+            max_server_wait=self._max_server_wait,
+            default_cooldown=self._cooldown,
+            unavailable_streak=self._unavailable_streak,
+        )
+        if wait is not None:
+            slot.froze = True
+            self._hold(wait, f"HTTP {status}")
             return
         if state.remaining is None:
             # No budget headers: this API is not limiting us. Trust that only for answers to
-            # requests sent since probing began, not for stragglers from before a freeze.
-            if self._mode == "probe" and slot.granted_at >= self._probe_since:
+            # requests sent since probing began, not for stragglers from before a freeze, and
+            # not for a server error (a proxy's 503 page says nothing about the budget).
+            if self._mode == "probe" and slot.granted_at >= self._probe_since and status < 500:
                 self._mode = "open"
                 logger.debug("no rate-limit headers in responses: not pacing")
             return
@@ -800,13 +870,21 @@ class Limiter(AsyncCloseable):
         self._rtt += 0.2 * ((now - sent) - self._rtt)
         anchor = remaining + slot._completions_at_grant + 1
         precision = state.reset_precision
-        if state.reset_after is not None:
+        reset_after = state.reset_after
+        beyond_at: float | None = None
+        if reset_after is not None and reset_after > self._max_server_wait:
+            # A Reset past the cap: pace to the cap, and with nothing left fail, not wait.
+            wall = self._clock.time()
+            beyond_at = (state.reset_at or wall + reset_after) + state.reset_precision
+            reset_after = self._max_server_wait
+        if reset_after is not None:
             slack = max(state.reset_precision, 0.005)
             if self._period is not None:
                 slack = max(slack, min(0.01 * self._period, 1.0))
-            lo = sent + state.reset_after - slack
-            hi = now + state.reset_after + slack
-            self._period = max(self._period or 0.0, state.reset_after + state.reset_precision)
+            # A capped Reset bounds nothing from below: the end is only known to be later.
+            lo = sent + reset_after - slack if beyond_at is None else sent
+            hi = now + reset_after + slack
+            self._period = max(self._period or 0.0, reset_after + state.reset_precision)
         else:
             # No Reset: assume the window lasts at most the default cool-down.
             lo, hi = sent, now + self._cooldown
@@ -820,11 +898,12 @@ class Limiter(AsyncCloseable):
                 self._calibrate(prev, now)
             elif prev is not None and sent < self._probe_since:
                 return  # a straggler, likely from the window that just ended
-            self._open(state.limit, anchor, sent, now, remaining, lo, hi, precision)
+            self._open(state.limit, anchor, sent, now, remaining, lo, hi, precision, beyond_at)
             return
         if self._is_newer(w, sent, remaining, lo):
             self._calibrate(w, now)
-            self._open(state.limit or w.limit, anchor, sent, now, remaining, lo, hi, precision)
+            limit = state.limit or w.limit
+            self._open(limit, anchor, sent, now, remaining, lo, hi, precision, beyond_at)
             return
         if sent <= w.opened_at:
             return  # sent before this window was known: it may belong to the previous one
@@ -842,6 +921,8 @@ class Limiter(AsyncCloseable):
         w.precision = max(w.precision, precision)
         w.lo = max(w.lo, lo)
         w.hi = max(min(w.hi, hi), w.lo)  # inconsistent bounds: keep the later end
+        if w.beyond_at is not None:  # past the cap only while every answer says so
+            w.beyond_at = None if beyond_at is None else min(w.beyond_at, beyond_at)
         w.arrived.append(now)
         w.arrived_min.append(min(w.arrived_min[-1], remaining))
         w.last_member_sent = max(w.last_member_sent, sent)
@@ -869,6 +950,7 @@ class Limiter(AsyncCloseable):
         lo: float,
         hi: float,
         precision: float,
+        beyond_at: float | None,
     ) -> None:
         self._window = _Window(
             limit=limit,
@@ -879,6 +961,7 @@ class Limiter(AsyncCloseable):
             lo=lo,
             hi=hi,
             precision=precision,
+            beyond_at=beyond_at,
         )
         self._prev_window = None
         self._mode = "window"
@@ -940,12 +1023,45 @@ class Limiter(AsyncCloseable):
     # ------------------------------------------------------------------ decisions
 
     def _freeze(self, seconds: float, why: str) -> None:
-        seconds = min(max(seconds, 0.0), MAX_DELAY) if not math.isnan(seconds) else 0.0
-        until = self._clock.monotonic() + seconds
+        wall = self._clock.time()
+        self._hold(cap_server_wait(seconds, max_server_wait=self._max_server_wait, now=wall), why)
+
+    def _hold(self, wait: ServerWait, why: str) -> None:
+        """Freeze the bucket for ``wait.hold`` (already capped); never shorten a freeze."""
+        until = self._clock.monotonic() + wait.hold
         if self._frozen_until is None or until > self._frozen_until:
             self._frozen_until = until
+            self._refused_at = wait.retry_at if wait.over_cap else None
             self._n_freezes += 1
-            logger.info("rate limit: holding all requests for %.1fs (%s)", seconds, why)
+            if not wait.over_cap:
+                logger.info("rate limit: holding all requests for %.1fs (%s)", wait.hold, why)
+        elif wait.over_cap:
+            self._refused_at = max(self._refused_at or wait.retry_at, wait.retry_at)
+        if wait.over_cap:
+            logger.warning(
+                "rate limit: the server asked for a wait of %.0fs (%s), longer than "
+                "max_server_wait (%.0fs): requests fail with RateLimitedError for %.0fs, "
+                "then one probes again",
+                wait.retry_at - self._clock.time(),
+                why,
+                self._max_server_wait,
+                wait.hold,
+            )
+
+    def _refusal(self, now: float) -> float | None:
+        """The time the server named, when a request now would wait past max_server_wait.
+
+        Call after `_advance`. Returns wall-clock epoch seconds, or None: may wait.
+        """
+        if self._frozen_until is not None and now < self._frozen_until:
+            return self._refused_at
+        w = self._window
+        if w is not None and w.beyond_at is not None and self._available(w) <= 0:
+            return w.beyond_at
+        return None
+
+    def _refused_error(self, retry_at: float) -> RateLimitedError:
+        return RateLimitedError(max(retry_at - self._clock.time(), 0.0), retry_at)
 
     def _enter_probe(self, now: float) -> None:
         if self._window is not None:
@@ -958,6 +1074,7 @@ class Limiter(AsyncCloseable):
         """Apply what the passing of time changes: a freeze ends, a window runs out."""
         if self._frozen_until is not None and now >= self._frozen_until:
             self._frozen_until = None
+            self._refused_at = None
             self._enter_probe(now)
         w = self._window
         if w is not None and now >= w.hi:
@@ -1132,6 +1249,15 @@ class Limiter(AsyncCloseable):
         now = self._clock.monotonic()
         self._advance(now)
         self._expire(now)
+        refused = self._refusal(now)
+        if refused is not None:
+            # The server dictated a wait past max_server_wait: nobody waits for it.
+            while self._live:
+                waiter = self._pop()
+                if waiter is None:
+                    break
+                self._n_rejected += 1
+                waiter.fut.set_exception(self._refused_error(refused))
         while self._live:
             when = self._next_time(now)
             if when is None or when > now:
