@@ -17,7 +17,7 @@ from aiohttp import web  # noqa: TID251 (misbehaving loopback servers)
 
 import zapier_async as za
 from zapier_async import errors
-from zapier_async._protocol import Request, create_action_run
+from zapier_async._protocol import Request
 from zapier_async._transport import DEFAULT_MAX_BODY_SIZE, AiohttpTransport
 
 GET = Request(method="GET", path="/v2/action-runs/r1", endpoint="action_runs.get")
@@ -436,10 +436,3 @@ async def test_a_custom_user_agent_is_sent_as_given(server):
     finally:
         await transport.aclose()
     assert server.headers[0]["User-Agent"] == "my-app/2"
-
-
-def test_a_create_request_is_built_for_the_client_path():
-    # Guard for the create test above: the builder marks it as a run-creating POST.
-    request = create_action_run(action="core:abc", authentication="a", inputs={})
-    assert request.creates_run
-    assert not request.idempotent
