@@ -169,7 +169,9 @@ TABLE = [
     # Not failures.
     (200, None, False, GIVE_UP, GIVE_UP),
     (202, None, False, GIVE_UP, GIVE_UP),
-    (302, None, False, GIVE_UP, GIVE_UP),
+    # A redirect after a POST may mean it was processed (Post/Redirect/Get).
+    (302, None, False, GIVE_UP, UNKNOWN),
+    (303, None, False, GIVE_UP, UNKNOWN),
     # A failure after the status line (the body, e.g. the new run's id, is lost).
     (200, "reset", False, RETRY, UNKNOWN),
     (201, "timeout", False, RETRY, UNKNOWN),

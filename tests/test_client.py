@@ -462,16 +462,28 @@ async def test_an_instant_actions_runs_are_polled_at_once_a_slow_ones_after_thre
 async def test_a_run_resumed_with_callback_is_read_once_then_polled_as_a_safety_net():
     safety_net = za.CallbackPolling(first_delay=45.0, interval=300.0, jitter=0.0)
     async with FakeZapier(durations=600.0, seed=5) as fake:
-        async with client_for(fake) as first:
-            created = await first.run("core:x", authentication=None, inputs={"i": 1})
+        async with client_for(fake, allow_insecure_callback_url_for_testing=True) as first:
+            created = await first.run(
+                "core:x",
+                authentication=None,
+                inputs={"i": 1},
+                callback_url="http://127.0.0.1:9/cb",
+            )
             token = created.continuation_token()
+            secret = created.callback_token
         clock = FakeClock()
         async with client_for(fake, clock=clock, callback_polling=safety_net) as client:
             plain = client.resume(token)
             await eventually(lambda: plain.poll_attempts == 1 and client._poller.in_flight == 0)
             plain_next = plain.timer.when  # type: ignore[union-attr]
             plain.cancel()
-            handle = client.resume(token, callback=True)
+            unbound = client.resume(token, callback=True)
+            await eventually(lambda: unbound.poll_attempts == 1 and client._poller.in_flight == 0)
+            # Without its callback token no callback can be accepted: the ordinary cadence.
+            assert not unbound.via_callback
+            assert unbound.timer.when < 10.0  # type: ignore[union-attr]
+            unbound.cancel()
+            handle = client.resume(token, callback_token=secret)
             await eventually(lambda: handle.poll_attempts == 1 and client._poller.in_flight == 0)
             assert handle.via_callback
             assert handle.timer.when == 300.0  # type: ignore[union-attr]  # the safety net

@@ -247,7 +247,7 @@ _STORED = "/actions/v1/stored-actions"
 
 def create_stored_action(
     *,
-    connection_id: object,
+    connection_id: object = None,
     selected_api: object,
     action_key: object,
     action_type: object,
@@ -256,15 +256,19 @@ def create_stored_action(
     """``POST /actions/v1/stored-actions``: saves a configuration; runs nothing.
 
     The (selected_api, action_key, action_type) triple is required; `action_id` is
-    deliberately not accepted by Zapier, so it is not sent.
+    deliberately not accepted by Zapier, so it is not sent. `connection_id` is optional, as
+    in the published spec (apps that need no authentication have no connection); without it
+    the key is left out of the body.
     """
-    data = {
-        "connection_id": validate_id(connection_id, field="connection_id"),
-        "selected_api": _name(selected_api, field="selected_api"),
-        "action_key": _name(action_key, field="action_key"),
-        "action_type": _action_type_arg(action_type),
-        "inputs": _validate_inputs(inputs),
-    }
+    data: dict[str, Any] = {}
+    if connection_id is not None:
+        data["connection_id"] = validate_id(connection_id, field="connection_id")
+    data.update(
+        selected_api=_name(selected_api, field="selected_api"),
+        action_key=_name(action_key, field="action_key"),
+        action_type=_action_type_arg(action_type),
+        inputs=_validate_inputs(inputs),
+    )
     # Creating executes nothing, but two POSTs make two records: not retried blindly either.
     return Request(
         method="POST",

@@ -27,6 +27,7 @@ __all__ = [
     "RetryDecision",
     "RetryPolicy",
     "SupportsRandom",
+    "cap_hint",
     "decide_retry",
     "next_poll_delay",
 ]
@@ -237,12 +238,15 @@ def decide_retry(
     503 with ``Retry-After``            RETRY           RETRY
     503 without, 500, 502, 504          RETRY           UNKNOWN_OUTCOME
     other 5xx (501, 505: GIVE_UP)       GIVE_UP         UNKNOWN_OUTCOME
-    other 4xx, or < 400                 GIVE_UP         GIVE_UP
+    3xx (any redirect)                  GIVE_UP         UNKNOWN_OUTCOME
+    other 4xx, or < 300                 GIVE_UP         GIVE_UP
     ==================================  ==============  ==================
 
     A 429, and a 503 that says when to come back, are refusals: the request was not acted on,
     so even a POST may be re-sent. A timeout or reset may come after Zapier created the run,
-    and a 5xx does not say whether it did, so a POST is not re-sent.
+    and a 5xx does not say whether it did, so a POST is not re-sent. Neither does a redirect:
+    a 302/303 after a POST is how many servers say "done, look over there" (Post/Redirect/Get),
+    so the run may exist, and redirects are never followed (the transport does not).
 
     Args:
         idempotent: True for requests that are safe to repeat (GETs); False for the POST that
@@ -271,7 +275,28 @@ def decide_retry(
         return RetryDecision.RETRY if status in _RETRYABLE_IDEMPOTENT else RetryDecision.GIVE_UP
     if 500 <= status <= 599 and status not in _NOT_PROCESSED_5XX:
         return RetryDecision.UNKNOWN_OUTCOME
+    if 300 <= status <= 399:
+        return RetryDecision.UNKNOWN_OUTCOME
     return RetryDecision.GIVE_UP
+
+
+def cap_hint(seconds: float | None, cap: float) -> float | None:
+    """A wait the server dictated (a throttled run's ``delay``), bounded by `cap`.
+
+    The one place that bounds a server hint about when to read a run again, for every way of
+    reading it (ordinary polls, long-polls, the callback safety net): a ``delay`` of 1e300
+    from a buggy or hostile server must not park a run for ever.
+
+    Args:
+        seconds: The hint, or None.
+        cap: The longest wait honoured.
+
+    Returns:
+        ``min(seconds, cap)``; None for no hint, a non-positive or a NaN one.
+    """
+    if seconds is None or not seconds > 0.0:  # also drops NaN
+        return None
+    return min(seconds, cap)
 
 
 @attrs.define(kw_only=True)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hmac
 import logging
 import random
 import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping
+from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -23,16 +25,25 @@ from ._backoff import (
     RetryBudget,
     RetryDecision,
     RetryPolicy,
+    cap_hint,
     decide_retry,
     failure_kind,
 )
 from ._clock import Clock, SystemClock
 from ._closing import AsyncCloseable
+from ._guards import GuardedTransport, bind_callback_url, check_base_url, check_token
 from ._handle import RunHandle
 from ._limiter import Limiter, LimiterLike, Priority
 from ._metrics import EventListener, MeteredTransport, Metrics, _Recorder
 from ._polling import AdaptivePolling
-from ._ratelimit import DEFAULT_COOLDOWN, RateLimitState, parse_retry_after, pause_after
+from ._ratelimit import (
+    DEFAULT_COOLDOWN,
+    DEFAULT_MAX_SERVER_WAIT,
+    RateLimitState,
+    check_max_server_wait,
+    parse_retry_after,
+    pause_after,
+)
 from ._scheduler import Poller
 from ._stored import StoredActions
 from ._transport import AiohttpTransport, Transport
@@ -71,29 +82,6 @@ _FATAL_POLL_ERRORS = (
 )
 
 
-def _check_base_url(base_url: object) -> str:
-    if not isinstance(base_url, str) or not base_url:
-        raise errors.InvalidRequestError("must be a non-empty string", "base_url")
-    try:
-        parts = urlsplit(base_url)
-        host = parts.hostname
-    except ValueError as exc:
-        raise errors.InvalidRequestError(f"is not a valid URL: {exc}", "base_url") from None
-    if parts.scheme not in ("https", "http") or not host:
-        raise errors.InvalidRequestError(
-            f"must be an absolute https:// URL, got {base_url!r}", "base_url"
-        )
-    if parts.scheme == "http" and not proto.is_loopback_host(host):
-        # Tokens would cross the network in clear text. Loopback is allowed for the emulator.
-        raise errors.InvalidRequestError(
-            "http:// is only allowed for loopback hosts (127.0.0.1, ::1, localhost); use https://",
-            "base_url",
-        )
-    if parts.query or parts.fragment:
-        raise errors.InvalidRequestError("must not have a query or fragment", "base_url")
-    return base_url.rstrip("/")
-
-
 class ZapierClient(AsyncCloseable):
     """An asyncio client for Zapier's action-run APIs.
 
@@ -102,7 +90,8 @@ class ZapierClient(AsyncCloseable):
 
     Args:
         auth: Where access tokens come from, e.g. `BearerToken("...")`.
-        base_url: Zapier's API root. ``http://`` is refused except for loopback hosts.
+        base_url: Zapier's API root: scheme and host (and port) only. ``http://`` is refused
+            except for loopback hosts; so are user info, a path, a query and a fragment.
         session: An `aiohttp.ClientSession` you own; used as is and never closed by the client.
         transport: A custom `Transport` (instead of `session`).
         limiter: A `Limiter` to share the rate budget with other clients; by default each
@@ -121,7 +110,15 @@ class ZapierClient(AsyncCloseable):
             promoted into CPython's oldest GC generation; see `benchmarks/results.md`).
             Parked long-polls count against it: raise it to long-poll many runs at once.
         max_poll_failures: Consecutive failed polls (after retries) before a handle fails with
-            the last error.
+            the last error. A poll that fails in a way the client did not foresee (the auth
+            provider raised `OSError`, a caller-owned session was closed) counts as a failed
+            poll, with `UnexpectedError`: every handle ends or keeps being polled.
+        max_server_wait: The longest wait any server answer may impose, in seconds: a
+            ``Retry-After`` or ``X-RateLimit-Reset`` on a 429/503, and a throttled run's
+            ``delay``. A request told to wait longer fails with `RateLimitedError` (its
+            ``retry_at`` says when the server asked to come back); a throttled run is read
+            again after this long. 900 s by default, at most a day. Also the cap of the
+            client's own limiter (a shared limiter has its own ``max_server_wait``).
         rng: Random source for jitter (seed it for reproducible tests).
         rate_limit: A budget known beforehand, ``(requests, per_seconds)``, e.g.
             ``(60, 60.0)`` for the Partner API's per-IP limit; without it the limiter learns
@@ -158,6 +155,7 @@ class ZapierClient(AsyncCloseable):
         max_rate_limit_wait: float | None = 10.0,
         max_concurrent_polls: int = 8,
         max_poll_failures: int = 5,
+        max_server_wait: float = DEFAULT_MAX_SERVER_WAIT,
         rng: random.Random | None = None,
         rate_limit: tuple[int, float] | None = None,
         on_rate_limited: Callable[[float, Priority], None] | None = None,
@@ -178,16 +176,19 @@ class ZapierClient(AsyncCloseable):
             raise errors.InvalidRequestError("must be >= 0 or None", "max_rate_limit_wait")
         if max_poll_failures < 1:
             raise errors.InvalidRequestError("must be at least 1", "max_poll_failures")
+        max_server_wait = check_max_server_wait(max_server_wait)
         self._auth = auth
-        self._base_url = _check_base_url(base_url)
+        self._base_url = check_base_url(base_url)
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._transport: Transport = (
-            transport if transport is not None else AiohttpTransport(session)
-        )
+        raw: Transport = transport if transport is not None else AiohttpTransport(session)
         self._metrics = _Recorder(self._clock)
         if on_event is not None:
             self._metrics.listeners.append(on_event)
-        self._transport = MeteredTransport(self._transport, self._metrics, self._clock)
+        # Guarded inside the meter: a journal hook the meter calls may raise its own error.
+        self._transport: Transport = MeteredTransport(
+            GuardedTransport(raw), self._metrics, self._clock
+        )
+        self._max_server_wait = float(max_server_wait)
         if limiter is not None and (rate_limit is not None or on_rate_limited is not None):
             raise errors.InvalidRequestError(
                 "rate_limit and on_rate_limited configure the client's own limiter; "
@@ -197,7 +198,12 @@ class ZapierClient(AsyncCloseable):
         self._limiter: LimiterLike = (
             limiter
             if limiter is not None
-            else Limiter(clock=self._clock, rate=rate_limit, on_wait=on_rate_limited)
+            else Limiter(
+                clock=self._clock,
+                rate=rate_limit,
+                on_wait=on_rate_limited,
+                max_server_wait=self._max_server_wait,
+            )
         )
         self._poll_policy = poll_policy if poll_policy is not None else PollPolicy()
         self._polling = AdaptivePolling(policy=self._poll_policy)
@@ -221,6 +227,11 @@ class ZapierClient(AsyncCloseable):
         self.stored_actions: StoredActions = StoredActions(self)
         """Stored actions of the Actions API: create, get, update, delete, list, run, pages."""
         self._closed = False
+        # The event loop of the first use: the pool, the poller and the limiter belong to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Run-creating (non-idempotent) requests on the wire now; aclose() waits for them.
+        self._on_wire = 0
+        self._wire_drained: asyncio.Future[None] | None = None
         bind = getattr(auth, "bind", None)
         if callable(bind):
             # Providers that fetch tokens borrow our transport and clock (see `_auth`).
@@ -244,18 +255,45 @@ class ZapierClient(AsyncCloseable):
 
         Awaiters of runs still in flight get `RunDetachedError`; the runs go on at Zapier
         and can be resumed by id or continuation token from another client.
+
+        A create already on the wire is waited for, up to `request_timeout` seconds, before
+        the connections are closed: its caller gets a (detached) handle with the run's id
+        instead of `OutcomeUnknownError`. Creates not yet sent are refused with
+        `InvalidRequestError` (nothing sent). Cancelling `aclose()` stops that wait; the
+        client is closed all the same.
+
+        Raises:
+            WrongEventLoopError: Called from another event loop than the one the client was
+                used in (its connections cannot be closed from there).
         """
         if self._closed:
             return
+        self._check_loop()
         self._closed = True
-        await self._poller.aclose()
-        for handle in list(self._handles.values()):
-            if not handle.done():
-                handle._finish(errors.RunDetachedError(handle.id, "client closed"))
-        self._handles.clear()
-        if self._owns_limiter:
-            await self._limiter.aclose()
-        await self._transport.aclose()
+        try:
+            await self._drain_creates()
+        finally:
+            await self._poller.aclose()
+            for handle in list(self._handles.values()):
+                if not handle.done():
+                    handle._finish(errors.RunDetachedError(handle.id, "client closed"))
+            self._handles.clear()
+            if self._owns_limiter:
+                await self._limiter.aclose()
+            await self._transport.aclose()
+
+    async def _drain_creates(self) -> None:
+        """Wait (up to `request_timeout`) until no run-creating request is on the wire."""
+        if not self._on_wire:
+            return
+        drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._wire_drained = drained
+        timer = self._clock.call_later(self._request_timeout, partial(_resolve, drained))
+        try:
+            await drained
+        finally:
+            timer.cancel()
+            self._wire_drained = None
 
     @property
     def closed(self) -> bool:
@@ -282,6 +320,22 @@ class ZapierClient(AsyncCloseable):
     def _ensure_open(self) -> None:
         if self._closed:
             raise errors.InvalidRequestError("the client is closed")
+        self._check_loop()
+
+    def _check_loop(self) -> None:
+        """Remember the event loop of the first use; refuse any other one, before any I/O.
+
+        A second ``asyncio.run`` would otherwise reach the pooled connections of the first,
+        closed loop and fail with a bare ``RuntimeError: Event loop is closed``.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not in a coroutine: nothing loop-bound is touched by the caller
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise errors.WrongEventLoopError()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -319,17 +373,21 @@ class ZapierClient(AsyncCloseable):
             authentication: The authentication (connection) id, or None for apps that need
                 none.
             inputs: Input field id to value; must be JSON-serialisable.
-            callback_url: An https URL Zapier POSTs the outcome to.
+            callback_url: An https URL Zapier POSTs the outcome to. The client appends a
+                secret per-run token to it (query parameter ``zapier_async_token``), and
+                `deliver_callback` accepts only callbacks that carry it.
             max_rate_limit_wait: Overrides the client's cap for this call.
 
         Raises:
             InvalidRequestError: Bad input; nothing was sent.
-            RateLimitedError: The budget would not allow sending within the cap; nothing
-                was sent.
-            OutcomeUnknownError: The POST failed after it may have reached Zapier; it was not
-                re-sent (that could run the action twice).
+            RateLimitedError: The budget would not allow sending within the cap, or Zapier
+                asked to wait longer than `max_server_wait`; nothing was created.
+            OutcomeUnknownError: The POST failed after it may have reached Zapier (a timeout, a
+                5xx, a redirect); it was not re-sent (that could run the action twice).
             ActionNotFoundError: The app has no action with `action_key` of `action_type`.
             APIError: Zapier refused the request.
+            UnexpectedError: The auth provider failed in a way it did not type; nothing
+                was sent.
         """
         self._ensure_open()
         if action is not None and (app is not None or action_key is not None):
@@ -353,18 +411,19 @@ class ZapierClient(AsyncCloseable):
                 app, action_key, action_type=action_type, max_rate_limit_wait=max_rate_limit_wait
             )
             action = found.id
+        bound_url, callback_token = bind_callback_url(callback_url)
         request = proto.create_action_run(
             action=action,
             authentication=authentication,
             inputs=inputs,
-            callback_url=callback_url,
+            callback_url=bound_url,
             allow_loopback_callback=self._allow_loopback_callback,
         )
         if app is not None:
             # Looked-up ids change per lookup; learn the action's durations under its key.
             request = attrs.evolve(request, poll_key=f"{app}/{action_key}/{action_type}")
         return await self._submit(
-            request, Priority.INTERACTIVE, max_rate_limit_wait, callback=callback_url is not None
+            request, Priority.INTERACTIVE, max_rate_limit_wait, callback_token=callback_token
         )
 
     async def run_action(
@@ -402,6 +461,7 @@ class ZapierClient(AsyncCloseable):
             APIError: Zapier refused the request.
         """
         self._ensure_open()
+        bound_url, callback_token = bind_callback_url(callback_url)
         request = actions.create_run(
             selected_api=selected_api,
             action_key=action_key,
@@ -409,7 +469,7 @@ class ZapierClient(AsyncCloseable):
             inputs=inputs,
             connection_id=connection_id,
             page=page,
-            callback_url=callback_url,
+            callback_url=bound_url,
             allow_loopback_callback=self._allow_loopback_callback,
         )
         return await self._submit(
@@ -417,24 +477,51 @@ class ZapierClient(AsyncCloseable):
             Priority.INTERACTIVE,
             max_rate_limit_wait,
             kind="actions_v1",
-            callback=callback_url is not None,
+            callback_token=callback_token,
         )
 
-    def deliver_callback(self, run: Run) -> bool:
+    def deliver_callback(self, run: Run, *, token: str | None = None) -> bool:
         """Resolve the handle of `run` from a completion callback (see `zapier_async.callbacks`).
 
         Callbacks carry the run's final state, so the handle ends now instead of at its next
         poll, and its safety-net polling stops. Deliveries are idempotent: a run whose handle
         is already done, or that this client does not follow, is ignored.
 
+        Zapier's signature only proves that Zapier sent *a* callback, not which run's body
+        it is: a valid one could be replayed with a forged body for another run. So the
+        body is believed only when `token` is the secret the client appended to this run's
+        `callback_url` (``zapier_async_token``), compared in constant time. What remains
+        trusted: whoever can read the callback URL (Zapier, your receiver's logs and proxies)
+        can resolve that one run; keep such logs private.
+
         Args:
             run: The run parsed from the callback body (it carries its `id`).
+            token: The ``zapier_async_token`` query parameter of the request that delivered it.
 
         Returns:
-            True if a handle followed by this client took the update.
+            True if a handle followed by this client took the update; False for an unknown
+            or finished run, and for a missing or wrong token (logged at WARNING; the
+            handle is left to its polling).
         """
         handle = self._handles.get(run.id)
         if handle is None or handle.done():
+            return False
+        expected = handle._callback_token
+        if (
+            expected is None
+            or not isinstance(token, str)
+            or not hmac.compare_digest(token.encode(), expected.encode())
+        ):
+            logger.warning(
+                "callback for run %s refused: %s; the run is still polled",
+                run.id,
+                "it carries no token"
+                if token is None
+                else "its token does not match the one its callback_url was created with"
+                if expected is not None
+                else "the run was not created with a callback_url by this client",
+                extra={"run_id": run.id, "action": handle.poll_key},
+            )
             return False
         previous = handle.status
         handle._update(run)
@@ -444,7 +531,13 @@ class ZapierClient(AsyncCloseable):
             self._observe(handle, self._clock.monotonic() - handle.created_at)
         return True
 
-    def resume(self, token_or_run_id: str, *, callback: bool = False) -> RunHandle:
+    def resume(
+        self,
+        token_or_run_id: str,
+        *,
+        callback: bool = False,
+        callback_token: str | None = None,
+    ) -> RunHandle:
         """Follow a run again from its id or `continuation_token()`.
 
         Within one client, resuming a run that is still followed returns the same handle, so
@@ -454,15 +547,23 @@ class ZapierClient(AsyncCloseable):
         Args:
             token_or_run_id: A continuation token, or a `/v2/action-runs` run id.
             callback: The run was created with a `callback_url` whose callbacks reach this
-                client (`deliver_callback`): after the first read it is polled only at the
-                safety-net cadence (`CallbackPolling`), as it was before the resume.
+                client. Only with its `callback_token` can they be accepted; without it,
+                its callbacks are refused and the run is polled at the ordinary cadence.
+            callback_token: The original handle's `RunHandle.callback_token` (a secret):
+                callbacks carrying it resolve the handle (`deliver_callback`), and after the
+                first read the run is polled only at the safety-net cadence
+                (`CallbackPolling`), as it was before the resume. Implies `callback`.
         """
         self._ensure_open()
         locator = proto.decode_continuation_token(token_or_run_id)
         existing = self._handles.get(locator.run_id)
         if existing is not None and not existing.done() and existing.locator == locator:
+            if callback_token is not None and existing._callback_token is None:
+                existing._callback_token = callback_token
             return existing
-        return self._track(locator, first_delay=0.0, callback=callback)
+        if callback_token is not None and not (isinstance(callback_token, str) and callback_token):
+            raise errors.InvalidRequestError("must be a non-empty string", "callback_token")
+        return self._track(locator, first_delay=0.0, callback_token=callback_token)
 
     async def get_run(
         self, run_id: str, *, max_rate_limit_wait: float | _Unset | None = _UNSET
@@ -788,7 +889,15 @@ class ZapierClient(AsyncCloseable):
         kind: proto.RunKind = "action_run",
         stored_action_id: str | None = None,
         callback: bool = False,
+        callback_token: str | None = None,
     ) -> RunHandle:
+        """Send a run-creating request and track the run it created.
+
+        `callback_token` is the secret `bind_callback_url` put into the request's
+        `callback_url`: callbacks must carry it (`deliver_callback`). A request built with a
+        `callback_url` but without a token (`callback=True`) is tracked at the safety-net
+        cadence but takes no callback.
+        """
         submitted_at = self._clock.monotonic()
         try:
             response = await self._send(
@@ -818,10 +927,15 @@ class ZapierClient(AsyncCloseable):
             # hand its id back on a detached handle (as aclose() does for runs in flight)
             # instead of raising and losing the id of a run that exists.
             detached = RunHandle(locator, self._poller, created_at=self._clock.monotonic())
+            detached._callback_token = callback_token
             detached._finish(errors.RunDetachedError(locator.run_id, "client closed"))
             return detached
         handle = self._track(
-            locator, first_delay=None, poll_key=request.poll_key, callback=callback
+            locator,
+            first_delay=None,
+            poll_key=request.poll_key,
+            callback=callback,
+            callback_token=callback_token,
         )
         self._metrics.run_started(handle, submitted_at)
         return handle
@@ -833,10 +947,14 @@ class ZapierClient(AsyncCloseable):
         first_delay: float | None,
         poll_key: str | None = None,
         callback: bool = False,
+        callback_token: str | None = None,
     ) -> RunHandle:
         now = self._clock.monotonic()
         handle = RunHandle(locator, self._poller, created_at=now)
         self._handles[locator.run_id] = handle
+        if callback_token is not None:
+            handle._callback_token = callback_token
+            callback = True
         if callback:
             # The callback resolves it; polls are only the safety net (`CallbackPolling`).
             handle.via_callback = True
@@ -874,19 +992,37 @@ class ZapierClient(AsyncCloseable):
             self._metrics.run_lost(handle, exc)
             handle._finish(exc)
             return
-        except errors.ZapierError as exc:
-            self._metrics.error(exc)
+        except Exception as exc:
+            # Anything else is a failed poll, typed or not (an auth provider's OSError, a
+            # closed session, ...): retried up to max_poll_failures, then the handle fails
+            # with it. Never dropped: an awaiter of a handle nobody polls would hang.
+            error = exc
+            if not isinstance(exc, errors.ZapierError):
+                error = errors.UnexpectedError(
+                    f"reading the run failed: {type(exc).__name__}", request.describe()
+                )
+                error.__cause__ = exc
+            self._metrics.error(error)
             handle.poll_failures += 1
             if handle.poll_failures >= self._max_poll_failures:
-                self._metrics.run_lost(handle, exc)
-                handle._finish(exc)
+                self._metrics.run_lost(handle, error)
+                logger.warning(
+                    "giving up on run %s after %d failed reads: %s",
+                    handle.id,
+                    handle.poll_failures,
+                    error,
+                    extra={"run_id": handle.id, "action": handle.poll_key},
+                )
+                handle._finish(error)
                 return
             delay = self._retry_policy.delay(handle.poll_failures, self._rng)
-            logger.warning(
-                "zapier_async: reading run %s failed (%s); trying again in %.1fs",
+            # Transient, and retried: not a WARNING (the give-up above is one).
+            logger.info(
+                "reading run %s failed (%s); trying again in %.1fs",
                 handle.id,
-                exc,
+                error,
                 delay,
+                extra={"run_id": handle.id, "action": handle.poll_key},
             )
             self._poller.schedule(handle, delay)
             return
@@ -899,7 +1035,8 @@ class ZapierClient(AsyncCloseable):
         if handle.done():
             self._observe(handle, elapsed)
             return
-        hint = _throttle_hint(run)
+        # A server's hint is capped once, here, for every way of reading the run.
+        hint = cap_hint(_throttle_hint(run), min(self._poll_policy.max_hint, self._max_server_wait))
         if handle.via_callback:
             delay = self._callback_polling.delay(attempt + 1, self._rng)
         elif request.long_poll is not None and long_poll is not None:
@@ -923,7 +1060,17 @@ class ZapierClient(AsyncCloseable):
         The decision of what may be retried lives in `_backoff.decide_retry`; in short, a
         run-creating POST is re-sent only when it provably did not reach Zapier (connect
         error) or Zapier refused it with 429 or 503 + Retry-After.
+
+        Every server-dictated wait (a 429/503's ``Retry-After``, or a 429's ``Reset``) is
+        bounded by `max_server_wait`: past it the request fails with `RateLimitedError`
+        instead of sleeping. The part of such a wait that the limiter does not enforce (a lone
+        503 need not freeze the whole bucket) is slept here, for this request only.
+
+        Only `ZapierError` leaves: an auth provider's or a transport's own exception becomes
+        `UnexpectedError` (the original is its ``__cause__``), or `OutcomeUnknownError` for a
+        create that may have been sent.
         """
+        self._check_loop()
         attempt = 0
         reauthorised = False
         while True:
@@ -932,7 +1079,7 @@ class ZapierClient(AsyncCloseable):
             failure: errors.TransportError | None = None
             # The token comes first: a refresh is a round trip to another host and must not
             # hold a slot of the API's budget (in probe mode the only one) meanwhile.
-            token = await self._auth.token()
+            token, headers = await self._authorise(request)
             async with self._limiter.slot(priority, max_wait=max_wait) as slot:
                 timeout = self._request_timeout
                 if request.long_poll is not None:
@@ -943,12 +1090,7 @@ class ZapierClient(AsyncCloseable):
                     slot.record(None, {})
                     timeout += request.long_poll
                 try:
-                    response = await self._transport.send(
-                        request,
-                        base_url=self._base_url,
-                        headers=self._auth_headers(token),
-                        timeout=timeout,
-                    )
+                    response = await self._transmit(request, headers, timeout)
                 except errors.TransportError as exc:
                     failure = exc
                     slot.record(None, {})
@@ -969,6 +1111,8 @@ class ZapierClient(AsyncCloseable):
                 retry_after = parse_retry_after(
                     response.header("retry-after"), now=self._clock.time()
                 )
+                if response.status in (429, 503):
+                    self._check_server_wait(response)
                 decision = decide_retry(
                     idempotent=request.idempotent,
                     status=response.status,
@@ -993,7 +1137,7 @@ class ZapierClient(AsyncCloseable):
                     what,
                 ) from failure
             # A 429 or a 503 with Retry-After is a refusal that paces us, not a failure: it
-            # does not spend the retry budget (the limiter has frozen the bucket meanwhile).
+            # does not spend the retry budget.
             refused = retry_after is not None or (response is not None and response.status == 429)
             if (
                 decision is RetryDecision.RETRY
@@ -1010,14 +1154,16 @@ class ZapierClient(AsyncCloseable):
                 if not refused:
                     delay = self._retry_policy.delay(attempt, self._rng)
                     logger.debug(
-                        "zapier_async: %s failed (%s); retry %d in %.2fs",
+                        "%s failed (%s); retry %d in %.2fs",
                         request.describe(),
                         response.status if response is not None else failure,
                         attempt,
                         delay,
                     )
                     await self._clock.sleep(delay)
-                # After a refusal the limiter froze the whole bucket until the hinted time; the
+                elif retry_after is not None:
+                    await self._honour_retry_after(retry_after, max_wait)
+                # After a 429 the limiter froze the whole bucket until the hinted time; the
                 # next slot() waits for it (or raises RateLimitedError past the cap).
                 continue
             if response is not None:
@@ -1027,12 +1173,97 @@ class ZapierClient(AsyncCloseable):
             assert failure is not None
             raise failure
 
+    async def _authorise(self, request: proto.Request) -> tuple[str, Mapping[str, str]]:
+        """The current token and its headers; an untyped failure becomes `UnexpectedError`."""
+        try:
+            token = await self._auth.token()
+            return token, self._auth_headers(check_token(token))
+        except errors.ZapierError:
+            raise
+        except Exception as exc:
+            # The exception's text is left out: a provider's error may quote a secret. It
+            # is the __cause__, for tracebacks.
+            raise errors.UnexpectedError(
+                f"the auth provider's token() raised {type(exc).__name__}; nothing was sent",
+                request.describe(),
+            ) from exc
+
+    async def _transmit(
+        self, request: proto.Request, headers: Mapping[str, str], timeout: float
+    ) -> proto.Response:
+        """One exchange on the transport; run-creating requests are counted for `aclose()`."""
+        if request.idempotent:
+            return await self._transport.send(
+                request, base_url=self._base_url, headers=headers, timeout=timeout
+            )
+        if self._closed:
+            # aclose() waits for creates on the wire; one that was not sent yet is refused,
+            # so none is cut off by the transport closing under it.
+            raise errors.InvalidRequestError("the client is closed; nothing was sent")
+        self._on_wire += 1
+        try:
+            return await self._transport.send(
+                request, base_url=self._base_url, headers=headers, timeout=timeout
+            )
+        except errors.UnexpectedError as exc:
+            # Whether it reached Zapier is unknown: never re-sent, and said so.
+            raise errors.OutcomeUnknownError(
+                "the transport failed in an unexpected way", request.describe(), exc.message
+            ) from exc
+        finally:
+            self._on_wire -= 1
+            drained = self._wire_drained
+            if not self._on_wire and drained is not None:
+                _resolve(drained)
+
+    def _check_server_wait(self, response: proto.Response) -> None:
+        """Raise `RateLimitedError` when a 429/503 asks for a wait over `max_server_wait`.
+
+        For a 429 the wait is what freezes the bucket (``Retry-After``, else the reset, else
+        the cool-down); for a 503 its ``Retry-After``, whether or not it froze the bucket.
+        """
+        now = self._clock.time()
+        state = RateLimitState.from_headers(response.headers, now=now)
+        if response.status == 503:
+            wait = state.retry_after
+        else:
+            wait = pause_after(response.status, state, default_cooldown=DEFAULT_COOLDOWN)
+        if wait is None or wait <= self._max_server_wait:
+            return
+        named = getattr(state, "retry_at", None)  # the unclamped time the server named
+        retry_at = now + wait
+        if isinstance(named, float) and named > retry_at:
+            retry_at = named
+        logger.info(
+            "the server asked to wait %.0fs, over max_server_wait (%.0fs): not waiting",
+            wait,
+            self._max_server_wait,
+        )
+        raise errors.RateLimitedError(wait, retry_at)
+
+    async def _honour_retry_after(self, retry_after: float, max_wait: float | None) -> None:
+        """Sleep whatever part of a refusal's ``Retry-After`` the limiter does not enforce.
+
+        A 429 freezes the whole bucket, so the next `slot()` waits for it. A lone 503 with
+        ``Retry-After`` need not (one transient 503 is not a rate signal): then this one
+        request waits out the server's wait itself before it is sent again.
+        """
+        wait = min(retry_after, self._max_server_wait)
+        frozen_until = getattr(self._limiter, "frozen_until", None)
+        if isinstance(frozen_until, (int, float)):
+            wait -= max(0.0, frozen_until - self._clock.monotonic())
+        if wait <= 0:
+            return
+        if max_wait is not None and wait > max_wait:
+            raise errors.RateLimitedError(wait, self._clock.time() + wait)
+        await self._clock.sleep(wait)
+
     def _refusal_freezes(self, response: proto.Response) -> None:
         """A 429/503 to a long-poll (whose slot was released on send) still freezes the bucket."""
         state = RateLimitState.from_headers(response.headers, now=self._clock.time())
         pause = pause_after(response.status, state, default_cooldown=DEFAULT_COOLDOWN)
         if pause is not None:
-            self._limiter.freeze(pause)
+            self._limiter.freeze(min(pause, self._max_server_wait))
 
 
 def _throttle_hint(run: Run) -> float | None:
@@ -1041,3 +1272,8 @@ def _throttle_hint(run: Run) -> float | None:
     if not delays or run.status is RunStatus.SUCCESS:
         return None
     return max(delays)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

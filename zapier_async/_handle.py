@@ -39,6 +39,7 @@ class RunHandle:
 
     __slots__ = (
         "__weakref__",
+        "_callback_token",
         "_callbacks",
         "_listeners",
         "_locator",
@@ -89,6 +90,9 @@ class RunHandle:
         self.submitted_at: float | None = None
         # Created with a callback_url: polled at the safety-net cadence (see `_actions`).
         self.via_callback = False
+        # The secret the client put in that callback_url (`zapier_async_token`): only a
+        # callback that carries it resolves this handle. Never in repr, logs or tokens.
+        self._callback_token: str | None = None
 
     # --- public surface --------------------------------------------------------------------
 
@@ -106,6 +110,17 @@ class RunHandle:
     def run(self) -> Run | None:
         """The latest `Run` read (None before the first read)."""
         return self._run
+
+    @property
+    def callback_token(self) -> str | None:
+        """The secret this run's `callback_url` carries (``zapier_async_token``), or None.
+
+        Only for a run created with a `callback_url`. Treat it as a secret: whoever has it
+        can resolve the handle with a forged callback. It is not in `continuation_token()`;
+        keep it next to that token only if another process must accept the run's callbacks
+        (``client.resume(token, callback_token=...)``).
+        """
+        return self._callback_token
 
     @property
     def locator(self) -> RunLocator:
@@ -212,7 +227,12 @@ class RunHandle:
         return True
 
     def continuation_token(self) -> str:
-        """A versioned string that `client.resume()` accepts; it holds no secret."""
+        """A versioned string that `client.resume()` accepts; it holds no secret.
+
+        In particular it does not hold the callback token of a run created with a
+        `callback_url`: a run resumed from it in another client cannot be resolved by a
+        callback, so it is polled at the ordinary cadence (see `ZapierClient.resume`).
+        """
         return encode_continuation_token(self._locator)
 
     def __repr__(self) -> str:

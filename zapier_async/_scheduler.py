@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from . import errors
 from ._clock import Clock
 
 if TYPE_CHECKING:
@@ -81,7 +82,8 @@ class Poller:
     Args:
         clock: The client's clock.
         poll: Coroutine function that reads one handle's run and reschedules it (or finishes
-            it). It must not raise; the poller logs and drops anything it does raise.
+            it). It should not raise; if it does (a bug), the poller logs it and fails the
+            handle with `UnexpectedError`, so no awaiter hangs on a handle nobody polls.
         max_concurrent_polls: Upper bound on poll requests in flight at once (8, as the
             client's default).
     """
@@ -228,7 +230,7 @@ class Poller:
                 try:
                     timer.callback(*timer.args)
                 except Exception:  # a bug in a callback must not stop every run's polling
-                    logger.exception("zapier_async: timer callback failed")
+                    logger.exception("timer callback failed")
 
     def _start_ready(self) -> None:
         loop = asyncio.get_running_loop()
@@ -249,8 +251,21 @@ class Poller:
             await self._poll(handle)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("zapier_async: unexpected error while polling run %s", handle.id)
+        except Exception as exc:
+            # Neither dropped nor left pending: an awaiter would hang for ever. The handle ends
+            # with a typed error; the run goes on at Zapier and can be resumed by id.
+            logger.exception(
+                "unexpected error while polling run %s; the handle fails",
+                handle.id,
+                extra={"run_id": handle.id, "action": handle.poll_key},
+            )
+            if not handle.done():
+                failure = errors.UnexpectedError(
+                    f"polling run {handle.id} failed: {type(exc).__name__}: {exc}"
+                )
+                failure.__cause__ = exc
+                self.forget(handle)
+                handle._finish(failure)
 
     def _poll_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _actions as actions
+from ._guards import bind_callback_url
 from ._limiter import Priority
 from .models import Run, StoredAction
 
@@ -43,7 +44,7 @@ class StoredActions:
     async def create(
         self,
         *,
-        connection_id: str,
+        connection_id: str | None = None,
         selected_api: str,
         action_key: str,
         action_type: str,
@@ -52,7 +53,8 @@ class StoredActions:
         """Save a stored action (`POST /actions/v1/stored-actions`); nothing runs yet.
 
         Args:
-            connection_id: The connection (authentication) it runs with.
+            connection_id: The connection (authentication) it runs with; None (the default)
+                for apps that need none (the published spec marks it optional).
             selected_api: The app implementation, e.g. ``"SlackCLIAPI@1.0.0"``.
             action_key: The action's key.
             action_type: ``"read"``, ``"write"`` or ``"search"`` (any case).
@@ -133,15 +135,17 @@ class StoredActions:
             stored_action_id: The stored action's id.
             inputs: Inputs for this run.
             page: For bulk reads, the previous run's `next_page`.
-            callback_url: An https URL Zapier POSTs the outcome to.
+            callback_url: An https URL Zapier POSTs the outcome to; the client appends the
+                run's secret token to it (see `ZapierClient.deliver_callback`).
         """
         client = self._client
         client._ensure_open()
+        bound_url, callback_token = bind_callback_url(callback_url)
         request = actions.run_stored_action(
             stored_action_id,
             inputs=inputs,
             page=page,
-            callback_url=callback_url,
+            callback_url=bound_url,
             allow_loopback_callback=client._allow_loopback_callback,
         )
         return await client._submit(
@@ -150,7 +154,7 @@ class StoredActions:
             client._max_wait,
             kind="stored_action",
             stored_action_id=stored_action_id,
-            callback=callback_url is not None,
+            callback_token=callback_token,
         )
 
     async def pages(
