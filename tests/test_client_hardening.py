@@ -566,3 +566,34 @@ async def test_a_plain_run_does_not_take_callbacks():
         done = za.Run(id="r-1", status=za.RunStatus.SUCCESS, results=[], errors=[])
         assert client.deliver_callback(done, token="anything") is False
         assert not handle.done()
+
+
+@pytest.mark.asyncio
+async def test_aclose_waits_for_a_create_on_the_wire_at_most_request_timeout():
+    never = asyncio.Event()
+    clock = FakeClock()
+
+    class Stuck(Transport):
+        async def send(self, request, *, base_url, headers, timeout):
+            self.sent.append(request)
+            await never.wait()
+            return self.answer(request)
+
+        async def aclose(self) -> None:
+            self.closed_at = clock.monotonic()
+
+    transport = Stuck(runs_forever)
+    client = za.ZapierClient(
+        auth=za.BearerToken("t"), transport=transport, clock=clock, request_timeout=12.0
+    )
+    creating = asyncio.create_task(client.run("core:x", authentication=None, inputs={}))
+    await eventually(lambda: len(transport.sent) == 1)
+    closing = asyncio.create_task(client.aclose())
+    await settle(50)
+    assert not closing.done()  # waiting for the create on the wire ...
+    await clock.advance(12.0)
+    await asyncio.wait_for(closing, 5.0)  # ... but no longer than request_timeout
+    assert transport.closed_at == 12.0
+    creating.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await creating

@@ -313,6 +313,9 @@ class ZapierClient(AsyncCloseable):
     def _auth_headers(self, token: str) -> Mapping[str, str]:
         cached = self._auth_header
         if cached is None or cached[0] != token:
+            # Checked once per new token: one with a control character would otherwise make
+            # the HTTP library raise a bare ValueError on every request.
+            check_token(token)
             cached = (token, MappingProxyType({"Authorization": f"Bearer {token}"}))
             self._auth_header = cached
         return cached[1]
@@ -1177,7 +1180,7 @@ class ZapierClient(AsyncCloseable):
         """The current token and its headers; an untyped failure becomes `UnexpectedError`."""
         try:
             token = await self._auth.token()
-            return token, self._auth_headers(check_token(token))
+            return token, self._auth_headers(token)
         except errors.ZapierError:
             raise
         except Exception as exc:
