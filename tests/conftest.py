@@ -1,7 +1,9 @@
 """Fixtures shared across test modules.
 
 The Redis fixtures (`redis_server`, `rclient`) exist only when the ``redis`` extra is
-installed; the modules using them skip themselves otherwise.
+installed (the ``test`` extra includes it); the modules using them skip themselves otherwise.
+Without a ``redis-server`` executable the tests that need one skip with the command that
+installs it (`_redis_fixtures.SKIP_REASON`).
 """
 
 from __future__ import annotations
