@@ -597,3 +597,33 @@ async def test_aclose_waits_for_a_create_on_the_wire_at_most_request_timeout():
     creating.cancel()
     with pytest.raises(asyncio.CancelledError):
         await creating
+
+
+@pytest.mark.asyncio
+async def test_cancelling_aclose_while_it_waits_for_a_create_still_closes_the_client():
+    never = asyncio.Event()
+    closed: list[bool] = []
+
+    class Stuck(Transport):
+        async def send(self, request, *, base_url, headers, timeout):
+            self.sent.append(request)
+            await never.wait()
+            return self.answer(request)
+
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    transport = Stuck(runs_forever)
+    client = za.ZapierClient(auth=za.BearerToken("t"), transport=transport, clock=FakeClock())
+    creating = asyncio.create_task(client.run("core:x", authentication=None, inputs={}))
+    await eventually(lambda: len(transport.sent) == 1)
+    closing = asyncio.create_task(client.aclose())
+    await settle(50)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert client.closed
+    assert closed == [True]
+    creating.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await creating
