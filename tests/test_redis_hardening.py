@@ -254,7 +254,9 @@ async def test_a_budget_lost_by_redis_restarts_in_probe_mode(redis_server, loss,
         if loss == "flushall":
             await client.flushall()
         else:
+            pid = redis_server.proc.pid
             await asyncio.to_thread(redis_server.restart)
+            assert redis_server.proc.pid != pid  # a new server: every key is gone
 
     try:
         async with (
@@ -270,3 +272,74 @@ async def test_a_budget_lost_by_redis_restarts_in_probe_mode(redis_server, loss,
         print(f"\n[{loss}] 429s before the loss: {before}, after: {after}, ok: {server.ok}")
     assert before == 0  # steady state: no 429 at all
     assert after <= MAX_429_AFTER_LOSS
+
+
+# --- item 2: waiters that left --------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_grant_whose_waiter_left_during_the_round_trip_is_given_back(redis_server):
+    async with StallProxy(redis_server.port) as proxy:
+        client = aioredis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=5)
+        try:
+            async with RedisLimiter(client, name="x", poll_interval=0.005) as limiter:
+                async with limiter.slot() as slot:  # loads the scripts
+                    slot.record(None, {})
+                proxy.stall_next(limiter._acquire_script.sha.encode(), 0.3)
+                waiter = asyncio.ensure_future(limiter.slot().__aenter__())
+                await proxy.stalled.wait()  # our ACQUIRE is behind Redis's sleep
+                waiter.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiter
+                # Redis grants the probe to nobody: it is given back, not counted.
+                async with limiter.slot(max_wait=2.0) as slot:
+                    assert slot.probe  # the probe lock was released at once
+                    slot.record(None, {})
+                await _drained(limiter)
+                assert limiter.in_flight == 0
+                assert limiter.waiting == 0
+                state = await client.hgetall("zapier_async:ratelimit:x:state")
+                assert int(state[b"granted"]) == int(state[b"answered"]) == 2
+                assert await client.zcard("zapier_async:ratelimit:x:inflight") == 0
+        finally:
+            await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_callers_giving_up_at_the_limiter_leave_nothing_counted(rclient):
+    """A storm of `wait_for` timeouts and cancellations around grants: every grant that
+    reached no caller is given back; nobody gets InvalidStateError; the budget still works."""
+    headers = {"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "999"}
+    delivered = 0
+    async with RedisLimiter(rclient, name="storm", poll_interval=0.001) as limiter:
+
+        async def caller() -> None:
+            nonlocal delivered
+            async with limiter.slot() as slot:
+                delivered += 1
+                await asyncio.sleep(0)
+                slot.record(200, headers)
+
+        for round_ in range(30):
+            tasks = [
+                asyncio.ensure_future(asyncio.wait_for(caller(), timeout=0.001 * (i % 7)))
+                for i in range(10)
+            ]
+            if round_ % 2:
+                await asyncio.sleep(0)
+                for task in tasks[::3]:
+                    task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for result in results:
+                assert result is None or isinstance(
+                    result, (asyncio.TimeoutError, asyncio.CancelledError)
+                ), repr(result)
+        await _drained(limiter)
+        assert limiter.in_flight == 0
+        assert limiter.waiting == 0
+        state = await rclient.hgetall("zapier_async:ratelimit:storm:state")
+        # Only the grants a caller received were counted, and each was answered.
+        assert int(state[b"granted"]) == int(state[b"answered"]) == delivered > 0
+        assert await rclient.zcard("zapier_async:ratelimit:storm:inflight") == 0
+        async with limiter.slot(max_wait=2.0) as slot:  # not wedged
+            slot.record(200, headers)

@@ -172,6 +172,7 @@ class StallProxy:
         self.port = 0
         self.url = ""
         self.stalls = 0
+        self.stalled = asyncio.Event()  # set once a stall was sent to Redis
         self._armed: tuple[bytes, float] | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -219,6 +220,7 @@ class StallProxy:
                 if armed is not None and armed[0] in data:
                     self._armed = None
                     self.stalls += 1
+                    self.stalled.set()
                     seconds = repr(armed[1])
                     uwriter.write(_DEBUG_SLEEP.format(len(seconds), seconds).encode())
                     swallow[0] += len(b"+OK\r\n")
