@@ -19,6 +19,7 @@ FAILED_RUN = Run(
 INSTANCES = [
     errors.InvalidRequestError("must not be empty", "action"),
     errors.TransportError("cannot connect", "POST /v2/action-runs", False, "connect"),
+    errors.ResponseTooLargeError("too large", "GET /x", True, "too_large", 200, 8 * 1024 * 1024),
     errors.APIError(418, "teapot", "I'm a teapot", "short and stout", "GET /x", "{}", None, []),
     errors.NotFoundError(404, "not_found", None, "gone", "GET /v2/action-runs/r", "", None, []),
     errors.TooManyRequestsError(429, None, None, None, "GET /x", "", 12.0, [{"code": "t"}]),

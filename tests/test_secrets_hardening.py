@@ -369,3 +369,21 @@ async def test_a_provider_issued_an_unsendable_token_raises_typed_and_sends_no_a
     with pytest.raises(errors.TokenRequestError):
         await auth.token()
     assert len(calls) == 1  # a refusal of its own: not retried
+
+
+def test_many_live_secrets_are_all_redacted_in_one_pass(caplog):
+    # A token per end user: thousands of secrets, some sharing long prefixes.
+    auths = [za.BearerToken(f"user-token-{i:05d}-abcdef") for i in range(2000)]
+    shared = za.BearerToken("user-token-00042-abcdef-and-longer")
+    echoes = [
+        "user-token-00042-abcdef-and-longer",
+        quote_plus("user-token-01999-abcdef"),
+        "user-token-00007-abcdef",
+    ]
+    err = error_for_response(Response(status=401, body=_echo_body(" / ".join(echoes))), GET)
+    assert err is not None
+    assert err.detail == f"the token {REDACTED} / {REDACTED} / {REDACTED} is not valid"
+    for secret in ("user-token-00042-abcdef-and-longer", "user-token-01999-abcdef"):
+        _assert_clean(err, secret, caplog)
+    assert redact("user-token-1 is not a registered one") == "user-token-1 is not a registered one"
+    del auths, shared

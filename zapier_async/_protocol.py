@@ -33,6 +33,7 @@ __all__ = [
     "Request",
     "Response",
     "RunLocator",
+    "body_excerpt",
     "create_action_run",
     "decode_continuation_token",
     "encode_continuation_token",
@@ -404,12 +405,19 @@ def _excerpt(text: str, limit: int = errors.BODY_EXCERPT_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _body_text(response: Response) -> str:
-    """The start of the body, for an error: secrets echoed in it redacted (see `_redact`)."""
+def body_excerpt(response: Response) -> str:
+    """The start of the body, for an error: secrets echoed in it redacted (see `_redact`).
+
+    Every error that keeps server text uses this (or `error_for_response`), so no module
+    keeps a body excerpt of its own that could carry an echoed secret.
+    """
     limit = errors.BODY_EXCERPT_LIMIT
     # Decode a little more than is kept: enough for a secret straddling the cut to be found.
     head = response.body[: 8 * limit].decode("utf-8", errors="replace")
     return redacted_excerpt(head, limit)
+
+
+_body_text = body_excerpt  # the name other modules import today
 
 
 def _load_json(response: Response, request: Request) -> Any:

@@ -96,10 +96,12 @@ class SecretSet:
         self._keyed[key] = (secret, variants(secret))
         if old is not None:
             self._recent.append(old)
+        _REGISTRY.changed()
 
     def add_recent(self, secret: str) -> None:
         """Remember a one-shot secret (a signed JWT, a header value) among the recent ones."""
         self._recent.append((secret, variants(secret)))
+        _REGISTRY.changed()
 
     def forms(self) -> Iterator[str]:
         """Every registered secret in every encoding."""
@@ -112,62 +114,139 @@ class SecretSet:
         return f"SecretSet({len(self._keyed)} current, {len(self._recent)} recent)"
 
 
-_REGISTRY: weakref.WeakSet[SecretSet] = weakref.WeakSet()
+_PREFIX = 4  # <= MIN_SECRET_LENGTH: every form has a prefix this long
+_FEW = 32  # up to this many forms, `in` per form beats scanning the text
 
 
-def _all_forms(extra: Iterable[str]) -> list[str]:
-    forms = {form for owner in list(_REGISTRY) for form in owner.forms()}
-    for secret in extra:
-        if secret:
-            forms.update(variants(secret))
-    # Longest first: a form that contains another is replaced whole.
-    return sorted(forms, key=len, reverse=True)
+class _Index:
+    """Registered forms, longest first, and indexed by prefix for many secrets at once."""
+
+    __slots__ = ("by_prefix", "forms")
+
+    def __init__(self, forms: Iterable[str]) -> None:
+        # Longest first: a form that contains another is replaced whole.
+        self.forms = sorted(set(forms), key=len, reverse=True)
+        self.by_prefix: dict[str, list[str]] = {}
+        if len(self.forms) > _FEW:
+            for form in self.forms:
+                self.by_prefix.setdefault(form[:_PREFIX], []).append(form)
+
+    def scrub(self, text: str) -> str:
+        if not self.by_prefix:
+            for form in self.forms:
+                if form in text:
+                    text = text.replace(form, REDACTED)
+            return text
+        # Many secrets (a token per end user): one pass over the text, whatever their number.
+        by_prefix = self.by_prefix
+        out: list[str] = []
+        i = last = 0
+        end = len(text) - _PREFIX
+        while i <= end:
+            candidates = by_prefix.get(text[i : i + _PREFIX])
+            if candidates is not None:
+                for form in candidates:
+                    if text.startswith(form, i):
+                        out.append(text[last:i])
+                        out.append(REDACTED)
+                        i = last = i + len(form)
+                        break
+                else:
+                    i += 1
+            else:
+                i += 1
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
 
 
-def _scrub(text: str, forms: list[str]) -> str:
-    for form in forms:
+class _Registry:
+    """Every live `SecretSet`, held weakly, and the index of their forms (rebuilt on change)."""
+
+    def __init__(self) -> None:
+        self._owners: dict[int, weakref.ref[SecretSet]] = {}
+        self._version = 0
+        self._index: _Index | None = None
+        self._index_version = -1
+
+    def add(self, owner: SecretSet) -> None:
+        key = id(owner)
+
+        def gone(_ref: weakref.ref[SecretSet]) -> None:
+            self._drop(key)
+
+        self._owners[key] = weakref.ref(owner, gone)
+        self.changed()
+
+    def _drop(self, key: int) -> None:
+        self._owners.pop(key, None)
+        self.changed()
+
+    def changed(self) -> None:
+        self._version += 1
+
+    def index(self) -> _Index:
+        if self._index is None or self._index_version != self._version:
+            version = self._version
+            owners = [ref() for ref in list(self._owners.values())]
+            self._index = _Index(form for o in owners if o is not None for form in o.forms())
+            self._index_version = version
+        return self._index
+
+
+_REGISTRY = _Registry()
+
+
+def _scrub(text: str, index: _Index, extra: list[str]) -> str:
+    text = index.scrub(text)
+    for form in extra:
         if form in text:
             text = text.replace(form, REDACTED)
     return text
+
+
+def _extra_forms(extra: Iterable[str]) -> list[str]:
+    forms = {form for secret in extra if secret for form in variants(secret)}
+    return sorted(forms, key=len, reverse=True)
 
 
 def redact(text: str, *, extra: Iterable[str] = ()) -> str:
     """`text` with every registered secret (and each of `extra`), in every encoding, replaced."""
     if not text:
         return text
-    return _scrub(text, _all_forms(extra))
+    return _scrub(text, _REGISTRY.index(), _extra_forms(extra))
 
 
 def redact_value(value: Any, *, extra: Iterable[str] = ()) -> Any:
     """A copy of a JSON-like value (dicts, lists, strings) with secrets redacted in its strings."""
-    forms = _all_forms(extra)
-    if not forms:
+    index, forms = _REGISTRY.index(), _extra_forms(extra)
+    if not index.forms and not forms:
         return value
-    return _walk(value, forms, 0)
+    return _walk(value, index, forms, 0)
 
 
-def _walk(value: Any, forms: list[str], depth: int) -> Any:
+def _walk(value: Any, index: _Index, extra: list[str], depth: int) -> Any:
     if isinstance(value, str):
-        return _scrub(value, forms)
+        return _scrub(value, index, extra)
     if depth > 64:
-        return value if not isinstance(value, (dict, list)) else type(value)()
+        return value if not isinstance(value, (dict, list, tuple)) else type(value)()
     if isinstance(value, dict):
         return {
-            _scrub(k, forms) if isinstance(k, str) else k: _walk(v, forms, depth + 1)
+            _scrub(k, index, extra) if isinstance(k, str) else k: _walk(v, index, extra, depth + 1)
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
-        return [_walk(v, forms, depth + 1) for v in value]
+        return [_walk(v, index, extra, depth + 1) for v in value]
     return value
 
 
 def redacted_excerpt(text: str, limit: int, *, extra: Iterable[str] = ()) -> str:
     """At most `limit` characters of `text` (plus an ellipsis), secrets redacted *before* the
     cut, so a secret straddling it cannot leave its first characters behind."""
-    forms = _all_forms(extra)
-    longest = len(forms[0]) if forms else 0
+    index, forms = _REGISTRY.index(), _extra_forms(extra)
+    longest = max(len(index.forms[0]) if index.forms else 0, len(forms[0]) if forms else 0)
     whole = len(text) <= limit + longest
     window = text if whole else text[: limit + longest]
-    if forms:
-        window = _scrub(window, forms)
+    window = _scrub(window, index, forms)
     return window if whole and len(window) <= limit else window[:limit] + "…"

@@ -278,8 +278,8 @@ class AiohttpTransport:
             # aiohttp refuses a header value with a line break or NUL. Its message (and so the
             # cause) may quote the value, a token: neither is kept. Nothing was sent.
             raise errors.InvalidRequestError(
-                "a request header holds characters HTTP cannot carry (control characters); "
-                "check the token your auth provider returns",
+                "cannot be sent: a header holds characters HTTP cannot carry (such as control "
+                "characters); check the token your auth provider returns",
                 "headers",
             ) from None
         except RuntimeError as exc:
