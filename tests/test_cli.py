@@ -228,8 +228,9 @@ async def test_resume_follows_submitted_runs_and_never_resends_a_maybe_sent_crea
     assert by_line[3]["run_id"] is None
     assert fake.stats.runs_created == created_before + 3  # lines 4-6 only
     assert {fake.run(by_line[n]["run_id"]).inputs["i"] for n in (4, 5, 6)} == {3, 4, 5}
-    # Resuming a finished job does nothing.
-    assert await cli("bulk", str(requests), "--output", str(out), "--resume") == 0
+    # Resuming a finished job sends nothing, and its exit code still describes the whole job
+    # (line 3's outcome is unknown).
+    assert await cli("bulk", str(requests), "--output", str(out), "--resume") == 5
     assert len(read_jsonl(out)) == 6
     assert fake.stats.runs_created == created_before + 3
 
@@ -241,33 +242,21 @@ def test_exit_code_table_is_in_the_help(capsys):
         assert f"{code:>3}  " in out
 
 
-def test_progress_uses_tqdm_when_installed(monkeypatch):
+def test_progress_is_a_rich_bar_on_a_terminal_and_plain_lines_elsewhere():
     import io
-    import types
 
-    calls: list[tuple[str, Any]] = []
+    from rich.console import Console
 
-    class FakeTqdm:
-        def __init__(self, **kwargs: Any) -> None:
-            calls.append(("init", kwargs["total"]))
-
-        def update(self, n: int) -> None:
-            calls.append(("update", n))
-
-        def set_postfix(self, **kwargs: Any) -> None:
-            calls.append(("postfix", kwargs["failed"]))
-
-        def close(self) -> None:
-            calls.append(("close", None))
-
-    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeTqdm))
-    bar = _cli._make_progress(2, io.StringIO())
-    bar.update(failed=False)
-    bar.update(failed=True)
+    stream = io.StringIO()
+    assert isinstance(_cli._make_progress(2, stream), _cli._PlainProgress)
+    terminal = Console(file=stream, force_terminal=True)
+    bar = _cli._make_progress(2, stream, console=terminal)
     bar.close()
-    assert calls == [("init", 2), ("update", 1), ("postfix", 1), ("update", 1), ("close", None)]
-    monkeypatch.setitem(sys.modules, "tqdm", None)  # not installed: the plain fallback
-    assert isinstance(_cli._make_progress(2, io.StringIO()), _cli._Progress)
+    assert isinstance(bar, _cli._RichProgress)
+    # --json: plain lines even on a terminal.
+    plain = _cli._make_progress(2, stream, console=terminal, plain=True)
+    assert isinstance(plain, _cli._PlainProgress)
+    plain.close()
 
 
 # --- real subprocesses --------------------------------------------------------------------------

@@ -375,6 +375,7 @@ class _Job:
             "already accepted are still followed",
             type(exc).__name__,
             exc,
+            extra={"zapier_async_event": "run_many_stopped"},
         )
 
     def cancel(self) -> None:
