@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
+import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -42,6 +43,7 @@ class Holder:
         self, limiter: Limiter, priority: Priority = INTERACTIVE, *, max_wait: Any = None
     ) -> None:
         self.limiter = limiter
+        self.priority = priority
         self.slot: Slot | None = None
         self.leave = asyncio.Event()
         self.task = asyncio.create_task(self._run(priority, max_wait))
@@ -160,6 +162,65 @@ async def test_waiters_cancelled_as_their_max_wait_expires_are_not_failed_twice(
         await settle()
         assert later.granted
         await finish(probe, later)
+        assert limiter.in_flight == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("seed", range(8))
+async def test_a_cancellation_storm_leaves_nothing_counted(seed: int) -> None:
+    """Random callers, random answers, random cancels landing in the dispatching iteration."""
+    rng = random.Random(seed)
+    clock = FakeClock()
+    async with Limiter(clock=clock) as limiter:
+        holders: list[Holder] = []
+        for _ in range(80):
+            for _ in range(rng.randint(0, 4)):
+                priority = rng.choice([INTERACTIVE, POLL, BULK])
+                holders.append(Holder(limiter, priority, max_wait=rng.choice([None, 3.0])))
+            await settle(rng.randint(0, 3))
+            waiting = [h for h in holders if not h.granted and not h.task.done()]
+            waiting.sort(key=lambda h: h.priority)  # stable: next in line first
+            for h in waiting[: rng.randint(0, 3)]:
+                h.task.cancel()  # gives up; its task has not run yet
+            granted = [h for h in holders if h.slot is not None and not h.leave.is_set()]
+            for h in rng.sample(granted, k=min(len(granted), rng.randint(0, 2))):
+                assert h.slot is not None
+                remaining = rng.randint(0, 5)
+                status = rng.choice([200, 200, 200, 429, 503])
+                headers = {**budget(remaining, reset="2"), "Retry-After": "1"}
+                h.slot.record(status, headers)  # dispatches now: must not raise
+                h.leave.set()
+            if rng.random() < 0.3:
+                await clock.advance(rng.choice([0.5, 1.0, 2.5]))
+        # Everybody left ends: granted ones leave, the rest are served or fail typed.
+        for _ in range(10_000):
+            for h in holders:
+                if h.slot is not None:
+                    h.leave.set()
+            await settle(5)
+            if all(h.task.done() for h in holders):
+                break
+            deadline = clock.next_deadline()
+            if deadline is not None:
+                await clock.advance_to(deadline)
+        assert all(h.task.done() for h in holders)
+        for h in holders:
+            if not h.task.cancelled():
+                exc = h.task.exception()
+                assert exc is None or isinstance(exc, RateLimitedError), exc
+        snap = limiter.snapshot()
+        assert (snap.in_flight, snap.waiting) == (0, 0)
+        assert snap.grants == sum(1 for h in holders if h.slot is not None)
+        late = Holder(limiter, max_wait=None)
+        for _ in range(100):
+            await settle(5)
+            if late.granted:
+                break
+            deadline = clock.next_deadline()
+            assert deadline is not None
+            await clock.advance_to(deadline)
+        assert late.granted
+        await finish(late)
         assert limiter.in_flight == 0
 
 
