@@ -186,7 +186,8 @@ class LimiterStats:
         wait_total: Seconds waited, summed over those slots.
         wait_max: The longest wait, in seconds.
         rejected: `RateLimitedError` raised at once, the estimated wait exceeding
-            ``max_wait``.
+            ``max_wait``, or the server having dictated a wait past ``max_server_wait``
+            (then waiters already in line are counted here too).
         expired: `RateLimitedError` raised when ``max_wait`` ran out while waiting.
         cancelled: Waiters cancelled before their turn.
         responses: Responses recorded.
