@@ -143,6 +143,8 @@ TABLE = [
     (None, "connect", False, RETRY, RETRY),  # provably never sent
     (None, "timeout", False, RETRY, UNKNOWN),
     (None, "reset", False, RETRY, UNKNOWN),
+    # An answer over the body-size cap would come back the same.
+    (200, "too_large", False, GIVE_UP, UNKNOWN),
     # Refusals: the request was not acted on.
     (429, None, False, RETRY, RETRY),
     (429, None, True, RETRY, RETRY),
@@ -193,7 +195,7 @@ def test_decide_retry_table(
 
 @given(
     st.one_of(st.none(), st.integers(min_value=100, max_value=599)),
-    st.sampled_from([None, "connect", "timeout", "reset"]),
+    st.sampled_from([None, "connect", "timeout", "reset", "too_large"]),
     st.booleans(),
 )
 def test_a_create_is_never_resent_unless_provably_safe(

@@ -44,6 +44,7 @@ from ._protocol import (
     _seg,
     _unwrap_data,
     _validate_inputs,
+    body_excerpt,
     run_creating_post,
     validate_id,
 )
@@ -387,7 +388,7 @@ def _stored_from(data: Mapping[str, Any], response: Response, request: Request) 
     sid = data.get("id")
     if not isinstance(sid, str) or not sid:
         raise errors.DecodeError(
-            "stored action has no id", request.describe(), response.status, _text(response)
+            "stored action has no id", request.describe(), response.status, body_excerpt(response)
         )
 
     def text(key: str) -> str | None:
@@ -403,10 +404,6 @@ def _stored_from(data: Mapping[str, Any], response: Response, request: Request) 
         action_type=text("action_type"),
         inputs=dict(inputs) if isinstance(inputs, Mapping) else {},
     )
-
-
-def _text(response: Response) -> str:
-    return response.body[:2000].decode("utf-8", errors="replace")
 
 
 def parse_stored_action(response: Response, request: Request) -> StoredAction:
@@ -429,6 +426,6 @@ def parse_stored_action_list(response: Response, request: Request) -> list[Store
             "expected a list of stored actions",
             request.describe(),
             response.status,
-            _text(response),
+            body_excerpt(response),
         )
     return [_stored_from(item, response, request) for item in items if isinstance(item, dict)]

@@ -201,7 +201,7 @@ class RetryDecision(enum.Enum):
     """Do not send it again, and say so: Zapier may have acted on it (`OutcomeUnknownError`)."""
 
 
-Failure = Literal["connect", "timeout", "reset"]
+Failure = Literal["connect", "timeout", "reset", "too_large"]
 """How a request failed without an HTTP status: the connection could not be made (the request
 provably never left), the answer did not come in time, or the connection broke."""
 
@@ -212,6 +212,9 @@ def failure_kind(transport_kind: str) -> Failure:
         return "connect"
     if transport_kind == "timeout":
         return "timeout"
+    if transport_kind == "too_large":
+        # The same answer would come back: not worth a retry (a create is outcome unknown).
+        return "too_large"
     return "reset"  # anything else may have reached the server
 
 
@@ -234,6 +237,7 @@ def decide_retry(
     ==================================  ==============  ==================
     connect error (never sent)          RETRY           RETRY
     timeout, connection reset           RETRY           UNKNOWN_OUTCOME
+    answer over the body-size cap       GIVE_UP         UNKNOWN_OUTCOME
     429                                 RETRY           RETRY
     503 with ``Retry-After``            RETRY           RETRY
     503 without, 500, 502, 504          RETRY           UNKNOWN_OUTCOME
@@ -266,6 +270,9 @@ def decide_retry(
     if failure is not None:
         if failure == "connect":
             return RetryDecision.RETRY
+        if failure == "too_large":
+            # The same oversized answer would come back; a create got it after acting.
+            return RetryDecision.UNKNOWN_OUTCOME if not idempotent else RetryDecision.GIVE_UP
         return RetryDecision.RETRY if idempotent else RetryDecision.UNKNOWN_OUTCOME
     if status is None:
         raise ValueError("decide_retry needs a status or a failure")
