@@ -65,3 +65,12 @@ def test_messages_say_what_happened():
     )
     api = errors.NotFoundError(404, "not_found", None, "gone", "GET /v2/action-runs/r", "", None)
     assert str(api) == "HTTP 404 not_found: gone (GET /v2/action-runs/r)"
+
+
+def test_rate_limited_error_names_the_cap_that_refused():
+    from zapier_async.errors import RateLimitedError
+
+    assert "max_rate_limit_wait" in str(RateLimitedError(3.0, 1.0))
+    server = RateLimitedError(3.0, 1.0, reason="max_server_wait")
+    assert "max_server_wait" in str(server)
+    assert pickle.loads(pickle.dumps(server)).reason == "max_server_wait"

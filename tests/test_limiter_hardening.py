@@ -369,6 +369,7 @@ async def test_a_wait_dictated_past_the_cap_fails_every_priority_at_once(
                     pytest.fail("granted")
             assert info.value.retry_at == pytest.approx(named)
             assert info.value.retry_after > DEFAULT_MAX_SERVER_WAIT
+            assert info.value.reason == "max_server_wait"
         assert limiter.snapshot().rejected == 6
         # Nothing is held for a day: once the cap has passed, one request probes again.
         await clock.advance(DEFAULT_MAX_SERVER_WAIT + 2.0)

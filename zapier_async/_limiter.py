@@ -1062,7 +1062,9 @@ class Limiter(AsyncCloseable):
         return None
 
     def _refused_error(self, retry_at: float) -> RateLimitedError:
-        return RateLimitedError(max(retry_at - self._clock.time(), 0.0), retry_at)
+        return RateLimitedError(
+            max(retry_at - self._clock.time(), 0.0), retry_at, reason="max_server_wait"
+        )
 
     def _enter_probe(self, now: float) -> None:
         if self._window is not None:

@@ -243,18 +243,24 @@ class RateLimitedError(ZapierError):
     Raised instead of sleeping when the wait is over `max_rate_limit_wait`, so a web app can
     answer its own caller (e.g. with a 503 and `Retry-After`) instead of hanging.
 
+    Also raised when the server itself dictates a wait (``Retry-After``,
+    ``X-RateLimit-Reset``) longer than the client's `max_server_wait`.
+
     Attributes:
         retry_after: Seconds until a request may be sent.
         retry_at: The same moment as wall-clock epoch seconds.
+        reason: Which cap was exceeded: ``"max_rate_limit_wait"`` (the caller's patience)
+            or ``"max_server_wait"`` (a wait the server dictated).
     """
 
     retry_after: float
     retry_at: float
+    reason: str = "max_rate_limit_wait"
 
     def __str__(self) -> str:
         return (
             f"rate limited: the next request may be sent in {self.retry_after:.1f}s, "
-            "longer than max_rate_limit_wait allows"
+            f"longer than {self.reason} allows"
         )
 
 
