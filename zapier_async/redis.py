@@ -59,6 +59,21 @@ window length ``P`` (its reset, a probe that landed early or late, the next open
 clock-aligned ones) restarts the learning; pacing stays sound either way, since only the
 held-back token is ever risked.
 
+**Losing the state.** Redis may lose the keys (``FLUSHALL``, a restart without
+persistence, an eviction). The state carries an ``epoch``, created by the first ``ACQUIRE``
+that finds none, which also drops what is left of the in-flight set and the probe lock. Each
+slot carries the epoch that granted it: the answer to a slot of a lost epoch counts for
+nothing (its answers-at-grant count answers of a budget nobody knows: a stale anchor) except
+a 429's freeze, so the new epoch starts in probe mode, as the in-memory limiter does. For the
+same reason an answer to a slot granted before the bucket last went back to probing
+(``probe_from``) does not open a window. The available budget is also capped at ``Limit``.
+
+**Scripts that run once.** redis-py re-sends a command that timed out (``Redis(host=...)``
+does so up to 10 times by default), and after a stall Redis runs both copies. Every script
+whose second run would change the outcome (a grant, a recorded answer, a journal write, a
+claim, a forget) takes a request id and keeps its reply under it for `ONCE_TTL`: a re-run
+answers with the first run's reply and changes nothing.
+
 **Freezes.** A 429 (or a 503 with ``Retry-After``) seen by any process, or `freeze`, sets
 ``frozen_until`` for all; then one probe goes first.
 
@@ -114,6 +129,12 @@ until the first one's outcome is stored and forgotten (or its journal expired). 
 moves the ownership with the entries. Outcomes must still be stored idempotently: after
 ``forget`` the key is free, so a delivery that arrives later is sent again unless the caller
 checks its outcome store first.
+
+**Timeouts.** Writes and claims are idempotent under redis-py's own retries (see "Scripts
+that run once" above): a ``sending`` that timed out once and succeeded on a retry journals
+the key, a ``claim`` returns the entries it moved. When every retry failed the outcome is
+unknown: a failed ``claim`` may still have moved the entries into this journal (`entries`
+lists them), a failed ``sending`` may still have journalled the key.
 
 **Taking over.** `RunJournal.orphans` lists workers that have entries and no heartbeat.
 `RunJournal.claim` moves all of one orphan's entries into the claimer's own hash in ONE Lua
@@ -188,6 +209,7 @@ if TYPE_CHECKING:
     from ._client import ZapierClient
 
 __all__ = [
+    "ONCE_TTL",
     "RETENTION",
     "JournalClosedError",
     "JournalEntry",
