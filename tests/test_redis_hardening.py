@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp  # noqa: TID251 (a rate-limited server on loopback and its client)
@@ -343,3 +344,39 @@ async def test_callers_giving_up_at_the_limiter_leave_nothing_counted(rclient):
         assert await rclient.zcard("zapier_async:ratelimit:storm:inflight") == 0
         async with limiter.slot(max_wait=2.0) as slot:  # not wedged
             slot.record(200, headers)
+
+
+# --- mirrored from the in-memory limiter: capped server waits, a lone 503 ---------------------
+
+
+@pytest.mark.asyncio
+async def test_a_server_dictated_freeze_is_capped_by_max_server_wait(rclient):
+    async with RedisLimiter(rclient, name="cap", max_server_wait=30.0) as limiter:
+        async with limiter.slot() as slot:
+            slot.record(429, {"Retry-After": "1000000000000"})
+        await _drained(limiter)
+        frozen = limiter.frozen_until
+        assert frozen is not None
+        assert frozen - time.monotonic() <= 30.0
+        redis_now = (await rclient.time())[0]
+        shared = float(await rclient.hget("zapier_async:ratelimit:cap:state", "frozen_until"))
+        assert 0 < shared - redis_now <= 31.0  # every process, not a day
+
+
+@pytest.mark.asyncio
+async def test_a_lone_503_does_not_freeze_but_a_streak_does(rclient):
+    retry = {"Retry-After": "20"}
+    async with RedisLimiter(rclient, name="u", max_wait=0.0) as limiter:
+        async with limiter.slot() as slot:
+            slot.record(503, retry)
+        await _drained(limiter)
+        assert limiter.frozen_until is None
+        async with limiter.slot() as slot:  # not frozen: granted at once
+            slot.record(503, retry)
+        async with limiter.slot() as slot:
+            slot.record(503, retry)  # the third in a row
+        await _drained(limiter)
+        assert limiter.frozen_until is not None
+        with pytest.raises(za.RateLimitedError):
+            async with limiter.slot():
+                pass

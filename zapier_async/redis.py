@@ -74,8 +74,10 @@ whose second run would change the outcome (a grant, a recorded answer, a journal
 claim, a forget) takes a request id and keeps its reply under it for `ONCE_TTL`: a re-run
 answers with the first run's reply and changes nothing.
 
-**Freezes.** A 429 (or a 503 with ``Retry-After``) seen by any process, or `freeze`, sets
-``frozen_until`` for all; then one probe goes first.
+**Freezes.** A 429 (or a 503 with ``Retry-After`` that says ``Remaining: 0`` or is the
+third 503 in a row this process saw: one transient 503 is not a rate signal) seen by any
+process, or `freeze`, sets ``frozen_until`` for all, for at most ``max_server_wait``; then
+one probe goes first.
 
 **Local waiting.** Each process keeps one heap of waiters keyed by ``(priority, arrival)``
 (`Priority` as in the in-memory limiter) and ONE background task that asks Redis for a grant
@@ -202,7 +204,14 @@ from ._limiter import (
     _OneShotSlot,
 )
 from ._limiter import Slot as _LocalSlot
-from ._ratelimit import DEFAULT_COOLDOWN, RateLimitState, pause_after
+from ._ratelimit import (
+    DEFAULT_COOLDOWN,
+    DEFAULT_MAX_SERVER_WAIT,
+    RateLimitState,
+    cap_server_wait,
+    check_max_server_wait,
+    pause_after,
+)
 from .errors import InvalidRequestError, LimiterClosedError, RateLimitedError, ZapierError
 
 if TYPE_CHECKING:
@@ -539,6 +548,8 @@ class RedisLimiter(AsyncCloseable):
         default_period: The window assumed when an answer has ``Remaining`` but no ``Reset``;
             also the freeze after a 429 without ``Retry-After`` or ``Reset``.
         boundary_precision: The learnt window length is bisected until it is this narrow.
+        max_server_wait: The longest freeze a server answer (``Retry-After``, ``Reset``) or
+            `freeze` may impose, in seconds (as `zapier_async.Limiter`'s).
     """
 
     def __init__(
@@ -554,6 +565,7 @@ class RedisLimiter(AsyncCloseable):
         reconnect_interval: float = 5.0,
         default_period: float = DEFAULT_COOLDOWN,
         boundary_precision: float = 0.03,
+        max_server_wait: float = DEFAULT_MAX_SERVER_WAIT,
     ) -> None:
         if not (math.isfinite(lease) and lease > 0):
             raise ValueError(f"lease must be > 0, got {lease!r}")
@@ -561,6 +573,7 @@ class RedisLimiter(AsyncCloseable):
             raise ValueError(f"max_wait must be >= 0 or None, got {max_wait!r}")
         if not poll_interval > 0 or not reconnect_interval > 0:
             raise ValueError("poll_interval and reconnect_interval must be > 0")
+        self._max_server_wait = check_max_server_wait(max_server_wait)
         self._redis = redis
         base = f"{prefix}:{name}"
         self._keys = [f"{base}:state", f"{base}:inflight", f"{base}:probe"]
@@ -591,6 +604,7 @@ class RedisLimiter(AsyncCloseable):
         self._degraded = False
         self._in_flight = 0
         self._frozen_until: float | None = None
+        self._unavailable_streak = 0  # 503s in a row seen by this process
 
         # Statistics and the last view of the shared state.
         self._n_grants = 0
@@ -637,7 +651,7 @@ class RedisLimiter(AsyncCloseable):
         Args:
             seconds: How long to hold every request back.
         """
-        seconds = 0.0 if math.isnan(seconds) else min(max(seconds, 0.0), 86_400.0)
+        seconds = 0.0 if math.isnan(seconds) else min(max(seconds, 0.0), self._max_server_wait)
         self._freeze_locally(seconds)
         if self._fallback is not None:
             self._fallback.freeze(seconds)
@@ -763,7 +777,11 @@ class RedisLimiter(AsyncCloseable):
 
     def _fallback_limiter(self) -> Limiter:
         if self._fallback is None:
-            self._fallback = Limiter(rate=self._fallback_rate, max_wait=self._max_wait)
+            self._fallback = Limiter(
+                rate=self._fallback_rate,
+                max_wait=self._max_wait,
+                max_server_wait=self._max_server_wait,
+            )
         return self._fallback
 
     def _ensure_task(self) -> None:
@@ -794,10 +812,21 @@ class RedisLimiter(AsyncCloseable):
             kind = "answer"
             self._n_responses += 1
             state = RateLimitState.from_headers(headers, now=time.time())
-            pause = pause_after(status, state, default_cooldown=self._period)
+            self._unavailable_streak = self._unavailable_streak + 1 if status == 503 else 0
+            pause = pause_after(
+                status,
+                state,
+                default_cooldown=self._period,
+                unavailable_streak=self._unavailable_streak,
+            )
             if status == 429:
                 self._n_429 += 1
             if pause is not None:
+                # Any server-dictated wait is capped (a Retry-After of 10**12 would freeze
+                # every process for a day otherwise).
+                pause = cap_server_wait(
+                    pause, max_server_wait=self._max_server_wait, now=time.time()
+                ).hold
                 freeze = repr(pause)
                 self._freeze_locally(pause)
             remaining = "" if state.remaining is None else str(state.remaining)
