@@ -469,12 +469,6 @@ async def test_waiting_and_failed_runs_conform(client, proxy):
     assert proxy.saw("GET", f"/v2/action-runs/{failing.id}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FakeZapier's default run error has `delay: null`; the spec types `delay` as an "
-    "integer (not nullable) and documents it only for throttled errors. Fix in "
-    "zapier_async/testing/_fake.py (_DEFAULT_RUN_ERROR: drop the key), then drop this mark.",
-)
 @pytest.mark.parametrize("fake_options", [{"error_rate": 1.0}])
 @pytest.mark.asyncio
 async def test_the_emulators_default_run_error_conforms(client, proxy):

@@ -35,7 +35,7 @@ import json
 import math
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
 import aiohttp
 import attrs
@@ -43,8 +43,16 @@ import jwt
 import yarl
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-if TYPE_CHECKING:
-    from zapier_async.testing._fake import FakeZapier, _Exchange, _Reply, _Run
+from zapier_async.testing._fake_runs import (
+    _RESERVED_INPUT,
+    _canonical,
+    _CreateRequest,
+    _new_run,
+    _parse_override,
+    _Run,
+    _RunHost,
+)
+from zapier_async.testing._fake_wire import _TERMINAL, _error, _Exchange, _Reply, _reply
 
 __all__ = ["CallbackRecord", "FakeActions", "ForgeKind"]
 
@@ -65,23 +73,9 @@ _RUN_KEYS: Final = frozenset(
         "callback_url",
     }
 )
-_TERMINAL: Final = frozenset({"success", "error"})
 _VALIDITY: Final = 300
 _ATTEMPTS: Final = 3
 _MAX_WAIT_SECONDS: Final = 60.0
-
-
-def _fake() -> Any:
-    # `_fake` imports this module for its `actions` field; import it back lazily.
-    from zapier_async.testing import _fake
-
-    return _fake
-
-
-def _reply(status: int, payload: Any) -> _Reply:
-    f = _fake()
-    body = b"" if payload is None else f._dumps(payload)
-    return cast("_Reply", f._Reply(status, body))
 
 
 def _bad_request(detail: str) -> _Reply:
@@ -90,7 +84,7 @@ def _bad_request(detail: str) -> _Reply:
 
 
 def _not_found() -> _Reply:
-    return cast("_Reply", _fake()._error(404, "not_found", "NotFound", "Not found."))
+    return _error(404, "not_found", "NotFound", "Not found.")
 
 
 @attrs.frozen(kw_only=True)
@@ -179,7 +173,7 @@ class FakeActions:
     long_poll_retry_after: int | None = 1
     page_size: int = 2
 
-    _zapier: FakeZapier | None = attrs.field(init=False, default=None, repr=False)
+    _zapier: _RunHost | None = attrs.field(init=False, default=None, repr=False)
     _stored: dict[str, _Stored] = attrs.field(init=False, factory=dict, repr=False)
     _kinds: dict[str, tuple[str, str | None, str | None]] = attrs.field(
         init=False, factory=dict, repr=False
@@ -309,11 +303,11 @@ class FakeActions:
     # ---------------------------------------------------------------------------- wiring
 
     @property
-    def _z(self) -> FakeZapier:
+    def _z(self) -> _RunHost:
         assert self._zapier is not None, "FakeActions is not attached to a FakeZapier"
         return self._zapier
 
-    def _bind(self, zapier: FakeZapier) -> None:
+    def _bind(self, zapier: _RunHost) -> None:
         self._zapier = zapier
 
     def _signing_key(self) -> rsa.RSAPrivateKey:
@@ -386,7 +380,6 @@ class FakeActions:
         records_key: str,
         page: object,
     ) -> _Reply:
-        f = _fake()
         z = self._z
         callback_url = data.get("callback_url")
         if callback_url is not None and (
@@ -394,20 +387,13 @@ class FakeActions:
         ):
             return _bad_request("callback_url must be a URL of at most 2048 characters")
         override = None
-        if f._RESERVED_INPUT in inputs:
-            parsed = f._parse_override(inputs[f._RESERVED_INPUT])
-            if isinstance(parsed, f._Reply):
-                return cast("_Reply", parsed)
+        if _RESERVED_INPUT in inputs:
+            parsed = _parse_override(inputs[_RESERVED_INPUT])
+            if isinstance(parsed, _Reply):
+                return parsed
             override = parsed
-        canonical = json.dumps(
-            {"path": exchange.request.path, "data": data}, sort_keys=True, separators=(",", ":")
-        )
-        if canonical in z._accepted:
-            z._counters.duplicates += 1
-        else:
-            z._accepted.add(canonical)
-        request = f._CreateRequest(data, action, authentication, inputs, callback_url, override)
-        run = z._new_run(request)
+        request = _CreateRequest(data, action, authentication, inputs, callback_url, override)
+        run = _new_run(z, request)
         next_page = None
         records = self._records.get(records_key)
         if records is not None and run.final_status == "success":
@@ -419,10 +405,9 @@ class FakeActions:
             run.results = records[index * size : (index + 1) * size]
             if (index + 1) * size < len(records):
                 next_page = str(index + 1)
-        z._runs[run.id] = run
-        z._counters.runs_created += 1
         self._kinds[run.id] = (kind, stored_id, next_page)
-        self.run_created(run)
+        # Kept (and its callback scheduled, `run_created`) by the emulator's one run table.
+        z._store.add(run, _canonical({"path": exchange.request.path, "data": data}))
         return _reply(200, {"data": {"type": "run", "id": run.id}})
 
     async def _create_run(self, exchange: _Exchange) -> _Reply:
@@ -459,13 +444,8 @@ class FakeActions:
 
     def _read(self, run: _Run, *, flat: bool, pending_status: int) -> _Reply:
         z = self._z
-        now = z.clock.monotonic()
-        run.polls += 1
-        z._counters.polls += 1
-        status = run.status_at(now, z.pending_statuses)
+        status = z._store.read(run, z.clock.monotonic(), z.pending_statuses)
         terminal = status in _TERMINAL
-        if terminal and run.first_terminal_poll_at is None:
-            run.first_terminal_poll_at = now
         data: dict[str, Any] = {
             "type": "run",
             "id": run.id,
@@ -481,7 +461,7 @@ class FakeActions:
 
     def _run_of(self, exchange: _Exchange, kind: str | None) -> _Run | None:
         run_id = exchange.request.match_info["id"]
-        run = self._z._runs.get(run_id)
+        run = self._z._store.runs.get(run_id)
         if run is None:
             return None
         if kind is not None and self._kinds.get(run_id, ("action_run",))[0] != kind:
@@ -659,7 +639,7 @@ class FakeActions:
             now = z.clock.monotonic()
             while self._due and self._due[0][0] <= now:
                 when, _, run_id = heapq.heappop(self._due)
-                run = z._runs.get(run_id)
+                run = z._store.runs.get(run_id)
                 if run is None or run_id not in self._outstanding:
                     continue
                 if run.ends_at > when:
