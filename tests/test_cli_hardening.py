@@ -381,6 +381,11 @@ async def test_run_timeout_prints_the_last_status_and_how_to_follow_the_run(env,
     assert fake.stats.runs_created == 2
 
 
+def test_resume_refuses_a_malformed_token_as_a_usage_error(env, capsys):
+    assert main(["resume", "not a token/../x"]) == 2
+    assert "zapier-async resume:" in capsys.readouterr().err
+
+
 # --- E: --version, progress bar, summary table ------------------------------------------------
 
 
@@ -454,7 +459,8 @@ def test_the_progress_bar_counts_failures():
 def test_importing_the_cli_does_not_import_the_emulator():
     code = (
         "import zapier_async._cli, sys; "
-        "assert 'zapier_async.testing._fake' not in sys.modules, 'emulator imported'"
+        "assert 'zapier_async.testing._fake' not in sys.modules, 'emulator imported'; "
+        "assert 'rich' not in sys.modules, 'rich imported'"
     )
     done = subprocess.run(
         [PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
