@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import logging
@@ -10,7 +11,6 @@ import random
 import weakref
 from collections.abc import AsyncGenerator, Callable, Mapping
 from functools import partial
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -20,30 +20,16 @@ from . import _discovery as disco
 from . import _protocol as proto
 from . import errors
 from ._auth import AuthContext, AuthProvider
-from ._backoff import (
-    PollPolicy,
-    RetryBudget,
-    RetryDecision,
-    RetryPolicy,
-    cap_hint,
-    decide_retry,
-    failure_kind,
-)
+from ._backoff import PollPolicy, RetryPolicy, cap_hint
 from ._clock import Clock, SystemClock
 from ._closing import AsyncCloseable
-from ._guards import GuardedTransport, bind_callback_url, check_base_url, check_token
+from ._guards import GuardedTransport, bind_callback_url, check_base_url
 from ._handle import RunHandle
 from ._limiter import Limiter, LimiterLike, Priority
 from ._metrics import EventListener, MeteredTransport, Metrics, _Recorder
+from ._pipeline import Orphan, SendPipeline
 from ._polling import AdaptivePolling
-from ._ratelimit import (
-    DEFAULT_COOLDOWN,
-    DEFAULT_MAX_SERVER_WAIT,
-    RateLimitState,
-    check_max_server_wait,
-    parse_retry_after,
-    pause_after,
-)
+from ._ratelimit import DEFAULT_MAX_SERVER_WAIT, check_max_server_wait, parse_retry_after
 from ._scheduler import Poller
 from ._stored import StoredActions
 from ._transport import AiohttpTransport, Transport
@@ -61,6 +47,9 @@ __all__ = ["ZapierClient"]
 logger = logging.getLogger("zapier_async")
 
 DEFAULT_BASE_URL: Final = "https://api.zapier.com"
+
+MAX_ORPHANS: Final = 1000
+"""Handles `ZapierClient.orphaned_runs` keeps (the most recent)."""
 
 
 class _Unset:
@@ -208,7 +197,6 @@ class ZapierClient(AsyncCloseable):
         self._poll_policy = poll_policy if poll_policy is not None else PollPolicy()
         self._polling = AdaptivePolling(policy=self._poll_policy)
         self._retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
-        self._retry_budget = RetryBudget()
         self._request_timeout = float(request_timeout)
         self._max_wait = max_rate_limit_wait
         self._max_poll_failures = max_poll_failures
@@ -222,16 +210,27 @@ class ZapierClient(AsyncCloseable):
             callback_polling if callback_polling is not None else actions.CallbackPolling()
         )
         self._allow_loopback_callback = bool(allow_insecure_callback_url_for_testing)
-        # The Authorization header of the latest token, built once per token, not per request.
-        self._auth_header: tuple[str, Mapping[str, str]] | None = None
         self.stored_actions: StoredActions = StoredActions(self)
         """Stored actions of the Actions API: create, get, update, delete, list, run, pages."""
         self._closed = False
         # The event loop of the first use: the pool, the poller and the limiter belong to it.
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Run-creating (non-idempotent) requests on the wire now; aclose() waits for them.
-        self._on_wire = 0
-        self._wire_drained: asyncio.Future[None] | None = None
+        # Runs Zapier created for callers cancelled while their create was on the wire.
+        self._orphans: collections.deque[RunHandle] = collections.deque(maxlen=MAX_ORPHANS)
+        self._pipeline = SendPipeline(
+            auth=auth,
+            transport=self._transport,
+            limiter=self._limiter,
+            clock=self._clock,
+            base_url=self._base_url,
+            request_timeout=self._request_timeout,
+            retry_policy=self._retry_policy,
+            rng=self._rng,
+            metrics=self._metrics,
+            max_server_wait=self._max_server_wait,
+            is_closed=lambda: self._closed,
+            check_loop=self._check_loop,
+        )
         bind = getattr(auth, "bind", None)
         if callable(bind):
             # Providers that fetch tokens borrow our transport and clock (see `_auth`).
@@ -258,7 +257,8 @@ class ZapierClient(AsyncCloseable):
 
         A create already on the wire is waited for, up to `request_timeout` seconds, before
         the connections are closed: its caller gets a (detached) handle with the run's id
-        instead of `OutcomeUnknownError`. Creates not yet sent are refused with
+        instead of `OutcomeUnknownError` (a create whose caller was cancelled is announced
+        as ever: see `orphaned_runs`). Creates not yet sent are refused with
         `InvalidRequestError` (nothing sent). Cancelling `aclose()` stops that wait; the
         client is closed all the same.
 
@@ -271,7 +271,7 @@ class ZapierClient(AsyncCloseable):
         self._check_loop()
         self._closed = True
         try:
-            await self._drain_creates()
+            await self._pipeline.drain()
         finally:
             await self._poller.aclose()
             for handle in list(self._handles.values()):
@@ -280,20 +280,9 @@ class ZapierClient(AsyncCloseable):
             self._handles.clear()
             if self._owns_limiter:
                 await self._limiter.aclose()
+            # A create still on the wire past the drain fails with its connection (or its
+            # own timeout): its caller gets OutcomeUnknownError.
             await self._transport.aclose()
-
-    async def _drain_creates(self) -> None:
-        """Wait (up to `request_timeout`) until no run-creating request is on the wire."""
-        if not self._on_wire:
-            return
-        drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._wire_drained = drained
-        timer = self._clock.call_later(self._request_timeout, partial(_resolve, drained))
-        try:
-            await drained
-        finally:
-            timer.cancel()
-            self._wire_drained = None
 
     @property
     def closed(self) -> bool:
@@ -306,19 +295,25 @@ class ZapierClient(AsyncCloseable):
         return self._limiter
 
     @property
+    def orphaned_runs(self) -> tuple[RunHandle, ...]:
+        """Runs Zapier created for callers that were cancelled while their create was on the wire.
+
+        Once the rate limiter let a create go, cancelling its caller (``task.cancel()``,
+        ``asyncio.wait_for``, an anyio cancel scope, a web handler whose client went away)
+        does not cut the POST off: the caller gets `CancelledError` at once and the client
+        finishes the exchange. If Zapier created the run, the client follows it to its end
+        like any other (its handle is here; metrics and ``on_event`` listeners see it, the
+        first as a ``"started"`` `RunEvent`) and logs a WARNING with its id (``extra``
+        ``run_id``). A client closed meanwhile keeps a detached handle here, with the id.
+
+        The most recent last; the last 1,000 are kept.
+        """
+        return tuple(self._orphans)
+
+    @property
     def in_flight(self) -> int:
         """Runs this client is following now."""
         return sum(1 for h in self._handles.values() if not h.done())
-
-    def _auth_headers(self, token: str) -> Mapping[str, str]:
-        cached = self._auth_header
-        if cached is None or cached[0] != token:
-            # Checked once per new token: one with a control character would otherwise make
-            # the HTTP library raise a bare ValueError on every request.
-            check_token(token)
-            cached = (token, MappingProxyType({"Authorization": f"Bearer {token}"}))
-            self._auth_header = cached
-        return cached[1]
 
     def _ensure_open(self) -> None:
         if self._closed:
@@ -874,9 +869,7 @@ class ZapierClient(AsyncCloseable):
 
         Not through the limiter: the token endpoint is another host with another budget.
         """
-        return await self._transport.send(
-            request, base_url=base_url, headers={}, timeout=self._request_timeout
-        )
+        return await self._pipeline.send_unlimited(request, base_url)
 
     # --- internals ------------------------------------------------------------------------
 
@@ -902,13 +895,47 @@ class ZapierClient(AsyncCloseable):
         cadence but takes no callback.
         """
         submitted_at = self._clock.monotonic()
+        created = partial(
+            self._created,
+            request,
+            kind=kind,
+            stored_action_id=stored_action_id,
+            callback=callback,
+            callback_token=callback_token,
+            submitted_at=submitted_at,
+        )
         try:
             response = await self._send(
-                request, priority=priority, max_wait=self._cap(max_rate_limit_wait)
+                request,
+                priority=priority,
+                max_wait=self._cap(max_rate_limit_wait),
+                orphan=partial(created, orphaned=True),
             )
+            return created(response)
         except errors.ZapierError as exc:
             self._metrics.error(exc)
             raise
+
+    def _created(
+        self,
+        request: proto.Request,
+        response: proto.Response,
+        *,
+        kind: proto.RunKind,
+        stored_action_id: str | None,
+        callback: bool,
+        callback_token: str | None,
+        submitted_at: float,
+        orphaned: bool = False,
+    ) -> RunHandle:
+        """Track the run a 2xx answer to a create names, and announce it ("started").
+
+        `orphaned`: its caller was cancelled while the create was on the wire (see
+        `orphaned_runs`); the run is followed all the same, and logged.
+
+        Raises:
+            OutcomeUnknownError: The answer names no usable run id.
+        """
         try:
             run_id = proto.parse_created_run(response, request)
             locator = proto.RunLocator(
@@ -918,29 +945,36 @@ class ZapierClient(AsyncCloseable):
             )
         except (errors.DecodeError, errors.InvalidRequestError) as exc:
             # Zapier said 2xx, so a run probably exists, but we cannot tell its id.
-            unknown = errors.OutcomeUnknownError(
+            raise errors.OutcomeUnknownError(
                 "Zapier accepted the request but its answer names no usable run id",
                 request.describe(),
                 str(exc),
-            )
-            self._metrics.error(unknown)
-            raise unknown from exc
+            ) from exc
         if self._closed:
             # The client was closed while the POST was in flight, but Zapier created the run:
             # hand its id back on a detached handle (as aclose() does for runs in flight)
             # instead of raising and losing the id of a run that exists.
-            detached = RunHandle(locator, self._poller, created_at=self._clock.monotonic())
-            detached._callback_token = callback_token
-            detached._finish(errors.RunDetachedError(locator.run_id, "client closed"))
-            return detached
-        handle = self._track(
-            locator,
-            first_delay=None,
-            poll_key=request.poll_key,
-            callback=callback,
-            callback_token=callback_token,
-        )
+            handle = RunHandle(locator, self._poller, created_at=self._clock.monotonic())
+            handle._callback_token = callback_token
+            handle._finish(errors.RunDetachedError(locator.run_id, "client closed"))
+        else:
+            handle = self._track(
+                locator,
+                first_delay=None,
+                poll_key=request.poll_key,
+                callback=callback,
+                callback_token=callback_token,
+            )
+        # Announced even on a detached handle: a listener (a journal) learns the id.
         self._metrics.run_started(handle, submitted_at)
+        if orphaned:
+            self._orphans.append(handle)
+            logger.warning(
+                "run %s created for a caller that was cancelled; %s (client.orphaned_runs)",
+                handle.id,
+                "the client was closed" if self._closed else "it is followed to its end",
+                extra={"run_id": handle.id, "action": request.poll_key},
+            )
         return handle
 
     def _track(
@@ -1056,217 +1090,17 @@ class ZapierClient(AsyncCloseable):
         self._poller.schedule(handle, delay)
 
     async def _send(
-        self, request: proto.Request, *, priority: Priority, max_wait: float | None
+        self,
+        request: proto.Request,
+        *,
+        priority: Priority,
+        max_wait: float | None,
+        orphan: Orphan | None = None,
     ) -> proto.Response:
-        """Send through the limiter with retries; returns a 2xx response or raises.
-
-        The decision of what may be retried lives in `_backoff.decide_retry`; in short, a
-        run-creating POST is re-sent only when it provably did not reach Zapier (connect
-        error) or Zapier refused it with 429 or 503 + Retry-After.
-
-        Every server-dictated wait (a 429/503's ``Retry-After``, or a 429's ``Reset``) is
-        bounded by `max_server_wait`: past it the request fails with `RateLimitedError`
-        instead of sleeping. The part of such a wait that the limiter does not enforce (a lone
-        503 need not freeze the whole bucket) is slept here, for this request only.
-
-        Only `ZapierError` leaves: an auth provider's or a transport's own exception becomes
-        `UnexpectedError` (the original is its ``__cause__``), or `OutcomeUnknownError` for a
-        create that may have been sent.
-        """
-        self._check_loop()
-        attempt = 0
-        reauthorised = False
-        while True:
-            attempt += 1
-            response: proto.Response | None = None
-            failure: errors.TransportError | None = None
-            # The token comes first: a refresh is a round trip to another host and must not
-            # hold a slot of the API's budget (in probe mode the only one) meanwhile.
-            token, headers = await self._authorise(request)
-            async with self._limiter.slot(priority, max_wait=max_wait) as slot:
-                timeout = self._request_timeout
-                if request.long_poll is not None:
-                    # A long-poll is parked at Zapier for up to N s: it counts against the
-                    # budget (the slot was granted), but is "answered" for the limiter as it
-                    # goes out, so it neither holds the probe nor stalls pacing meanwhile.
-                    # See `_actions` ("Long-polls and the rate limiter").
-                    slot.record(None, {})
-                    timeout += request.long_poll
-                try:
-                    response = await self._transmit(request, headers, timeout)
-                except errors.TransportError as exc:
-                    failure = exc
-                    slot.record(None, {})
-                else:
-                    slot.record(response.status, response.headers)
-            retry_after: float | None = None
-            if response is not None and request.long_poll is not None:
-                self._refusal_freezes(response)
-            if response is not None:
-                if 200 <= response.status < 300:
-                    self._retry_budget.on_success()
-                    return response
-                if response.status == 401 and not reauthorised and self._auth.invalidate(token):
-                    # A refused token was not a request Zapier acted on: safe to re-send once.
-                    reauthorised = True
-                    attempt -= 1
-                    continue
-                retry_after = parse_retry_after(
-                    response.header("retry-after"), now=self._clock.time()
-                )
-                if response.status in (429, 503):
-                    self._check_server_wait(response)
-                decision = decide_retry(
-                    idempotent=request.idempotent,
-                    status=response.status,
-                    failure=None,
-                    has_retry_after=retry_after is not None,
-                )
-            else:
-                assert failure is not None
-                if failure.sent is False and failure.kind != "connect":
-                    raise failure  # TLS failure, closed transport: retrying will not help
-                decision = decide_retry(
-                    idempotent=request.idempotent,
-                    status=None,
-                    failure=failure_kind(failure.kind),
-                    has_retry_after=False,
-                )
-            if decision is RetryDecision.UNKNOWN_OUTCOME:
-                what = f"HTTP {response.status}" if response is not None else str(failure)
-                raise errors.OutcomeUnknownError(
-                    "the request may have reached Zapier before it failed",
-                    request.describe(),
-                    what,
-                ) from failure
-            # A 429 or a 503 with Retry-After is a refusal that paces us, not a failure: it
-            # does not spend the retry budget.
-            refused = retry_after is not None or (response is not None and response.status == 429)
-            if (
-                decision is RetryDecision.RETRY
-                and attempt < self._retry_policy.max_attempts
-                and (refused or self._retry_budget.try_spend())
-            ):
-                self._metrics.retry(
-                    request,
-                    attempt,
-                    response.status if response is not None else None,
-                    failure,
-                    refused,
-                )
-                if not refused:
-                    delay = self._retry_policy.delay(attempt, self._rng)
-                    logger.debug(
-                        "%s failed (%s); retry %d in %.2fs",
-                        request.describe(),
-                        response.status if response is not None else failure,
-                        attempt,
-                        delay,
-                    )
-                    await self._clock.sleep(delay)
-                elif retry_after is not None:
-                    await self._honour_retry_after(retry_after, max_wait)
-                # After a 429 the limiter froze the whole bucket until the hinted time; the
-                # next slot() waits for it (or raises RateLimitedError past the cap).
-                continue
-            if response is not None:
-                error = proto.error_for_response(response, request, retry_after=retry_after)
-                assert error is not None
-                raise error
-            assert failure is not None
-            raise failure
-
-    async def _authorise(self, request: proto.Request) -> tuple[str, Mapping[str, str]]:
-        """The current token and its headers; an untyped failure becomes `UnexpectedError`."""
-        try:
-            token = await self._auth.token()
-            return token, self._auth_headers(token)
-        except errors.ZapierError:
-            raise
-        except Exception as exc:
-            # The exception's text is left out: a provider's error may quote a secret. It
-            # is the __cause__, for tracebacks.
-            raise errors.UnexpectedError(
-                f"the auth provider's token() raised {type(exc).__name__}; nothing was sent",
-                request.describe(),
-            ) from exc
-
-    async def _transmit(
-        self, request: proto.Request, headers: Mapping[str, str], timeout: float
-    ) -> proto.Response:
-        """One exchange on the transport; run-creating requests are counted for `aclose()`."""
-        if request.idempotent:
-            return await self._transport.send(
-                request, base_url=self._base_url, headers=headers, timeout=timeout
-            )
-        if self._closed:
-            # aclose() waits for creates on the wire; one that was not sent yet is refused,
-            # so none is cut off by the transport closing under it.
-            raise errors.InvalidRequestError("the client is closed; nothing was sent")
-        self._on_wire += 1
-        try:
-            return await self._transport.send(
-                request, base_url=self._base_url, headers=headers, timeout=timeout
-            )
-        except errors.UnexpectedError as exc:
-            # Whether it reached Zapier is unknown: never re-sent, and said so.
-            raise errors.OutcomeUnknownError(
-                "the transport failed in an unexpected way", request.describe(), exc.message
-            ) from exc
-        finally:
-            self._on_wire -= 1
-            drained = self._wire_drained
-            if not self._on_wire and drained is not None:
-                _resolve(drained)
-
-    def _check_server_wait(self, response: proto.Response) -> None:
-        """Raise `RateLimitedError` when a 429/503 asks for a wait over `max_server_wait`.
-
-        For a 429 the wait is what freezes the bucket (``Retry-After``, else the reset, else
-        the cool-down); for a 503 its ``Retry-After``, whether or not it froze the bucket.
-        """
-        now = self._clock.time()
-        state = RateLimitState.from_headers(response.headers, now=now)
-        if response.status == 503:
-            wait = state.retry_after
-        else:
-            wait = pause_after(response.status, state, default_cooldown=DEFAULT_COOLDOWN)
-        if wait is None or wait <= self._max_server_wait:
-            return
-        named = getattr(state, "retry_at", None)  # the unclamped time the server named
-        retry_at = now + wait
-        if isinstance(named, float) and named > retry_at:
-            retry_at = named
-        logger.info(
-            "the server asked to wait %.0fs, over max_server_wait (%.0fs): not waiting",
-            wait,
-            self._max_server_wait,
+        """Send through the limiter with retries (see `SendPipeline.send`)."""
+        return await self._pipeline.send(
+            request, priority=priority, max_wait=max_wait, orphan=orphan
         )
-        raise errors.RateLimitedError(wait, retry_at)
-
-    async def _honour_retry_after(self, retry_after: float, max_wait: float | None) -> None:
-        """Sleep whatever part of a refusal's ``Retry-After`` the limiter does not enforce.
-
-        A 429 freezes the whole bucket, so the next `slot()` waits for it. A lone 503 with
-        ``Retry-After`` need not (one transient 503 is not a rate signal): then this one
-        request waits out the server's wait itself before it is sent again.
-        """
-        wait = min(retry_after, self._max_server_wait)
-        frozen_until = getattr(self._limiter, "frozen_until", None)
-        if isinstance(frozen_until, (int, float)):
-            wait -= max(0.0, frozen_until - self._clock.monotonic())
-        if wait <= 0:
-            return
-        if max_wait is not None and wait > max_wait:
-            raise errors.RateLimitedError(wait, self._clock.time() + wait)
-        await self._clock.sleep(wait)
-
-    def _refusal_freezes(self, response: proto.Response) -> None:
-        """A 429/503 to a long-poll (whose slot was released on send) still freezes the bucket."""
-        state = RateLimitState.from_headers(response.headers, now=self._clock.time())
-        pause = pause_after(response.status, state, default_cooldown=DEFAULT_COOLDOWN)
-        if pause is not None:
-            self._limiter.freeze(min(pause, self._max_server_wait))
 
 
 def _throttle_hint(run: Run) -> float | None:
@@ -1275,8 +1109,3 @@ def _throttle_hint(run: Run) -> float | None:
     if not delays or run.status is RunStatus.SUCCESS:
         return None
     return max(delays)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 import zapier_async as za
-import zapier_async._client as client_module
+import zapier_async._pipeline as pipeline_module
 from zapier_async import testing
 
 from .harness import ChaosConfig, check, reproducible_seed, run_chaos
@@ -282,7 +282,7 @@ async def test_client_closed_while_runs_and_creates_are_in_flight():
 @pytest.mark.asyncio
 async def test_the_harness_catches_a_duplicate(monkeypatch):
     """The invariants can fail: a client that re-sends an ambiguous create is caught."""
-    original = client_module.decide_retry
+    original = pipeline_module.decide_retry
 
     def reckless(*, idempotent, status, failure, has_retry_after):
         return original(
@@ -292,7 +292,7 @@ async def test_the_harness_catches_a_duplicate(monkeypatch):
     def configure(fake):
         fake.inject("502", endpoint="create", after_create=True, count=5)
 
-    monkeypatch.setattr(client_module, "decide_retry", reckless)
+    monkeypatch.setattr(pipeline_module, "decide_retry", reckless)
     report = await run_chaos(ChaosConfig(runs=10, seed=SEED, fault_rate=0.0, on_fake=configure))
     assert report.duplicate_submissions >= 1
     with pytest.raises(AssertionError, match="duplicate"):
@@ -308,3 +308,30 @@ async def _wait_for(predicate, *, within: float = 15.0) -> None:
     with anyio.fail_after(within):
         while not predicate():  # noqa: ASYNC110 (polling counters that have no event)
             await asyncio.sleep(0.001)
+
+
+@pytest.mark.asyncio
+async def test_cancellation_storm_loses_hangs_and_leaks_nothing():
+    # Callers cancelled at random awaits (waiting for a slot, mid-create, awaiting the
+    # handle), creates given up by asyncio.wait_for at the limiter, a tight budget, faults,
+    # and the client closed mid-flight: every run the server made is known by id.
+    report = await run_chaos(
+        ChaosConfig(
+            runs=300,
+            seed=SEED,
+            fault_rate=0.05,
+            faults=ALL_BUT_SLOW,
+            durations=(0.0, 0.3),
+            rate_limit=(40, 0.2),
+            cancel_rate=0.3,
+            cancel_within=0.6,
+            create_timeout=0.25,
+            close_after_creates=280,
+        )
+    )
+    check(report)
+    # The storm happened: cancels during creates and during awaits, and timeouts.
+    assert report.cancelled >= 50, report.lines()
+    assert report.outcomes["CreateTimedOut"] + report.outcomes["Cancelled"] >= 50
+    assert report.lost_run_ids == 0
+    assert report.hung == 0
