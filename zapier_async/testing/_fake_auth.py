@@ -10,7 +10,7 @@ request that carries an expired one gets 401.
 
 `FakeCatalog` holds apps, their actions (with stable keys; every Get Actions lookup hands out
 fresh random ids, as Zapier does) and the user's connections, and answers the Partner API's
-discovery paths in the published spec's shapes (`shared/spec/zapier-partner-api.yml`).
+discovery paths in the published spec's shapes (`tests/spec/zapier-partner-api.yml`).
 
 Both are plain objects attached to a `FakeZapier` (`fake.auth_server`, `fake.catalog`); their
 routes go through the emulator's usual pipeline (counting, faults, latency). The token route
