@@ -6,7 +6,8 @@ The client owns one `_Recorder`. The hot path only bumps a few integers in dicts
 by endpoint, a response by status, a run started or ended) and, for latency, keeps a bounded
 reservoir sample (Vitter's algorithm R, 1,024 values), the exact maximum, sum and count: so
 memory stays constant however long the client lives, and `ZapierClient.metrics()` derives
-percentiles from the reservoir when asked.
+percentiles from the reservoir when asked. Latencies are also counted in fixed buckets
+(`LATENCY_BUCKETS`), which is what a Prometheus histogram needs.
 
 Events (`RequestEvent`, `RetryEvent`, `RateLimitEvent`, `RunEvent`) are small frozen values
 handed to listeners (`ZapierClient(on_event=...)`, `client.add_listener(...)`), so users can
@@ -16,21 +17,31 @@ and skipped: a metrics bug must never break a run.
 
 The instrumented transport (`MeteredTransport`) wraps whichever transport the client uses,
 so every HTTP exchange (creates, polls, and any other request) is counted in one place.
+
+Correlation, for tracing (`zapier_async.otel`): every send of one `Request` value (the client
+re-sends the same value on a retry) shares a `RequestEvent.request_id`, and
+`RequestEvent.resend_count` says which send it was. A request that reads a run names it
+(`run_id`, from its path), and the answer to a create names the run it created (parsed again
+here, only when a listener exists). Nothing in an event is a secret or an input value: the
+URL has no credentials and no ``zapier_async_token``, bodies are never included.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextvars
 import logging
 import math
 import random
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, Literal
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
 
 from . import errors
-from ._protocol import Request, Response
+from ._protocol import Request, Response, parse_created_run
 from .models import Run, RunStatus
 
 if TYPE_CHECKING:
@@ -54,7 +65,35 @@ logger = logging.getLogger("zapier_async")
 RESERVOIR_SIZE: Final = 1024
 """Latency samples kept for percentiles (a uniform sample of every run's latency)."""
 
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+"""Upper bounds (seconds) of the run-latency buckets in `Metrics.latency_buckets`."""
+
 _SECONDS_PER_DAY: Final = 86_400.0
+
+# Requests that read one run: their path ends with the run's (quoted) id.
+_RUN_READS: Final = frozenset(
+    {"action_runs.get", "actions_runs.get", "actions_runs.wait", "stored_actions.run_get"}
+)
+
+# Query parameters never put in an event's URL (the callback secret), and parameters whose
+# value is replaced: anything that looks like a credential.
+_DROPPED_QUERY: Final = frozenset({"zapier_async_token"})
+_SECRET_HINTS: Final = ("token", "secret", "password", "key", "auth", "signature", "client_id")
 
 # Set by `run_many` around one submission: called right before a run-creating request goes on
 # the wire (after the rate limiter granted its slot), so a caller can journal "maybe sent".
@@ -77,6 +116,15 @@ class RequestEvent:
         elapsed: Seconds from sending to the answer (or the failure).
         error: The transport failure's kind (``"connect"``, ``"timeout"``, ``"reset"``, ...),
             or None when there was an answer.
+        request_id: Shared by every send of one request (its retries); unique per client.
+        resend_count: 0 for the first send of a request, 1 for its first re-send, ...
+        url: The URL sent to, without credentials or secret query parameters.
+        run_id: The run this request reads, or (for a create that was answered with 2xx)
+            the run it created; else None.
+        action: The action of that run, when this client knows it.
+        creates_run: True for a request that creates a run.
+        limiter_wait: Seconds this send waited for the rate limiter, when the client
+            reported it (`_Recorder.limiter_waited`); else None.
     """
 
     endpoint: str
@@ -84,6 +132,13 @@ class RequestEvent:
     status: int | None
     elapsed: float
     error: str | None = None
+    request_id: int = 0
+    resend_count: int = 0
+    url: str | None = None
+    run_id: str | None = None
+    action: str | None = None
+    creates_run: bool = False
+    limiter_wait: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -96,12 +151,14 @@ class RetryEvent:
         reason: ``"HTTP 502"``, ``"transport: connect"``, ... .
         paced: True when the retry waits for the rate limiter (after a 429 or a 503 with
             ``Retry-After``) rather than a backoff delay.
+        request_id: The `RequestEvent.request_id` of the request sent again.
     """
 
     endpoint: str
     attempt: int
     reason: str
     paced: bool
+    request_id: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -136,6 +193,12 @@ class RunEvent:
             client submitted the run; else None.
         error_codes: For an ended run, the ``code`` of each of its errors; for a lost run,
             the error's code.
+        action: The run's action (what it was created with), when known.
+        polls: Reads of the run so far.
+        limiter_wait: Seconds the run's requests waited for the rate limiter, summed, when
+            the client reported such waits; else None.
+        age: Seconds since the run's submission (the create call), when this client
+            submitted it; else None.
     """
 
     kind: Literal["started", "status", "ended", "lost"]
@@ -143,6 +206,10 @@ class RunEvent:
     status: RunStatus
     latency: float | None = None
     error_codes: tuple[str, ...] = ()
+    action: str | None = None
+    polls: int = 0
+    limiter_wait: float | None = None
+    age: float | None = None
 
 
 Event = RequestEvent | RetryEvent | RateLimitEvent | RunEvent
@@ -172,8 +239,12 @@ class Metrics:
         latency_p95: 95th percentile of that latency, or None.
         latency_max: The longest latency seen, or None.
         latency_samples: How many latencies were measured.
+        latency_sum: Those latencies summed, in seconds.
+        latency_buckets: ``(upper bound, count)`` pairs, cumulative: how many latencies were
+            at most each bound of `LATENCY_BUCKETS` (the ``+Inf`` bucket is `latency_samples`).
         requests_by_endpoint: HTTP requests sent, by endpoint label.
         responses_by_status: HTTP responses, by status code.
+        responses_by_endpoint: HTTP responses by endpoint label, then by status code.
         transport_errors: Requests that got no HTTP answer.
         retries: Requests sent again after a failure or a refusal.
         rate_limited: 429 responses (from the limiter's count).
@@ -199,6 +270,9 @@ class Metrics:
     latency_samples: int
     requests_by_endpoint: Mapping[str, int]
     responses_by_status: Mapping[int, int]
+    latency_sum: float = 0.0
+    latency_buckets: tuple[tuple[float, int], ...] = ()
+    responses_by_endpoint: Mapping[str, Mapping[int, int]] = attrs.field(factory=dict)
     transport_errors: int
     retries: int
     rate_limited: int
@@ -244,6 +318,10 @@ class Metrics:
         """The snapshot and its derived numbers as a JSON-ready dict."""
         out: dict[str, object] = attrs.asdict(self)
         out["responses_by_status"] = {str(k): v for k, v in self.responses_by_status.items()}
+        out["responses_by_endpoint"] = {
+            endpoint: {str(k): v for k, v in by_status.items()}
+            for endpoint, by_status in self.responses_by_endpoint.items()
+        }
         for name in (
             "runs_ended",
             "success_rate",
@@ -269,18 +347,66 @@ def percentile(ordered: list[float], q: float) -> float:
 # --- the recorder ----------------------------------------------------------------------------
 
 
+def safe_url(base_url: str, request: Request) -> str:
+    """The URL `request` goes to, fit for telemetry: no user info, no secret query values.
+
+    The callback secret (``zapier_async_token``) is dropped; the value of any parameter whose
+    name looks like a credential is replaced by ``REDACTED``.
+    """
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    path = parts.path.rstrip("/") + request.path
+    query = []
+    for name, value in request.query:
+        lowered = name.lower()
+        if lowered in _DROPPED_QUERY:
+            continue
+        if any(hint in lowered for hint in _SECRET_HINTS):
+            value = "REDACTED"
+        query.append(f"{quote(name, safe='')}={quote(value, safe='')}")
+    return urlunsplit((parts.scheme, netloc, path, "&".join(query), ""))
+
+
+def _run_id_of(request: Request) -> str | None:
+    """The run a run-reading request reads: the last segment of its path."""
+    if request.endpoint not in _RUN_READS:
+        return None
+    return unquote(request.path.rsplit("/", 1)[-1]) or None
+
+
+@attrs.define(slots=True)
+class _Send:
+    """What one `Request` value's sends share (kept while the value lives)."""
+
+    request_id: int
+    sends: int = 0
+    limiter_wait: float | None = None  # reported for the next send
+    wait_total: float = 0.0  # over every send
+    ref: weakref.ref[Request] | None = None
+
+
 class _Recorder:
     """The client's mutable counters and its listeners (see the module docstring)."""
 
     __slots__ = (
+        "_buckets",
         "_clock",
+        "_create_waits",
         "_created",
         "_lat_count",
         "_lat_max",
         "_lat_sum",
+        "_next_request_id",
         "_reservoir",
         "_rng",
+        "_run_waits",
+        "_runs",
+        "_sends",
         "by_endpoint",
+        "by_endpoint_status",
         "by_status",
         "errors_by_code",
         "listeners",
@@ -299,6 +425,7 @@ class _Recorder:
         self.listeners: list[EventListener] = []
         self.by_endpoint: dict[str, int] = {}
         self.by_status: dict[int, int] = {}
+        self.by_endpoint_status: dict[tuple[str, int], int] = {}
         self.errors_by_code: dict[str, int] = {}
         self.transport_errors = 0
         self.retries = 0
@@ -307,13 +434,20 @@ class _Recorder:
         self.runs_failed = 0
         self.runs_lost = 0
         self.outcome_unknown = 0
-        # Submission time of each run this client created, until it ends. Weak keys: a handle
-        # cancelled or dropped by its owner takes its entry with it.
         self._reservoir: list[float] = []
         self._rng = random.Random(0)  # sampling only; deterministic for tests
         self._lat_count = 0
         self._lat_sum = 0.0
         self._lat_max = 0.0
+        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        # For events only (filled while a listener exists): the sends of each live Request
+        # value, by id() (the entry leaves with the value); the runs this client follows, by
+        # id (weak: a dropped handle takes its entry with it); limiter waits per run.
+        self._next_request_id = 0
+        self._sends: dict[int, _Send] = {}
+        self._runs: weakref.WeakValueDictionary[str, RunHandle] = weakref.WeakValueDictionary()
+        self._run_waits: weakref.WeakKeyDictionary[RunHandle, float] = weakref.WeakKeyDictionary()
+        self._create_waits: dict[str, float] = {}
 
     # listeners
 
@@ -326,23 +460,116 @@ class _Recorder:
 
     # requests (called by MeteredTransport and the client's retry loop)
 
+    def _send_of(self, request: Request) -> _Send:
+        """The shared state of `request`'s sends (created on its first send)."""
+        key = id(request)
+        state = self._sends.get(key)
+        if state is not None and state.ref is not None and state.ref() is request:
+            return state
+        self._next_request_id += 1
+        state = _Send(self._next_request_id)
+        sends = self._sends
+
+        def forget(_: object, key: int = key) -> None:
+            sends.pop(key, None)
+
+        try:
+            state.ref = weakref.ref(request, forget)
+        except TypeError:  # not weak-referenceable: correlation is per send then
+            return state
+        sends[key] = state
+        return state
+
+    def limiter_waited(self, request: Request, seconds: float) -> None:
+        """The client reports that `request`'s next send waited `seconds` for the limiter.
+
+        Optional: without it, events carry no limiter wait (`Metrics` still has the totals).
+        """
+        if not self.listeners:
+            return
+        state = self._send_of(request)
+        state.limiter_wait = (state.limiter_wait or 0.0) + seconds
+        state.wait_total += seconds
+        run_id = _run_id_of(request)
+        handle = self._runs.get(run_id) if run_id is not None else None
+        if handle is not None:
+            self._run_waits[handle] = self._run_waits.get(handle, 0.0) + seconds
+
     def request_sent(self, request: Request) -> None:
         by_endpoint = self.by_endpoint
         by_endpoint[request.endpoint] = by_endpoint.get(request.endpoint, 0) + 1
 
-    def response(self, request: Request, response: Response, started: float) -> None:
+    def _request_event(
+        self,
+        request: Request,
+        base_url: str,
+        started: float,
+        status: int | None,
+        error: str | None,
+        response: Response | None,
+    ) -> RequestEvent:
+        state = self._send_of(request)
+        state.sends += 1
+        wait, state.limiter_wait = state.limiter_wait, None
+        run_id = _run_id_of(request)
+        action: str | None = None
+        if run_id is not None:
+            handle = self._runs.get(run_id)
+            action = handle.poll_key if handle is not None else None
+        elif request.creates_run:
+            action = request.poll_key
+            if response is not None and 200 <= response.status < 300:
+                try:
+                    run_id = parse_created_run(response, request)
+                except Exception:  # the client says why; the event just has no run id
+                    run_id = None
+                if run_id is not None and wait is not None:
+                    # the run's own wait starts with its create's (see `run_started`)
+                    if len(self._create_waits) > 10_000:
+                        self._create_waits.clear()  # runs never started: no unbounded growth
+                    self._create_waits[run_id] = state.wait_total
+        return RequestEvent(
+            endpoint=request.endpoint,
+            method=request.method,
+            status=status,
+            elapsed=max(self._clock.monotonic() - started, 0.0),
+            error=error,
+            request_id=state.request_id,
+            resend_count=state.sends - 1,
+            url=safe_url(base_url, request),
+            run_id=run_id,
+            action=action,
+            creates_run=request.creates_run,
+            limiter_wait=wait,
+        )
+
+    def _built(
+        self,
+        request: Request,
+        base_url: str,
+        started: float,
+        status: int | None,
+        error: str | None,
+        response: Response | None,
+    ) -> RequestEvent | None:
+        # Called after the exchange: a bug here must not turn an answer into a failure.
+        try:
+            return self._request_event(request, base_url, started, status, error, response)
+        except Exception:
+            logger.exception("building the event of %s failed", request.describe())
+            return None
+
+    def response(
+        self, request: Request, response: Response, started: float, base_url: str = ""
+    ) -> None:
         status = response.status
         self.by_status[status] = self.by_status.get(status, 0) + 1
+        key = (request.endpoint, status)
+        self.by_endpoint_status[key] = self.by_endpoint_status.get(key, 0) + 1
         if self.listeners:
-            elapsed = self._clock.monotonic() - started
-            self.emit(
-                RequestEvent(
-                    endpoint=request.endpoint,
-                    method=request.method,
-                    status=status,
-                    elapsed=elapsed,
-                )
-            )
+            event = self._built(request, base_url, started, status, None, response)
+            if event is not None:
+                self.emit(event)
             if status == 429 or (status == 503 and "retry-after" in response.headers):
                 raw = response.headers.get("retry-after")
                 seconds: float | None
@@ -354,19 +581,15 @@ class _Recorder:
                     RateLimitEvent(endpoint=request.endpoint, status=status, retry_after=seconds)
                 )
 
-    def transport_failed(self, request: Request, exc: BaseException, started: float) -> None:
+    def transport_failed(
+        self, request: Request, exc: BaseException, started: float, base_url: str = ""
+    ) -> None:
         self.transport_errors += 1
         if self.listeners:
             kind = exc.kind if isinstance(exc, errors.TransportError) else type(exc).__name__
-            self.emit(
-                RequestEvent(
-                    endpoint=request.endpoint,
-                    method=request.method,
-                    status=None,
-                    elapsed=self._clock.monotonic() - started,
-                    error=kind,
-                )
-            )
+            event = self._built(request, base_url, started, None, kind, None)
+            if event is not None:
+                self.emit(event)
 
     def retry(
         self, request: Request, attempt: int, status: int | None, failure: object, paced: bool
@@ -375,7 +598,13 @@ class _Recorder:
         if self.listeners:
             reason = f"HTTP {status}" if status is not None else f"transport: {failure}"
             self.emit(
-                RetryEvent(endpoint=request.endpoint, attempt=attempt, reason=reason, paced=paced)
+                RetryEvent(
+                    endpoint=request.endpoint,
+                    attempt=attempt,
+                    reason=reason,
+                    paced=paced,
+                    request_id=self._send_of(request).request_id,
+                )
             )
 
     def error(self, exc: BaseException) -> None:
@@ -391,7 +620,20 @@ class _Recorder:
         self.runs_started += 1
         handle.submitted_at = submitted_at  # on the handle: no per-run dictionary entry
         if self.listeners:
-            self.emit(RunEvent(kind="started", run_id=handle.id, status=handle.status))
+            self._runs[handle.id] = handle
+            wait = self._create_waits.pop(handle.id, None)
+            if wait is not None:
+                self._run_waits[handle] = wait
+            self.emit(
+                RunEvent(
+                    kind="started",
+                    run_id=handle.id,
+                    status=handle.status,
+                    action=handle.poll_key,
+                    limiter_wait=wait,
+                    age=max(self._clock.monotonic() - submitted_at, 0.0),
+                )
+            )
 
     def run_read(self, handle: RunHandle, previous: RunStatus, run: Run) -> None:
         """A poll read `run`; `handle` was updated with it (and may now be done)."""
@@ -414,6 +656,7 @@ class _Recorder:
                 for code in codes or ("unknown",):
                     counts[code] = counts.get(code, 0) + 1
             if self.listeners:
+                self._runs.pop(handle.id, None)
                 self.emit(
                     RunEvent(
                         kind="ended",
@@ -421,21 +664,36 @@ class _Recorder:
                         status=status,
                         latency=latency,
                         error_codes=codes,
+                        action=handle.poll_key,
+                        polls=handle.poll_attempts,
+                        limiter_wait=self._run_waits.pop(handle, None),
                     )
                 )
         elif status is not previous and self.listeners:
-            self.emit(RunEvent(kind="status", run_id=handle.id, status=status))
+            self.emit(
+                RunEvent(
+                    kind="status",
+                    run_id=handle.id,
+                    status=status,
+                    action=handle.poll_key,
+                    polls=handle.poll_attempts,
+                )
+            )
 
     def run_lost(self, handle: RunHandle, exc: BaseException) -> None:
         self.runs_lost += 1
         handle.submitted_at = None
         if self.listeners:
+            self._runs.pop(handle.id, None)
             self.emit(
                 RunEvent(
                     kind="lost",
                     run_id=handle.id,
                     status=handle.status,
                     error_codes=(error_code(exc),),
+                    action=handle.poll_key,
+                    polls=handle.poll_attempts,
+                    limiter_wait=self._run_waits.pop(handle, None),
                 )
             )
 
@@ -444,6 +702,7 @@ class _Recorder:
         self._lat_sum += value
         if value > self._lat_max:
             self._lat_max = value
+        self._buckets[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
         reservoir = self._reservoir
         if len(reservoir) < RESERVOIR_SIZE:
             reservoir.append(value)
@@ -455,6 +714,14 @@ class _Recorder:
     def snapshot(self, *, in_flight: int, limiter: LimiterStats) -> Metrics:
         ordered = sorted(self._reservoir)
         n = self._lat_count
+        cumulative: list[tuple[float, int]] = []
+        total = 0
+        for bound, count in zip(LATENCY_BUCKETS, self._buckets, strict=False):
+            total += count
+            cumulative.append((bound, total))
+        by_endpoint_status: dict[str, dict[int, int]] = {}
+        for (endpoint, status), count in sorted(self.by_endpoint_status.items()):
+            by_endpoint_status.setdefault(endpoint, {})[status] = count
         return Metrics(
             uptime=max(self._clock.monotonic() - self._created, 0.0),
             runs_started=self.runs_started,
@@ -468,8 +735,11 @@ class _Recorder:
             latency_p95=percentile(ordered, 0.95) if ordered else None,
             latency_max=self._lat_max if n else None,
             latency_samples=n,
+            latency_sum=self._lat_sum,
+            latency_buckets=tuple(cumulative),
             requests_by_endpoint=dict(sorted(self.by_endpoint.items())),
             responses_by_status=dict(sorted(self.by_status.items())),
+            responses_by_endpoint=by_endpoint_status,
             transport_errors=self.transport_errors,
             retries=self.retries,
             rate_limited=limiter.rate_limited,
@@ -539,9 +809,9 @@ class MeteredTransport:
                 request, base_url=base_url, headers=headers, timeout=timeout
             )
         except errors.TransportError as exc:
-            recorder.transport_failed(request, exc, started)
+            recorder.transport_failed(request, exc, started, base_url)
             raise
-        recorder.response(request, response, started)
+        recorder.response(request, response, started, base_url)
         return response
 
     async def aclose(self) -> None:
