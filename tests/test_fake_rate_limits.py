@@ -3,7 +3,8 @@
 `rate_limit_window` (windows from the first request vs aligned to the clock),
 `rate_limit_per_token` (a bucket per bearer token, as Zapier's Actions API budgets each user)
 and `rate_limit_for` (a token's own budget, as the partner JWT's `rate_limit` claim sets
-it). Time is a `FakeClock`; the only real waits are loopback round trips.
+it; `FakeAuthServer.claims_of` reads that claim). Time is a `FakeClock`; the only real waits
+are loopback round trips.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from typing import Any, NamedTuple
 
 import aiohttp  # noqa: TID251 - the emulator is tested with a plain HTTP client
 import attrs
+import jwt
 import pytest
 import pytest_asyncio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from zapier_async.testing import FakeClock, FakeZapier
+from zapier_async.testing import FakeAuthServer, FakeClock, FakeZapier
 from zapier_async.testing._fake_limits import _RateLimiter
 
 # 7 s into a 10-s window of the epoch (1_700_000_000 is a multiple of 10): an aligned
@@ -257,3 +261,68 @@ def test_idle_token_buckets_are_dropped_and_come_back_fresh():
     assert again is not None
     assert (again.allowed, again.remaining) == (True, 1)
     assert asked == ["first"]
+
+
+# ---------------------------------------------------------------------------- the JWT's claim
+
+PARTNER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+PARTNER_PUBLIC = (
+    PARTNER_KEY.public_key()
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    .decode()
+)
+
+
+async def exchange(
+    http: aiohttp.ClientSession, fake: FakeZapier, subject: str, rate_limit: Any
+) -> str:
+    """Exchange a partner JWT for `subject` (with this `rate_limit` claim) for a token."""
+    now = int(fake.clock.time())
+    claims: dict[str, Any] = {
+        "sub": subject,
+        "tenant_id": "acme",
+        "iss": "partner",
+        "aud": "connect.zapier.com",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 60,
+    }
+    if rate_limit is not None:
+        claims["rate_limit"] = rate_limit
+    form = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "client_id": "id",
+        "client_secret": "secret",
+        "subject_token": jwt.encode(claims, PARTNER_KEY, algorithm="RS256", headers={"kid": "k1"}),
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+    }
+    async with http.post(fake.token_url, data=form) as response:
+        assert response.status == 200, await response.text()
+        token = (await response.json())["access_token"]
+        assert isinstance(token, str)
+        return token
+
+
+@pytest.mark.asyncio
+async def test_a_users_budget_can_follow_the_rate_limit_claim_of_its_partner_jwt(http):
+    auth = FakeAuthServer(partner_keys={"k1": PARTNER_PUBLIC})
+
+    def budget_for(token: str) -> tuple[int, float] | None:
+        claim = (auth.claims_of(token) or {}).get("rate_limit") or {}
+        override = claim.get("limit_override")
+        return None if override is None else (override, 300.0)
+
+    async with FakeZapier(
+        clock=FakeClock(wall_start=WALL),
+        auth_server=auth,
+        rate_limit=(200, 300.0),
+        rate_limit_per_token=True,
+        rate_limit_for=budget_for,
+    ) as fake:
+        small = await exchange(http, fake, "user-1", {"limit_override": 2})
+        plain = await exchange(http, fake, "user-2", None)
+        assert auth.claims_of(small) is not None
+        assert auth.claims_of("never-issued") is None
+        assert [(await get(http, fake, small)).status for _ in range(3)] == [404, 404, 429]
+        assert budget(await get(http, fake, plain))[:2] == ("200", "199")
+        assert fake.stats.rate_limited_by_token == {small: 1}

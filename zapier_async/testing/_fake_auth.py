@@ -110,6 +110,7 @@ class _Issued:
     grant: str
     subject: str | None
     tenant: str | None
+    claims: Mapping[str, Any] | None = None  # the partner JWT's, for token exchanges
 
 
 TokenState = Literal["unknown", "valid", "expired"]
@@ -180,6 +181,16 @@ class FakeAuthServer:
         """Let every issued token lapse at `now` (on the emulator's clock)."""
         for issued in self._issued.values():
             issued.expires_at = min(issued.expires_at, now)
+
+    def claims_of(self, token: str) -> Mapping[str, Any] | None:
+        """The verified claims of the partner JWT `token` was exchanged for, or None.
+
+        None for a token this server did not issue or issued to the client-credentials
+        grant. Handy in `FakeZapier(rate_limit_for=...)` to size a user's budget by the
+        JWT's ``rate_limit`` claim, as Zapier does.
+        """
+        issued = self._issued.get(token)
+        return None if issued is None else issued.claims
 
     @property
     def issued(self) -> int:
@@ -282,7 +293,9 @@ class FakeAuthServer:
         if not isinstance(tenant, str) or not tenant:
             return self._refuse(400, "invalid_grant", f"JWT has no {self.tenant_claim} claim.")
         self.exchanges.append(claims)
-        return self._issue(clock, rng, _TOKEN_EXCHANGE, str(claims["sub"]), tenant, None)
+        return self._issue(
+            clock, rng, _TOKEN_EXCHANGE, str(claims["sub"]), tenant, None, claims=claims
+        )
 
     def _issue(
         self,
@@ -292,10 +305,12 @@ class FakeAuthServer:
         subject: str | None,
         tenant: str | None,
         scope: str | None,
+        *,
+        claims: Mapping[str, Any] | None = None,
     ) -> Answer:
         token = f"fzat_{rng.getrandbits(128):032x}"
         self._issued[token] = _Issued(
-            clock.monotonic() + self.token_lifetime, grant, subject, tenant
+            clock.monotonic() + self.token_lifetime, grant, subject, tenant, claims
         )
         self.tokens_issued += 1
         body: dict[str, Any] = {"access_token": token, "token_type": "Bearer"}
