@@ -194,7 +194,7 @@ class RunEvent:
         error_codes: For an ended run, the ``code`` of each of its errors; for a lost run,
             the error's code.
         action: The run's action (what it was created with), when known.
-        polls: Reads of the run so far.
+        polls: Reads of the run so far (a read re-sent after a failure counts once).
         limiter_wait: Seconds the run's requests waited for the rate limiter, summed, when
             the client reported such waits; else None.
         age: Seconds since the run's submission (the create call), when this client
