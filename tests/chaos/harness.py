@@ -22,7 +22,11 @@ Invariants (checked after the client and the emulator are closed):
 6. Cancellation loses nothing (the cancellation storm: `cancel_rate`, `create_timeout`): a
    caller cancelled at any await, or whose create timed out under `asyncio.wait_for`, may end
    without a handle, but every run the server created for it is reachable by its id: the
-   client announced it (a ``"started"`` `RunEvent`) although its caller was gone.
+   client announced it (a ``"started"`` `RunEvent`) although its caller was gone, and lists
+   it in `ZapierClient.orphaned_runs`. The one exception is the same as in invariant 2: a
+   create whose outcome the client could not know (the answer was a 5xx, a reset, ...) and
+   reported as unknown (counted in `Metrics.outcome_unknown`, logged); each such report
+   accounts for at most one unannounced run of a cancelled caller.
 7. Nothing hangs: every caller ends before `deadline`; a caller still running then is hung.
 """
 
@@ -82,8 +86,8 @@ class ChaosConfig:
         auth_factory: Builds each client's auth provider from the started emulator (e.g.
             `ClientCredentials` against `fake.token_url`); overrides `auth`.
         cancel_rate: Probability that a caller's task is cancelled, at a uniformly random
-            moment within `cancel_within` seconds of its start (waiting for a slot, during
-            its create, or awaiting its handle).
+            moment within `cancel_within` seconds of its start (once it passed the
+            `concurrency` gate: waiting for a slot, during its create, or awaiting its handle).
         cancel_within: See `cancel_rate`.
         create_timeout: Wrap each create in `asyncio.wait_for` with this timeout (callers
             that give up on the limiter or the POST); None: no timeout.
@@ -137,7 +141,11 @@ class ChaosReport:
     unknown_outcome_created: int = 0
     unknown_causes: Counter[str] = attrs.Factory(Counter)
     cancelled: int = 0
+    cancelled_before_sending: int = 0
     cancelled_runs_announced: int = 0
+    cancelled_runs_unknown: int = 0
+    cancelled_runs_orphaned: int = 0
+    cancelled_awaiting: int = 0
     lost_run_ids: int = 0
     hung: int = 0
     untyped: int = 0
@@ -165,8 +173,11 @@ class ChaosReport:
             f"(of which the run exists: {self.unknown_outcome_created})",
             "outcome unknown causes:  "
             + ", ".join(f"{k!r}={v}" for k, v in self.unknown_causes.most_common(5)),
-            f"cancelled callers:       {self.cancelled} "
-            f"(runs created for them, announced by id: {self.cancelled_runs_announced})",
+            f"cancelled callers:       {self.cancelled} (before anything was sent: "
+            f"{self.cancelled_before_sending}, on the wire with a run made and announced by "
+            f"id: {self.cancelled_runs_announced} ({self.cancelled_runs_orphaned} in "
+            f"orphaned_runs), or reported outcome unknown: "
+            f"{self.cancelled_runs_unknown}, awaiting their handle: {self.cancelled_awaiting})",
             f"lost run ids:            {self.lost_run_ids}",
             f"hung callers:            {self.hung}",
             f"untyped errors:          {self.untyped}",
@@ -257,7 +268,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         ) as fake:
             if config.on_fake is not None:
                 config.on_fake(fake)
-            announced = await _drive(fake, config, callers)
+            announced, orphans, unknown_reports = await _drive(fake, config, callers)
             stats = fake.stats
             server_runs = fake.runs()
         report.wall_time = time.perf_counter() - started
@@ -272,7 +283,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         for t in asyncio.all_tasks()
         if t not in before_tasks and t is not current and not t.done()
     ]
-    _fill(report, stats, callers, server_runs, announced)
+    _fill(report, stats, callers, server_runs, announced, orphans, unknown_reports)
     v = report.violations
     v.extend(unraisable)
     report.leaked_tasks = len(leftover)
@@ -284,8 +295,15 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
     return report
 
 
-async def _drive(fake: FakeZapier, config: ChaosConfig, callers: list[_Caller]) -> set[str]:
-    """Run every caller; return the ids of the runs the clients announced as started."""
+async def _drive(
+    fake: FakeZapier, config: ChaosConfig, callers: list[_Caller]
+) -> tuple[set[str], set[str], int]:
+    """Run every caller.
+
+    Returns:
+        The ids of the runs the clients announced as started, the ids in their
+        `orphaned_runs`, and how many creates they reported as outcome unknown.
+    """
     announced: set[str] = set()
 
     def listen(event: za.Event) -> None:
@@ -307,6 +325,21 @@ async def _drive(fake: FakeZapier, config: ChaosConfig, callers: list[_Caller]) 
         for n in range(config.clients)
     ]
     storm = random.Random(config.seed * 7919 + 1)
+    # When each caller is cancelled, counted from the moment it passes the gate (so that the
+    # cancel lands in its create or its await, not while it queues for the gate).
+    cancel_after: dict[int, float] = {}
+    for caller in callers:
+        if config.cancel_rate and storm.random() < config.cancel_rate:
+            cancel_after[caller.index] = storm.uniform(0.0, config.cancel_within)
+    cancelling: set[int] = set()
+    timers: list[asyncio.TimerHandle] = []
+    loop = asyncio.get_running_loop()
+
+    def cancel(index: int, task: asyncio.Task[Any]) -> None:
+        if not task.done():
+            cancelling.add(index)
+            task.cancel()
+
     gate = asyncio.Semaphore(config.concurrency)
     creates_answered = 0
     closing: asyncio.Task[Any] | None = None
@@ -315,6 +348,11 @@ async def _drive(fake: FakeZapier, config: ChaosConfig, callers: list[_Caller]) 
         nonlocal creates_answered, closing
         client = clients[caller.index % len(clients)]
         async with gate:
+            delay = cancel_after.get(caller.index)
+            if delay is not None:
+                me = asyncio.current_task()
+                assert me is not None
+                timers.append(loop.call_later(delay, cancel, caller.index, me))
             try:
                 create = client.run("core:chaos", authentication=None, inputs={"i": caller.index})
                 if config.create_timeout is not None:
@@ -350,8 +388,6 @@ async def _drive(fake: FakeZapier, config: ChaosConfig, callers: list[_Caller]) 
             else:
                 caller.outcome = "Run"
 
-    cancelling: set[int] = set()
-
     async def guarded(caller: _Caller, work: Awaitable[None]) -> None:
         try:
             await work
@@ -367,18 +403,7 @@ async def _drive(fake: FakeZapier, config: ChaosConfig, callers: list[_Caller]) 
             if not isinstance(exc, Exception):
                 raise
 
-    loop = asyncio.get_running_loop()
     tasks = [asyncio.create_task(guarded(c, one(c))) for c in callers]
-    timers = []
-    for caller, task in zip(callers, tasks, strict=True):
-        if config.cancel_rate and storm.random() < config.cancel_rate:
-
-            def cancel(index: int = caller.index, task: asyncio.Task[None] = task) -> None:
-                if not task.done():
-                    cancelling.add(index)
-                    task.cancel()
-
-            timers.append(loop.call_later(storm.uniform(0.0, config.cancel_within), cancel))
     try:
         _done, pending = await asyncio.wait(tasks, timeout=config.deadline)
         for caller, task in zip(callers, tasks, strict=True):
@@ -395,7 +420,9 @@ async def _drive(fake: FakeZapier, config: ChaosConfig, callers: list[_Caller]) 
         await _close_all(clients)
     if not all(c.closed for c in clients):
         raise AssertionError("a client did not close")
-    return announced
+    orphans = {handle.id for client in clients for handle in client.orphaned_runs}
+    unknown_reports = sum(client.metrics().outcome_unknown for client in clients)
+    return announced, orphans, unknown_reports
 
 
 def _auth_for(config: ChaosConfig, fake: FakeZapier) -> za.AuthProvider:
@@ -415,6 +442,8 @@ def _fill(
     callers: list[_Caller],
     server_runs: list[Any],
     announced: set[str],
+    orphans: set[str],
+    unknown_reports: int,
 ) -> None:
     v = report.violations
     report.faults = dict(stats.faults)
@@ -437,6 +466,10 @@ def _fill(
             continue
         by_index.setdefault(index, []).append(record)
 
+    # Creates reported outcome unknown that no caller was told about: their callers were
+    # cancelled while the create was on the wire (invariant 6).
+    told_unknown = sum(1 for c in callers if c.create_error == OUTCOME_UNKNOWN)
+    unknown_for_cancelled = max(0, unknown_reports - told_unknown)
     for caller in callers:
         i = caller.index
         mine = by_index.get(i, [])
@@ -454,9 +487,16 @@ def _fill(
             report.outcomes[caller.outcome or "Cancelled"] += 1
             if len(mine) > 1:
                 v.append(f"caller {i}: {len(mine)} runs on the server (a duplicate)")
+            if not mine:
+                report.cancelled_before_sending += 1  # or refused, or made nothing
             for record in mine:
                 if record.id in announced:
                     report.cancelled_runs_announced += 1
+                    # Else its create returned a handle just as the caller was cancelled
+                    # (asyncio.wait_for can drop a result): tracked all the same.
+                    report.cancelled_runs_orphaned += record.id in orphans
+                elif report.cancelled_runs_unknown < unknown_for_cancelled:
+                    report.cancelled_runs_unknown += 1
                 else:
                     report.lost_run_ids += 1
                     v.append(
@@ -467,6 +507,7 @@ def _fill(
         if caller.cancelled:
             # Cancelled while awaiting its handle: it held the id, so nothing is lost.
             report.cancelled += 1
+            report.cancelled_awaiting += 1
             report.outcomes["Cancelled"] += 1
             if len(mine) > 1:
                 v.append(f"caller {i}: {len(mine)} runs on the server (a duplicate)")

@@ -313,25 +313,37 @@ async def _wait_for(predicate, *, within: float = 15.0) -> None:
 @pytest.mark.asyncio
 async def test_cancellation_storm_loses_hangs_and_leaks_nothing():
     # Callers cancelled at random awaits (waiting for a slot, mid-create, awaiting the
-    # handle), creates given up by asyncio.wait_for at the limiter, a tight budget, faults,
-    # and the client closed mid-flight: every run the server made is known by id.
+    # handle), creates given up by asyncio.wait_for at the limiter or on the wire, a tight
+    # budget, latency (so creates spend time on the wire), faults, and the client closed
+    # mid-flight: every run the server made is known by id, nothing hangs or leaks.
     report = await run_chaos(
         ChaosConfig(
-            runs=300,
+            runs=400,
             seed=SEED,
             fault_rate=0.05,
             faults=ALL_BUT_SLOW,
             durations=(0.0, 0.3),
+            latency=(0.01, 0.1),
             rate_limit=(40, 0.2),
             cancel_rate=0.3,
-            cancel_within=0.6,
-            create_timeout=0.25,
-            close_after_creates=280,
+            cancel_within=1.0,
+            create_timeout=0.6,
+            close_after_creates=370,
+            deadline=10.0,
         )
     )
     check(report)
-    # The storm happened: cancels during creates and during awaits, and timeouts.
-    assert report.cancelled >= 50, report.lines()
-    assert report.outcomes["CreateTimedOut"] + report.outcomes["Cancelled"] >= 50
+    lines = report.lines()
+    # The storm happened, at every await: before anything was sent (slot waits), on the wire
+    # (runs made for callers that were gone, announced and listed in orphaned_runs), and
+    # while awaiting handles; and the close caught runs in flight.
+    assert report.cancelled >= 50, lines
+    assert report.outcomes["CreateTimedOut"] + report.outcomes["Cancelled"] >= 50, lines
+    assert report.cancelled_before_sending >= 10, lines
+    assert report.cancelled_runs_announced >= 1, lines
+    assert report.cancelled_runs_orphaned >= 1, lines
+    assert report.cancelled_awaiting >= 5, lines
+    assert report.outcomes["RunDetachedError"] >= 1, lines
     assert report.lost_run_ids == 0
     assert report.hung == 0
+    assert report.leaked_tasks == 0
