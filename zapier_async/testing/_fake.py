@@ -700,7 +700,9 @@ class FakeZapier:
         if self._limiter is None or exchange.endpoint in _UNAUTHENTICATED:
             return None
         token = _bearer(exchange.request)
-        admission = self._limiter.admit(token, exchange.received_at, self._wall_time())
+        # The wall clock at arrival (the body has been read since), to place aligned windows.
+        wall = self._wall_time() - (self.clock.monotonic() - exchange.received_at)
+        admission = self._limiter.admit(token, exchange.received_at, wall)
         if admission is not None and not admission.allowed:
             counters = self._counters
             counters.rate_limited += 1
