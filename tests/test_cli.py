@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from zapier_async import _cli
-from zapier_async._cli import main
+from zapier_async.cli import _common, _output, main
 from zapier_async.testing import FakeZapier
 
 PYTHON = sys.executable
@@ -238,7 +237,7 @@ async def test_resume_follows_submitted_runs_and_never_resends_a_maybe_sent_crea
 def test_exit_code_table_is_in_the_help(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for code in _cli.EXIT_CODES:
+    for code in _common.EXIT_CODES:
         assert f"{code:>3}  " in out
 
 
@@ -248,14 +247,14 @@ def test_progress_is_a_rich_bar_on_a_terminal_and_plain_lines_elsewhere():
     from rich.console import Console
 
     stream = io.StringIO()
-    assert isinstance(_cli._make_progress(2, stream), _cli._PlainProgress)
+    assert isinstance(_output.make_progress(2, stream), _output.PlainProgress)
     terminal = Console(file=stream, force_terminal=True)
-    bar = _cli._make_progress(2, stream, console=terminal)
+    bar = _output.make_progress(2, stream, console=terminal)
     bar.close()
-    assert isinstance(bar, _cli._RichProgress)
+    assert isinstance(bar, _output.RichProgress)
     # --json: plain lines even on a terminal.
-    plain = _cli._make_progress(2, stream, console=terminal, plain=True)
-    assert isinstance(plain, _cli._PlainProgress)
+    plain = _output.make_progress(2, stream, console=terminal, plain=True)
+    assert isinstance(plain, _output.PlainProgress)
     plain.close()
 
 

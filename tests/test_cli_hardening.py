@@ -21,8 +21,7 @@ import pytest_asyncio
 from rich.console import Console
 
 import zapier_async as za
-from zapier_async import _cli
-from zapier_async._cli import main
+from zapier_async.cli import _output, main
 from zapier_async.testing import FakeZapier
 
 PYTHON = sys.executable
@@ -443,7 +442,7 @@ def test_a_terminal_gets_a_progress_bar_and_a_table(capsys, monkeypatch):
 def test_the_progress_bar_counts_failures():
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=140)
-    bar = _cli._make_progress(4, buffer, console=console)
+    bar = _output.make_progress(4, buffer, console=console)
     bar.update(failed=False)
     bar.update(failed=True)
     bar.update(failed=True)
@@ -458,7 +457,7 @@ def test_the_progress_bar_counts_failures():
 
 def test_importing_the_cli_does_not_import_the_emulator():
     code = (
-        "import zapier_async._cli, sys; "
+        "import zapier_async.cli, sys; "
         "assert 'zapier_async.testing._fake' not in sys.modules, 'emulator imported'; "
         "assert 'rich' not in sys.modules, 'rich imported'"
     )
