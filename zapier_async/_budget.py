@@ -1,0 +1,801 @@
+"""One rate budget as a pure state machine: answers and time in, "send at t" out.
+
+Theory of operation
+===================
+
+A `Budget` is what one client believes about one server-side bucket (one credential, one
+endpoint family...). It does no I/O, owns no clock and no task: every method takes the time
+as an argument (``now``: monotonic seconds; ``wall``: epoch seconds, only to read absolute
+``Reset``/``Retry-After`` values). `zapier_async._limiter.Limiter` drives one per key with a
+waiter heap and one timer; the Redis limiter is to run the same rules; the scenario table in
+``tests/limiter_scenarios.py`` runs against both. Its inputs are `grant` (a request is sent),
+`ungrant` (it was not after all), `complete` (its answer, or none) and `freeze`; its outputs
+are `next_time` ("the next request of this priority may go at t", None: "after an answer"),
+`refusal` ("refuse, retry at t") and `estimate`.
+
+**Modes.** *probe*: nothing is known (at start, after a freeze, after a window ran out): one
+request at a time, so a burst of 1,000 creates at start-up does not collect 999 429s; its
+answer decides the next mode. *open*: answers carry no ``X-RateLimit-Remaining``, so nothing
+limits us (an a-priori ``rate`` still applies, a 429 still freezes). *window*: answers
+report the budget: spend it within the window.
+
+**Budget.** The server's ``Remaining`` does not count requests still on the wire. For an
+answer to request *j*, every request granted and not yet answered when *j* was sent may be
+counted after it, so ``available = Remaining_j + (answers received before j was sent) + 1 -
+(grants so far)``. Each such estimate is a lower bound whatever the order answers arrive in.
+The freshest answer wins (another client spending the same budget only shows in fresh
+answers), except that among answers sent within two round trips the highest estimate wins.
+
+**Where a window ends.** Each answer bounds the end of its window to ``[sent + Reset - p,
+received + Reset + p]``, ``p`` the precision of the value (1 s for whole seconds: a server
+may round either way; epoch, delta and ISO forms alike). Intersected over the window's
+answers: ``lo <= end <= hi``. A new window is recognised without waiting for ``hi``: within
+one window ``Remaining`` only falls, so an answer to a request sent after another answer
+arrived that reports a *higher* ``Remaining`` comes from a later window. At ``hi`` a window
+that did not visibly turn is over for sure: back to probe; the budget is never refilled
+blind.
+
+**Spending.** By default the available budget is spread evenly until the earliest possible
+end (``pace_interval``) with a burst allowance of a tenth, so pacing slows as ``Remaining``
+falls instead of bursting to zero and stalling (what a budget shared with unknown others
+needs). With ``spend_window`` the window is spent as fast as answers allow (what a job
+alone on its budget needs: a short job finishes in its first window), except that
+background requests (POLL, BULK) leave ``interactive_reserve`` of the limit (at least one
+request) to INTERACTIVE ones until the earliest possible end.
+
+**Boundary probes.** When ``hi - lo`` is worth more than a few requests, a reserve of
+tokens (2, or 1 for a limit under 40) is held back and sent inside ``[lo, hi]``: a probe that
+lands in the old window spends a token that was really there, the first that lands in the
+new one starts it. Before anything is learnt, whole-unit ``Reset`` steps pin the end to
+``lo``, the middle or ``hi`` (rounding up, to nearest, down): the first probes go there.
+
+**Learning the boundary** (``boundary="learn"``). Each turn of a window says when it really
+ended: after the last request seen landing in it was sent, before the first answer from the
+next arrived. That span is recorded relative to two references: the send time of the
+window's first request (a window that starts with its first request lasts a fixed time) and
+``hi`` (clock-aligned windows, consistently rounded deltas). Each keeps a learnt interval and
+a score, and probes go where the better one says: bisecting while it is wide, at its two ends
+once it is a few round trips narrow.
+
+What each mechanism earns, measured by ``tests/limiter_scenarios.py`` (``python -m
+tests.limiter_scenarios``; wall time over the physical minimum of 20 windows' worth of
+requests, 100 concurrent callers, 5 ms each way; "bounds" waits for ``hi``, "steps" adds the
+probes, "learn" adds the learning; every run: 0 429s after the first answer):
+
+==========================================  ========  ========  ========
+server                                       bounds    steps     learn
+==========================================  ========  ========  ========
+50 / 2 s from first request, whole-second    (not yet measured)
+150 / 60 s clock-aligned, epoch Reset    (not yet measured)
+150 / 60 s from first request, whole-second    (not yet measured)
+200 / 300 s from first request, whole-second    (not yet measured)
+==========================================  ========  ========  ========
+
+So on Zapier's real windows (60 s, 300 s) the boundary probes and the learning each earn 1-2%
+at most: a whole-second rounding is 1-2% of a 60 s window. They are kept because they pay on
+short windows (a partner's own gateway, tests) and cost nothing where they do not. The
+numbers above are regenerated by the module named; update them with the code.
+
+**Freezes.** A 429 freezes the bucket until ``Retry-After``, else ``Reset``, else the
+default cool-down; a 503 only per `zapier_async._ratelimit.pause_after` (one transient 503
+is not a rate signal). Every server-dictated wait is capped at ``max_server_wait``; past
+it, `refusal` names the time the server named, and nobody waits. When a freeze ends, one
+probe goes first.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import contextlib
+import enum
+import math
+from collections.abc import Mapping
+from typing import Final, Literal
+
+import attrs
+
+from ._ratelimit import (
+    DEFAULT_COOLDOWN,
+    DEFAULT_MAX_SERVER_WAIT,
+    RateLimitState,
+    ServerWait,
+    cap_server_wait,
+    check_max_server_wait,
+    pace_interval,
+    server_wait,
+)
+from .errors import InvalidRequestError
+
+__all__ = ["Answer", "Budget", "BudgetConfig", "BudgetView", "Grant", "Priority"]
+
+_BURST_FRACTION: Final = 0.1
+"""Share of the available budget that may be sent at once when pacing."""
+
+_RESERVE: Final = 2
+"""Tokens held back for boundary probes when the end of a window is uncertain (1 for a
+limit under 40; more, up to a tenth of the limit, while the end is poorly known)."""
+
+_NARROW_RTTS: Final = 3
+"""A learnt boundary narrower than this many round trips (or one token's time) is probed at
+both ends rather than bisected further."""
+
+_SCORE_WEIGHT: Final = 0.5
+_SCORE_MARGIN: Final = 0.2
+
+_CALIBRATION_DRIFT: Final = 0.01
+"""Per window, the learnt boundary offset is widened by this share of the window length."""
+
+PROBE: Final = "probe"
+OPEN: Final = "open"
+WINDOW: Final = "window"
+
+
+class Priority(enum.IntEnum):
+    """Who is waiting for a request: lower values are served first."""
+
+    INTERACTIVE = 0
+    """Someone awaits this request now: a create from ``client.run()``, a poll of a handle
+    being awaited, a discovery call."""
+    POLL = 1
+    """A background poll of a run in flight."""
+    BULK = 2
+    """A new submission from a bulk fan-out (``run_many``)."""
+
+
+@attrs.frozen(kw_only=True)
+class BudgetConfig:
+    """Settings shared by every bucket of a limiter (validated by the limiter).
+
+    Attributes:
+        rate: A budget known beforehand, ``(requests, per_seconds)``, as a sliding window.
+        default_cooldown: Freeze after a 429 that says nothing else; also the assumed window
+            length when ``Reset`` is missing.
+        max_server_wait: The cap on any server-dictated wait, seconds.
+        spend_window: Spend the window as fast as answers allow instead of pacing evenly.
+        interactive_reserve: With ``spend_window``, the share of the limit (at least one
+            request) background requests leave to INTERACTIVE ones until the window may end.
+        boundary: ``"learn"`` (probes and learning), ``"steps"`` (probes only) or
+            ``"bounds"`` (wait for the latest possible end): see the module docs.
+    """
+
+    rate: tuple[int, float] | None = None
+    default_cooldown: float = DEFAULT_COOLDOWN
+    max_server_wait: float = DEFAULT_MAX_SERVER_WAIT
+    spend_window: bool = False
+    interactive_reserve: float = 0.1
+    boundary: Literal["learn", "steps", "bounds"] = "learn"
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        rate: tuple[int, float] | None,
+        default_cooldown: float,
+        max_server_wait: float,
+        spend_window: bool,
+        interactive_reserve: float,
+    ) -> BudgetConfig:
+        """Settings from a limiter's arguments, validated.
+
+        Raises:
+            InvalidRequestError: An argument is out of range.
+        """
+        if rate is not None:
+            count, per = rate
+            if int(count) != count or count < 1 or not (math.isfinite(per) and per > 0):
+                raise InvalidRequestError(
+                    f"must be (requests >= 1, seconds > 0), got {rate!r}", "rate"
+                )
+            rate = (int(count), float(per))
+        if not (math.isfinite(default_cooldown) and default_cooldown > 0):
+            raise InvalidRequestError(f"must be > 0, got {default_cooldown!r}", "default_cooldown")
+        if not 0.0 <= interactive_reserve < 1.0:
+            raise InvalidRequestError(
+                f"must be >= 0 and < 1, got {interactive_reserve!r}", "interactive_reserve"
+            )
+        return cls(
+            rate=rate,
+            default_cooldown=float(default_cooldown),
+            max_server_wait=check_max_server_wait(max_server_wait),
+            spend_window=bool(spend_window),
+            interactive_reserve=float(interactive_reserve),
+        )
+
+
+@attrs.frozen
+class Grant:
+    """One request granted: what its answer is read against.
+
+    Attributes:
+        sent: Monotonic time of the grant.
+        completions: Answers (or releases) counted before it was granted.
+        probe: Whether it probes the budget (the only one in flight until answered).
+    """
+
+    sent: float
+    completions: int
+    probe: bool
+
+
+@attrs.frozen
+class Answer:
+    """What an answer changed, for the driver to count and log.
+
+    Attributes:
+        wait: The freeze it asked for (None: it did not freeze the bucket).
+        extended: Whether that freeze lengthened the bucket's freeze.
+        opened: Whether it opened a new window.
+    """
+
+    wait: ServerWait | None = None
+    extended: bool = False
+    opened: bool = False
+
+
+_QUIET: Final = Answer()
+_OPENED: Final = Answer(opened=True)
+
+
+@attrs.frozen(kw_only=True)
+class BudgetView:
+    """A bucket's budget as seen now (times monotonic).
+
+    Attributes:
+        mode: ``"probe"``, ``"open"`` or ``"window"``.
+        limit: Requests per window, if known.
+        remaining: Requests that may still be sent in the current window, if known.
+        window_ends_at: When the current window certainly ends, if known.
+        frozen_until: When the current freeze ends, if frozen.
+    """
+
+    mode: str
+    limit: int | None
+    remaining: int | None
+    window_ends_at: float | None
+    frozen_until: float | None
+
+
+class _Window:
+    """What the answers of one server-side window said."""
+
+    __slots__ = (
+        "anchor",
+        "anchor_sent",
+        "arrived",
+        "arrived_min",
+        "beyond_at",
+        "first_sent",
+        "hi",
+        "last_member_sent",
+        "limit",
+        "lo",
+        "opened_at",
+        "precision",
+    )
+
+    def __init__(
+        self,
+        limit: int | None,
+        anchor: int,
+        sent: float,
+        received: float,
+        remaining: int,
+        bounds: tuple[float, float, float],
+        beyond_at: float | None,
+    ) -> None:
+        self.limit = limit
+        self.lo, self.hi, self.precision = bounds  # lo <= end <= hi; coarsest Reset step
+        self.anchor = anchor  # available = anchor - grants
+        self.anchor_sent = sent
+        # An answer to a request sent after `opened_at` comes from this window or a later one.
+        self.opened_at = received
+        # Arrival times and the running minimum of Remaining, to recognise a later window.
+        self.arrived = [received]
+        self.arrived_min = [remaining]
+        # Latest send time of a request known to have landed here: the end is later.
+        self.last_member_sent = sent
+        # The window's first request's send time, if the opening answer was it.
+        self.first_sent = sent if limit is not None and remaining == limit - 1 else None
+        # The wall-clock reset named when every answer put it past max_server_wait.
+        self.beyond_at = beyond_at
+
+    def min_remaining_before(self, t: float) -> int | None:
+        """The lowest Remaining among answers that arrived before ``t``."""
+        i = bisect.bisect_left(self.arrived, t) - 1
+        return self.arrived_min[i] if i >= 0 else None
+
+
+class Budget:
+    """What one client believes about one server-side rate budget (see the module docs).
+
+    Args:
+        config: Settings shared by every bucket of a limiter.
+    """
+
+    __slots__ = (
+        "_config",
+        "_frozen_until",
+        "_last_grant",
+        "_learnt",
+        "_mode",
+        "_period",
+        "_prev_window",
+        "_probe_out",
+        "_probe_since",
+        "_rate_log",
+        "_refused_at",
+        "_rtt",
+        "_streak",
+        "_tat",
+        "_window",
+        "completed",
+        "granted",
+        "in_flight",
+    )
+
+    def __init__(self, config: BudgetConfig) -> None:
+        self._config = config
+        self.granted = 0  # grants standing (an undone grant is taken back)
+        self.completed = 0  # slots finished (answered, or released without an answer)
+        self.in_flight = 0
+        self._mode = OPEN if config.rate is not None else PROBE
+        self._probe_out = False
+        self._probe_since = -math.inf
+        self._window: _Window | None = None
+        self._prev_window: _Window | None = None
+        self._period: float | None = None  # longest window seen (the largest Reset)
+        # Learnt boundary (see _calibrate): offsets and scores of the references, or None.
+        self._learnt: _Learnt | None = None
+        self._frozen_until: float | None = None
+        self._refused_at: float | None = None  # named time of a freeze past the cap
+        self._streak = 0  # 503 answers in a row
+        self._tat = -math.inf  # pacing: theoretical time of the next grant
+        self._last_grant = -math.inf
+        self._rtt = 0.0  # smoothed time from grant to answer
+        self._rate_log: collections.deque[float] | None = (
+            None if config.rate is None else collections.deque()
+        )
+
+    # ------------------------------------------------------------------ inputs
+
+    def grant(self, now: float) -> Grant:
+        """A request is sent now (the caller checked `next_time`)."""
+        probe = self._mode == PROBE
+        if probe:
+            self._probe_out = True
+        elif self._mode == WINDOW and self._window is not None:
+            # Pacing clock: the next grant is one gap later (GCRA, see next_time).
+            self._tat = max(self._tat, now) + self._gap(self._window, now)
+        self._last_grant = now
+        if self._rate_log is not None:
+            assert self._config.rate is not None
+            self._rate_log.append(now)
+            while len(self._rate_log) > self._config.rate[0]:
+                self._rate_log.popleft()
+        self.granted += 1
+        self.in_flight += 1
+        return Grant(now, self.completed, probe)
+
+    def ungrant(self, grant: Grant) -> None:
+        """A granted request was not sent after all: give its token back."""
+        self.granted -= 1
+        self.in_flight -= 1
+        if grant.probe:
+            self._probe_out = False
+        if self._rate_log is not None:
+            with contextlib.suppress(ValueError):  # it may have slid out of the window
+                self._rate_log.remove(grant.sent)
+
+    def complete(
+        self,
+        grant: Grant,
+        status: int | None,
+        headers: Mapping[str, str],
+        *,
+        now: float,
+        wall: float,
+    ) -> Answer:
+        """A granted request ended: with an HTTP answer, or none (``status`` None)."""
+        self.completed += 1
+        self.in_flight -= 1
+        if grant.probe:
+            self._probe_out = False
+        if status is None:
+            return _QUIET
+        state = RateLimitState.from_headers(headers, now=wall)
+        self._streak = self._streak + 1 if status == 503 else 0
+        wait = server_wait(
+            status,
+            state,
+            now=wall,
+            max_server_wait=self._config.max_server_wait,
+            default_cooldown=self._config.default_cooldown,
+            unavailable_streak=self._streak,
+        )
+        if wait is not None:
+            return Answer(wait, self._hold(wait, now))
+        if state.remaining is None:
+            # No budget headers: this API is not limiting us. Trust that only for answers to
+            # requests sent since probing began, not for stragglers from before a freeze, and
+            # not for a server error (a proxy's 503 page says nothing about the budget).
+            if self._mode == PROBE and grant.sent >= self._probe_since and status < 500:
+                self._mode = OPEN
+            return _QUIET
+        return _OPENED if self._observe(grant, state, now, wall) else _QUIET
+
+    def freeze(self, seconds: float, *, now: float, wall: float) -> Answer:
+        """Hold every request back for ``seconds`` (capped); never shortens a freeze."""
+        wait = cap_server_wait(seconds, max_server_wait=self._config.max_server_wait, now=wall)
+        return Answer(wait, self._hold(wait, now))
+
+    # ------------------------------------------------------------------ outputs
+
+    def advance(self, now: float) -> None:
+        """Apply what the passing of time changes: a freeze ends, a window runs out."""
+        if self._frozen_until is not None and now >= self._frozen_until:
+            self._frozen_until = None
+            self._refused_at = None
+            self._enter_probe(now)
+        w = self._window
+        if w is not None and now >= w.hi:
+            self._enter_probe(now)
+
+    def refusal(self, now: float) -> float | None:
+        """The wall-clock time the server named when a request now would wait past the cap.
+
+        Call after `advance`. None: a request may wait.
+        """
+        if self._frozen_until is not None and now < self._frozen_until:
+            return self._refused_at
+        w = self._window
+        if w is not None and w.beyond_at is not None and self._available(w) <= 0:
+            return w.beyond_at
+        return None
+
+    def next_time(self, now: float, priority: Priority = Priority.INTERACTIVE) -> float | None:
+        """When the next request of ``priority`` may be sent (<= now: at once); None: only
+        after an answer. Call after `advance`."""
+        if self._frozen_until is not None:
+            return self._frozen_until
+        earliest = now
+        rate, log = self._config.rate, self._rate_log
+        if rate is not None and log is not None and len(log) >= rate[0]:
+            earliest = max(earliest, log[0] + rate[1])
+        if self._mode == OPEN:
+            return earliest
+        if self._mode == PROBE:
+            return None if self._probe_out else earliest
+        w = self._window
+        assert w is not None
+        available = self._available(w)
+        if available <= 0:
+            return max(earliest, w.hi)
+        start, probes = self._plan(w)
+        spendable = available - len(probes)
+        if spendable > 0 and now < start:
+            if self._config.spend_window:
+                if priority != Priority.INTERACTIVE and spendable <= self._reserve(w):
+                    return max(earliest, start)  # the rest is the interactive reserve
+                return earliest
+            # Spread the spendable budget until the boundary; allow a small burst.
+            gap = pace_interval(spendable, start - now)
+            burst = max(1, int(spendable * _BURST_FRACTION))
+            return max(earliest, self._tat - (burst - 1) * gap)
+        if spendable > 0:
+            # Past the earliest possible end with budget to spare: spend it until the end.
+            end = probes[-1] if probes else w.hi
+            return max(earliest, self._last_grant + max(end - now, 0.0) / available)
+        # Only the reserve is left: it goes out as boundary probes, then comes ``hi``. Short
+        # of tokens, the last probes are kept: they are the likeliest to find the new window.
+        for probe in probes[-available:]:
+            if probe > self._last_grant:
+                return max(earliest, probe)
+        return max(earliest, w.hi)
+
+    def estimate(
+        self, now: float, position: int, priority: Priority = Priority.INTERACTIVE
+    ) -> float:
+        """Rough seconds until the ``position``-th next grant (1 = the next one)."""
+        start = now
+        if self._frozen_until is not None and self._frozen_until > now:
+            start = self._frozen_until
+        t = start
+        w = self._window if start == now else None  # after a freeze comes a probe
+        if w is None:
+            # Probing: one request at a time; the last window known says how fast it may go.
+            known = self._window or self._prev_window
+            if known is not None and known.limit:
+                t += (position - 1) * self._token_time(known)
+        else:
+            available = max(self._available(w), 0)
+            if self._config.spend_window and priority != Priority.INTERACTIVE:
+                available = max(available - self._reserve(w), 0)
+            if position <= available:
+                gap = 0.0 if self._config.spend_window else self._gap(w, now)
+                t = max(t, now + position * gap)
+            else:
+                extra = position - available
+                per_window = w.limit or max(available, 1)
+                period = self._period or self._config.default_cooldown
+                t = max(t, w.hi + (extra - 1) // per_window * period)
+        rate, log = self._config.rate, self._rate_log
+        if rate is not None and log is not None:
+            count, per = rate
+            free = count - len(log)
+            if position > free:
+                j = position - free  # j-th grant that must wait for the log to slide
+                virtual = [*log, *([now] * max(free, 0))]
+                t = max(t, virtual[(j - 1) % count] + ((j - 1) // count + 1) * per)
+        return max(t - now, 0.0)
+
+    def reason(self, now: float) -> str:
+        """Why a request waits now: ``"frozen"``, ``"probe"`` or ``"paced"``."""
+        if self._frozen_until is not None and now < self._frozen_until:
+            return "frozen"
+        return "probe" if self._mode == PROBE else "paced"
+
+    def view(self, now: float) -> BudgetView:
+        """The budget as seen now."""
+        w = self._window
+        frozen = self._frozen_until
+        return BudgetView(
+            mode=self._mode,
+            limit=w.limit if w is not None else None,
+            remaining=max(self._available(w), 0) if w is not None else None,
+            window_ends_at=w.hi if w is not None else None,
+            frozen_until=frozen if frozen is not None and frozen > now else None,
+        )
+
+    def idle(self, now: float) -> bool:
+        """Whether forgetting this budget loses nothing a request waits on."""
+        return self.in_flight == 0 and (self._frozen_until is None or self._frozen_until <= now)
+
+    # ------------------------------------------------------------------ internals
+
+    def _hold(self, wait: ServerWait, now: float) -> bool:
+        """Freeze for ``wait.hold`` (already capped); never shorten a freeze."""
+        until = now + wait.hold
+        if self._frozen_until is None or until > self._frozen_until:
+            self._frozen_until = until
+            self._refused_at = wait.retry_at if wait.over_cap else None
+            return True
+        if wait.over_cap:
+            self._refused_at = max(self._refused_at or wait.retry_at, wait.retry_at)
+        return False
+
+    def _enter_probe(self, now: float) -> None:
+        if self._window is not None:
+            self._prev_window = self._window
+        self._window = None
+        self._mode = PROBE
+        self._probe_since = now
+
+    def _available(self, w: _Window) -> int:
+        available = w.anchor - self.granted
+        return min(available, w.limit) if w.limit is not None else available
+
+    def _reserve(self, w: _Window) -> int:
+        """Requests background work leaves to INTERACTIVE ones (``spend_window``)."""
+        share = self._config.interactive_reserve
+        if share <= 0:
+            return 0
+        return max(1, math.ceil(share * (w.limit or w.anchor)))
+
+    def _observe(self, grant: Grant, state: RateLimitState, now: float, wall: float) -> bool:
+        """Take in an answer that states the budget; True when it opened a window."""
+        assert state.remaining is not None
+        sent, remaining = grant.sent, state.remaining
+        self._rtt += 0.2 * ((now - sent) - self._rtt)
+        anchor = remaining + grant.completions + 1
+        reset_after = state.reset_after
+        beyond_at: float | None = None
+        cap = self._config.max_server_wait
+        if reset_after is not None and reset_after > cap:
+            # A Reset past the cap: pace to the cap, and with nothing left fail, not wait.
+            beyond_at = (state.reset_at or wall + reset_after) + state.reset_precision
+            reset_after = cap
+        if reset_after is not None:
+            slack = max(state.reset_precision, 0.005)
+            if self._period is not None:
+                slack = max(slack, min(0.01 * self._period, 1.0))
+            # A capped Reset bounds nothing from below: the end is only known to be later.
+            lo = sent + reset_after - slack if beyond_at is None else sent
+            hi = now + reset_after + slack
+            self._period = max(self._period or 0.0, reset_after + state.reset_precision)
+        else:
+            lo, hi = sent, now + self._config.default_cooldown  # assume at most a cool-down
+        bounds = (lo, hi, state.reset_precision)
+
+        w = self._window
+        if w is None:
+            if hi <= now:
+                return False  # describes a window that has already ended
+            prev = self._prev_window
+            if prev is not None and self._is_newer(prev, sent, remaining, lo):
+                self._calibrate(prev, now)
+            elif prev is not None and sent < self._probe_since:
+                return False  # a straggler, likely from the window that just ended
+            self._open(state.limit, anchor, sent, now, remaining, bounds, beyond_at)
+            return True
+        if self._is_newer(w, sent, remaining, lo):
+            self._calibrate(w, now)
+            self._open(state.limit or w.limit, anchor, sent, now, remaining, bounds, beyond_at)
+            return True
+        if sent <= w.opened_at:
+            return False  # sent before this window was known: it may belong to the previous
+        # A member of the current window. Every anchor is a lower bound as far as our own
+        # requests go, so the highest is the best; but another client spending the same
+        # budget shows only in fresher answers, so only near-simultaneous ones compete.
+        fresh_for = 2 * self._rtt
+        if sent > w.anchor_sent:
+            if anchor > w.anchor or sent - w.anchor_sent > fresh_for:
+                w.anchor = anchor
+            w.anchor_sent = sent
+        elif anchor > w.anchor and w.anchor_sent - sent <= fresh_for:
+            w.anchor = anchor
+        if state.limit is not None:
+            w.limit = state.limit
+        w.precision = max(w.precision, state.reset_precision)
+        w.lo = max(w.lo, lo)
+        w.hi = max(min(w.hi, hi), w.lo)  # inconsistent bounds: keep the later end
+        if w.beyond_at is not None:  # past the cap only while every answer says so
+            w.beyond_at = None if beyond_at is None else min(w.beyond_at, beyond_at)
+        w.arrived.append(now)
+        w.arrived_min.append(min(w.arrived_min[-1], remaining))
+        w.last_member_sent = max(w.last_member_sent, sent)
+        return False
+
+    def _is_newer(self, w: _Window, sent: float, remaining: int, lo: float) -> bool:
+        """Whether an answer provably comes from a window after ``w``."""
+        if lo > w.hi:
+            return True  # it says its window ends after ``w`` certainly ended
+        # Sent after an answer from ``w`` arrived, so processed after it; within one window
+        # Remaining only falls, so a higher one means the window turned.
+        before = w.min_remaining_before(sent)
+        return before is not None and remaining > before
+
+    def _open(
+        self,
+        limit: int | None,
+        anchor: int,
+        sent: float,
+        now: float,
+        remaining: int,
+        bounds: tuple[float, float, float],
+        beyond_at: float | None,
+    ) -> None:
+        self._window = _Window(limit, anchor, sent, now, remaining, bounds, beyond_at)
+        self._prev_window = None
+        self._mode = WINDOW
+        self._tat = now
+
+    def _calibrate(self, old: _Window, turned_by: float) -> None:
+        """Learn where windows end from how ``old`` ended (``boundary="learn"`` only)."""
+        if self._config.boundary != "learn":
+            return
+        if self._learnt is None:
+            self._learnt = _Learnt()
+        drift = _CALIBRATION_DRIFT * (self._period or 0.0)
+        self._learnt.calibrate(old, turned_by, drift)
+
+    def _ladder(self, w: _Window) -> tuple[float, float, bool]:
+        """Where the window's end is expected, ``lo <= start <= end <= hi``, and whether that
+        is learnt (False: only the sound bounds are known)."""
+        if self._learnt is None:
+            return w.lo, w.hi, False
+        span = self._learnt.expect(w)
+        if span is None:
+            return w.lo, w.hi, False
+        start, end = span
+        # Probes all sent at one instant would learn nothing: keep the ladder a little open.
+        end = min(max(end, start + max(self._token_time(w), 2 * self._rtt)), w.hi)
+        return start, end, True
+
+    def _token_time(self, w: _Window) -> float:
+        """Seconds of window per request of the limit."""
+        return (self._period or 0.0) / (w.limit or 1)
+
+    def _plan(self, w: _Window) -> tuple[float, tuple[float, ...]]:
+        """When regular spending stops, and when the boundary probes go.
+
+        Probes are only planned when the end of the window is uncertain by more than the
+        tokens they hold back are worth: before anything is learnt and with whole-unit
+        ``Reset`` steps, just after ``lo`` and the middle (a server rounding up or to
+        nearest); a learnt interval narrower than a few round trips, at both its ends;
+        otherwise evenly over it (bisection), R probes for a delay of about width / 2R,
+        smallest at R = sqrt(width / token time).
+
+        Returns:
+            ``(start, probes)``: spending stops at ``start``; the probe times increase, and
+            ``hi`` follows them.
+        """
+        start, end, learnt = self._ladder(w)
+        if w.limit is None or w.limit < 2 or not self._period or self._config.boundary == "bounds":
+            return start, ()
+        base = _RESERVE if w.limit >= 40 else 1
+        token_time = self._token_time(w)
+        if w.hi - w.lo <= 2 * base * token_time:
+            return start, ()
+        width = end - start
+        if not learnt and w.hi - w.lo <= 1.5 * w.precision:
+            margin = 2 * (token_time + self._rtt)
+            return start, (w.lo + margin, (w.lo + w.hi) / 2 + margin)[:base]
+        if learnt and width <= max(token_time, _NARROW_RTTS * self._rtt):
+            return start, (start, end) if base > 1 else (end,)
+        count = max(base, min(round(math.sqrt(width / token_time)), w.limit // 10))
+        return start, tuple(start + width * (i + 1) / count for i in range(count))
+
+    def _gap(self, w: _Window, now: float) -> float:
+        """The pacing gap now: what is left before the boundary, spread until it."""
+        if self._config.spend_window:
+            return 0.0
+        start, probes = self._plan(w)
+        spendable = self._available(w) - len(probes)
+        if now >= start or spendable <= 0:
+            return 0.0
+        return pace_interval(spendable, start - now)
+
+
+class _Learnt:
+    """Where windows end relative to two references, learnt from the windows seen.
+
+    ``first``: the send time of the window's first request (a window that starts with its
+    first request ends a fixed time after it, however coarsely ``Reset`` is written). ``hi``:
+    the latest end the ``Reset`` values allow (clock-aligned windows, deltas rounded the same
+    way every time). Each keeps an interval that only shrinks, except that its early side
+    slides a little earlier every window so an earlier end is found again (a contradiction
+    restarts it), and a score: how often the window had ended by the end of its interval.
+    """
+
+    __slots__ = ("first", "first_score", "hi", "hi_score")
+
+    def __init__(self) -> None:
+        self.first: tuple[float, float] | None = None
+        self.hi: tuple[float, float] | None = None
+        self.first_score = 0.0
+        self.hi_score = 0.0
+
+    @staticmethod
+    def _predict(
+        w: _Window, ref: float | None, offset: tuple[float, float] | None
+    ) -> tuple[float, float] | None:
+        if ref is None or offset is None:
+            return None
+        start, end = max(ref + offset[0], w.lo), min(ref + offset[1], w.hi)
+        return (start, end) if start <= end else None  # contradicts the bounds: not this one
+
+    def expect(self, w: _Window) -> tuple[float, float] | None:
+        """Where the better reference puts the end of ``w``; None: nothing learnt."""
+        first = self._predict(w, w.first_sent, self.first)
+        hi = self._predict(w, w.hi, self.hi)
+        if first is None or hi is None:
+            return first or hi
+        lead = self.first_score - self.hi_score
+        if lead > _SCORE_MARGIN:
+            return first
+        if lead < -_SCORE_MARGIN:
+            return hi
+        return min(first[0], hi[0]), max(first[1], hi[1])  # no clear winner: cover both
+
+    def calibrate(self, old: _Window, turned_by: float, drift: float) -> None:
+        """``old`` ended after its last known member was sent, by ``turned_by``."""
+        low = old.last_member_sent
+        high = max(turned_by, low)
+        for name, ref in (("first", old.first_sent), ("hi", old.hi)):
+            if ref is None:
+                continue
+            learnt: tuple[float, float] | None = getattr(self, name)
+            predicted = self._predict(old, ref, learnt)
+            if predicted is not None:
+                # The costly miss: a request sent at or after the predicted end still landed
+                # in the old window, so every boundary probe would have been too early.
+                hit = float(low < predicted[1])
+                score = getattr(self, name + "_score")
+                setattr(self, name + "_score", score + _SCORE_WEIGHT * (hit - score))
+            seen = (low - ref, high - ref)
+            if learnt is not None:
+                merged = (max(learnt[0] - drift, seen[0]), min(learnt[1], seen[1]))
+                if merged[0] <= merged[1]:
+                    seen = merged
+            setattr(self, name, seen)

@@ -1,0 +1,283 @@
+"""What every limiter shares: the protocols a client needs, the stats and pressure values,
+the one-shot slot contract and the waiter record (the in-memory `Limiter` and the Redis one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import Hashable, Mapping
+from typing import Any, Final, Generic, Protocol, TypeVar
+
+import attrs
+
+from ._budget import Priority
+
+__all__ = [
+    "USE_DEFAULT",
+    "LimiterLike",
+    "LimiterStats",
+    "Pressure",
+    "SlotLike",
+    "estimate_wait_of",
+    "pressure_of",
+    "slot_for",
+]
+
+
+class _Default(enum.Enum):
+    TOKEN = enum.auto()
+
+
+USE_DEFAULT: Final = _Default.TOKEN
+"""Sentinel for `Limiter.slot`'s ``max_wait``: use the limiter's default."""
+
+
+@attrs.frozen(kw_only=True)
+class LimiterStats:
+    """A snapshot of a limiter's counters and its current view of the rate budget.
+
+    Attributes:
+        mode: ``"probe"``, ``"open"`` or ``"window"`` (of the default bucket, ``key=None``).
+        grants: Slots granted.
+        immediate: Slots granted without waiting.
+        waits: Slots that had to wait.
+        wait_total: Seconds waited, summed over those slots.
+        wait_max: The longest wait, in seconds.
+        rejected: `RateLimitedError` raised at once, the estimated wait exceeding
+            ``max_wait``, or the server having dictated a wait past ``max_server_wait``
+            (then waiters already in line are counted here too).
+        expired: `RateLimitedError` raised when ``max_wait`` ran out while waiting.
+        cancelled: Waiters cancelled before their turn.
+        responses: Responses recorded.
+        rate_limited: 429 responses seen.
+        freezes: Times a bucket was frozen (or a freeze extended).
+        windows: Rate-limit windows seen start.
+        in_flight: Slots granted and not yet answered.
+        waiting: Waiters now.
+        limit: The server's limit per window, if known (default bucket).
+        remaining: Requests that may be sent now in the current window, if known (default
+            bucket).
+        reset_in: Seconds until the current window certainly ends, if known (default bucket).
+        frozen_for: Seconds left of a freeze, if frozen (default bucket).
+        buckets: Buckets (keys) kept now.
+        evictions: Idle buckets forgotten.
+    """
+
+    mode: str
+    grants: int
+    immediate: int
+    waits: int
+    wait_total: float
+    wait_max: float
+    rejected: int
+    expired: int
+    cancelled: int
+    responses: int
+    rate_limited: int
+    freezes: int
+    windows: int
+    in_flight: int
+    waiting: int
+    limit: int | None
+    remaining: int | None
+    reset_in: float | None
+    frozen_for: float | None
+    buckets: int = 1
+    evictions: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class Pressure:
+    """One key's live budget and line, for a planner to price a request (times monotonic,
+    on the limiter's clock).
+
+    Attributes:
+        waiting_by_priority: Waiters per priority: ``(INTERACTIVE, POLL, BULK)``.
+        in_flight: Slots granted and not yet answered.
+        remaining_estimate: Requests that may still be sent in the current window, if known.
+        window_ends_at: When the current window certainly ends, if known.
+        next_free_at: When one more request of the asked priority could be sent, behind
+            those waiting at that priority or above.
+        frozen_until: When the bucket's freeze ends, if frozen.
+        mode: ``"probe"``, ``"open"`` or ``"window"``.
+        limit: Requests per window, if known.
+    """
+
+    waiting_by_priority: tuple[int, int, int]
+    in_flight: int
+    remaining_estimate: int | None
+    window_ends_at: float | None
+    next_free_at: float
+    frozen_until: float | None
+    mode: str
+    limit: int | None
+
+
+class _SlotOwner(Protocol):
+    def _complete(self, slot: Any, status: int | None, headers: Mapping[str, str]) -> None: ...
+
+    def _ungrant(self, slot: Any) -> None: ...
+
+
+class _OneShotSlot:
+    """The contract every limiter's slot keeps: its outcome is reported exactly once.
+
+    `record()` with the response, else `_release()` at the end of the ``async with`` block
+    (no response), else `_undo()` when the grant raced with a cancellation (nothing sent).
+    Whichever comes first wins; the others are ignored.
+    """
+
+    __slots__ = ("_done", "_limiter", "froze", "granted_at", "priority", "probe", "waited")
+
+    def __init__(
+        self,
+        limiter: _SlotOwner,
+        priority: Priority,
+        granted_at: float,
+        *,
+        probe: bool,
+        waited: float,
+    ) -> None:
+        self._limiter = limiter
+        self._done = False
+        self.priority = priority
+        """The priority the slot was asked for."""
+        self.granted_at = granted_at
+        """Monotonic time of the grant."""
+        self.probe = probe
+        """Whether this request probes the budget (the only one in flight until answered)."""
+        self.waited = waited
+        """Seconds the slot waited to be granted."""
+        self.froze = False
+        """Whether the response recorded froze the whole bucket (set by the limiter)."""
+
+    def record(self, status: int | None, headers: Mapping[str, str]) -> bool:
+        """Report the response to the request sent with this slot.
+
+        Call it once, as soon as the status and headers are in. Later calls are ignored,
+        and so is a call after the slot's ``async with`` block ended.
+
+        Args:
+            status: The HTTP status, or None if there was no HTTP response.
+            headers: The response headers (case-insensitive names).
+
+        Returns:
+            Whether this response froze the whole bucket (a 429; a 503 with ``Retry-After``
+            that says the budget is spent or ends a streak of 503s): then the next `slot`
+            waits for the freeze, or fails past ``max_server_wait``. False for a lone 503:
+            its ``Retry-After`` is for the caller to honour, for that request alone.
+        """
+        if not self._done:
+            self._done = True
+            self._limiter._complete(self, status, headers)
+        return self.froze
+
+    def _release(self) -> None:
+        """End of the ``async with`` block: without a response, the slot is just returned."""
+        if not self._done:
+            self._done = True
+            self._limiter._complete(self, None, {})
+
+    def _undo(self) -> None:
+        """The grant raced with a cancellation: nothing was sent, give the token back."""
+        if not self._done:
+            self._done = True
+            self._limiter._ungrant(self)
+
+
+_S = TypeVar("_S")
+
+
+class _BaseWaiter(Generic[_S]):
+    """A caller waiting for a slot: what every limiter's waiting line keeps of it."""
+
+    __slots__ = ("alive", "deadline", "enqueued_at", "fut", "priority")
+
+    def __init__(
+        self,
+        priority: Priority,
+        fut: asyncio.Future[_S],
+        enqueued_at: float,
+        deadline: float | None,
+    ) -> None:
+        self.priority = priority
+        self.fut = fut
+        self.enqueued_at = enqueued_at
+        self.deadline = deadline
+        self.alive = True
+
+
+class SlotLike(Protocol):
+    """Permission to send one request, as a client uses it."""
+
+    def record(self, status: int | None, headers: Mapping[str, str]) -> bool | None:
+        """Report the response (status None: no HTTP response).
+
+        Returns True when the response froze the whole bucket (the next slot waits for it),
+        False when it did not (a lone 503: its ``Retry-After`` is the request's own to
+        honour), None when the limiter does not say.
+        """
+        ...
+
+
+class LimiterLike(Protocol):
+    """What a `ZapierClient` needs of a rate limiter.
+
+    `Limiter` (in-memory) and `zapier_async.redis.RedisLimiter` (a budget shared across
+    processes) both provide it; so can your own. A limiter without keys (its ``slot`` takes
+    no ``key``), `pressure` or `estimate_wait` still works: use `slot_for`, `pressure_of`
+    and `estimate_wait_of`, which fall back to one bucket and "unknown".
+    """
+
+    def slot(
+        self,
+        priority: Priority = Priority.INTERACTIVE,
+        *,
+        max_wait: float | _Default | None = USE_DEFAULT,
+    ) -> contextlib.AbstractAsyncContextManager[SlotLike]:
+        """Wait for permission to send one request."""
+        ...
+
+    def freeze(self, seconds: float) -> None:
+        """Hold every request back for `seconds`."""
+        ...
+
+    def snapshot(self) -> LimiterStats:
+        """Counters and the current view of the budget."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop granting slots."""
+        ...
+
+
+def slot_for(
+    limiter: LimiterLike,
+    priority: Priority,
+    *,
+    max_wait: float | _Default | None = USE_DEFAULT,
+    key: Hashable = None,
+) -> contextlib.AbstractAsyncContextManager[SlotLike]:
+    """A slot of ``key``'s bucket from any limiter: one that does not declare
+    ``supports_keys`` has a single bucket, which every key shares."""
+    if key is not None and getattr(limiter, "supports_keys", False):
+        return limiter.slot(priority, max_wait=max_wait, key=key)  # type: ignore[call-arg]
+    return limiter.slot(priority, max_wait=max_wait)
+
+
+def pressure_of(
+    limiter: LimiterLike, key: Hashable = None, *, priority: Priority = Priority.POLL
+) -> Pressure | None:
+    """``limiter.pressure(key)``, or None for a limiter that cannot tell."""
+    method = getattr(limiter, "pressure", None)
+    return None if method is None else method(key, priority=priority)
+
+
+def estimate_wait_of(
+    limiter: LimiterLike, priority: Priority, n: int = 1, key: Hashable = None
+) -> float | None:
+    """``limiter.estimate_wait(priority, n, key)``, or None for a limiter that cannot tell."""
+    method = getattr(limiter, "estimate_wait", None)
+    return None if method is None else method(priority, n, key)
