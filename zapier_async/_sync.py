@@ -215,7 +215,7 @@ class _Session:
     def call_sync(self, fn: Callable[[], T]) -> T:
         """Run ``fn()`` on the loop (it touches loop-owned state); block until it is done."""
         try:
-            future = self.portal.start_task_soon(fn)
+            future = self.portal.start_task_soon(_plain, fn)
         except RuntimeError:
             raise errors.InvalidRequestError(_CLOSED_MESSAGE) from None
         return self._wait(future)
@@ -249,6 +249,11 @@ class _Session:
         if self.pid == os.getpid():
             with contextlib.suppress(RuntimeError):  # a closed loop holds nothing to release
                 self.loop.call_soon_threadsafe(spawn)
+
+
+async def _plain(fn: Callable[[], T]) -> T:
+    # Returned as is: the portal would await an awaitable result (a RunHandle is one).
+    return fn()
 
 
 # --- iterators and handles ----------------------------------------------------------------
