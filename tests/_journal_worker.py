@@ -1,23 +1,27 @@
-"""Processes for the kill-one-worker acceptance test of `RunJournal` (tests/test_redis_journal.py).
+"""Processes for the Redis run-store tests (tests/test_redis_journal.py, tests/test_run_store.py).
 
 ``python tests/_journal_worker.py serve --durations 1,3 --seed 5``
     FakeZapier on 127.0.0.1 in its own process: prints its URL, serves until SIGTERM, then
     prints one JSON line with its stats and every run it accepted (server-side truth).
 
-``python tests/_journal_worker.py hold --redis-url URL --name N --worker W``
-    Opens a journal (heartbeat TTL 0.5 s), journals ``maybe-sent`` (no run id) and
-    ``submitted`` (run ``run-1``), prints ``ready`` and blocks: the test SIGKILLs it.
+``python tests/_journal_worker.py hold --redis-url URL --prefix P``
+    Begins ``maybe-sent`` (never recorded) and ``submitted`` (run ``run-1`` recorded) in a
+    `RedisRunStore`, prints ``ready`` and blocks: the test SIGKILLs it.
+
+``python tests/_journal_worker.py race --redis-url URL --prefix P --keys N --tasks T``
+    Prints ``ready``, waits for a line on stdin, then `begin`s each of N keys from T tasks
+    at once and prints the keys it was told to send, as one JSON line.
 
 ``python tests/_journal_worker.py work --url URL --redis-url URL --name N --worker W --total T``
-    One worker: prints ``ready``, waits for a line on stdin, then takes item keys from the
-    shared Redis list ``work:{N}:todo`` until it is empty (LMOVE into its own
-    ``work:{N}:taken:{W}``, so an item is never in no list), with ``--concurrency`` items at
-    once. Per item: ``journal.sending`` -> ``client.run`` -> ``journal.record`` -> await the
-    run -> outcome written with HSETNX into ``work:{N}:outcomes`` -> ``journal.forget``. Its
-    recovery task watches `RunJournal.orphans`, claims a dead worker's entries, resumes those
-    with a run id, records ``outcome_unknown`` for the "maybe sent" ones, and finishes the
-    dead worker's taken items that were never journalled (never sent). It exits once every
-    one of the ``--total`` items has an outcome, printing its counters as one JSON line.
+    One worker of an at-least-once queue: prints ``ready``, waits for a line on stdin, then
+    takes item keys from the shared Redis list ``work:{N}:todo`` (LMOVE into its own
+    ``work:{N}:taken:{W}``: the test, playing the broker, moves a killed worker's taken items
+    back to the todo list, i.e. redelivers them), with ``--concurrency`` items at once. Per
+    item, the idempotency key is the item key: `RedisRunStore.begin` -> ``"send"``:
+    ``client.run`` -> `record` -> await the run; ``"resume"``: ``client.resume(token)`` ->
+    await it; ``"unknown"``: outcome unknown, never sent. The outcome is written with HSETNX
+    into ``work:{N}:outcomes``, then the item is acked (LREM from its taken list). It exits
+    once every one of the ``--total`` items has an outcome, printing its counters as JSON.
 """
 
 from __future__ import annotations
@@ -32,10 +36,9 @@ from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
-from anyio.abc import TaskGroup
 
 import zapier_async as za
-from zapier_async.redis import RunJournal, WorkerAliveError
+from zapier_async.redis import RedisRunStore
 from zapier_async.testing import FakeZapier
 
 POLLS = za.PollPolicy(initial=0.05, factor=1.5, cap=0.3, jitter=0.1)
@@ -84,12 +87,12 @@ async def serve(args: argparse.Namespace) -> None:
 
 class Worker:
     def __init__(
-        self, args: argparse.Namespace, redis: aioredis.Redis, journal: RunJournal
+        self, args: argparse.Namespace, redis: aioredis.Redis, store: RedisRunStore
     ) -> None:
         self.args = args
         self.redis = redis
-        self.journal = journal
-        self.me = journal.worker
+        self.store = store
+        self.me = args.worker
         self.todo, self.outcomes, self.taken_prefix = work_keys(args.name)
         self.taken = self.taken_prefix + self.me
         self.counts: Counter[str] = Counter()
@@ -104,9 +107,8 @@ class Worker:
         if await self.redis.hsetnx(self.outcomes, key, value):
             self.counts["outcomes_written"] += 1
         else:
-            self.counts["outcome_collisions"] += 1  # finished twice (resumed); kept the first
-        await self.journal.forget(key)
-        await self.redis.lrem(self.taken, 1, key)
+            self.counts["outcome_collisions"] += 1  # finished twice; kept the first
+        await self.redis.lrem(self.taken, 1, key)  # the ack
 
     async def finish(self, key: str, handle: za.RunHandle, how: str) -> None:
         try:
@@ -119,91 +121,55 @@ class Worker:
             status = "success"
         await self.outcome(key, status, handle.id, how)
 
-    async def process(self, key: str, how: str) -> None:
+    async def process(self, key: str) -> None:
         assert self.client is not None
-        if await self.redis.hexists(self.outcomes, key):
+        if await self.redis.hexists(self.outcomes, key):  # acked late: already done
             await self.redis.lrem(self.taken, 1, key)
             return
-        await self.journal.sending(key)
+        claim = await self.store.begin(key)
+        if claim.state == "resume":
+            assert claim.continuation_token is not None
+            self.counts["resumed"] += 1
+            await self.finish(key, self.client.resume(claim.continuation_token), "resumed")
+            return
+        if claim.state == "unknown":
+            self.counts["unknown"] += 1  # maybe sent by a worker that died: never re-sent
+            await self.outcome(key, "outcome_unknown", None, "unknown")
+            return
         try:
             handle = await self.client.run(
                 "core:journal", authentication=None, inputs={"item": key}
             )
         except za.OutcomeUnknownError:
-            await self.outcome(key, "outcome_unknown", None, how)
+            await self.outcome(key, "outcome_unknown", None, "own")
             return
         self.counts["submitted"] += 1
-        await self.journal.record(key, handle)
-        await self.finish(key, handle, how)
+        await self.store.record(key, handle.id, handle.continuation_token())
+        await self.finish(key, handle, "own")
 
     async def take_loop(self) -> None:
-        while True:
+        while not await self.all_done():
             key = await self.redis.lmove(self.todo, self.taken, "LEFT", "RIGHT")
             if key is None:
-                return
-            await self.process(text(key), "own")
-
-    async def recover_loop(self, tg: TaskGroup) -> None:
-        assert self.client is not None
-        while not await self.all_done():
-            for dead in await self.journal.orphans():
-                try:
-                    entries = await self.journal.claim(dead)
-                except WorkerAliveError:
-                    continue
-                if not entries:
-                    self.counts["claims_lost"] += 1  # another worker claimed them first
-                    continue
-                self.counts["claimed_workers"] += 1
-                self.counts["claimed_entries"] += len(entries)
-                keys = {entry.key for entry in entries}
-                for entry in entries:
-                    if entry.token is not None:
-                        self.counts["resumed"] += 1
-                        handle = self.client.resume(entry.token)
-                        tg.start_soon(self.finish, entry.key, handle, "resumed")
-                    else:
-                        # Maybe sent: never re-sent automatically.
-                        self.counts["maybe_sent"] += 1
-                        await self.outcome(entry.key, "outcome_unknown", None, "claimed")
-                # The dead worker's taken items that were never journalled were never sent.
-                source = self.taken_prefix + dead
-                while (raw := await self.redis.lmove(source, self.taken)) is not None:
-                    key = text(raw)
-                    if key in keys or await self.redis.hexists(self.outcomes, key):
-                        await self.redis.lrem(self.taken, 1, key)
-                        continue
-                    self.counts["taken_over_unsent"] += 1
-                    tg.start_soon(self.process, key, "taken_over")
-            await anyio.sleep(0.05)  # the worker's own orphan-check cadence
+                await anyio.sleep(0.05)  # the queue may deliver again (a redelivery)
+                continue
+            await self.process(text(key))
 
 
 async def work(args: argparse.Namespace) -> None:
     redis = aioredis.from_url(args.redis_url, socket_timeout=10)
-    journal = RunJournal(
-        redis,
-        name=args.name,
-        prefix="journal",
-        worker=args.worker,
-        heartbeat_ttl=args.heartbeat_ttl,
-        heartbeat_interval=args.heartbeat_ttl / 5,
-    )
-    worker = Worker(args, redis, journal)
+    store = RedisRunStore(redis, prefix=f"journal:{args.name}", owner=args.worker)
+    worker = Worker(args, redis, store)
     try:
-        async with (
-            journal,
-            za.ZapierClient(
-                auth=za.BearerToken("journal-test"), base_url=args.url, poll_policy=POLLS
-            ) as client,
-        ):
+        async with za.ZapierClient(
+            auth=za.BearerToken("journal-test"), base_url=args.url, poll_policy=POLLS
+        ) as client:
             worker.client = client
             print("ready", flush=True)
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
             async with anyio.create_task_group() as tg:
                 for _ in range(args.concurrency):
                     tg.start_soon(worker.take_loop)
-                tg.start_soon(worker.recover_loop, tg)
-            worker.counts["left_in_journal"] = len(await journal.entries())
     finally:
         await redis.aclose()
     print(json.dumps({"worker": args.worker, **worker.counts}), flush=True)
@@ -212,17 +178,32 @@ async def work(args: argparse.Namespace) -> None:
 async def hold(args: argparse.Namespace) -> None:
     redis = aioredis.from_url(args.redis_url, socket_timeout=10)
     try:
-        journal = RunJournal(
-            redis, name=args.name, worker=args.worker, heartbeat_ttl=0.5, heartbeat_interval=0.1
-        )
-        async with journal:
-            await journal.sending("maybe-sent")
-            await journal.sending("submitted")
-            await journal.record("submitted", "run-1")
-            print("ready", flush=True)
-            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        store = RedisRunStore(redis, prefix=args.prefix, owner="holder")
+        assert (await store.begin("maybe-sent")).state == "send"
+        assert (await store.begin("submitted")).state == "send"
+        await store.record("submitted", "run-1", "run-1")
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     finally:
         await redis.aclose()
+
+
+async def race(args: argparse.Namespace) -> None:
+    pool = aioredis.BlockingConnectionPool.from_url(
+        args.redis_url, socket_timeout=10, max_connections=64, timeout=30
+    )
+    redis = aioredis.Redis(connection_pool=pool)
+    try:
+        store = RedisRunStore(redis, prefix=args.prefix)
+        keys = [f"key-{i}" for i in range(args.keys)]
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        claims = await asyncio.gather(*(store.begin(k) for k in keys for _ in range(args.tasks)))
+    finally:
+        await redis.aclose()
+        await pool.aclose()
+    sent = [c.key for c in claims if c.state == "send"]
+    print(json.dumps({"send": sent, "states": Counter(c.state for c in claims)}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -234,8 +215,12 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--seed", type=int, default=None)
     h = sub.add_parser("hold")
     h.add_argument("--redis-url", required=True)
-    h.add_argument("--name", required=True)
-    h.add_argument("--worker", required=True)
+    h.add_argument("--prefix", required=True)
+    r = sub.add_parser("race")
+    r.add_argument("--redis-url", required=True)
+    r.add_argument("--prefix", required=True)
+    r.add_argument("--keys", type=int, default=30)
+    r.add_argument("--tasks", type=int, default=20)
     w = sub.add_parser("work")
     w.add_argument("--url", required=True)
     w.add_argument("--redis-url", required=True)
@@ -243,9 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--worker", required=True)
     w.add_argument("--total", type=int, required=True)
     w.add_argument("--concurrency", type=int, default=6)
-    w.add_argument("--heartbeat-ttl", type=float, default=1.0)
     args = parser.parse_args(argv)
-    runner: Any = {"serve": serve, "hold": hold, "work": work}[args.command]
+    runner: Any = {"serve": serve, "hold": hold, "race": race, "work": work}[args.command]
     asyncio.run(runner(args))
 
 

@@ -4,36 +4,30 @@ Install with ``pip install 'zapier-async[redis]'``; this package imports ``redis
 not imported by ``import zapier_async``.
 
 - `RedisLimiter` (``_limiter``): one rate budget for every process.
-- `RunJournal` (``_journal``): journalling of runs in flight.
+- `RedisRunStore` (``_store``): idempotent create by key across processes
+  (``ZapierClient(run_store=RedisRunStore(redis))``, ``run(..., idempotency_key=...)``).
+- `RunJournal` (``_journal``): journalled bulk jobs and per-item calls over a run store.
 
-Each module's docstring is its theory of operation; ``_scripts`` holds the limiter's Lua
-and `ONCE_TTL`, the mechanism that makes a script run once under redis-py's retries.
+Each module's docstring is its theory of operation; ``_scripts`` holds the Lua scripts and
+`ONCE_TTL`, the mechanism that makes a script run once under redis-py's retries.
 """
 
-from ._journal import (
-    RETENTION,
-    JournalClosedError,
-    JournalEntry,
-    KeyInFlightError,
-    NotJournalledError,
-    RecoveredRuns,
-    RunJournal,
-    WorkerAliveError,
-)
+from zapier_async._runstore import RETENTION
+
+from ._journal import JournalClosedError, KeyInFlightError, NotJournalledError, RunJournal
 from ._limiter import RedisLimiter, RedisLimiterBackend, RedisSlot
 from ._scripts import ONCE_TTL
+from ._store import RedisRunStore
 
 __all__ = [
     "ONCE_TTL",
     "RETENTION",
     "JournalClosedError",
-    "JournalEntry",
     "KeyInFlightError",
     "NotJournalledError",
-    "RecoveredRuns",
     "RedisLimiter",
     "RedisLimiterBackend",
+    "RedisRunStore",
     "RedisSlot",
     "RunJournal",
-    "WorkerAliveError",
 ]

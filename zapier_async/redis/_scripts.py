@@ -1,14 +1,24 @@
-"""The Lua scripts of the shared limiter and the helper that makes a script run once.
+"""The Lua scripts of the shared limiter and of the run store, and the run-once wrapper.
 
 Every decision about shared state is one of these scripts, so it is atomic across processes.
-See `zapier_async.redis._limiter` for what the limiter's scripts do.
+See `zapier_async.redis._limiter` and `zapier_async.redis._store` for what they do.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ACQUIRE", "ONCE_TTL", "RECORD", "once", "text"]
+__all__ = [
+    "ACQUIRE",
+    "ONCE_TTL",
+    "RECORD",
+    "STORE_BEGIN",
+    "STORE_FAIL",
+    "STORE_FORGET",
+    "STORE_RECORD",
+    "once",
+    "text",
+]
 
 ONCE_TTL: Final = 600.0
 """Seconds Redis keeps the reply of a script that must run once, under its request id.
@@ -225,3 +235,56 @@ return 1
 def text(value: object) -> str:
     """A Redis reply as text (bytes decoded; clients with ``decode_responses`` give str)."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# The run store (`_store.RedisRunStore`): one hash per key, ``s`` (``sending``/``sent``),
+# ``o`` (owner), ``t`` (Redis server time of the last write, epoch seconds), ``r`` (run id),
+# ``c`` (continuation token). Each reply is {state, owner, since, run id, token}.
+_NOW: Final = """
+local function now()
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+"""
+
+# KEYS: the record. ARGV: owner, ttl (ms). Absent -> sending, "send"; else what is there.
+STORE_BEGIN: Final = once(
+    _NOW
+    + """
+local k = KEYS[1]
+local f = redis.call('HMGET', k, 's', 'o', 't', 'r', 'c')
+if f[1] then
+  if f[4] then return {'resume', f[2] or '', f[3] or '', f[4], f[5] or ''} end
+  return {'unknown', f[2] or '', f[3] or '', '', ''}
+end
+local t = now()
+redis.call('HSET', k, 's', 'sending', 'o', ARGV[1], 't', t)
+redis.call('PEXPIRE', k, ARGV[2])
+return {'send', ARGV[1], t, '', ''}
+"""
+)
+
+# KEYS: the record. ARGV: run id, token, owner, ttl (ms). 1: recorded; 0: another run is.
+STORE_RECORD: Final = once(
+    _NOW
+    + """
+local k = KEYS[1]
+local r = redis.call('HGET', k, 'r')
+if r and r ~= ARGV[1] then return 0 end
+redis.call('HSET', k, 's', 'sent', 'r', ARGV[1], 'c', ARGV[2], 't', now())
+redis.call('HSETNX', k, 'o', ARGV[3])
+redis.call('PEXPIRE', k, ARGV[4])
+return 1
+"""
+)
+
+# KEYS: the record. Removes it only while it is "sending" (never a recorded run).
+STORE_FAIL: Final = once(
+    """
+if redis.call('HGET', KEYS[1], 's') == 'sending' then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+)
+
+# KEYS: the record.
+STORE_FORGET: Final = once("return redis.call('DEL', KEYS[1])")
