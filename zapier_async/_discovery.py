@@ -2,7 +2,7 @@
 
 Like `_protocol`, nothing here does I/O: builders validate input and return `Request` values,
 parsers turn `Response` values into models or raise typed errors (non-2xx responses go through
-the one mapping, `_protocol.error_for_response`).
+the one mapping, `_wire.error_for_response`).
 
 Facts come from Zapier's Partner OpenAPI (`shared/spec/zapier-partner-api.yml`): paths
 `/v2/actions`, `/v2/actions/{action_id}/inputs`, `.../inputs/{input_id}/choices`,
@@ -22,17 +22,19 @@ import attrs
 import cattrs
 
 from . import errors
-from ._protocol import (
+from ._wire import (
+    JSON_TYPE,
     Request,
     Response,
-    _body_text,
-    _describe_cattrs,
-    _dump,
-    _load_json,
-    _seg,
-    _validate_inputs,
-    error_for_response,
+    check_authentication,
+    check_response,
+    decode_error,
+    describe_cattrs,
+    dump_json,
+    load_json,
+    path_segment,
     validate_id,
+    validate_inputs,
 )
 from .models import (
     Action,
@@ -63,7 +65,6 @@ __all__ = [
     "pick_action",
 ]
 
-_JSON: Final = "application/json"
 _ACTION_TYPE_RE: Final = re.compile(r"[A-Z][A-Z_]{0,39}")
 MAX_PAGE_SIZE: Final = 1000
 
@@ -72,21 +73,6 @@ InputItem = InputField | InfoField | Fieldset
 
 
 # --- validation -------------------------------------------------------------------------------
-
-
-def _check_authentication(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise errors.InvalidRequestError(
-            f"must be a string or None, not {type(value).__name__}", "authentication"
-        )
-    if not value:
-        raise errors.InvalidRequestError(
-            "must not be empty; pass None for apps that need no authentication",
-            "authentication",
-        )
-    return value
 
 
 def check_action_type(value: object) -> str:
@@ -126,10 +112,10 @@ def get_actions(app: object, action_type: object = None) -> Request:
 def _fields_body(
     authentication: object, inputs: object, *, nullable_inputs: bool = False
 ) -> dict[str, Any]:
-    auth = _check_authentication(authentication)
+    auth = check_authentication(authentication)
     if nullable_inputs and inputs is None:
         return {"authentication": auth, "inputs": None}
-    return {"authentication": auth, "inputs": _validate_inputs(inputs)}
+    return {"authentication": auth, "inputs": validate_inputs(inputs)}
 
 
 def _post(path: str, endpoint: str, data: Mapping[str, Any], **kwargs: Any) -> Request:
@@ -137,8 +123,8 @@ def _post(path: str, endpoint: str, data: Mapping[str, Any], **kwargs: Any) -> R
         method="POST",
         path=path,
         endpoint=endpoint,
-        body=_dump({"data": data}, field="inputs"),
-        content_type=_JSON,
+        body=dump_json({"data": data}, field="inputs"),
+        content_type=JSON_TYPE,
         # These POSTs create nothing (they ask the app about its fields), so a retry after
         # an ambiguous failure is harmless.
         idempotent=True,
@@ -150,7 +136,7 @@ def action_inputs(action_id: object, *, authentication: object, inputs: object) 
     """`POST /v2/actions/{action_id}/inputs` (`ListInputFieldsRequest`)."""
     aid = validate_id(action_id, field="action_id")
     return _post(
-        f"/v2/actions/{_seg(aid)}/inputs",
+        f"/v2/actions/{path_segment(aid)}/inputs",
         "actions.inputs",
         _fields_body(authentication, inputs),
     )
@@ -174,7 +160,7 @@ def action_choices(
     if page is not None:
         query = (("page", str(_check_count(page, "page", low=1))),)
     return _post(
-        f"/v2/actions/{_seg(aid)}/inputs/{_seg(iid)}/choices",
+        f"/v2/actions/{path_segment(aid)}/inputs/{path_segment(iid)}/choices",
         "actions.choices",
         _fields_body(authentication, inputs, nullable_inputs=True),
         query=query,
@@ -197,7 +183,7 @@ def action_outputs(
     data = _fields_body(authentication, inputs)
     if fetch_live_samples:
         data["fetch_live_samples"] = True
-    return _post(f"/v2/actions/{_seg(aid)}/outputs", "actions.outputs", data)
+    return _post(f"/v2/actions/{path_segment(aid)}/outputs", "actions.outputs", data)
 
 
 def list_authentications(app: object, *, limit: object = 100, offset: object = 0) -> Request:
@@ -222,15 +208,9 @@ class _Envelope:
     meta: Mapping[str, Any]
 
 
-def _decode_error(message: str, response: Response, request: Request) -> errors.DecodeError:
-    return errors.DecodeError(message, request.describe(), response.status, _body_text(response))
-
-
 def _envelope(response: Response, request: Request) -> _Envelope:
-    err = error_for_response(response, request)
-    if err is not None:
-        raise err
-    payload = _load_json(response, request)
+    check_response(response, request)
+    payload = load_json(response, request)
     if isinstance(payload, list):
         if payload and all(isinstance(p, Mapping) and "data" in p for p in payload):
             # The spec's "array of envelopes" typing (one element in every example).
@@ -241,7 +221,7 @@ def _envelope(response: Response, request: Request) -> _Envelope:
             return _Envelope(data=data, links=_obj(last.get("links")), meta=_obj(last.get("meta")))
         return _Envelope(data=list(payload), links={}, meta={})  # a bare list of items
     if not isinstance(payload, Mapping):
-        raise _decode_error("expected a JSON object or array", response, request)
+        raise decode_error("expected a JSON object or array", response, request)
     return _Envelope(
         data=_data_list(payload.get("data"), response, request),
         links=_obj(payload.get("links")),
@@ -255,7 +235,7 @@ def _data_list(value: Any, response: Response, request: Request) -> list[Any]:
     if isinstance(value, Mapping):
         return [value]
     if not isinstance(value, list):
-        raise _decode_error("expected `data` to be an array", response, request)
+        raise decode_error("expected `data` to be an array", response, request)
     return value
 
 
@@ -272,11 +252,10 @@ def _structure_all(
             cls = kind(item) if callable(kind) and not isinstance(kind, type) else kind
             out.append(_converter.structure(item, cls))
         except (cattrs.BaseValidationError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise errors.DecodeError(
-                f"response item does not match the documented shape: {_describe_cattrs(exc)}",
-                request.describe(),
-                response.status,
-                _body_text(response),
+            raise decode_error(
+                f"response item does not match the documented shape: {describe_cattrs(exc)}",
+                response,
+                request,
             ) from None
     return out
 

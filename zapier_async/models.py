@@ -231,6 +231,7 @@ def _make_converter(*, strict: bool = False) -> cattrs.Converter:
         ),
     )
     _register_discovery_hooks(conv, strict=strict)
+    _register_stored_action_hook(conv, strict=strict)
     return conv
 
 
@@ -463,6 +464,30 @@ class OutputField:
     sample: Any = None
 
 
+@attrs.frozen(kw_only=True)
+class StoredAction:
+    """A saved, repeatable Actions API configuration (White Label stored actions).
+
+    Create returns only the id; get and update return the whole record, so the other fields
+    are None when unknown. https://docs.zapier.com/white-label/api-reference/stored-actions
+
+    Attributes:
+        id: The stored action's id (a uuid).
+        connection_id: The connection (authentication) it runs with.
+        selected_api: The app implementation, e.g. ``"SlackCLIAPI@1.0.0"``.
+        action_key: The action's stable key.
+        action_type: ``"read"``, ``"write"`` or ``"search"``.
+        inputs: The saved inputs.
+    """
+
+    id: str
+    connection_id: str | None = None
+    selected_api: str | None = None
+    action_key: str | None = None
+    action_type: str | None = None
+    inputs: dict[str, Any] = attrs.field(factory=dict)
+
+
 def _structure_bool(value: Any, _: Any) -> bool:
     # cattrs' default is bool(value): "false" would be True. An expired connection read as
     # usable is a failed run, so only real booleans pass.
@@ -591,28 +616,39 @@ def _register_discovery_hooks(conv: cattrs.Converter, *, strict: bool) -> None:
     build(OutputField, type=text, title=text, sample=override(struct_hook=lambda v, _: v))
 
 
+def _structure_record_id(value: Any, _: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError("expected a non-empty string id")
+    return value
+
+
+def _structure_loose_text(value: Any, _: Any) -> str | None:
+    # A stored action's text fields: a record that leaves one out (create answers only
+    # ``{type, id}``) or holds something else there has it unknown, not broken.
+    return value if isinstance(value, str) else None
+
+
+def _structure_loose_mapping(value: Any, _: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _register_stored_action_hook(conv: cattrs.Converter, *, strict: bool) -> None:
+    override = cattrs.gen.override
+    loose = override(struct_hook=_structure_loose_text)
+    conv.register_structure_hook(
+        StoredAction,
+        cattrs.gen.make_dict_structure_fn(
+            StoredAction,
+            conv,
+            _cattrs_forbid_extra_keys=strict,
+            id=override(struct_hook=_structure_record_id),
+            connection_id=loose,
+            selected_api=loose,
+            action_key=loose,
+            action_type=loose,
+            inputs=override(struct_hook=_structure_loose_mapping),
+        ),
+    )
+
+
 _converter = _make_converter()
-
-
-@attrs.frozen(kw_only=True)
-class StoredAction:
-    """A saved, repeatable Actions API configuration (White Label stored actions).
-
-    Create returns only the id; get and update return the whole record, so the other fields
-    are None when unknown. https://docs.zapier.com/white-label/api-reference/stored-actions
-
-    Attributes:
-        id: The stored action's id (a uuid).
-        connection_id: The connection (authentication) it runs with.
-        selected_api: The app implementation, e.g. ``"SlackCLIAPI@1.0.0"``.
-        action_key: The action's stable key.
-        action_type: ``"read"``, ``"write"`` or ``"search"``.
-        inputs: The saved inputs.
-    """
-
-    id: str
-    connection_id: str | None = None
-    selected_api: str | None = None
-    action_key: str | None = None
-    action_type: str | None = None
-    inputs: dict[str, Any] = attrs.field(factory=dict)
