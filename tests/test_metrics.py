@@ -161,3 +161,56 @@ def test_percentile_is_nearest_rank():
     assert percentile(values, 0.95) == 95.0
     assert percentile(values, 1.0) == 100.0
     assert percentile([3.0], 0.95) == 3.0
+
+
+def test_event_url_has_no_credentials_and_no_callback_token():
+    from zapier_async._metrics import safe_url
+    from zapier_async._protocol import Request
+
+    request = Request(
+        method="GET",
+        path="/v2/actions",
+        endpoint="actions.list",
+        query=(("app", "slack"), ("zapier_async_token", "cb-secret"), ("access_token", "t0k")),
+    )
+    url = safe_url("https://user:pw@api.zapier.com:8443/", request)
+    assert url == "https://api.zapier.com:8443/v2/actions?app=slack&access_token=REDACTED"
+
+
+def test_latency_buckets_are_cumulative_and_reported_waits_reach_events():
+    from zapier_async._metrics import LATENCY_BUCKETS
+    from zapier_async._protocol import Request, Response
+
+    clock = FakeClock()
+    recorder = _Recorder(clock)
+    for value in (0.05, 0.3, 0.3, 7.0, 10_000.0):
+        recorder._sample(value)
+    m = recorder.snapshot(in_flight=0, limiter=za.Limiter(clock=clock).snapshot())
+    buckets = dict(m.latency_buckets)
+    assert tuple(buckets) == LATENCY_BUCKETS
+    assert buckets[0.1] == 1
+    assert buckets[0.5] == 3
+    assert buckets[10.0] == 4
+    assert buckets[3600.0] == 4  # the 10,000 s one is only in +Inf (latency_samples)
+    assert m.latency_samples == 5
+    assert m.latency_sum == pytest.approx(10_007.65)
+
+    events: list[za.Event] = []
+    recorder.listeners.append(events.append)
+    request = Request(method="GET", path="/v2/action-runs/r%201", endpoint="action_runs.get")
+    recorder.limiter_waited(request, 0.25)
+    recorder.response(request, Response(status=502), clock.monotonic(), "https://h")
+    recorder.retry(request, 1, 502, None, paced=False)
+    recorder.response(request, Response(status=200), clock.monotonic(), "https://h")
+    first, retry, second = events
+    assert isinstance(first, za.RequestEvent)
+    assert isinstance(second, za.RequestEvent)
+    assert isinstance(retry, za.RetryEvent)
+    assert first.run_id == second.run_id == "r 1"
+    assert first.limiter_wait == 0.25
+    assert second.limiter_wait is None
+    assert (first.resend_count, second.resend_count) == (0, 1)
+    assert first.request_id == second.request_id == retry.request_id
+    assert recorder.snapshot(
+        in_flight=0, limiter=za.Limiter(clock=clock).snapshot()
+    ).responses_by_endpoint == {"action_runs.get": {200: 1, 502: 1}}
