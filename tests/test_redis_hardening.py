@@ -24,7 +24,7 @@ from aiohttp import web  # noqa: TID251
 aioredis = pytest.importorskip("redis.asyncio", reason="the 'redis' extra is not installed")
 
 import zapier_async as za  # noqa: E402
-from zapier_async.redis import RedisLimiter, RedisSlot, RunJournal  # noqa: E402
+from zapier_async.redis import RedisLimiter, RedisSlot  # noqa: E402
 from zapier_async.testing._redis import RedisServer, StallProxy  # noqa: E402
 
 STALL = 1.2  # seconds Redis sleeps (DEBUG SLEEP) right before the command under test
@@ -46,49 +46,7 @@ async def stalling(redis_server: RedisServer) -> AsyncIterator[tuple[StallProxy,
             await client.aclose()
 
 
-async def _orphan(rclient: aioredis.Redis, worker: str, n: int) -> None:
-    """A dead worker's journal with `n` entries (closed: its heartbeat is gone)."""
-    async with RunJournal(rclient, name="j", worker=worker) as dead:
-        for i in range(n):
-            await dead.sending(f"{worker}-item-{i}")
-
-
-# --- item 5: the journal ----------------------------------------------------------------
-
-
-@pytest.mark.asyncio
-async def test_a_claim_stalled_past_the_socket_timeout_returns_every_entry(stalling, rclient):
-    proxy, client = stalling
-    await _orphan(rclient, "dead", 5)
-    async with RunJournal(client, name="j", worker="me") as me:
-        assert await me.orphans() == ["dead"]
-        assert await me.claim("nobody") == []  # the script is loaded: the stall hits EVALSHA
-        proxy.stall_next(me._claim_script.sha.encode(), STALL)
-        claimed = await me.claim("dead")
-        assert proxy.stalls == 1
-        # Redis ran the claim more than once; every run after the first answers as the
-        # first did, so the claimer gets (and will resume) the entries it now holds.
-        assert sorted(e.key for e in claimed) == [f"dead-item-{i}" for i in range(5)]
-        assert len(await me.entries()) == 5
-        assert await me.orphans() == []
-
-
-@pytest.mark.asyncio
-async def test_a_sending_stalled_past_the_socket_timeout_journals_the_key_once(stalling):
-    proxy, client = stalling
-    async with RunJournal(client, name="j", worker="me") as me:
-        await me.sending("warm-up")  # loads the script
-        proxy.stall_next(b"item-1", STALL)
-        await me.sending("item-1")  # not "already journalled (maybe sent)"
-        assert proxy.stalls == 1
-        assert sorted(e.key for e in await me.entries()) == ["item-1", "warm-up"]
-        # A second sending of the same key (a new request) is still refused.
-        with pytest.raises(za.InvalidRequestError, match="already journalled"):
-            await me.sending("item-1")
-        proxy.stall_next(b"item-1", STALL)
-        assert await me.forget("item-1") is True  # the re-run does not answer "nothing"
-        assert proxy.stalls == 2
-        await me.sending("item-1")  # the key is free again
+# The run store's stalled scripts: tests/test_run_store.py (the journal is built on it).
 
 
 # --- item 5: the limiter ------------------------------------------------------------------

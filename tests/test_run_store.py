@@ -84,11 +84,14 @@ async def test_twenty_concurrent_begins_exactly_one_sends(store):
 @pytest.mark.asyncio
 async def test_redelivery_after_record_resumes_the_same_run(store):
     first = await store.begin("k")
-    assert first.state == "send" and first.may_send
-    assert first.owner == "me" and first.since is not None
+    assert first.state == "send"
+    assert first.may_send
+    assert first.owner == "me"
+    assert first.since is not None
     assert await store.record("k", "run-1", token_of("run-1")) is True
     again = await (await another(store)).begin("k")
-    assert again.state == "resume" and not again.may_send
+    assert again.state == "resume"
+    assert not again.may_send
     assert again.run_id == "run-1"
     assert again.continuation_token == token_of("run-1")
     assert proto.decode_continuation_token(again.continuation_token).run_id == "run-1"
@@ -106,7 +109,8 @@ async def test_a_key_left_sending_is_unknown_never_send(store):
     for _ in range(3):
         claim = await other.begin("k")
         assert claim.state == "unknown"
-        assert claim.run_id is None and claim.continuation_token is None
+        assert claim.run_id is None
+        assert claim.continuation_token is None
         assert claim.owner == "me"  # who began it, for the report
     assert (await store.get("k")) == Claim(key="k", state="unknown", owner="me", since=claim.since)
 
@@ -174,7 +178,7 @@ async def test_bad_arguments_are_typed_errors(store, key, run_id, token, field):
 
 @pytest.mark.parametrize("ttl", [0, -1, math.nan, math.inf, RETENTION, 7 * 86_400 + 1, "6d", True])
 def test_a_ttl_not_under_seven_days_is_refused(ttl):
-    with pytest.raises(za.InvalidRequestError, match="7 days|number of seconds") as info:
+    with pytest.raises(za.InvalidRequestError, match=r"7 days|number of seconds") as info:
         MemoryRunStore(ttl=ttl)
     assert info.value.field == "ttl"
 
@@ -258,7 +262,8 @@ def test_two_processes_of_twenty_tasks_each_send_every_key_once(redis_server):
     ]
     try:
         for proc in procs:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
         for proc in procs:  # a barrier: both race from the start
             assert proc.stdin is not None
             proc.stdin.write("go\n")
