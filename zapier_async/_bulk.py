@@ -20,9 +20,13 @@ then available from `RunMany.unfinished()`: accepted runs by id (still followed 
 client, `client.resume(run_id)` returns their handle), and creates that were on the wire as
 outcome-unknown, so nothing Zapier accepted is lost and nothing is sent twice.
 
-For journaling (the CLI's resumable ``bulk``), ``on_sending`` runs right before a create
-goes on the wire, after the limiter granted its slot, and ``on_submitted`` as soon as Zapier
-returned the run id.
+For journaling, ``on_sending`` runs right before a create goes on the wire, after the limiter
+granted its slot, and ``on_submitted`` as soon as Zapier returned the run id. A `Journal`
+(``journal=``, e.g. `zapier_async.journal.FileJournal`) uses the same two moments plus the
+hand-over of each outcome, and makes the job resumable: see `zapier_async.journal`.
+
+A request with a ``callback_url`` gets its own callback token (`bind_callback_url`), as with
+`ZapierClient.run`: the callback that carries it resolves the run.
 
 Refusals that would say the same for every item
 -----------------------------------------------
@@ -50,20 +54,31 @@ import contextlib
 import copy
 import inspect
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final, cast
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import attrs
 
 from . import _protocol as proto
 from . import errors
 from ._closing import AsyncCloseable
+from ._guards import bind_callback_url
 from ._limiter import Priority
 from ._metrics import BEFORE_CREATE_SENT
+from .journal import Journal, JournalKey, JournalState
 from .models import Run
 
 if TYPE_CHECKING:
     from ._client import ZapierClient
+    from ._handle import RunHandle
 
 __all__ = ["Outcome", "RunMany", "RunRequest"]
 
@@ -80,6 +95,10 @@ _JOB_WIDE_REFUSALS: Final = (
     errors.PermissionDeniedError,
     errors.LimiterClosedError,
 )
+
+
+async def _resolved(outcome: Outcome) -> Outcome:
+    return outcome
 
 
 class _Refused(Exception):
@@ -207,13 +226,14 @@ class Outcome:
 class _Live:
     """An item taken from the input whose outcome was not handed to the consumer yet."""
 
-    __slots__ = ("item", "request", "run_id", "sent")
+    __slots__ = ("item", "key", "request", "run_id", "sent")
 
     def __init__(self, item: object) -> None:
         self.item = item
         self.request: RunRequest | None = None
         self.run_id: str | None = None
         self.sent = False  # the create may have reached Zapier
+        self.key: JournalKey | None = None  # journaled under this key (journal= only)
 
 
 class _Job:
@@ -228,11 +248,15 @@ class _Job:
         concurrency: int,
         on_sending: Callable[[int, RunRequest], object] | None,
         on_submitted: Callable[[int, RunRequest, str], object] | None,
+        journal: Journal | None,
     ) -> None:
         self.client = client
         self.concurrency = concurrency
         self.on_sending = on_sending
         self.on_submitted = on_submitted
+        self.journal = journal
+        self.journal_state = JournalState()
+        self.journal_live: set[JournalKey] = set()  # keys of items in flight in this job
         self.sync_source: Iterator[Any] | None = None
         self.async_source: AsyncIterator[Any] | None = None
         if isinstance(requests, AsyncIterable):
@@ -259,6 +283,8 @@ class _Job:
 
     def start(self) -> None:
         self.started = True
+        if self.journal is not None:
+            self.journal_state = self.journal.load()  # raises before anything is sent
         loop = asyncio.get_running_loop()
         self.workers_left = self.concurrency
         for _ in range(self.concurrency):
@@ -305,13 +331,18 @@ class _Job:
                 index, item = taken
                 live = _Live(item)
                 self.live[index] = live
-                self.queue.put_nowait(await self._one(index, item, live))
+                outcome = await self._one(index, item, live)
+                if outcome is None:  # journaled as done by an earlier invocation: skipped
+                    del self.live[index]
+                    self.room.release()
+                    continue
+                self.queue.put_nowait(outcome)
         finally:
             self.workers_left -= 1
             if self.workers_left == 0:
                 self.queue.put_nowait(_DONE)
 
-    async def _one(self, index: int, item: object, live: _Live) -> Outcome:
+    async def _one(self, index: int, item: object, live: _Live) -> Outcome | None:
         try:
             request = (
                 item
@@ -319,11 +350,19 @@ class _Job:
                 else RunRequest.from_mapping(cast("Mapping[str, Any]", item))
             )
             live.request = request
+            if self.journal is not None:
+                resumed = self._journaled(index, request, live)
+                if resumed == "skip":
+                    return None
+                if resumed != "send":
+                    return await resumed
+            bound_url, callback_token = bind_callback_url(request.callback_url)
             wire = proto.create_action_run(
                 action=request.action,
                 authentication=request.authentication,
                 inputs=request.inputs,
-                callback_url=request.callback_url,
+                callback_url=bound_url,
+                allow_loopback_callback=self.client._allow_loopback_callback,
             )
         except errors.InvalidRequestError as exc:
             return Outcome(index=index, request=live.request or item, error=exc)
@@ -333,13 +372,20 @@ class _Job:
         def sending() -> None:
             if self.refusal is not None:
                 raise _Refused  # nothing was sent; the limiter's slot is released unused
-            live.sent = True
+            if live.sent:
+                return  # a re-send (after a connect error or a 429): journaled already
             if self.on_sending is not None:
                 self.on_sending(index, request)
+            if live.key is not None:
+                assert self.journal is not None
+                self.journal.sending(live.key)
+            live.sent = True
 
         token = BEFORE_CREATE_SENT.set(sending)
         try:
-            handle = await self.client._submit(wire, Priority.BULK, None)
+            handle = await self.client._submit(
+                wire, Priority.BULK, None, callback_token=callback_token
+            )
         except _Refused:
             live.sent = False
             assert self.refusal is not None
@@ -356,6 +402,16 @@ class _Job:
                 self.on_submitted(index, request, run_id)
             except Exception:
                 logger.exception("on_submitted hook failed for run %s", run_id)
+        if live.key is not None:
+            assert self.journal is not None
+            try:
+                self.journal.submitted(live.key, run_id, handle.continuation_token())
+            except Exception:
+                logger.exception("the journal could not record run %s", run_id)
+        return await self._follow(index, request, handle)
+
+    async def _follow(self, index: int, request: RunRequest, handle: RunHandle) -> Outcome:
+        run_id = handle.id
         try:
             run = await handle
         except errors.RunFailedError as exc:
@@ -363,6 +419,64 @@ class _Job:
         except Exception as exc:
             return Outcome(index=index, request=request, error=exc, run_id=run_id)
         return Outcome(index=index, request=request, run=run, run_id=run_id)
+
+    def _journaled(
+        self, index: int, request: RunRequest, live: _Live
+    ) -> Literal["skip", "send"] | Awaitable[Outcome]:
+        """What the journal says of an item: skip it, its outcome (to await), or send it."""
+        key = request.key
+        if not (isinstance(key, str) or (isinstance(key, int) and not isinstance(key, bool))):
+            raise errors.InvalidRequestError(
+                "a journaled job needs a str or int key per item, naming it across runs",
+                "key",
+            )
+        if key in self.journal_live:
+            raise errors.InvalidRequestError(
+                f"{key!r} is the key of another item in flight: keys must be unique", "key"
+            )
+        state = self.journal_state
+        if key in state.done:
+            return "skip"
+        self.journal_live.add(key)
+        live.key = key
+        if key in state.maybe_sent:
+            live.sent = True
+            return _resolved(
+                Outcome(
+                    index=index,
+                    request=request,
+                    error=errors.OutcomeUnknownError(
+                        "an earlier invocation stopped while this create was on the wire",
+                        "POST /v2/action-runs",
+                        "not re-sent on resume: the run may exist",
+                    ),
+                )
+            )
+        follow = state.in_flight.get(key)
+        if follow is not None:
+            live.sent = True
+            handle = self.client.resume(follow)  # InvalidRequestError: the item's outcome
+            live.run_id = handle.id
+            return self._follow(index, request, handle)
+        return "send"
+
+    def journal_outcome(self, outcome: Outcome, live: _Live | None) -> None:
+        """The outcome is handed over: journal it (not an item never sent: sent again later)."""
+        if live is None or live.key is None:
+            return
+        assert self.journal is not None
+        self.journal_live.discard(live.key)
+        if not live.sent and outcome.run_id is None:
+            return
+        try:
+            self.journal.finished(
+                live.key,
+                ok=outcome.ok,
+                run_id=outcome.run_id,
+                error=None if outcome.error is None else type(outcome.error).__name__,
+            )
+        except Exception:
+            logger.exception("the journal could not record the outcome of %r", live.key)
 
     def _stop_sending(self, exc: BaseException) -> None:
         """A job-wide refusal: no further create is sent (logged once)."""
@@ -452,6 +566,7 @@ class RunMany(AsyncCloseable):
         progress: Callable[[Outcome], object] | None = None,
         on_sending: Callable[[int, RunRequest], object] | None = None,
         on_submitted: Callable[[int, RunRequest, str], object] | None = None,
+        journal: Journal | None = None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise errors.InvalidRequestError("must be an integer >= 1", "concurrency")
@@ -462,6 +577,7 @@ class RunMany(AsyncCloseable):
             concurrency=concurrency,
             on_sending=on_sending,
             on_submitted=on_submitted,
+            journal=journal,
         )
 
     def __aiter__(self) -> RunMany:
@@ -485,8 +601,10 @@ class RunMany(AsyncCloseable):
                 raise error
             raise StopAsyncIteration
         assert isinstance(item, Outcome)
-        job.live.pop(item.index, None)
+        live = job.live.pop(item.index, None)
         job.room.release()
+        if job.journal is not None:
+            job.journal_outcome(item, live)
         if self._progress is not None:
             try:
                 self._progress(item)
