@@ -108,13 +108,14 @@ _EVICT_SCAN: Final = 8
 class Slot(_OneShotSlot):
     """Permission to send one request; hand its response back with `record`."""
 
-    __slots__ = ("_bucket", "_grant")
+    __slots__ = ("_bucket", "_budget", "_grant")
 
     def __init__(
         self, limiter: Limiter, bucket: _Bucket, priority: Priority, grant: Grant, waited: float
     ) -> None:
         super().__init__(limiter, priority, grant.sent, probe=grant.probe, waited=waited)
         self._bucket = bucket
+        self._budget = bucket.budget  # the one that granted it (see _forget_all)
         self._grant = grant
 
     @property
@@ -516,6 +517,14 @@ class Limiter(AsyncCloseable):
         self._evict(now, bucket)
         return bucket
 
+    def _forget_all(self) -> None:
+        """Lose every budget's state (what a restart or a flushed Redis costs; for tests)."""
+        now = self._clock.monotonic()
+        for bucket in (self._default, *self._buckets.values()):
+            bucket.budget = Budget(self._config)
+            self._dispatch(bucket)
+        self._arm(self._timer_due(now))
+
     def _find(self, key: Hashable) -> _Bucket | None:
         return self._default if key is None else self._buckets.get(key)
 
@@ -619,7 +628,7 @@ class Limiter(AsyncCloseable):
     def _ungrant(self, slot: Slot) -> None:
         self._in_flight -= 1
         self._n_grants -= 1
-        slot._bucket.budget.ungrant(slot._grant)
+        slot._budget.ungrant(slot._grant)
         self._dispatch(slot._bucket)
 
     # ------------------------------------------------------------------ responses
@@ -629,7 +638,7 @@ class Limiter(AsyncCloseable):
         bucket = slot._bucket
         if self._closed:
             status = None
-        answer = bucket.budget.complete(
+        answer = slot._budget.complete(
             slot._grant, status, headers, now=self._clock.monotonic(), wall=self._clock.time()
         )
         if status is not None:
