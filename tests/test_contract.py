@@ -550,6 +550,46 @@ async def test_authentications_conform_page_by_page(client, proxy):
     assert {"0", "1"} <= offsets  # the paging parameters were sent, and checked
 
 
+@pytest.mark.asyncio
+async def test_apps_search_and_resolution_by_name_conform(proxy):
+    """`/v2/apps`: the library's requests (search, category, ids, paging) and the emulator's
+    answers conform, and the parsed answers resolve "Slack" and a slug to one app each."""
+    from urllib.parse import urlencode
+
+    from zapier_async import _discovery as disco
+
+    async def send(request: proto.Request) -> proto.Response:
+        # Built by the library, sent as the client would (the client gains list_apps later).
+        url = proxy.url + request.path + ("?" + urlencode(request.query) if request.query else "")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(request.method, url, headers=BEARER) as response,
+        ):
+            return proto.Response(status=response.status, body=await response.read())
+
+    request = disco.find_app_request("slack")
+    page = disco.parse_apps(await send(request), request)
+    assert {a.title for a in page.apps} == {"Slack", "Slack Legacy"}
+    slack = disco.pick_app(page.apps, "slack")
+    assert (slack.id, slack.selected_api) == (FAKE_APP_ID, "SlackCLIAPI@1.21.1")
+    request = disco.find_app_request("google-sheets")
+    assert disco.pick_app(disco.parse_apps(await send(request), request).apps, "google-sheets")
+    offset: int | None = 0
+    seen: list[str] = []
+    while offset is not None:
+        request = disco.list_apps(limit=2, offset=offset)
+        page = disco.parse_apps(await send(request), request, offset=offset)
+        seen += [a.id for a in page.apps]
+        offset = page.next_offset
+    assert len(seen) == len(set(seen)) >= 5 and seen[0] == FAKE_APP_ID
+    request = disco.list_apps(category="team-chat")
+    assert len(disco.parse_apps(await send(request), request).apps) == 2
+    request = disco.list_apps(ids=[FAKE_APP_ID])
+    assert [a.id for a in disco.parse_apps(await send(request), request).apps] == [FAKE_APP_ID]
+    proxy.assert_conforms()
+    assert proxy.saw("GET", "/v2/apps")
+
+
 # --- the validator bites ----------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 ```
 ZapierError
 ├── InvalidRequestError      local: bad input, refused before any request was sent
+│   └── InvalidInputsError     inputs that do not fit the action's input fields
 ├── TransportError           the request never got an HTTP answer (connect error, reset, timeout)
 │   └── ResponseTooLargeError  it got one, larger than max_body_size; we stopped reading it
 ├── APIError                 Zapier answered with an error status
@@ -23,6 +24,8 @@ ZapierError
 ├── RunTimeoutError          `result(timeout=)` ran out; the run is still being polled
 ├── RunDetachedError         polling stopped locally (handle cancelled, client closed)
 ├── ActionNotFoundError      discovery: the app has no action with that key
+├── AppNotFoundError         discovery: no app has that name (or slug)
+│   └── AmbiguousAppError      several apps have it
 └── NoConnectionError        discovery: the user has no usable connection to the app
 ```
 
@@ -42,10 +45,13 @@ if TYPE_CHECKING:
 __all__ = [
     "APIError",
     "ActionNotFoundError",
+    "AmbiguousAppError",
+    "AppNotFoundError",
     "AuthenticationError",
     "BadRequestError",
     "ConflictError",
     "DecodeError",
+    "InvalidInputsError",
     "InvalidRequestError",
     "LimiterClosedError",
     "NoConnectionError",
@@ -89,6 +95,24 @@ class InvalidRequestError(ZapierError, ValueError):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
+
+
+@attrs.define(auto_exc=True, eq=False)
+class InvalidInputsError(InvalidRequestError):
+    """`inputs` do not fit the action's input fields; nothing was sent.
+
+    Raised by `validate_inputs=True` (see `_discovery.check_inputs`) before the run is
+    created, so a typo costs no run.
+
+    Attributes:
+        message: What is wrong, naming each field.
+        field: ``"inputs"``.
+        missing: Ids of required fields with no value (``"fieldset[0].id"`` inside a fieldset).
+        unknown: Ids given that the action has no field for.
+    """
+
+    missing: list[str] = attrs.field(factory=list)
+    unknown: list[str] = attrs.field(factory=list)
 
 
 @attrs.define(auto_exc=True, eq=False)
@@ -368,6 +392,39 @@ class ActionNotFoundError(ZapierError):
         return (
             f"app {self.app} has no action{kind} with key {self.action_key!r}; "
             f"available keys: {offered}{more}"
+        )
+
+
+@attrs.define(auto_exc=True, eq=False)
+class AppNotFoundError(ZapierError, LookupError):
+    """No app in Zapier's catalogue has this name or slug.
+
+    Attributes:
+        name: The name asked for.
+        candidates: Titles Get Apps offered for it (most popular first), for a "did you
+            mean"; pass one of them, or the app's id.
+    """
+
+    name: str
+    candidates: list[str] = attrs.field(factory=list)
+
+    def __str__(self) -> str:
+        offered = ", ".join(repr(c) for c in self.candidates[:10]) or "none"
+        return f"no app is named {self.name!r}; similar apps: {offered}"
+
+
+@attrs.define(auto_exc=True, eq=False)
+class AmbiguousAppError(AppNotFoundError):
+    """Several apps have this name or slug; pass the app's id instead.
+
+    Attributes:
+        name: The name asked for.
+        candidates: ``"title (id)"`` of each app that matches.
+    """
+
+    def __str__(self) -> str:
+        return f"{len(self.candidates)} apps are named {self.name!r}: " + ", ".join(
+            self.candidates[:10]
         )
 
 

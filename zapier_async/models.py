@@ -11,8 +11,10 @@ member instead of crashing, e.g. ``RunStatus("paused").value == "paused"``.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
@@ -20,6 +22,8 @@ import cattrs
 __all__ = [
     "Action",
     "ActionType",
+    "App",
+    "AppPage",
     "Choice",
     "ChoicePage",
     "Connection",
@@ -323,6 +327,82 @@ class Action:
 
 
 @attrs.frozen(kw_only=True)
+class App:
+    """An app in Zapier's catalogue, from Get Apps (`GET /v2/apps`, the spec's `Apps`).
+
+    Attributes:
+        id: The app id (a uuid) that `list_actions`, `list_connections` and `run(app=...)`
+            take.
+        title: Its name, e.g. ``"Slack"``.
+        description: What it is.
+        type: The object type, ``"app"``.
+        image: The default icon's URL.
+        images: Icon URLs by size (``url_16x16`` ... ``url_128x128``).
+        hex_color: The brand colour, e.g. ``"8bcbca"``.
+        action_types: The kinds of action it offers (``READ``, ``WRITE``, ...).
+        categories: The slugs of its categories, e.g. ``["team-chat"]``.
+        links: ``connect_new_authentication``: where a user creates a connection (null for
+            apps that need none; never filled for client-id requests).
+    """
+
+    id: str
+    title: str
+    description: str = ""
+    type: str = "app"
+    image: str = ""
+    images: dict[str, str] = attrs.field(factory=dict)
+    hex_color: str = ""
+    action_types: list[ActionType] = attrs.field(factory=list)
+    categories: list[str] = attrs.field(factory=list)
+    links: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def slug(self) -> str:
+        """The title as a URL slug (``"Google Sheets"`` is ``"google-sheets"``).
+
+        `/v2/apps` sends no slug; Zapier's app slugs are their titles in this form, which is
+        what lets `find_app` take ``"google-sheets"`` as well as ``"Google Sheets"``.
+        """
+        return slugify(self.title)
+
+    @property
+    def selected_api(self) -> str | None:
+        """The app implementation the Actions API calls `selected_api`
+        (``"HubSpotCLIAPI@1.7.1"``), read from `links.connect_new_authentication`; None when
+        Zapier did not send that link."""
+        url = self.links.get("connect_new_authentication")
+        if not isinstance(url, str):
+            return None
+        try:
+            path = urlsplit(url).path
+        except ValueError:
+            return None
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        return last if "@" in last else None
+
+
+def slugify(title: str) -> str:
+    """``"Google Sheets"`` -> ``"google-sheets"``: lower case, runs of other characters ``-``."""
+    return _NOT_SLUG.sub("-", title.casefold()).strip("-")
+
+
+_NOT_SLUG = re.compile(r"[^0-9a-z]+")
+
+
+@attrs.frozen(kw_only=True)
+class AppPage:
+    """One page of `GET /v2/apps`.
+
+    Attributes:
+        apps: The apps on the page, most popular first.
+        next_offset: The `offset` of the next page, or None on the last one.
+    """
+
+    apps: list[App]
+    next_offset: int | None
+
+
+@attrs.frozen(kw_only=True)
 class Connection:
     """A user's connection to an app (an *authentication*, `GET /v2/authentications`).
 
@@ -570,6 +650,45 @@ def _register_discovery_hooks(conv: cattrs.Converter, *, strict: bool) -> None:
         title=text,
         description=text,
         type=text,
+    )
+
+    def structure_categories(value: Any, _: Any) -> list[str]:
+        # `[{"slug": "team-chat"}]` in the spec (`Category`); bare strings are kept too.
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise TypeError("categories must be a list")
+        out: list[str] = []
+        for item in value:
+            slug = item.get("slug") if isinstance(item, Mapping) else item
+            if not isinstance(slug, str):
+                raise TypeError("each category must be an object with a slug")
+            out.append(slug)
+        return out
+
+    def structure_action_types(value: Any, _: Any) -> list[ActionType]:
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError("action_types must be a list of strings")
+        return [ActionType(v) for v in value]
+
+    def structure_images(value: Any, _: Any) -> dict[str, str]:
+        if not isinstance(value, Mapping):
+            return {}  # the spec's own example is a string here; icons are not worth a failure
+        return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+    build(
+        App,
+        title=text,
+        description=text,
+        type=text,
+        image=text,
+        hex_color=text,
+        images=override(struct_hook=structure_images),
+        action_types=override(struct_hook=structure_action_types),
+        categories=override(struct_hook=structure_categories),
+        links=override(struct_hook=lambda v, _: dict(v) if isinstance(v, Mapping) else {}),
     )
     build(
         Connection,

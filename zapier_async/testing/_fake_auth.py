@@ -8,9 +8,10 @@ the White Label token exchange of a partner-signed JWT
 opaque tokens that expire after `token_lifetime` seconds on the emulator's clock; an API
 request that carries an expired one gets 401.
 
-`FakeCatalog` holds apps, their actions (with stable keys; every Get Actions lookup hands out
-fresh random ids, as Zapier does) and the user's connections, and answers the Partner API's
-discovery paths in the published spec's shapes (`tests/spec/zapier-partner-api.yml`).
+`FakeCatalog` holds apps (Get Apps is served by `_fake_apps`), their actions (with stable keys;
+every Get Actions lookup hands out fresh random ids, as Zapier does) and the user's
+connections, and answers the Partner API's discovery paths in the published spec's shapes
+(`tests/spec/zapier-partner-api.yml`).
 
 Both are plain objects attached to a `FakeZapier` (`fake.auth_server`, `fake.catalog`); their
 routes go through the emulator's usual pipeline (counting, faults, latency). The token route
@@ -34,6 +35,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from zapier_async._clock import Clock
+from zapier_async.testing._fake_apps import FakeApp, get_apps
 
 __all__ = [
     "FAKE_APP_ID",
@@ -429,6 +431,43 @@ def _default_apps() -> dict[str, list[FakeAction]]:
     return {FAKE_APP_ID: _default_actions()}
 
 
+def _default_app_profiles() -> dict[str, FakeApp]:
+    # Most popular first. FAKE_APP_ID is the one with actions and connections; the others
+    # are there to be searched for (and "Slack" to be told from "Slack Legacy").
+    return {
+        FAKE_APP_ID: FakeApp(
+            title="Slack",
+            description="Slack is a platform for team communication.",
+            categories=("team-chat",),
+            selected_api="SlackCLIAPI@1.21.1",
+            hex_color="4a154b",
+        ),
+        "1e4fcbf4-d80b-4ec3-b33b-c085f1ecbbaa": FakeApp(
+            title="HubSpot",
+            description="HubSpot is your all-in-one stop for all of your marketing needs.",
+            categories=("crm", "marketing-automation"),
+            selected_api="HubSpotCLIAPI@1.7.1",
+        ),
+        "0b9d7c4e-2f6a-4e38-9a51-7c3d2e1f0a94": FakeApp(
+            title="Google Sheets",
+            description="Create, edit, and share spreadsheets wherever you are.",
+            categories=("spreadsheets",),
+            selected_api="GoogleSheetsV2CLIAPI@2.9.1",
+        ),
+        "7f3e2d1c-0b9a-4c8d-8e7f-6a5b4c3d2e1f": FakeApp(
+            title="Slack Legacy",
+            description="The old Slack integration.",
+            categories=("team-chat",),
+            selected_api="SlackAPI@1.0.0",
+        ),
+        "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a98": FakeApp(
+            title="Formatter by Zapier",
+            description="Format text, numbers and dates.",
+            categories=("zapier-tools",),
+        ),
+    }
+
+
 def _default_connections() -> dict[str, list[FakeConnection]]:
     return {
         FAKE_APP_ID: [
@@ -449,7 +488,7 @@ class FakeCatalog:
         connections: ``{app_id: [FakeConnection, ...]}``. Default: `FAKE_APP_ID` with one
             expired and one usable connection.
         choices_page_size: Choices per page.
-        list_envelopes: Answer Get Actions and Choices as a one-element array of the
+        list_envelopes: Answer Get Apps, Get Actions and Choices as a one-element array of the
             envelope, as the spec types them; False answers the bare envelope.
     """
 
@@ -457,6 +496,8 @@ class FakeCatalog:
     connections: dict[str, list[FakeConnection]] = attrs.field(factory=_default_connections)
     choices_page_size: int = 20
     list_envelopes: bool = True
+    app_profiles: dict[str, FakeApp] = attrs.field(factory=_default_app_profiles)
+    """``{app_id: FakeApp}``: the apps Get Apps (`GET /v2/apps`) lists, most popular first."""
 
     action_lookups: int = attrs.field(init=False, default=0)
     """Get Actions requests answered."""
@@ -471,6 +512,19 @@ class FakeCatalog:
     def _envelope(self, data: list[Any], meta: Mapping[str, Any], links: Any = None) -> Any:
         body = {"links": links or {"next": None, "prev": None}, "meta": dict(meta), "data": data}
         return [body] if self.list_envelopes else body
+
+    async def get_apps(self, exchange: _Exchange) -> Answer:
+        """`GET /v2/apps?query=&category=&ids=&limit=&offset=` (see `_fake_apps`)."""
+
+        def action_types(app_id: str) -> list[str]:
+            return sorted({a.action_type for a in self.apps.get(app_id, [])})
+
+        return get_apps(
+            exchange.request,
+            self.app_profiles,
+            action_types=action_types,
+            envelope=self._envelope,
+        )
 
     async def get_actions(self, exchange: _Exchange, *, rng: random.Random) -> Answer:
         """`GET /v2/actions?app=&action_type=`: fresh ids on every lookup."""
@@ -645,6 +699,7 @@ def routes(
         ("POST", path, "token", token) for path in TOKEN_PATHS
     ]
     table += [
+        ("GET", "/v2/apps", "apps", catalog.get_apps),
         ("GET", "/v2/actions", "actions", actions),
         ("POST", "/v2/actions/{action_id}/inputs", "inputs", catalog.inputs),
         ("POST", "/v2/actions/{action_id}/inputs/{input_id}/choices", "choices", catalog.choices),
