@@ -64,6 +64,8 @@ from typing import Any, Final
 from ._budget import Budget, BudgetConfig, Grant, Priority
 from ._clock import Clock, SystemClock
 from ._closing import AsyncCloseable
+from ._limits import LOG_SUMMARY_EVERY as LOG_SUMMARY_EVERY
+from ._limits import LOG_WAIT_OVER as LOG_WAIT_OVER
 from ._limits import USE_DEFAULT as USE_DEFAULT
 from ._limits import LimiterLike as LimiterLike
 from ._limits import LimiterStats as LimiterStats
@@ -72,6 +74,7 @@ from ._limits import SlotLike as SlotLike
 from ._limits import _BaseWaiter as _BaseWaiter
 from ._limits import _Default as _Default
 from ._limits import _OneShotSlot as _OneShotSlot
+from ._limits import _WaitLog
 from ._ratelimit import DEFAULT_COOLDOWN, DEFAULT_MAX_SERVER_WAIT
 from .errors import InvalidRequestError, LimiterClosedError, RateLimitedError
 
@@ -86,14 +89,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("zapier_async")
-
-LOG_WAIT_OVER: Final = 1.0
-"""Waits longer than this many seconds are logged at INFO (background ones summarised)."""
-
-LOG_SUMMARY_EVERY: Final = 60.0
-"""Background (POLL, BULK) waits over `LOG_WAIT_OVER` are logged one by one at DEBUG, and at
-INFO only the first one and then one summary line at most this often (seconds): a bulk job
-paced by the budget waits on almost every request, and a line each would drown the log."""
 
 DEFAULT_MAX_BUCKETS: Final = 10_000
 """Buckets kept at most (least recently used idle ones are forgotten past it)."""
@@ -270,7 +265,7 @@ class Limiter(AsyncCloseable):
         )
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._max_wait = max_wait
-        self._on_wait = on_wait
+        self._waits = _WaitLog(on_wait)
         self._max_buckets = max_buckets
         self._bucket_idle = bucket_idle
         self._closed = False
@@ -295,13 +290,6 @@ class Limiter(AsyncCloseable):
         # Statistics.
         self._n_grants = 0
         self._n_immediate = 0
-        self._n_waits = 0
-        self._wait_total = 0.0
-        self._wait_max = 0.0
-        # Background waits over LOG_WAIT_OVER not logged at INFO yet: count, longest, since.
-        self._quiet_waits = 0
-        self._quiet_max = 0.0
-        self._quiet_since: float | None = None
         self._n_rejected = 0
         self._n_expired = 0
         self._n_cancelled = 0
@@ -371,10 +359,7 @@ class Limiter(AsyncCloseable):
         Returns:
             A frozen `Pressure`.
         """
-        now = self._clock.monotonic()
-        bucket = self._find(key)
-        budget = bucket.budget if bucket is not None else Budget(self._config)
-        budget.advance(now)
+        bucket, budget, now = self._look(key)
         view = budget.view(now)
         live = bucket.live if bucket is not None and bucket.live is not None else [0, 0, 0]
         return Pressure(
@@ -401,10 +386,7 @@ class Limiter(AsyncCloseable):
             Seconds; the time the server named when it dictated a wait past
             ``max_server_wait``.
         """
-        now = self._clock.monotonic()
-        bucket = self._find(key)
-        budget = bucket.budget if bucket is not None else Budget(self._config)
-        budget.advance(now)
+        bucket, budget, now = self._look(key)
         refused = budget.refusal(now)
         if refused is not None:
             return max(refused - self._clock.time(), 0.0)
@@ -448,9 +430,9 @@ class Limiter(AsyncCloseable):
             mode=view.mode,
             grants=self._n_grants,
             immediate=self._n_immediate,
-            waits=self._n_waits,
-            wait_total=self._wait_total,
-            wait_max=self._wait_max,
+            waits=self._waits.count,
+            wait_total=self._waits.total,
+            wait_max=self._waits.longest,
             rejected=self._n_rejected,
             expired=self._n_expired,
             cancelled=self._n_cancelled,
@@ -524,6 +506,14 @@ class Limiter(AsyncCloseable):
             bucket.budget = Budget(self._config)
             self._dispatch(bucket)
         self._arm(self._timer_due(now))
+
+    def _look(self, key: Hashable) -> tuple[_Bucket | None, Budget, float]:
+        """A key's bucket (None: unknown) and budget (a fresh one if unknown), at now."""
+        now = self._clock.monotonic()
+        bucket = self._find(key)
+        budget = bucket.budget if bucket is not None else Budget(self._config)
+        budget.advance(now)
+        return bucket, budget, now
 
     def _find(self, key: Hashable) -> _Bucket | None:
         return self._default if key is None else self._buckets.get(key)
@@ -743,14 +733,10 @@ class Limiter(AsyncCloseable):
         return None
 
     def _gone(self, waiter: _Waiter) -> bool:
-        """Whether a live waiter's caller already gave up (its future is done).
-
-        A task cancelled (by ``task.cancel()`` or ``wait_for``'s timeout) has its future
-        cancelled at once but runs its ``except`` clause only on a later loop iteration; a
-        dispatch in between must neither grant it a slot nobody will use or release (in probe
-        mode that would stop every request for good) nor fail it a second time. It is
-        counted as cancelled here; its own clause finds it already dead.
-        """
+        """Whether a live waiter's caller already gave up (its future is done): a task
+        cancelled (``task.cancel()``, ``wait_for``) runs its ``except`` clause only on a later
+        loop iteration; a dispatch in between must neither grant it a slot nobody will use
+        (in probe mode: every request stopped for good) nor fail it twice. Counted here."""
         if not waiter.fut.done():
             return False
         if waiter.alive:
@@ -769,47 +755,7 @@ class Limiter(AsyncCloseable):
         bucket.due = due
 
     def _note_wait(self, waiter: _Waiter, waited: float) -> None:
-        self._n_waits += 1
-        self._wait_total += waited
-        self._wait_max = max(self._wait_max, waited)
-        if waited > LOG_WAIT_OVER:
-            self._log_wait(waiter, waited)
-        if self._on_wait is not None:
-            try:
-                self._on_wait(waited, waiter.priority)
-            except Exception:
-                logger.exception("on_wait hook failed")
-
-    def _log_wait(self, waiter: _Waiter, waited: float) -> None:
-        """Log a long wait: interactive ones at INFO, background ones summarised."""
-        args = (waiter.priority.name.lower(), waited, waiter.reason)
-        if waiter.priority is Priority.INTERACTIVE:
-            logger.info("rate limit: a %s request waited %.1fs (%s)", *args)
-            return
-        now = self._clock.monotonic()
-        since = self._quiet_since
-        if since is None:
-            self._quiet_since = now
-            logger.info(
-                "rate limit: a %s request waited %.1fs (%s); further background waits are "
-                "summarised every %.0fs",
-                *args,
-                LOG_SUMMARY_EVERY,
-            )
-            return
-        logger.debug("rate limit: a %s request waited %.1fs (%s)", *args)
-        self._quiet_waits += 1
-        self._quiet_max = max(self._quiet_max, waited)
-        if now - since >= LOG_SUMMARY_EVERY:
-            logger.info(
-                "rate limit: %d more background requests waited over %.0fs in the last %.0fs "
-                "(longest %.1fs)",
-                self._quiet_waits,
-                LOG_WAIT_OVER,
-                now - since,
-                self._quiet_max,
-            )
-            self._quiet_waits, self._quiet_max, self._quiet_since = 0, 0.0, now
+        self._waits.note(waiter.priority, waited, waiter.reason, self._clock.monotonic())
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:

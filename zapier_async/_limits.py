@@ -7,12 +7,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Hashable, Mapping
+import logging
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import attrs
 
 from ._budget import Priority
+
+logger = logging.getLogger("zapier_async")
+
+LOG_WAIT_OVER: Final = 1.0
+"""Waits longer than this many seconds are logged at INFO (background ones summarised)."""
+
+LOG_SUMMARY_EVERY: Final = 60.0
+"""Background (POLL, BULK) waits over `LOG_WAIT_OVER` are logged one by one at DEBUG, and at
+INFO only the first one and then one summary line at most this often (seconds): a bulk job
+paced by the budget waits on almost every request, and a line each would drown the log."""
+
 
 __all__ = [
     "USE_DEFAULT",
@@ -281,3 +293,59 @@ def estimate_wait_of(
     """``limiter.estimate_wait(priority, n, key)``, or None for a limiter that cannot tell."""
     method = getattr(limiter, "estimate_wait", None)
     return None if method is None else method(priority, n, key)
+
+
+class _WaitLog:
+    """Counts the waits of a limiter, calls its ``on_wait`` hook, and logs long waits:
+    interactive ones at INFO, background ones summarised (see `LOG_SUMMARY_EVERY`)."""
+
+    def __init__(self, on_wait: Callable[[float, Priority], None] | None) -> None:
+        self.on_wait = on_wait
+        self.count = 0
+        self.total = 0.0
+        self.longest = 0.0
+        # Background waits over LOG_WAIT_OVER not logged at INFO yet: count, longest, since.
+        self._quiet = 0
+        self._quiet_max = 0.0
+        self._since: float | None = None
+
+    def note(self, priority: Priority, waited: float, reason: str, now: float) -> None:
+        self.count += 1
+        self.total += waited
+        self.longest = max(self.longest, waited)
+        if waited > LOG_WAIT_OVER:
+            self._log(priority, waited, reason, now)
+        if self.on_wait is not None:
+            try:
+                self.on_wait(waited, priority)
+            except Exception:
+                logger.exception("on_wait hook failed")
+
+    def _log(self, priority: Priority, waited: float, reason: str, now: float) -> None:
+        args = (priority.name.lower(), waited, reason)
+        if priority is Priority.INTERACTIVE:
+            logger.info("rate limit: a %s request waited %.1fs (%s)", *args)
+            return
+        since = self._since
+        if since is None:
+            self._since = now
+            logger.info(
+                "rate limit: a %s request waited %.1fs (%s); further background waits are "
+                "summarised every %.0fs",
+                *args,
+                LOG_SUMMARY_EVERY,
+            )
+            return
+        logger.debug("rate limit: a %s request waited %.1fs (%s)", *args)
+        self._quiet += 1
+        self._quiet_max = max(self._quiet_max, waited)
+        if now - since >= LOG_SUMMARY_EVERY:
+            logger.info(
+                "rate limit: %d more background requests waited over %.0fs in the last %.0fs "
+                "(longest %.1fs)",
+                self._quiet,
+                LOG_WAIT_OVER,
+                now - since,
+                self._quiet_max,
+            )
+            self._quiet, self._quiet_max, self._since = 0, 0.0, now
