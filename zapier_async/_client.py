@@ -1,4 +1,12 @@
-"""ZapierClient: composes auth, transport, limiter and poller behind the public methods."""
+"""ZapierClient: composes auth, transport, limiter and poller behind the public methods.
+
+Requests go out through `_pipeline.SendPipeline` (token, limiter slot, transport, retries).
+Cancellation is ordinary: a caller cancelled while it waits (for a token, a slot, a handle)
+just leaves, and nothing stays counted; a caller cancelled while its create is on the wire
+gets `CancelledError` at once, but the POST is the client's from the moment the limiter let
+it go: it completes, and a run it created is followed, announced (a ``"started"``
+`RunEvent`), logged and listed in `ZapierClient.orphaned_runs`.
+"""
 
 from __future__ import annotations
 
@@ -357,6 +365,16 @@ class ZapierClient(AsyncCloseable):
 
         The POST is awaited, so when this returns Zapier has accepted the run and
         `handle.id` is known. Awaiting the handle waits for the outcome.
+
+        Cancelling the caller (``task.cancel()``, ``asyncio.wait_for``, an anyio cancel
+        scope, a web handler whose visitor left) is safe at any point. While it waits for the
+        rate budget, nothing was sent and nothing stays counted. Once the limiter let the
+        POST go, it is not cut off (Zapier may already be creating the run): the caller gets
+        `CancelledError` at once, the client finishes the exchange, and if Zapier created
+        the run the client follows it to its end, announces its id to ``on_event``
+        listeners (a ``"started"`` `RunEvent`), logs a WARNING with the id (``extra``
+        ``run_id``) and lists its handle in `orphaned_runs`. The POST is never re-sent for
+        a caller that left. `run_action` and `stored_actions.run` behave the same way.
 
         Name the action either by `action` (an id you looked up) or by `app` and
         `action_key`: then a fresh id is looked up with Get Actions right before the run, as
