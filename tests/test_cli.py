@@ -165,7 +165,7 @@ async def test_bulk_writes_one_outcome_per_line_with_line_numbers(env, fake, tmp
     for line in range(1, 21):
         assert fake.run(by_line[line]["run_id"]).inputs == {"i": line - 1}
     journal = read_jsonl(out.with_name("out.jsonl.journal"))
-    submitted = {e["line"]: e["run_id"] for e in journal if e["event"] == "submitted"}
+    submitted = {e["key"]: e["run_id"] for e in journal if e["event"] == "submitted"}
     assert submitted == {r["line"]: r["run_id"] for r in records if r["run_id"]}
     assert fake.stats.runs_created == 22
 
@@ -330,7 +330,7 @@ async def test_a_bulk_job_killed_mid_run_resumes_without_losing_or_duplicating(t
         written = read_jsonl(out)
         events = read_jsonl(journal)
         done = {r["line"] for r in written}
-        in_flight = {e["line"] for e in events if e["event"] == "submitted"} - done
+        in_flight = {e["key"] for e in events if e["event"] == "submitted"} - done
         assert 30 <= len(written) < n
         assert in_flight, "the kill should catch accepted runs without an outcome"
         created_at_kill = fake.stats.runs_created
@@ -359,5 +359,5 @@ async def test_a_bulk_job_killed_mid_run_resumes_without_losing_or_duplicating(t
             assert fake.run(record["run_id"]).inputs == {"i": record["line"] - 1}
     # The runs in flight at the kill were followed by id, not re-sent.
     resumed = {r["line"]: r for r in records if r["line"] in in_flight}
-    submitted = {e["line"]: e["run_id"] for e in events if e["event"] == "submitted"}
+    submitted = {e["key"]: e["run_id"] for e in events if e["event"] == "submitted"}
     assert all(resumed[line]["run_id"] == submitted[line] for line in in_flight)

@@ -2,9 +2,11 @@
 
 Resumable bulk jobs
 -------------------
-With ``--output OUT``, ``bulk`` keeps a journal next to it (``OUT.journal``): a ``sending``
-line (the input line number) is written and flushed right before each create goes on the
-wire, and a ``submitted`` line (line number and run id) as soon as Zapier returned the id.
+With ``--output OUT``, ``bulk`` keeps a journal next to it (``OUT.journal``, a
+`zapier_async.journal.FileJournal` keyed by input line number): a ``sending`` line is written
+right before each create goes on the wire, and a ``submitted`` line (line number and run id) as
+soon as Zapier returned the id. (Journals written before 0.x, with ``"line"`` instead of
+``"key"``, are resumed too.)
 Outcome lines carry the input line number and the run id. Both files are created with mode
 0600 (they hold run results), and an existing one is narrowed to the owner.
 
@@ -42,10 +44,8 @@ Fix the cause, then ``--resume --retry-failed``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Final, TextIO
@@ -55,6 +55,7 @@ import anyio
 from zapier_async import errors
 from zapier_async._bulk import Outcome, RunMany, RunRequest
 from zapier_async._client import ZapierClient
+from zapier_async.journal import FileJournal, JournalExistsError, JournalLockedError, open_private
 from zapier_async.models import Run, RunStatus
 
 from ._common import (
@@ -69,11 +70,6 @@ from ._common import (
     worse,
 )
 from ._output import NoProgress, ProgressBar, make_progress, metrics_rows, write_table
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no advisory locks, O_EXCL still guards
-    fcntl = None  # type: ignore[assignment]
 
 # --- bulk ---------------------------------------------------------------------------------------
 
@@ -179,33 +175,6 @@ class _Failure:
         return _KEEP if self.exit_code == EXIT_UNKNOWN else _RESEND
 
 
-def _lock(fd: int, path: Path) -> None:
-    """Hold an exclusive lock on the journal for the job's lifetime; refuse if it is held."""
-    if fcntl is None:  # pragma: no cover - Windows
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise UsageError(
-            f"{path} is in use by another zapier-async bulk process on the same output; "
-            "wait for it to end (or stop it), then --resume"
-        ) from None
-
-
-def _open_private(path: Path, flags: int) -> int:
-    """Open (creating with mode 0600) a file that holds run results; narrow an existing one."""
-    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        if mode & 0o077:
-            with contextlib.suppress(OSError):  # not ours to change (another owner): keep it
-                os.fchmod(fd, mode & 0o700)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 class _Job:
     """One bulk job's files and bookkeeping, across invocations (see "Resumable bulk jobs")."""
 
@@ -226,8 +195,7 @@ class _Job:
         self.retryable_now = 0
         self.out_fh: IO[str] = out
         self.owns_out = False
-        self.journal: IO[str] | None = None
-        self.journal_fd: int | None = None
+        self.journal: FileJournal | None = None
         self.progress: ProgressBar = NoProgress()
         self.line_of: dict[int, int] = {}  # run_many index -> input line, while in flight
         self.journaled: set[int] = set()  # indices whose "sending" line is written
@@ -246,9 +214,9 @@ class _Job:
             return
         journal = output.with_name(output.name + ".journal")
         if args.resume:
-            self.journal_fd = _open_private(journal, os.O_RDWR | os.O_CREAT | os.O_APPEND)
-            _lock(self.journal_fd, journal)
-            self._load(output, journal)
+            self.journal = FileJournal(journal, resume=True)
+            self._lock_journal()
+            self._load(output)
         else:
             # A journal that exists is an earlier job: resume it or refuse, whatever the
             # output holds (a job killed before any run ended has written no outcome).
@@ -263,16 +231,13 @@ class _Job:
                 raise UsageError(
                     f"{output} exists: pass --resume to continue that job, or remove it"
                 )
-            try:
-                self.journal_fd = _open_private(
-                    journal, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND
-                )
-            except FileExistsError:  # created since the check: another job got there first
+            self.journal = FileJournal(journal, resume=False)
+            try:  # O_EXCL: another job that created it since the check got there first
+                self._lock_journal()
+            except JournalExistsError:
                 raise UsageError(refuse) from None
-            _lock(self.journal_fd, journal)
-        self.journal = os.fdopen(self.journal_fd, "a", encoding="utf-8")
         self.out_fh = os.fdopen(
-            _open_private(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a", encoding="utf-8"
+            open_private(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a", encoding="utf-8"
         )
         self.owns_out = True
         if args.retry_failed:
@@ -282,7 +247,18 @@ class _Job:
         for failure in self.failed.values():
             self.prior_exit = worse(self.prior_exit, failure.exit_code)
 
-    def _load(self, output: Path, journal: Path) -> None:
+    def _lock_journal(self) -> None:
+        """Open the journal and hold its lock for the job's lifetime; refuse if it is held."""
+        assert self.journal is not None
+        try:
+            self.journal.open()
+        except JournalLockedError:
+            raise UsageError(
+                f"{self.journal.path} is in use by another zapier-async bulk process on the "
+                "same output; wait for it to end (or stop it), then --resume"
+            ) from None
+
+    def _load(self, output: Path) -> None:
         """Read what earlier invocations left (the caller holds the journal's lock)."""
         # Outcome lines, in order: the last one of a line is its outcome.
         extra: dict[int, int] = {}  # line -> outcome lines beyond the first (retried lines)
@@ -303,11 +279,10 @@ class _Job:
         retries: dict[int, int] = {}
         sent: set[int] = set()  # since the line's last retry
         accepted: dict[int, str] = {}  # since the line's last retry
-        for text in _read_complete_lines(journal):
-            try:
-                entry = json.loads(text)
-                line, event = int(entry["line"]), entry["event"]
-            except (ValueError, KeyError, TypeError):
+        assert self.journal is not None
+        for entry in self.journal.entries():
+            line, event = entry["key"], entry["event"]
+            if not isinstance(line, int):
                 continue
             if line in self.done and line not in self.failed and line not in extra:
                 continue
@@ -344,10 +319,11 @@ class _Job:
             action = failure.action()
             if action == _KEEP:
                 continue
-            self._journal({"line": line, "event": "retry"})
+            assert self.journal is not None
+            self.journal.retry(line)
             if action == _FOLLOW:
                 assert failure.run_id is not None
-                self._journal({"line": line, "event": "submitted", "run_id": failure.run_id})
+                self.journal.submitted(line, failure.run_id)
                 self.submitted[line] = failure.run_id
             del self.failed[line]
             self.done.discard(line)
@@ -356,17 +332,10 @@ class _Job:
         self.progress.close()
         if self.journal is not None:
             self.journal.close()  # releases the lock
-        elif self.journal_fd is not None:
-            os.close(self.journal_fd)
         if self.owns_out:
             self.out_fh.close()
         else:
             self.out_fh.flush()
-
-    def _journal(self, entry: Mapping[str, Any]) -> None:
-        if self.journal is not None:
-            self.journal.write(dumps(entry) + "\n")
-            self.journal.flush()
 
     # --- outcomes -----------------------------------------------------------------------------
 
@@ -406,10 +375,12 @@ class _Job:
     def on_sending(self, index: int, request: RunRequest) -> None:
         if index not in self.journaled:  # a re-send after a refusal journals nothing new
             self.journaled.add(index)
-            self._journal({"line": self.line_of[index], "event": "sending"})
+            if self.journal is not None:
+                self.journal.sending(self.line_of[index])
 
     def on_submitted(self, index: int, request: RunRequest, run_id: str) -> None:
-        self._journal({"line": self.line_of[index], "event": "submitted", "run_id": run_id})
+        if self.journal is not None:
+            self.journal.submitted(self.line_of[index], run_id)
 
     def on_outcome(self, outcome: Outcome) -> None:
         line = self.line_of.pop(outcome.index)
