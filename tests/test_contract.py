@@ -581,7 +581,8 @@ async def test_apps_search_and_resolution_by_name_conform(proxy):
         page = disco.parse_apps(await send(request), request, offset=offset)
         seen += [a.id for a in page.apps]
         offset = page.next_offset
-    assert len(seen) == len(set(seen)) >= 5 and seen[0] == FAKE_APP_ID
+    assert len(seen) == len(set(seen)) >= 5
+    assert seen[0] == FAKE_APP_ID
     request = disco.list_apps(category="team-chat")
     assert len(disco.parse_apps(await send(request), request).apps) == 2
     request = disco.list_apps(ids=[FAKE_APP_ID])

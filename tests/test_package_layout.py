@@ -128,8 +128,8 @@ def test_report_cycles_elsewhere_in_the_package():
 
 def test_no_core_module_is_over_800_non_blank_lines():
     known = modules()
-    sizes = {
-        name: sum(1 for line in known[name].read_text(encoding="utf-8").splitlines() if line.strip())
-        for name in CORE
-    }
+    sizes = {}
+    for name in CORE:
+        lines = known[name].read_text(encoding="utf-8").splitlines()
+        sizes[name] = sum(1 for line in lines if line.strip())
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
