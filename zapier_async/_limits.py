@@ -15,17 +15,6 @@ import attrs
 
 from ._budget import Priority
 
-logger = logging.getLogger("zapier_async")
-
-LOG_WAIT_OVER: Final = 1.0
-"""Waits longer than this many seconds are logged at INFO (background ones summarised)."""
-
-LOG_SUMMARY_EVERY: Final = 60.0
-"""Background (POLL, BULK) waits over `LOG_WAIT_OVER` are logged one by one at DEBUG, and at
-INFO only the first one and then one summary line at most this often (seconds): a bulk job
-paced by the budget waits on almost every request, and a line each would drown the log."""
-
-
 __all__ = [
     "USE_DEFAULT",
     "LimiterLike",
@@ -36,6 +25,16 @@ __all__ = [
     "pressure_of",
     "slot_for",
 ]
+
+logger = logging.getLogger("zapier_async")
+
+LOG_WAIT_OVER: Final = 1.0
+"""Waits longer than this many seconds are logged at INFO (background ones summarised)."""
+
+LOG_SUMMARY_EVERY: Final = 60.0
+"""Background (POLL, BULK) waits over `LOG_WAIT_OVER` are logged one by one at DEBUG, and at
+INFO only the first one and then one summary line at most this often (seconds): a bulk job
+paced by the budget waits on almost every request, and a line each would drown the log."""
 
 
 class _Default(enum.Enum):
