@@ -65,11 +65,13 @@ import collections
 import itertools
 import math
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
 
 from ._backoff import PollPolicy, SupportsRandom, next_poll_delay
+from ._cadence import BudgetPrice, PollRecord, PressureLike
 
 if TYPE_CHECKING:
     from ._handle import RunHandle
@@ -220,6 +222,9 @@ class _Action:
     pending: weakref.WeakSet[RunHandle] = attrs.Factory(weakref.WeakSet)
     fresh: int = 0
     plan: tuple[float, ...] | None = None
+    # The estimate the plans were made from, and the plans made from it per price level.
+    estimate: tuple[list[float], list[float]] | None = None
+    plans: dict[int, tuple[float, ...]] = attrs.Factory(dict)
     first_hits: int = 0
     started: int = 0
     at_once_misses: int = 0
@@ -235,9 +240,15 @@ class AdaptivePolling:
 
     Args:
         policy: The cadence before anything is learnt, and after a plan runs out.
-        cost: Seconds of mean detection lag one poll is worth. 0.12 gives, for runs of 0.2
-            to 1.5 s, about the mean lag of a fixed 0.5 s poll with ~35-40% fewer polls than
-            polling at once and then every 0.5 s (see `benchmarks/results.md`).
+        cost: Seconds of mean detection lag one poll is worth while the budget is slack.
+            0.12 gives, for runs of 0.2 to 1.5 s, about the mean lag of a fixed 0.5 s poll
+            with ~35-40% fewer polls than polling at once and then every 0.5 s (see
+            `benchmarks/results.md`).
+        bound_cost: While the rate budget binds, one poll is worth this many times the
+            longest duration the action is known to take (about one poll per run).
+        pressure: Reads the limiter's live budget (`zapier_async._cadence.PressureLike`), or
+            None for a budget always slack. See `zapier_async._cadence`.
+        price: The smoothed "budget binds" level (see `zapier_async._cadence.BudgetPrice`).
         min_samples: Runs of an action that must have ended before its plan is used.
         window: Most recent runs per action the estimate is made from.
         replan_every: New observations between two plans at first (the interval doubles
@@ -251,10 +262,16 @@ class AdaptivePolling:
             its other unlearnt runs stop getting one.
         at_once_below: A planned first poll sooner than this (seconds), or than half the
             polls' mean round trip, is sent at once.
+        censored_share: The first plan of an action waits until runs still going are at
+            most this share of those seen (a plan of the short runs of a burst alone would
+            poll the long ones at the short ones' pace).
     """
 
     policy: PollPolicy = attrs.field(factory=PollPolicy)
     cost: float = 0.12
+    bound_cost: float = 1.0
+    pressure: Callable[[], PressureLike | None] | None = None
+    price: BudgetPrice = attrs.field(factory=BudgetPrice)
     min_samples: int = 32
     window: int = 128
     replan_every: int = 16
@@ -265,7 +282,11 @@ class AdaptivePolling:
     at_once: bool = True
     at_once_misses: int = 3
     at_once_below: float = 0.01
+    censored_share: float = 0.25
     _actions: dict[str, _Action] = attrs.field(init=False, factory=dict)
+    _records: weakref.WeakKeyDictionary[RunHandle, PollRecord] = attrs.field(
+        init=False, factory=weakref.WeakKeyDictionary
+    )
     _rtt: float | None = attrs.field(init=False, default=None)
 
     # --- the client's hooks -----------------------------------------------------------------
@@ -273,44 +294,43 @@ class AdaptivePolling:
     def first_delay(self, handle: RunHandle, key: str | None, rng: SupportsRandom) -> float:
         """The delay before a new run's first poll; remembers `key` on the handle."""
         handle.poll_key = key
-        handle.poll_plan = None
-        handle.pending_at = 0.0
-        handle.poll_skew = 0
+        record = self._records[handle] = PollRecord(key=key)
         state = self._state(key, create=True) if self.enabled and key is not None else None
         if state is None:
             return self.policy.interval(0, elapsed=0.0, rng=rng)
         state.pending.add(handle)
+        level = record.level = self._sample(state)
         if state.plan:
-            plan = state.plan
             state.started += 1
-            if plan[0] < max(self.at_once_below, 0.5 * (self._rtt or 0.0)):
-                # Runs end (nearly) instantly: poll as soon as the create returned.
-                handle.poll_plan = plan
-                return 0.0
-            if state.first_hits * 2 > len(state.samples) and state.started % 4 == 0:
-                probe = plan[0] / 4
-                if probe >= _FLOOR:
-                    plan = (probe, *plan)
-            # Jitter the whole plan: spreads runs created together, and varies the times at
-            # which runs are inspected, without which the estimate cannot see mass between
-            # two planned polls (see "Exploring").
             if state.started % self.explore_every == 0:
-                scale = 1.0 + self.explore * (2.0 * rng.random() - 1.0)
-                plan = tuple(t * scale for t in plan)
-            handle.poll_plan = plan
+                # Scale the whole plan: spreads runs created together, and varies the times
+                # at which runs are inspected, without which the estimate cannot see mass
+                # between two planned polls (see "Exploring").
+                record.scale = 1.0 + self.explore * (2.0 * rng.random() - 1.0)
+            plan = record.plan = self._plan_for(state, record, level)
+            if level == 0 and plan[0] < max(self.at_once_below, 0.5 * (self._rtt or 0.0)):
+                # Runs end (nearly) instantly: poll as soon as the create returned.
+                return 0.0
+            if level == 0 and state.first_hits * 2 > len(state.samples):
+                if state.started % 4 == 0 and plan[0] / 4 >= _FLOOR:
+                    return plan[0] / 4  # a probe earlier than the plan (see "Exploring")
             return plan[0]
-        if self.at_once and state.at_once_misses < self.at_once_misses:
-            # Nothing learnt yet: look once right away (the policy's cadence follows, from
+        if (
+            level == 0
+            and self.at_once
+            and state.at_once_misses < self.at_once_misses
+        ):
+            # Nothing learnt yet: look once right away (the cold cadence follows, from
             # its first interval), so instant runs are neither slow nor unlearnt. Until one
             # such poll found its run ended, only a few go out; the others wait on the policy
             # and are brought forward by the first hit (`observe` returns them).
             outstanding = sum(1 for h in state.probing if not h.done())
             if state.at_once_hits or outstanding < self.at_once_misses:
-                handle.poll_skew = 1
+                record.skew = 1
                 state.probing.add(handle)
                 return 0.0
             state.deferred.add(handle)
-        return self.policy.interval(0, elapsed=0.0, rng=rng)
+        return self._cold(0.0, level, rng)
 
     def next_delay(
         self,
@@ -322,8 +342,16 @@ class AdaptivePolling:
         hint: float | None,
     ) -> float:
         """The delay before the next poll of a run found still going at `elapsed`."""
-        handle.pending_at = elapsed
-        plan = handle.poll_plan
+        record = self._records.get(handle)
+        if record is None:
+            return next_poll_delay(self.policy, attempt, elapsed, rng, hint=hint)
+        record.pending_at = elapsed
+        state = self._state(record.key) if self.enabled else None
+        if record.plan is not None and state is not None and state.plan:
+            # The price may have moved since the last poll: follow today's plan.
+            level = record.level = self._sample(state)
+            record.plan = self._plan_for(state, record, level)
+        plan = record.plan
         if plan:
             for t in plan:
                 if t > elapsed:
@@ -339,19 +367,32 @@ class AdaptivePolling:
             if hint is not None and math.isfinite(hint) and hint > delay:
                 return max(min(hint, self.policy.max_hint), delay)
             return delay
-        skew = handle.poll_skew
-        if skew and attempt == skew:
+        skew = record.skew
+        if skew and attempt == skew and state is not None and handle in state.probing:
             # The at-once poll found the run still going.
-            state = self._state(handle.poll_key)
-            if state is not None and handle in state.probing:
-                state.probing.discard(handle)
-                state.at_once_misses += 1
-                if state.at_once_misses >= self.at_once_misses:
-                    state.deferred.clear()
-        return next_poll_delay(self.policy, attempt - skew, elapsed, rng, hint=hint)
+            state.probing.discard(handle)
+            state.at_once_misses += 1
+            if state.at_once_misses >= self.at_once_misses:
+                state.deferred.clear()
+        if state is None:
+            return next_poll_delay(self.policy, attempt - skew, elapsed, rng, hint=hint)
+        level = record.level = self._sample(state)
+        delay = self._cold(elapsed, level, rng)
+        if hint is not None and math.isfinite(hint) and hint > delay:
+            return max(min(hint, self.policy.max_hint), delay)
+        return delay
 
-    def observe(self, handle: RunHandle, elapsed: float) -> list[tuple[RunHandle, float]]:
+    def observe(
+        self, handle: RunHandle, elapsed: float, *, seen_at: float | None = None
+    ) -> list[tuple[RunHandle, float]]:
         """A poll found the run ended at `elapsed` seconds after its create.
+
+        Args:
+            handle: The run.
+            elapsed: Seconds from its create's answer to this poll's answer.
+            seen_at: Seconds from its create's answer to when this poll was sent, if known:
+                a poll that waited for the rate budget saw the run ended earlier than its
+                answer says, and without it that wait is learnt as duration.
 
         Returns:
             ``(run, delay)`` for runs of the same action whose next poll moves (usually
@@ -359,10 +400,12 @@ class AdaptivePolling:
             at-once poll found it ended; and, when this observation made the action's first
             plan, the unlearnt runs still going, which switch to the plan.
         """
-        key = handle.poll_key
-        if not self.enabled or key is None:
+        record = self._records.get(handle)
+        key = record.key if record is not None else None
+        if not self.enabled or record is None or key is None:
             return []
-        lo, hi = _quantise(handle.pending_at), _quantise(elapsed)
+        end = elapsed if seen_at is None else min(max(seen_at, record.pending_at), elapsed)
+        lo, hi = _quantise(record.pending_at), _quantise(end)
         if hi <= lo:
             hi = lo + max(_FLOOR, _RESOLUTION * lo)
         state = self._state(key, create=True)
@@ -373,8 +416,9 @@ class AdaptivePolling:
             state.probing.discard(handle)
             state.at_once_hits += 1
             for h in state.deferred:
-                if not h.done() and h.poll_attempts == 0:
-                    h.poll_skew = 1
+                other = self._records.get(h)
+                if not h.done() and h.poll_attempts == 0 and other is not None:
+                    other.skew = 1
                     state.probing.add(h)
                     moved.append((h, 0.0))
             state.deferred.clear()
@@ -384,44 +428,50 @@ class AdaptivePolling:
         if lo == 0.0:
             state.first_hits += 1
         state.fresh += 1
-        plan = handle.poll_plan
-        if plan and handle.pending_at >= plan[-1]:
+        plan = record.plan
+        if plan and record.pending_at >= plan[-1]:
             # Still going at the plan's last poll (not merely read late): learn it soon.
             state.replan_every = self.replan_every
         if len(state.samples) >= self.min_samples and (
             state.plan is None or state.fresh >= state.replan_every
         ):
-            state.fresh = 0
             # Runs still going count too (as "longer than their last pending poll"): without
             # them the first runs to end, the shortest, would look like the whole story.
-            censored = [
-                (_quantise(h.pending_at), math.inf)
-                for h in itertools.islice(state.pending, self.window)
-                if h.pending_at > 0.0
-            ]
-            bounds, masses = turnbull([*state.samples, *censored])
+            censored = []
+            for h in itertools.islice(state.pending, self.window):
+                r = self._records.get(h)
+                if r is not None and r.pending_at > 0.0:
+                    censored.append((_quantise(r.pending_at), math.inf))
+            if state.plan is None and len(censored) > self.censored_share * (
+                len(censored) + len(state.samples)
+            ):
+                return moved  # most of the burst is still going: too early to plan
+            state.fresh = 0
+            bounds, masses = state.estimate = turnbull([*state.samples, *censored])
             new = tuple(plan_polls(bounds, masses, self.cost))
+            state.plans = {0: new} if new else {}
             state.replan_every = min(2 * state.replan_every, self.window // 2)
             first_plan = state.plan is None
             state.plan = new
             if first_plan and new:
-                moved = self._adopt(state, new, now=handle.created_at + elapsed, moved=moved)
+                moved = self._adopt(state, now=handle.created_at + elapsed, moved=moved)
         return moved
 
     def _adopt(
         self,
         state: _Action,
-        plan: tuple[float, ...],
         *,
         now: float,
         moved: list[tuple[RunHandle, float]],
     ) -> list[tuple[RunHandle, float]]:
         """Switch the action's unlearnt runs still going to its first plan."""
         rescheduled = {id(h) for h, _ in moved}
+        level = self.price.current()
         for h in state.pending:
-            if h.done() or h.poll_plan is not None or id(h) in rescheduled:
+            record = self._records.get(h)
+            if h.done() or record is None or record.plan is not None or id(h) in rescheduled:
                 continue
-            h.poll_plan = plan
+            plan = record.plan = self._plan_for(state, record, level)
             if h.timer is None:
                 continue  # a poll is in flight: its answer reschedules it by the plan
             age = now - h.created_at
@@ -437,10 +487,65 @@ class AdaptivePolling:
         rtt = self._rtt
         self._rtt = seconds if rtt is None else rtt + 0.1 * (seconds - rtt)
 
-    def plan(self, key: str) -> tuple[float, ...] | None:
-        """The current plan of `key` (poll times after the create), or None."""
+    def plan(self, key: str, *, level: int = 0) -> tuple[float, ...] | None:
+        """The plan of `key` (poll times after the create) at a price level, or None."""
         state = self._actions.get(key)
-        return None if state is None else state.plan
+        if state is None or not state.plan:
+            return None if state is None else state.plan
+        return self._plan_at(state, level)
+
+    def record(self, handle: RunHandle) -> PollRecord | None:
+        """The planner's record of a run, or None (for tests and debugging)."""
+        return self._records.get(handle)
+
+    def level(self) -> int:
+        """The current price level: 0 while the budget is slack (see `_cadence`)."""
+        return self.price.current()
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _sample(self, state: _Action) -> int:
+        """Read the live budget once; the price level for a planning decision now."""
+        if self.pressure is None:
+            return 0
+        return self.price.update(self.pressure(), len(state.pending))
+
+    def _plan_at(self, state: _Action, level: int) -> tuple[float, ...]:
+        assert state.plan
+        plan = state.plans.get(level)
+        if plan is None:
+            assert state.estimate is not None
+            bounds, masses = state.estimate
+            finite = bounds[-2] if math.isinf(bounds[-1]) else bounds[-1]
+            cost = self.price.cost(level, self.cost, self.bound_cost * finite)
+            plan = tuple(plan_polls(bounds, masses, cost)) or state.plan
+            state.plans[level] = plan
+        return plan
+
+    def _plan_for(self, state: _Action, record: PollRecord, level: int) -> tuple[float, ...]:
+        plan = self._plan_at(state, level)
+        if record.scale != 1.0:
+            plan = tuple(t * record.scale for t in plan)
+        return plan
+
+    def _cold(self, elapsed: float, level: int, rng: SupportsRandom) -> float:
+        """The cadence of a run of an action with no plan yet.
+
+        While the budget is slack, that of a hand-written loop (every `policy.initial`
+        seconds), stretching once the run is old: the next poll is at least a share
+        ``factor - 1`` of its age later. While the budget binds, it starts four times later
+        and doubles.
+        """
+        p = self.policy
+        if elapsed >= p.late_after:
+            base = p.late_cap
+        else:
+            bound = level / max(self.price.levels - 1, 1)
+            spacing = p.initial * (1.0 + 3.0 * bound)
+            growth = (p.factor - 1.0) * (1.0 + bound)
+            base = min(p.cap, max(spacing, growth * elapsed))
+        spread = p.jitter * (2.0 * rng.random() - 1.0)
+        return max(base * (1.0 + spread), 0.0)
 
     def _state(self, key: str | None, *, create: bool = False) -> _Action | None:
         if key is None:

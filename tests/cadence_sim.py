@@ -1,0 +1,452 @@
+"""A discrete-event simulator of bulk jobs under a fixed-window rate budget (issue #15).
+
+No asyncio, no HTTP: a heap of events on a simulated clock. It drives a real poll planner
+(`AdaptivePolling`, through the hooks the client calls) and compares it with the
+hand-written loop (a semaphore of C, sleep ``interval`` then check, every ``interval``
+after; on a 429 sleep ``Retry-After`` and send again).
+
+The model:
+
+- the server counts every request, refused ones included, per FIXED window of `limit`
+  requests per `window` seconds; a window starts at the first request after the previous
+  one ended (``align="first"``) or on multiples of `window` (``"aligned"``); a refused
+  request gets a 429 with ``Retry-After`` = the seconds to the window's end, rounded up;
+- every request takes `rtt` seconds; the server acts on it at half its round trip (a run
+  starts when its create arrives, a read sees the run as it is when it arrives);
+- the library's limiter knows the window (as the real one does after the first answer),
+  sends nothing the server would refuse, serves waiters by priority (INTERACTIVE, POLL,
+  BULK), and spends the window as fast as the server allows;
+- `run_many`: C workers; a worker holds its slot from before its create waits at the limiter
+  until its run is seen ended (Little's law); polls of an awaited run go at INTERACTIVE;
+- the planner's ``pressure`` callable sees the limiter: waiters per priority and the
+  window's remaining budget.
+
+Run ``python -m tests.cadence_sim`` for the table of the issue's workloads.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import statistics
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+__all__ = ["Result", "Workload", "simulate_hand", "simulate_library"]
+
+INTERACTIVE, POLL, BULK = 0, 1, 2
+
+
+@attrs.frozen
+class Workload:
+    runs: int
+    durations: tuple[float, float]
+    limit: float = math.inf
+    window: float = 5.0
+    concurrency: int = 50
+    rtt: float = 0.004
+    align: str = "first"
+    seed: int = 1
+    interval: float = 0.5  # the hand-written loop's sleep
+
+    def minimum(self, k: int = 2) -> float:
+        lo, hi = self.durations
+        mean = (lo + hi) / 2
+        budget = 0.0
+        if math.isfinite(self.limit):
+            budget = (k * self.runs - self.limit) / (self.limit / self.window)
+        return max(budget, self.runs * mean / self.concurrency, 0.0)
+
+
+@attrs.define
+class Result:
+    requests: int = 0
+    polls: int = 0
+    refused: int = 0
+    refused_late: int = 0
+    wall: float = 0.0
+    lags: list[float] = attrs.Factory(list)
+    minimum: float = 0.0
+    runs: int = 0
+
+    @property
+    def per_run(self) -> float:
+        return self.requests / self.runs
+
+    @property
+    def polls_per_run(self) -> float:
+        return self.polls / self.runs
+
+    @property
+    def lag(self) -> float:
+        return statistics.fmean(self.lags)
+
+    @property
+    def ratio(self) -> float:
+        return self.wall / self.minimum if self.minimum else math.nan
+
+    def row(self, name: str) -> str:
+        return (
+            f"{name:<22} req/run {self.per_run:5.2f}  polls/run {self.polls_per_run:5.2f}  "
+            f"wall {self.wall:7.2f} s  min {self.minimum:6.2f}  x{self.ratio:5.2f}  "
+            f"lag {self.lag * 1000:5.0f} ms  429s {self.refused}"
+        )
+
+
+class _Loop:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (max(t, self.now), next(self._seq), fn))
+
+    def run(self) -> None:
+        while self._heap:
+            t, _, fn = heapq.heappop(self._heap)
+            self.now = t
+            fn()
+
+
+class _Server:
+    """Fixed windows counting every request; runs with their true end times."""
+
+    def __init__(self, w: Workload) -> None:
+        self.w = w
+        self.start: float | None = None
+        self.count = 0
+
+    def window_end(self, t: float) -> float:
+        self._roll(t)
+        assert self.start is not None
+        return self.start + self.w.window
+
+    def _roll(self, t: float) -> None:
+        if self.w.align == "aligned":
+            start = math.floor(t / self.w.window) * self.w.window
+            if start != self.start:
+                self.start, self.count = start, 0
+        elif self.start is None or t >= self.start + self.w.window:
+            self.start, self.count = t, 0
+
+    def admit(self, t: float) -> float | None:
+        """Count a request arriving at `t`; None if admitted, else its Retry-After."""
+        if not math.isfinite(self.w.limit):
+            return None
+        self._roll(t)
+        self.count += 1
+        if self.count <= self.w.limit:
+            return None
+        assert self.start is not None
+        return float(max(1, math.ceil(self.start + self.w.window - t)))
+
+    def remaining(self, t: float) -> int | None:
+        if not math.isfinite(self.w.limit):
+            return None
+        if self.start is None:
+            return int(self.w.limit)
+        if self.w.align == "aligned":
+            if math.floor(t / self.w.window) * self.w.window != self.start:
+                return int(self.w.limit)
+        elif t >= self.start + self.w.window:
+            return int(self.w.limit)
+        return max(int(self.w.limit) - self.count, 0)
+
+
+@attrs.frozen
+class _Pressure:
+    waiting_by_priority: tuple[int, int, int]
+    remaining_estimate: int | None
+    in_flight: int = 0
+
+
+class _Limiter:
+    """Knows the server's window; never sends what it would refuse; priority order."""
+
+    def __init__(self, loop: _Loop, server: _Server) -> None:
+        self.loop, self.server = loop, server
+        self.queues: list[deque[Callable[[], None]]] = [deque(), deque(), deque()]
+        self.pumping = False
+
+    def submit(self, priority: int, send: Callable[[], None]) -> None:
+        self.queues[priority].append(send)
+        self.pump()
+
+    def pressure(self) -> _Pressure:
+        q = self.queues
+        return _Pressure((len(q[0]), len(q[1]), len(q[2])), self.server.remaining(self.loop.now))
+
+    def pump(self) -> None:
+        if self.pumping:
+            return
+        self.pumping = True
+        try:
+            while any(self.queues):
+                remaining = self.server.remaining(self.loop.now)
+                if remaining is not None and remaining <= 0:
+                    self.loop.at(self.server.window_end(self.loop.now) + 1e-9, self.pump)
+                    return
+                queue = next(q for q in self.queues if q)
+                send = queue.popleft()
+                refused = self.server.admit(self.loop.now)
+                assert refused is None
+                send()
+        finally:
+            self.pumping = False
+
+
+class _Run:
+    __slots__ = (
+        "__weakref__",
+        "_done",
+        "created_at",
+        "ends_at",
+        "poll_attempts",
+        "pending_at",
+        "poll_key",
+        "poll_plan",
+        "poll_skew",
+        "timer",
+    )
+
+    def __init__(self, created_at: float, ends_at: float) -> None:
+        self.created_at = created_at
+        self.ends_at = ends_at
+        self.poll_attempts = 0
+        self.poll_key: str | None = None
+        self.timer: object | None = None
+        self._done = False
+        # The fields the planner before issue #15 kept on the handle.
+        self.poll_plan: tuple[float, ...] | None = None
+        self.pending_at = 0.0
+        self.poll_skew = 0
+
+    def done(self) -> bool:
+        return self._done
+
+
+def _durations(w: Workload) -> list[float]:
+    rng = random.Random(w.seed)
+    lo, hi = w.durations
+    return [rng.uniform(lo, hi) for _ in range(w.runs)]
+
+
+def simulate_library(
+    w: Workload,
+    make_planner: Callable[[Callable[[], Any]], Any],
+    *,
+    priority: int = BULK,
+    seen_at: bool = True,
+) -> Result:
+    """`run_many(concurrency=C)` with `make_planner(pressure)`'s planner deciding polls."""
+    loop = _Loop()
+    server = _Server(w)
+    limiter = _Limiter(loop, server)
+    planner = make_planner(limiter.pressure)
+    rng = random.Random(w.seed + 1000)
+    durations = iter(_durations(w))
+    result = Result(minimum=w.minimum(), runs=w.runs)
+    first_answer = [math.inf]
+    half = w.rtt / 2
+    left = [w.runs]
+
+    def worker() -> None:
+        duration = next(durations, None)
+        if duration is None:
+            return
+
+        def send_create() -> None:
+            sent = loop.now
+            result.requests += 1
+            first_answer[0] = min(first_answer[0], sent + w.rtt)
+            loop.at(sent + w.rtt, lambda: created(sent + half + duration))
+
+        limiter.submit(priority, send_create)
+
+    def created(ends_at: float) -> None:
+        run = _Run(loop.now, ends_at)
+        delay = planner.first_delay(run, "a", rng)
+        schedule(run, delay)
+
+    def schedule(run: _Run, delay: float) -> None:
+        token = object()
+        run.timer = token
+
+        def fire() -> None:
+            if run.timer is token and not run.done():
+                run.timer = None
+                poll(run)
+
+        loop.at(loop.now + delay, fire)
+
+    def poll(run: _Run) -> None:
+        asked = loop.now
+
+        def send() -> None:
+            sent = loop.now
+            result.requests += 1
+            result.polls += 1
+            ended = sent + half >= run.ends_at
+            loop.at(sent + w.rtt, lambda: answered(run, asked, sent, ended))
+
+        limiter.submit(INTERACTIVE, send)
+
+    def answered(run: _Run, asked: float, sent: float, ended: bool) -> None:
+        attempt = run.poll_attempts
+        run.poll_attempts += 1
+        planner.round_trip(loop.now - asked)
+        elapsed = loop.now - run.created_at
+        if ended:
+            run._done = True
+            result.lags.append(loop.now - run.ends_at)
+            seen = {"seen_at": sent - run.created_at} if seen_at else {}
+            for other, delay in planner.observe(run, elapsed, **seen):
+                schedule(other, delay)
+            left[0] -= 1
+            if left[0] == 0:
+                result.wall = loop.now
+            worker()
+            return
+        schedule(run, planner.next_delay(run, attempt + 1, elapsed, rng, hint=None))
+
+    for _ in range(min(w.concurrency, w.runs)):
+        worker()
+    loop.run()
+    return result
+
+
+def simulate_hand(w: Workload) -> Result:
+    """The hand-written loop: sleep `interval` then check; on 429 sleep Retry-After."""
+    loop = _Loop()
+    server = _Server(w)
+    durations = iter(_durations(w))
+    result = Result(minimum=w.minimum(), runs=w.runs)
+    first_answer = [math.inf]
+    half = w.rtt / 2
+    left = [w.runs]
+
+    def call(poll: bool, then: Callable[[], None]) -> None:
+        sent = loop.now
+        result.requests += 1
+        if poll:
+            result.polls += 1
+        retry = server.admit(sent + half)
+        if retry is not None:
+            result.refused += 1
+            if sent > first_answer[0]:
+                result.refused_late += 1
+            loop.at(sent + w.rtt + retry, lambda: call(poll, then))
+            return
+        first_answer[0] = min(first_answer[0], sent + w.rtt)
+        loop.at(sent + w.rtt, then)
+
+    def worker() -> None:
+        duration = next(durations, None)
+        if duration is None:
+            return
+        box: list[float] = []
+
+        def created() -> None:
+            loop.at(loop.now + w.interval, check)
+
+        def check() -> None:
+            asked = loop.now
+
+            def answered() -> None:
+                arrived = loop.now - w.rtt + half  # when this attempt reached the server
+                if arrived >= box[0]:
+                    result.lags.append(loop.now - box[0])
+                    left[0] -= 1
+                    if left[0] == 0:
+                        result.wall = loop.now
+                    worker()
+                else:
+                    loop.at(loop.now + w.interval, check)
+
+            del asked
+            call(True, answered)
+
+        def create() -> None:
+            def done() -> None:
+                box.append(loop.now - w.rtt + half + duration)
+                created()
+
+            call(False, done)
+
+        create()
+
+    for _ in range(min(w.concurrency, w.runs)):
+        worker()
+    loop.run()
+    return result
+
+
+WORKLOADS = {
+    "w300": Workload(300, (0.2, 1.5), limit=100, window=5.0, concurrency=50),
+    "w1000": Workload(1000, (2.0, 8.0), limit=200, window=5.0, concurrency=100, interval=1.0),
+    "short": Workload(100, (0.2, 1.5), limit=100, window=5.0, concurrency=50),
+    "w120": Workload(120, (0.2, 1.5), limit=100, window=5.0, concurrency=50),
+    "cold": Workload(500, (0.2, 1.5), concurrency=500),
+    "slack": Workload(600, (0.2, 1.5), concurrency=100),
+}
+
+
+def library(pressure_aware: bool = True, **kwargs: Any) -> Callable[[Callable[[], Any]], Any]:
+    from zapier_async._polling import AdaptivePolling
+
+    def make(pressure: Callable[[], Any]) -> Any:
+        if pressure_aware:
+            return AdaptivePolling(pressure=pressure, **kwargs)
+        return AdaptivePolling(**kwargs)
+
+    return make
+
+
+def _head_planner() -> Callable[[Callable[[], Any]], Any] | None:
+    """The planner of the last commit before issue #15's cadence work, if git has it."""
+    import importlib.util
+    import subprocess
+    import sys
+    import tempfile
+
+    try:
+        source = subprocess.run(
+            ["git", "show", "3794b86:zapier_async/_polling.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("zapier_async._polling_before", f.name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return lambda _pressure: module.AdaptivePolling()
+
+
+def _run_before(w: Workload, make: Callable[[Callable[[], Any]], Any]) -> Result:
+    return simulate_library(w, make, seen_at=False)
+
+
+def main() -> None:
+    before = _head_planner()
+    for name, w in WORKLOADS.items():
+        print(f"== {name}: {w}")
+        print("  " + simulate_library(w, library()).row("library"))
+        if before is not None:
+            print("  " + _run_before(w, before).row("before #15"))
+        print("  " + simulate_hand(w).row(f"hand ({w.interval} s)"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The price of a poll, read from the live rate budget, and each run's polling record.
+
+Theory of operation
+-------------------
+Requests per run is the throughput when the rate budget binds: a poll that finds a run still
+going is a create not sent. When nothing waits for the budget, a poll costs nothing but the
+server's goodwill, and spending it on lower lag is right (a `run_many` slot is held until its
+run is seen ended, so lag is throughput when concurrency binds: Little's law). The planner
+(`_polling.AdaptivePolling`) therefore plans with a cost per poll (seconds of mean lag one
+poll is worth) that moves between two ends:
+
+- **slack** (its own `cost`, 0.12 s): today's plans, ~2 polls per run for 0.2-1.5 s runs;
+- **bound** (`bound_cost` times the longest duration the action is known to take): about one
+  poll per run, placed late in the learnt distribution.
+
+Where between them is decided by `BudgetPrice.level` in ``[0, 1]``, a smoothed indicator of
+"the budget binds" sampled at each planning decision from the limiter's `PressureLike`:
+
+- requests wait at the limiter (any priority), or
+- the window's remaining budget is no more than the runs in flight (each needs one more
+  request at least: polling any of them twice takes the budget of a create).
+
+It rises fast (a bulk job must not blow its first window on early polls) and falls slowly.
+This is a feedback loop, not a model: when concurrency binds rather than the budget (runs of
+2-8 s, C = 100, 200 requests per 5 s), a late single poll holds slots longer, creates stop
+waiting at the limiter, the level falls and plans buy lag back with polls until the budget
+binds again; it settles where the two constraints cross, which is where completed runs per
+second peak (``min(R / (1 + polls), C / (duration + lag))``).
+
+Pure: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import attrs
+
+__all__ = ["BudgetPrice", "PollRecord", "PressureLike"]
+
+
+class PressureLike(Protocol):
+    """What the planner reads of a limiter's bucket (`zapier_async._limits.Pressure` fits)."""
+
+    @property
+    def waiting_by_priority(self) -> tuple[int, int, int]: ...
+
+    @property
+    def remaining_estimate(self) -> int | None: ...
+
+
+@attrs.define(slots=True, eq=False)
+class PollRecord:
+    """One run's polling record, owned by the planner (none of it is public API).
+
+    Replaces ``RunHandle.poll_plan``, ``pending_at`` and ``poll_skew``; ``poll_key`` is
+    still written to the handle too, where metrics and logs read it.
+
+    Attributes:
+        key: The action the run belongs to (its learnt durations), or None.
+        plan: The poll times (seconds after the create) the run last followed, or None.
+        scale: The exploration factor applied to every plan it follows.
+        pending_at: Seconds after the create when a poll last found it still going.
+        skew: 1 if its first poll was an at-once probe, which the cold cadence ignores.
+        level: The price level of its last planning decision (0 = slack).
+    """
+
+    key: str | None = None
+    plan: tuple[float, ...] | None = None
+    scale: float = 1.0
+    pending_at: float = 0.0
+    skew: int = 0
+    level: int = 0
+
+
+def _unit(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{attribute.name} must be in (0, 1], got {value!r}")
+
+
+@attrs.define(kw_only=True)
+class BudgetPrice:
+    """How much the rate budget binds, smoothed over planning decisions (see the module).
+
+    Args:
+        rise: Weight of one binding sample when the level goes up.
+        fall: Weight of one slack sample when the level goes down.
+        levels: Distinct price levels plans are made for (0 = slack ... levels - 1 = bound).
+    """
+
+    rise: float = attrs.field(default=0.25, validator=_unit)
+    fall: float = attrs.field(default=1 / 32, validator=_unit)
+    levels: int = 6
+    level: float = 0.0
+
+    @staticmethod
+    def binds(pressure: PressureLike | None, in_flight: int) -> bool:
+        """Whether one more request now would take the place of another one."""
+        if pressure is None:
+            return False
+        if sum(pressure.waiting_by_priority) > 0:
+            return True
+        remaining = pressure.remaining_estimate
+        return remaining is not None and remaining <= in_flight
+
+    def update(self, pressure: PressureLike | None, in_flight: int) -> int:
+        """Sample the budget once; returns the price level (0 = slack)."""
+        if self.binds(pressure, in_flight):
+            self.level += self.rise * (1.0 - self.level)
+        else:
+            self.level -= self.fall * self.level
+        return self.current()
+
+    def current(self) -> int:
+        """The price level now, without sampling."""
+        return min(self.levels - 1, math.floor(self.level * self.levels))
+
+    def cost(self, level: int, slack: float, bound: float) -> float:
+        """The cost of a poll at `level`: geometric between `slack` and `bound`."""
+        if level <= 0 or bound <= slack:
+            return slack
+        return slack * (bound / slack) ** (level / (self.levels - 1))
