@@ -173,6 +173,7 @@ class _Limiter:
         self.loop, self.server = loop, server
         self.queues: list[deque[Callable[[], None]]] = [deque(), deque(), deque()]
         self.pumping = False
+        self.in_flight = 0
 
     def submit(self, priority: int, send: Callable[[], None]) -> None:
         self.queues[priority].append(send)
@@ -180,7 +181,11 @@ class _Limiter:
 
     def pressure(self) -> _Pressure:
         q = self.queues
-        return _Pressure((len(q[0]), len(q[1]), len(q[2])), self.server.remaining(self.loop.now))
+        return _Pressure(
+            (len(q[0]), len(q[1]), len(q[2])),
+            self.server.remaining(self.loop.now),
+            self.in_flight,
+        )
 
     def pump(self) -> None:
         if self.pumping:
@@ -196,6 +201,7 @@ class _Limiter:
                 send = queue.popleft()
                 refused = self.server.admit(self.loop.now)
                 assert refused is None
+                self.in_flight += 1
                 send()
         finally:
             self.pumping = False
@@ -270,6 +276,7 @@ def simulate_library(
         limiter.submit(priority, send_create)
 
     def created(ends_at: float) -> None:
+        limiter.in_flight -= 1
         run = _Run(loop.now, ends_at)
         delay = planner.first_delay(run, "a", rng)
         schedule(run, delay)
@@ -298,6 +305,7 @@ def simulate_library(
         limiter.submit(INTERACTIVE, send)
 
     def answered(run: _Run, asked: float, sent: float, ended: bool) -> None:
+        limiter.in_flight -= 1
         attempt = run.poll_attempts
         run.poll_attempts += 1
         planner.round_trip(loop.now - asked)

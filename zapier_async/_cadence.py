@@ -17,10 +17,13 @@ Where between them is decided by `BudgetPrice.level` in ``[0, 1]``, a smoothed i
 "the budget binds" sampled at each planning decision from the limiter's `PressureLike`:
 
 - requests wait at the limiter (any priority), or
-- the window's remaining budget is no more than the runs in flight (each needs one more
-  request at least: polling any of them twice takes the budget of a create).
+- the window's remaining budget is no more than the runs in flight plus the requests on the
+  wire (each run needs one more request at least: polling any of them twice takes the
+  budget of a create).
 
-It rises fast (a bulk job must not blow its first window on early polls) and falls slowly.
+It rises fast (a bulk job must not blow its first window on early polls) and falls slowly;
+a run of an action with no plan yet follows the sample itself (the bound cold cadence as soon
+as one sample binds).
 This is a feedback loop, not a model: when concurrency binds rather than the budget (runs of
 2-8 s, C = 100, 200 requests per 5 s), a late single poll holds slots longer, creates stop
 waiting at the limiter, the level falls and plans buy lag back with polls until the budget
@@ -49,6 +52,9 @@ class PressureLike(Protocol):
     @property
     def remaining_estimate(self) -> int | None: ...
 
+    @property
+    def in_flight(self) -> int: ...
+
 
 @attrs.define(slots=True, eq=False)
 class PollRecord:
@@ -64,6 +70,7 @@ class PollRecord:
         pending_at: Seconds after the create when a poll last found it still going.
         skew: 1 if its first poll was an at-once probe, which the cold cadence ignores.
         level: The price level of its last planning decision (0 = slack).
+        due: Seconds after the create its next poll was planned for.
     """
 
     key: str | None = None
@@ -72,6 +79,7 @@ class PollRecord:
     pending_at: float = 0.0
     skew: int = 0
     level: int = 0
+    due: float = 0.0
 
 
 def _unit(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -102,15 +110,16 @@ class BudgetPrice:
         if sum(pressure.waiting_by_priority) > 0:
             return True
         remaining = pressure.remaining_estimate
-        return remaining is not None and remaining <= in_flight
+        return remaining is not None and remaining <= in_flight + pressure.in_flight
 
-    def update(self, pressure: PressureLike | None, in_flight: int) -> int:
-        """Sample the budget once; returns the price level (0 = slack)."""
-        if self.binds(pressure, in_flight):
+    def update(self, pressure: PressureLike | None, in_flight: int) -> tuple[int, bool]:
+        """Sample the budget once: the price level (0 = slack), and whether it binds now."""
+        binds = self.binds(pressure, in_flight)
+        if binds:
             self.level += self.rise * (1.0 - self.level)
         else:
             self.level -= self.fall * self.level
-        return self.current()
+        return self.current(), binds
 
     def current(self) -> int:
         """The price level now, without sampling."""

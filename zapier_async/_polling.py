@@ -215,6 +215,19 @@ def plan_polls(bounds: list[float], masses: list[float], cost: float) -> list[fl
     return [t for k, t in enumerate(plan) if k == len(plan) - 1 or t > 0.0]
 
 
+def _trim(
+    estimate: tuple[list[float], list[float]], tail: float
+) -> tuple[list[float], list[float]]:
+    """The estimate with its last `tail` of mass moved beyond every end (to infinity)."""
+    bounds, masses = estimate
+    total = 0.0
+    for i, m in enumerate(masses):
+        total += m
+        if total >= 1.0 - tail and i < len(masses) - 1:
+            return [*bounds[: i + 2], math.inf], [*masses[: i + 1], 1.0 - total]
+    return bounds, masses
+
+
 @attrs.define(eq=False)
 class _Action:
     samples: collections.deque[tuple[float, float]]
@@ -224,6 +237,8 @@ class _Action:
     plan: tuple[float, ...] | None = None
     # The estimate the plans were made from, and the plans made from it per price level.
     estimate: tuple[list[float], list[float]] | None = None
+    intervals: list[tuple[float, float]] = attrs.Factory(list)
+    sharp: tuple[list[float], list[float]] | None = None
     plans: dict[int, tuple[float, ...]] = attrs.Factory(dict)
     first_hits: int = 0
     started: int = 0
@@ -262,6 +277,8 @@ class AdaptivePolling:
             its other unlearnt runs stop getting one.
         at_once_below: A planned first poll sooner than this (seconds), or than half the
             polls' mean round trip, is sent at once.
+        tail: While the budget binds, runs outliving this share of the estimate are left to
+            the fallback cadence instead of being planned for.
         censored_share: The first plan of an action waits until runs still going are at
             most this share of those seen (a plan of the short runs of a burst alone would
             poll the long ones at the short ones' pace).
@@ -283,6 +300,7 @@ class AdaptivePolling:
     at_once_misses: int = 3
     at_once_below: float = 0.01
     censored_share: float = 0.25
+    tail: float = 0.02
     _actions: dict[str, _Action] = attrs.field(init=False, factory=dict)
     _records: weakref.WeakKeyDictionary[RunHandle, PollRecord] = attrs.field(
         init=False, factory=weakref.WeakKeyDictionary
@@ -293,13 +311,36 @@ class AdaptivePolling:
 
     def first_delay(self, handle: RunHandle, key: str | None, rng: SupportsRandom) -> float:
         """The delay before a new run's first poll; remembers `key` on the handle."""
+        delay = self._first_delay(handle, key, rng)
+        record = self._records.get(handle)
+        if record is not None:
+            record.due = delay
+        return delay
+
+    def next_delay(
+        self,
+        handle: RunHandle,
+        attempt: int,
+        elapsed: float,
+        rng: SupportsRandom,
+        *,
+        hint: float | None,
+    ) -> float:
+        """The delay before the next poll of a run found still going at `elapsed`."""
+        delay = self._next_delay(handle, attempt, elapsed, rng, hint=hint)
+        record = self._records.get(handle)
+        if record is not None:
+            record.due = elapsed + delay
+        return delay
+
+    def _first_delay(self, handle: RunHandle, key: str | None, rng: SupportsRandom) -> float:
         handle.poll_key = key
         record = self._records[handle] = PollRecord(key=key)
         state = self._state(key, create=True) if self.enabled and key is not None else None
         if state is None:
             return self.policy.interval(0, elapsed=0.0, rng=rng)
         state.pending.add(handle)
-        level = record.level = self._sample(state)
+        level = record.level = self._sample(state, cold=not state.plan)
         if state.plan:
             state.started += 1
             if state.started % self.explore_every == 0:
@@ -332,7 +373,7 @@ class AdaptivePolling:
             state.deferred.add(handle)
         return self._cold(0.0, level, rng)
 
-    def next_delay(
+    def _next_delay(
         self,
         handle: RunHandle,
         attempt: int,
@@ -341,7 +382,6 @@ class AdaptivePolling:
         *,
         hint: float | None,
     ) -> float:
-        """The delay before the next poll of a run found still going at `elapsed`."""
         record = self._records.get(handle)
         if record is None:
             return next_poll_delay(self.policy, attempt, elapsed, rng, hint=hint)
@@ -376,7 +416,7 @@ class AdaptivePolling:
                 state.deferred.clear()
         if state is None:
             return next_poll_delay(self.policy, attempt - skew, elapsed, rng, hint=hint)
-        level = record.level = self._sample(state)
+        level = record.level = self._sample(state, cold=True)
         delay = self._cold(elapsed, level, rng)
         if hint is not None and math.isfinite(hint) and hint > delay:
             return max(min(hint, self.policy.max_hint), delay)
@@ -391,8 +431,8 @@ class AdaptivePolling:
             handle: The run.
             elapsed: Seconds from its create's answer to this poll's answer.
             seen_at: Seconds from its create's answer to when this poll was sent, if known:
-                a poll that waited for the rate budget saw the run ended earlier than its
-                answer says, and without it that wait is learnt as duration.
+                a poll that waited long for the rate budget (a quarter past when it was due)
+                is not learnt from; without it that wait is learnt as duration.
 
         Returns:
             ``(run, delay)`` for runs of the same action whose next poll moves (usually
@@ -422,6 +462,10 @@ class AdaptivePolling:
                     state.probing.add(h)
                     moved.append((h, 0.0))
             state.deferred.clear()
+        if seen_at is not None and end > record.due + max(0.05, 0.25 * record.due):
+            # The poll waited for the rate budget: "ended before the wait was over" says
+            # little, and such samples would teach the plan the limiter's wait.
+            return moved
         if len(state.samples) == state.samples.maxlen and state.samples[0][0] == 0.0:
             state.first_hits -= 1
         state.samples.append((lo, hi))
@@ -447,9 +491,11 @@ class AdaptivePolling:
             ):
                 return moved  # most of the burst is still going: too early to plan
             state.fresh = 0
-            bounds, masses = state.estimate = turnbull([*state.samples, *censored])
+            state.intervals = [*state.samples, *censored]
+            bounds, masses = state.estimate = turnbull(state.intervals)
             new = tuple(plan_polls(bounds, masses, self.cost))
             state.plans = {0: new} if new else {}
+            state.sharp = None
             state.replan_every = min(2 * state.replan_every, self.window // 2)
             first_plan = state.plan is None
             state.plan = new
@@ -504,18 +550,31 @@ class AdaptivePolling:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _sample(self, state: _Action) -> int:
-        """Read the live budget once; the price level for a planning decision now."""
+    def _sample(self, state: _Action, *, cold: bool = False) -> int:
+        """Read the live budget once; the price level for a planning decision now.
+
+        A run with no plan yet (`cold`) is priced by this sample alone: the first runs of a
+        bulk job must not spend its first window on early polls while the level rises.
+        """
         if self.pressure is None:
             return 0
-        return self.price.update(self.pressure(), len(state.pending))
+        level, binds = self.price.update(self.pressure(), len(state.pending))
+        return self.price.levels - 1 if cold and binds else level
 
     def _plan_at(self, state: _Action, level: int) -> tuple[float, ...]:
+        """The action's plan at a price level (made once per estimate).
+
+        Above level 0 the plan is made from a sharper estimate (more self-consistency
+        iterations: polls that waited for the budget leave wide intervals, which a few
+        iterations spread over the whole wait), with its last `tail` share left to the
+        fallback cadence: one poll late in the distribution, not at the longest wait seen.
+        """
         assert state.plan
         plan = state.plans.get(level)
         if plan is None:
-            assert state.estimate is not None
-            bounds, masses = state.estimate
+            if state.sharp is None:
+                state.sharp = _trim(turnbull(state.intervals, iterations=32), self.tail)
+            bounds, masses = state.sharp
             finite = bounds[-2] if math.isinf(bounds[-1]) else bounds[-1]
             cost = self.price.cost(level, self.cost, self.bound_cost * finite)
             plan = tuple(plan_polls(bounds, masses, cost)) or state.plan
