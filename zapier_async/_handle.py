@@ -49,6 +49,7 @@ class RunHandle:
         "_status",
         "_waiters",
         "created_at",
+        "credential",
         "pending_at",
         "poll_attempts",
         "poll_failures",
@@ -93,6 +94,8 @@ class RunHandle:
         # The secret the client put in that callback_url (`zapier_async_token`): only a
         # callback that carries it resolves this handle. Never in repr, logs or tokens.
         self._callback_token: str | None = None
+        # Whose token polls it (the engine's `Credential`; None: the client's own).
+        self.credential: object | None = None
 
     # --- public surface --------------------------------------------------------------------
 

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
@@ -46,6 +47,7 @@ from ._backoff import RetryBudget, RetryDecision, RetryPolicy, decide_retry, fai
 from ._clock import Clock
 from ._guards import check_token
 from ._limiter import LimiterLike, Priority, SlotLike
+from ._limits import pressure_of, slot_for
 from ._ratelimit import (
     DEFAULT_COOLDOWN,
     RateLimitState,
@@ -59,7 +61,18 @@ if TYPE_CHECKING:
     from ._metrics import _Recorder
     from ._transport import Transport
 
-__all__ = ["CREATE_TASK_NAME", "Orphan", "SendPipeline"]
+__all__ = [
+    "ACTIONS_API_RESULTS",
+    "CREATE_TASK_NAME",
+    "GENERAL",
+    "BucketKey",
+    "CreateHooks",
+    "Credential",
+    "Orphan",
+    "SendPipeline",
+    "default_bucket_key",
+    "endpoint_family",
+]
 
 logger = logging.getLogger("zapier_async")
 
@@ -69,6 +82,91 @@ Orphan = Callable[[proto.Response], object]
 """Takes the 2xx answer to a create whose caller was cancelled; returns what it tracked.
 
 It may raise a `ZapierError` (the answer names no usable run id): that is logged."""
+
+GENERAL: Final = "api"
+"""The endpoint family of every call Zapier does not count separately."""
+
+ACTIONS_API_RESULTS: Final = "actions_api_results"
+"""Actions API reads of runs' results: Zapier counts them in a bucket of their own."""
+
+BucketKey = Callable[[Hashable, str], Hashable]
+"""``bucket_key(credential_id, family) -> key`` of the limiter bucket a request spends."""
+
+
+def endpoint_family(request: proto.Request) -> str:
+    """The budget family a request counts in at Zapier: `ACTIONS_API_RESULTS` for Actions API
+    reads of a run (``GET /actions/.../runs/{id}``), `GENERAL` for everything else."""
+    if (
+        request.method == "GET"
+        and request.path.startswith("/actions/")
+        and "/runs/" in request.path
+    ):
+        return ACTIONS_API_RESULTS
+    return GENERAL
+
+
+def default_bucket_key(credential_id: Hashable, family: str) -> Hashable:
+    """One bucket per credential and family. The client's own credential (id None) spends
+    the limiter's default bucket for its general calls, so clients sharing one `Limiter`
+    share it as before."""
+    return credential_id if family == GENERAL else (credential_id, family)
+
+
+_credential_ids = itertools.count(1)
+
+
+class Credential:
+    """One auth provider as the pipeline uses it: its bucket id and its header cache.
+
+    Args:
+        auth: The provider.
+        bucket_id: A stable, non-secret id of its budget (never the token): the provider's
+            own ``bucket_id`` if it has one, else one assigned here (``"auth-<n>"``).
+            None for a client's own credential (the limiter's default bucket).
+    """
+
+    __slots__ = ("_header", "auth", "bucket_id")
+
+    def __init__(self, auth: AuthProvider, bucket_id: Hashable | object = ...) -> None:
+        self.auth = auth
+        if bucket_id is ...:
+            own = getattr(auth, "bucket_id", None)
+            bucket_id = own if own is not None else f"auth-{next(_credential_ids)}"
+        self.bucket_id: Hashable = bucket_id
+        # The Authorization header of the latest token, built once per token, not per request.
+        self._header: tuple[str, Mapping[str, str]] | None = None
+
+    def headers(self, token: str) -> Mapping[str, str]:
+        cached = self._header
+        if cached is None or cached[0] != token:
+            # Checked once per new token, before any slot is taken: one with a control
+            # character would otherwise make the HTTP library raise a bare ValueError.
+            check_token(token)
+            cached = (token, MappingProxyType({"Authorization": f"Bearer {token}"}))
+            self._header = cached
+        return cached[1]
+
+    def __repr__(self) -> str:
+        return f"<Credential {self.bucket_id!r} {self.auth!r}>"
+
+
+class CreateHooks:
+    """What a create's caller wants done with its outcome should it be cancelled on the wire.
+
+    Attributes:
+        accepted: Takes the 2xx answer (see `Orphan`).
+        refused: Called when the create provably made no run (never sent, refused).
+        on_wire: Set once the slot was granted and the exchange belongs to the pipeline.
+    """
+
+    __slots__ = ("accepted", "on_wire", "refused")
+
+    def __init__(
+        self, accepted: Orphan | None = None, refused: Callable[[], object] | None = None
+    ) -> None:
+        self.accepted = accepted
+        self.refused = refused
+        self.on_wire = False
 
 
 class _Wire:
@@ -84,7 +182,7 @@ class SendPipeline:
     """Sends requests for one client: auth, limiter, transport, retries, creates on the wire.
 
     Args:
-        auth: The client's auth provider.
+        auth: The client's own credential (requests sent without one use it).
         transport: The client's (metered, guarded) transport.
         limiter: The limiter its budget is spent through.
         clock: The client's clock.
@@ -96,12 +194,15 @@ class SendPipeline:
         max_server_wait: The longest wait a server answer may impose.
         is_closed: Whether the client is closed (a create not sent yet is then refused).
         check_loop: Raises `WrongEventLoopError` when called from another event loop.
+        bucket_key: ``(credential id, family) -> key`` of the bucket each request spends.
+            A limiter without keys (no ``supports_keys``, e.g. an older custom one) has one
+            bucket for all: checked once, here.
     """
 
     def __init__(
         self,
         *,
-        auth: AuthProvider,
+        auth: Credential,
         transport: Transport,
         limiter: LimiterLike,
         clock: Clock,
@@ -113,8 +214,11 @@ class SendPipeline:
         max_server_wait: float,
         is_closed: Callable[[], bool],
         check_loop: Callable[[], None],
+        bucket_key: BucketKey = default_bucket_key,
     ) -> None:
-        self._auth = auth
+        self._credential = auth
+        self._bucket_key = bucket_key
+        self._keyed = bool(getattr(limiter, "supports_keys", False))
         self._transport = transport
         self._limiter = limiter
         self._clock = clock
@@ -127,8 +231,6 @@ class SendPipeline:
         self._max_server_wait = max_server_wait
         self._is_closed = is_closed
         self._check_loop = check_loop
-        # The Authorization header of the latest token, built once per token, not per request.
-        self._auth_header: tuple[str, Mapping[str, str]] | None = None
         self.wire_tasks: set[asyncio.Task[proto.Response | None]] = set()
         """Exchanges of non-idempotent requests granted a slot and not yet ended."""
         self._wire_drained: asyncio.Future[None] | None = None
@@ -150,13 +252,21 @@ class SendPipeline:
 
     # --- sending ----------------------------------------------------------------------------
 
+    def key_for(self, request: proto.Request, credential: Credential | None = None) -> Hashable:
+        """The limiter bucket `request` spends when sent with `credential`."""
+        if not self._keyed:
+            return None
+        credential = self._credential if credential is None else credential
+        return self._bucket_key(credential.bucket_id, endpoint_family(request))
+
     async def send(
         self,
         request: proto.Request,
         *,
         priority: Priority,
         max_wait: float | None,
-        orphan: Orphan | None = None,
+        orphan: Orphan | CreateHooks | None = None,
+        credential: Credential | None = None,
     ) -> proto.Response:
         """Send through the limiter with retries; returns a 2xx response or raises.
 
@@ -175,19 +285,70 @@ class SendPipeline:
             max_wait: Longest wait for a slot (None: as long as needed).
             orphan: For a request that is not idempotent: what to do with its answer if its
                 caller is cancelled while it is on the wire (see the module docs).
+            credential: Whose token to send and whose bucket to spend; the client's own by
+                default.
         """
+        credential = self._credential if credential is None else credential
+        return await self._send(
+            request,
+            priority=priority,
+            max_wait=max_wait,
+            hooks=orphan if isinstance(orphan, CreateHooks) else CreateHooks(orphan),
+            credential=credential,
+            base_url=self._base_url,
+        )
+
+    async def send_unlimited(self, request: proto.Request, base_url: str) -> proto.Response:
+        """A token request to another host: the same retry loop, without the limiter or a token.
+
+        Returns the last answer when it is not retried (a refusal, or retries exhausted), so
+        the auth provider parses its error itself (scrubbing its secrets); raises
+        `TransportError` when no answer came.
+        """
+        return await self._send(
+            request,
+            priority=Priority.INTERACTIVE,
+            max_wait=None,
+            hooks=CreateHooks(),
+            credential=None,
+            base_url=base_url,
+        )
+
+    async def _send(
+        self,
+        request: proto.Request,
+        *,
+        priority: Priority,
+        max_wait: float | None,
+        hooks: CreateHooks,
+        credential: Credential | None,
+        base_url: str,
+    ) -> proto.Response:
+        """The one retry loop. `credential` None: a token request (no limiter, no token)."""
         self._check_loop()
+        key = self.key_for(request, credential) if credential is not None else None
         attempt = 0
         reauthorised = False
+        token = ""
         while True:
             attempt += 1
             response: proto.Response | None = None
             failure: errors.TransportError | None = None
-            # The token comes first: a refresh is a round trip to another host and must not
-            # hold a slot of the API's budget (in probe mode the only one) meanwhile.
-            token, headers = await self._authorise(request)
-            if request.idempotent:
-                async with self._limiter.slot(priority, max_wait=max_wait) as slot:
+            headers: Mapping[str, str] = {}
+            if credential is not None:
+                # The token comes first: a refresh is a round trip to another host and must
+                # not hold a slot of the API's budget (in probe mode the only one) meanwhile.
+                token, headers = await self._authorise(request, credential)
+            if credential is None:
+                try:
+                    response = await self._transport.send(
+                        request, base_url=base_url, headers={}, timeout=self._request_timeout
+                    )
+                except errors.TransportError as exc:
+                    failure = exc
+            elif request.idempotent:
+                async with self._slot(priority, max_wait, key) as slot:
+                    self._waited(request, slot)
                     timeout = self._request_timeout
                     if request.long_poll is not None:
                         # A long-poll is parked at Zapier for up to N s: it counts against
@@ -198,7 +359,7 @@ class SendPipeline:
                         timeout += request.long_poll
                     try:
                         response = await self._transport.send(
-                            request, base_url=self._base_url, headers=headers, timeout=timeout
+                            request, base_url=base_url, headers=headers, timeout=timeout
                         )
                     except errors.TransportError as exc:
                         failure = exc
@@ -208,18 +369,23 @@ class SendPipeline:
             else:
                 try:
                     response = await self._send_on_wire(
-                        request, headers, priority, max_wait, orphan
+                        request, headers, priority, max_wait, hooks, key
                     )
                 except errors.TransportError as exc:
                     failure = exc
             retry_after: float | None = None
             if response is not None and request.long_poll is not None:
-                self._refusal_freezes(response)
+                self._refusal_freezes(response, key)
             if response is not None:
                 if 200 <= response.status < 300:
                     self._retry_budget.on_success()
                     return response
-                if response.status == 401 and not reauthorised and self._auth.invalidate(token):
+                if (
+                    credential is not None
+                    and response.status == 401
+                    and not reauthorised
+                    and credential.auth.invalidate(token)
+                ):
                     # A refused token was not a request Zapier acted on: safe to re-send once.
                     reauthorised = True
                     attempt -= 1
@@ -267,7 +433,7 @@ class SendPipeline:
                     failure,
                     refused,
                 )
-                if not refused:
+                if not refused or (credential is None and retry_after is None):
                     delay = self._retry_policy.delay(attempt, self._rng)
                     logger.debug(
                         "%s failed (%s); retry %d in %.2fs",
@@ -278,28 +444,42 @@ class SendPipeline:
                     )
                     await self._clock.sleep(delay)
                 elif retry_after is not None:
-                    await self._honour_retry_after(retry_after, max_wait)
+                    await self._honour_retry_after(
+                        retry_after, max_wait, key if credential is not None else _UNLIMITED
+                    )
                 # After a 429 the limiter froze the whole bucket until the hinted time; the
                 # next slot() waits for it (or raises RateLimitedError past the cap).
                 continue
             if response is not None:
+                if credential is None:
+                    return response  # a token endpoint's refusal: its provider parses it
                 error = proto.error_for_response(response, request, retry_after=retry_after)
                 assert error is not None
                 raise error
             assert failure is not None
             raise failure
 
-    async def send_unlimited(self, request: proto.Request, base_url: str) -> proto.Response:
-        """One exchange with another host, not through the limiter (an auth token request)."""
-        return await self._transport.send(
-            request, base_url=base_url, headers={}, timeout=self._request_timeout
-        )
+    def _slot(
+        self, priority: Priority, max_wait: float | None, key: Hashable
+    ) -> contextlib.AbstractAsyncContextManager[SlotLike]:
+        # Checked once at construction (`_keyed`): a limiter without keys gets no key.
+        if self._keyed:
+            return slot_for(self._limiter, priority, max_wait=max_wait, key=key)
+        return self._limiter.slot(priority, max_wait=max_wait)
 
-    async def _authorise(self, request: proto.Request) -> tuple[str, Mapping[str, str]]:
+    def _waited(self, request: proto.Request, slot: SlotLike) -> None:
+        """Tell the metrics how long the slot waited (spans carry it), before the send."""
+        waited = getattr(slot, "waited", None)
+        if isinstance(waited, (int, float)):
+            self._metrics.limiter_waited(request, float(waited))
+
+    async def _authorise(
+        self, request: proto.Request, credential: Credential
+    ) -> tuple[str, Mapping[str, str]]:
         """The current token and its headers; an untyped failure becomes `UnexpectedError`."""
         try:
-            token = await self._auth.token()
-            return token, self._auth_headers(token)
+            token = await credential.auth.token()
+            return token, credential.headers(token)
         except errors.ZapierError:
             raise
         except Exception as exc:
@@ -310,41 +490,34 @@ class SendPipeline:
                 request.describe(),
             ) from exc
 
-    def _auth_headers(self, token: str) -> Mapping[str, str]:
-        cached = self._auth_header
-        if cached is None or cached[0] != token:
-            # Checked once per new token: one with a control character would otherwise make
-            # the HTTP library raise a bare ValueError on every request.
-            check_token(token)
-            cached = (token, MappingProxyType({"Authorization": f"Bearer {token}"}))
-            self._auth_header = cached
-        return cached[1]
-
     async def _send_on_wire(
         self,
         request: proto.Request,
         headers: Mapping[str, str],
         priority: Priority,
         max_wait: float | None,
-        orphan: Orphan | None,
+        hooks: CreateHooks,
+        key: Hashable,
     ) -> proto.Response:
         """One exchange of a request that is not idempotent, shielded once its slot is granted.
 
         Cancelled while waiting for the slot, the caller just leaves (nothing sent). Once the
         slot is granted, the exchange (and the slot, until the answer is recorded) belongs
         to a task of the pipeline; a caller cancelled after that gets `CancelledError` at
-        once and the answer goes to `orphan`.
+        once and the answer goes to `hooks`.
         """
         stack = contextlib.AsyncExitStack()
-        slot = await stack.enter_async_context(self._limiter.slot(priority, max_wait=max_wait))
+        slot = await stack.enter_async_context(self._slot(priority, max_wait, key))
+        self._waited(request, slot)
         # Granted: from here on the request is the client's. No await until the task owns it.
+        hooks.on_wire = True
         wire = _Wire()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[proto.Response | None] = loop.create_future()
         task = loop.create_task(self._exchange(request, headers, stack, slot, wire))
         task.set_name(CREATE_TASK_NAME)
         self.wire_tasks.add(task)
-        task.add_done_callback(partial(self._exchange_done, waiter, request, orphan))
+        task.add_done_callback(partial(self._exchange_done, waiter, request, hooks))
         try:
             response = await waiter
         except asyncio.CancelledError:
@@ -353,7 +526,7 @@ class SendPipeline:
                 waiter.cancel()
             elif not waiter.cancelled():
                 # The answer was in, but this caller was cancelled before it resumed.
-                self._orphaned(request, _outcome(waiter), orphan)
+                self._orphaned(request, _outcome(waiter), hooks)
             raise
         assert response is not None  # None only for a caller that left before the send
         return response
@@ -396,10 +569,10 @@ class SendPipeline:
         self,
         waiter: asyncio.Future[proto.Response | None],
         request: proto.Request,
-        orphan: Orphan | None,
+        hooks: CreateHooks,
         task: asyncio.Task[proto.Response | None],
     ) -> None:
-        """The exchange ended: hand its outcome to its caller, or to `orphan` if it left."""
+        """The exchange ended: hand its outcome to its caller, or to `hooks` if it left."""
         self.wire_tasks.discard(task)
         outcome: proto.Response | BaseException | None
         if task.cancelled():
@@ -412,7 +585,7 @@ class SendPipeline:
         else:
             outcome = task.exception() or task.result()
         if waiter.cancelled():
-            self._orphaned(request, outcome, orphan)
+            self._orphaned(request, outcome, hooks)
         elif not waiter.done():
             if isinstance(outcome, BaseException):
                 waiter.set_exception(outcome)
@@ -426,9 +599,10 @@ class SendPipeline:
         self,
         request: proto.Request,
         outcome: proto.Response | BaseException | None,
-        orphan: Orphan | None,
+        hooks: CreateHooks,
     ) -> None:
         """The outcome of an exchange whose caller was cancelled while it was on the wire."""
+        orphan = hooks.accepted
         if isinstance(outcome, proto.Response):
             if 200 <= outcome.status < 300:
                 if orphan is None:
@@ -456,6 +630,7 @@ class SendPipeline:
             what = f"HTTP {outcome.status}"
         elif isinstance(outcome, errors.TransportError):
             if outcome.sent is False:
+                _call(hooks.refused)
                 return
             decision = decide_retry(
                 idempotent=request.idempotent,
@@ -468,9 +643,12 @@ class SendPipeline:
             decision = RetryDecision.UNKNOWN_OUTCOME
             what = outcome.cause
         else:
-            return  # not sent (the client was closed, a journal hook refused it), or None
+            # Not sent (the client was closed, a journal hook refused it), or None.
+            _call(hooks.refused)
+            return
         if decision is not RetryDecision.UNKNOWN_OUTCOME:
             # Refused (a 429, a 401, a 4xx): no run was made, and nobody wants one now.
+            _call(hooks.refused)
             logger.debug("%s for a cancelled caller ended with %s", request.describe(), what)
             return
         unknown = errors.OutcomeUnknownError(
@@ -508,7 +686,9 @@ class SendPipeline:
         )
         raise errors.RateLimitedError(wait, retry_at)
 
-    async def _honour_retry_after(self, retry_after: float, max_wait: float | None) -> None:
+    async def _honour_retry_after(
+        self, retry_after: float, max_wait: float | None, key: Hashable
+    ) -> None:
         """Sleep whatever part of a refusal's ``Retry-After`` the limiter does not enforce.
 
         A 429 freezes the whole bucket, so the next `slot()` waits for it. A lone 503 with
@@ -516,7 +696,14 @@ class SendPipeline:
         request waits out the server's wait itself before it is sent again.
         """
         wait = min(retry_after, self._max_server_wait)
-        frozen_until = getattr(self._limiter, "frozen_until", None)
+        frozen_until: object = None
+        if key is _UNLIMITED:
+            pass  # a token request: no limiter froze anything for it
+        elif self._keyed:
+            pressure = pressure_of(self._limiter, key)
+            frozen_until = pressure.frozen_until if pressure is not None else None
+        else:
+            frozen_until = getattr(self._limiter, "frozen_until", None)
         if isinstance(frozen_until, (int, float)):
             wait -= max(0.0, frozen_until - self._clock.monotonic())
         if wait <= 0:
@@ -525,12 +712,20 @@ class SendPipeline:
             raise errors.RateLimitedError(wait, self._clock.time() + wait)
         await self._clock.sleep(wait)
 
-    def _refusal_freezes(self, response: proto.Response) -> None:
-        """A 429/503 to a long-poll (whose slot was released on send) still freezes the bucket."""
+    def _refusal_freezes(self, response: proto.Response, key: Hashable) -> None:
+        """A 429/503 to a long-poll (whose slot was released on send) still freezes the bucket.
+
+        The pause is passed uncapped: the limiter caps it itself and, seeing a wait over its
+        ``max_server_wait``, refuses at once instead of waiting.
+        """
         state = RateLimitState.from_headers(response.headers, now=self._clock.time())
         pause = pause_after(response.status, state, default_cooldown=DEFAULT_COOLDOWN)
-        if pause is not None:
-            self._limiter.freeze(min(pause, self._max_server_wait))
+        if pause is None:
+            return
+        if self._keyed and key is not None:
+            self._limiter.freeze(pause, key=key)  # type: ignore[call-arg]
+        else:
+            self._limiter.freeze(pause)
 
 
 def _outcome(
@@ -538,6 +733,19 @@ def _outcome(
 ) -> proto.Response | BaseException | None:
     exc = future.exception()
     return exc if exc is not None else future.result()
+
+
+_UNLIMITED: Final = object()
+"""The "bucket" of a token request: none."""
+
+
+def _call(hook: Callable[[], object] | None) -> None:
+    if hook is None:
+        return
+    try:
+        hook()
+    except Exception:
+        logger.exception("a create's refusal hook failed")
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -11,13 +11,15 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _actions as actions
+from . import errors
 from ._guards import bind_callback_url
 from ._limiter import Priority
 from .models import Run, StoredAction
 
 if TYPE_CHECKING:
-    from ._client import ZapierClient
+    from ._engine import Engine
     from ._handle import RunHandle
+    from ._pipeline import Credential
 
 __all__ = ["StoredActions"]
 
@@ -25,21 +27,24 @@ __all__ = ["StoredActions"]
 class StoredActions:
     """Create, read, change, delete, list and run stored actions (``client.stored_actions``).
 
-    Not created directly: every `ZapierClient` has one.
+    Not created directly: every `ZapierClient` (and every view, `with_auth`) has one; it
+    sends with its owner's credential through the client's engine.
     """
 
-    __slots__ = ("_client",)
+    __slots__ = ("_credential", "_engine", "_owner")
 
-    def __init__(self, client: ZapierClient) -> None:
-        self._client = client
+    def __init__(self, engine: Engine, credential: Credential | None, *, owner: object) -> None:
+        self._engine = engine
+        self._credential = credential
+        self._owner = owner
 
     def __repr__(self) -> str:
-        return f"<StoredActions of {self._client!r}>"
+        return f"<StoredActions of {self._owner!r}>"
 
     async def _call(self, request: Any) -> Any:
-        client = self._client
-        client._ensure_open()
-        return await client._send(request, priority=Priority.INTERACTIVE, max_wait=client._max_wait)
+        engine = self._engine
+        engine.ensure_open()
+        return await engine.send(request, max_wait=engine.max_wait, auth=self._credential)
 
     async def create(
         self,
@@ -124,6 +129,7 @@ class StoredActions:
         inputs: Mapping[str, Any] | None = None,
         page: str | int | None = None,
         callback_url: str | None = None,
+        idempotency_key: str | None = None,
     ) -> RunHandle:
         """Run a stored action (`POST .../stored-actions/{id}/run`) and return its handle.
 
@@ -137,24 +143,33 @@ class StoredActions:
             page: For bulk reads, the previous run's `next_page`.
             callback_url: An https URL Zapier POSTs the outcome to; the client appends the
                 run's secret token to it (see `ZapierClient.deliver_callback`).
+            idempotency_key: At most one run per key, as for `ZapierClient.run` (needs a
+                run store).
         """
-        client = self._client
-        client._ensure_open()
+        engine = self._engine
+        engine.ensure_open()
+        if idempotency_key is not None and engine.run_store is None:
+            raise errors.InvalidRequestError(
+                "needs a run store (ZapierClient(run_store=...)); nothing was sent",
+                "idempotency_key",
+            )
         bound_url, callback_token = bind_callback_url(callback_url)
         request = actions.run_stored_action(
             stored_action_id,
             inputs=inputs,
             page=page,
             callback_url=bound_url,
-            allow_loopback_callback=client._allow_loopback_callback,
+            allow_loopback_callback=engine.allow_loopback_callback,
         )
-        return await client._submit(
+        return await engine.create(
             request,
-            Priority.INTERACTIVE,
-            client._max_wait,
+            priority=Priority.INTERACTIVE,
+            max_wait=engine.max_wait,
+            auth=self._credential,
             kind="stored_action",
             stored_action_id=stored_action_id,
             callback_token=callback_token,
+            idempotency_key=idempotency_key,
         )
 
     async def pages(

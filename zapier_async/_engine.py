@@ -1,0 +1,739 @@
+"""The engine under the façade: send, create and track, for a client and all its views.
+
+Theory of operation
+-------------------
+One `Engine` per `ZapierClient` holds what the client's views share: the send pipeline
+(`_pipeline.SendPipeline`: token, limiter slot, transport, retries, creates on the wire), the
+poller, the poll cadence, the metrics recorder, the handles it follows and the lifecycle
+(open, closed, the event loop of first use). A view (`client.with_auth(auth)`) is only a
+`Credential` (the provider, its bucket id, its header cache) plus a reference to the engine,
+so creating one costs no task and no I/O, and closing the client ends them all.
+
+Package-internal API (what the façade, views, stored actions, discovery and `run_many` call):
+
+- `Engine.ensure_open()`: raise `InvalidRequestError` when closed, `WrongEventLoopError`
+  from another loop;
+- `Engine.send(request, priority=, max_wait=, auth=)`: one request, a 2xx `Response` or a
+  typed error;
+- `Engine.create(request, priority=, max_wait=, auth=, kind=, ..., idempotency_key=)`: a
+  run-creating request, its run tracked: a `RunHandle`;
+- `Engine.track(locator, auth=, first_delay=, ...)` and `Engine.resume(token, auth=, ...)`;
+- `Engine.deliver(run, token)`: a completion callback;
+- `Engine.credential(auth)`: the `Credential` of a provider (bound to the engine);
+- `Engine.cap(max_rate_limit_wait)`: a per-call cap or the client's default.
+
+Each request is paced by the limiter bucket ``bucket_key(credential.bucket_id, family)``
+(`_pipeline.default_bucket_key`): per credential, and per endpoint family where Zapier
+counts separately (`ACTIONS_API_RESULTS`), so a 429 for one user freezes only that user's
+bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import logging
+import random
+import weakref
+from collections.abc import Callable, Hashable
+from functools import partial
+from typing import TYPE_CHECKING, Final
+
+from . import _actions as actions
+from . import _protocol as proto
+from . import errors
+from ._auth import AuthContext, AuthProvider
+from ._backoff import PollPolicy, RetryPolicy, cap_hint
+from ._handle import RunHandle
+from ._limiter import Priority
+from ._pipeline import BucketKey, CreateHooks, Credential, SendPipeline, default_bucket_key
+from ._polling import AdaptivePolling
+from ._ratelimit import parse_retry_after
+from ._scheduler import Poller
+from .models import Run, RunStatus
+
+if TYPE_CHECKING:
+    from ._clock import Clock
+    from ._limiter import LimiterLike
+    from ._metrics import _Recorder
+    from ._runstore import RunStore
+    from ._transport import Transport
+
+__all__ = ["MAX_CREDENTIALS", "MAX_ORPHANS", "UNSET", "Engine", "Unset"]
+
+logger = logging.getLogger("zapier_async")
+
+MAX_ORPHANS: Final = 1000
+"""Handles `ZapierClient.orphaned_runs` keeps (the most recent)."""
+
+MAX_CREDENTIALS: Final = 10_000
+"""Providers whose `Credential` (bucket id, header cache) the engine remembers (LRU)."""
+
+
+class Unset:
+    """The type of `UNSET`: "use the client's default"."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+UNSET: Final = Unset()
+
+# Poll failures that retrying later cannot fix: the handle fails at once.
+_FATAL_POLL_ERRORS = (
+    errors.NotFoundError,
+    errors.AuthenticationError,
+    errors.PermissionDeniedError,
+    errors.BadRequestError,
+    errors.InvalidRequestError,
+)
+
+# A create that failed with one of these provably made no run (see `_not_sent`).
+_NOT_SENT_STATUSES: Final = frozenset({400, 401, 403, 404, 409, 422, 429, 503})
+
+
+class Engine:
+    """Send, create and track for one client and its views (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        auth: AuthProvider,
+        transport: Transport,
+        limiter: LimiterLike,
+        owns_limiter: bool,
+        clock: Clock,
+        base_url: str,
+        request_timeout: float,
+        retry_policy: RetryPolicy,
+        poll_policy: PollPolicy,
+        rng: random.Random,
+        metrics: _Recorder,
+        max_server_wait: float,
+        max_wait: float | None,
+        max_concurrent_polls: int,
+        max_poll_failures: int,
+        long_poll: actions.LongPoll | None,
+        callback_polling: actions.CallbackPolling,
+        allow_loopback_callback: bool,
+        bucket_key: BucketKey | None = None,
+        run_store: RunStore | None = None,
+    ) -> None:
+        self.clock = clock
+        self.transport = transport
+        self.limiter = limiter
+        self.metrics = metrics
+        self.base_url = base_url
+        self.max_wait = max_wait
+        self.max_server_wait = max_server_wait
+        self.allow_loopback_callback = allow_loopback_callback
+        self.run_store = run_store
+        self._owns_limiter = owns_limiter
+        self._request_timeout = request_timeout
+        self._retry_policy = retry_policy
+        self._poll_policy = poll_policy
+        self._polling = AdaptivePolling(policy=poll_policy)
+        self._rng = rng
+        self._max_poll_failures = max_poll_failures
+        self._long_poll = long_poll
+        self._callback_polling = callback_polling
+        self._closed = False
+        # The event loop of the first use: the pool, the poller and the limiter belong to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.poller = Poller(
+            clock=clock, poll=self._poll, max_concurrent_polls=max_concurrent_polls
+        )
+        self.handles: weakref.WeakValueDictionary[str, RunHandle] = weakref.WeakValueDictionary()
+        # Runs Zapier created for callers cancelled while their create was on the wire.
+        self.orphans: collections.deque[RunHandle] = collections.deque(maxlen=MAX_ORPHANS)
+        # The client's own credential spends the limiter's default bucket (id None).
+        self.own = Credential(auth, None)
+        self._credentials: collections.OrderedDict[int, Credential] = collections.OrderedDict()
+        # Run-store writes that must happen whoever waits for them (see `_record`).
+        self._background: set[asyncio.Task[object]] = set()
+        # Creates in progress per idempotency key, in this process (see `_create_once`).
+        self._keyed_creates: dict[str, asyncio.Future[RunHandle]] = {}
+        self.pipeline = SendPipeline(
+            auth=self.own,
+            transport=transport,
+            limiter=limiter,
+            clock=clock,
+            base_url=base_url,
+            request_timeout=request_timeout,
+            retry_policy=retry_policy,
+            rng=rng,
+            metrics=metrics,
+            max_server_wait=max_server_wait,
+            is_closed=lambda: self._closed,
+            check_loop=self.check_loop,
+            bucket_key=bucket_key if bucket_key is not None else default_bucket_key,
+        )
+        self._bind(auth)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def ensure_open(self) -> None:
+        """Raise `InvalidRequestError` once closed, `WrongEventLoopError` from another loop."""
+        if self._closed:
+            raise errors.InvalidRequestError("the client is closed")
+        self.check_loop()
+
+    def check_loop(self) -> None:
+        """Remember the event loop of the first use; refuse any other one, before any I/O.
+
+        A second ``asyncio.run`` would otherwise reach the pooled connections of the first,
+        closed loop and fail with a bare ``RuntimeError: Event loop is closed``.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not in a coroutine: nothing loop-bound is touched by the caller
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise errors.WrongEventLoopError()
+
+    def forget_loop(self) -> None:
+        """Forget the event loop of first use (a forked child starts afresh)."""
+        self._loop = None
+
+    async def aclose(self) -> None:
+        """Close: drain creates on the wire, stop polling, detach handles, close the pool."""
+        if self._closed:
+            return
+        self.check_loop()
+        self._closed = True
+        try:
+            await self.pipeline.drain()
+            if self._background:
+                await asyncio.wait(set(self._background), timeout=self._request_timeout)
+        finally:
+            await self.poller.aclose()
+            for handle in list(self.handles.values()):
+                if not handle.done():
+                    handle._finish(errors.RunDetachedError(handle.id, "client closed"))
+            self.handles.clear()
+            if self._owns_limiter:
+                await self.limiter.aclose()
+            # A create still on the wire past the drain fails with its connection (or its
+            # own timeout): its caller gets OutcomeUnknownError.
+            await self.transport.aclose()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for h in self.handles.values() if not h.done())
+
+    # --- credentials --------------------------------------------------------------------------
+
+    def credential(self, auth: AuthProvider) -> Credential:
+        """The `Credential` of `auth`: one per provider object (LRU of `MAX_CREDENTIALS`).
+
+        No I/O: a new provider is bound to the engine's transport and clock (`bind`), and
+        gets the bucket id it names (``auth.bucket_id``) or one assigned here.
+        """
+        if auth is self.own.auth:
+            return self.own
+        found = self._credentials.get(id(auth))
+        if found is not None and found.auth is auth:
+            self._credentials.move_to_end(id(auth))
+            return found
+        credential = Credential(auth)
+        self._bind(auth)
+        self._credentials[id(auth)] = credential
+        while len(self._credentials) > MAX_CREDENTIALS:
+            self._credentials.popitem(last=False)
+        return credential
+
+    def _bind(self, auth: AuthProvider) -> None:
+        bind = getattr(auth, "bind", None)
+        if callable(bind):
+            # Providers that fetch tokens borrow our transport and clock (see `_auth`). Their
+            # token requests go through the pipeline's retry loop (`send_token_request`): the
+            # provider's own loop is given a single attempt so nothing is retried twice.
+            bind(
+                AuthContext(
+                    clock=self.clock,
+                    send=self.send_token_request,
+                    retry_policy=RetryPolicy(max_attempts=1),
+                    rng=self._rng,
+                )
+            )
+
+    def cap(self, value: float | Unset | None) -> float | None:
+        """A per-call ``max_rate_limit_wait``, or the client's default."""
+        return self.max_wait if isinstance(value, Unset) else value
+
+    # --- sending ------------------------------------------------------------------------------
+
+    async def send(
+        self,
+        request: proto.Request,
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        max_wait: float | None,
+        auth: Credential | None = None,
+        orphan: CreateHooks | None = None,
+    ) -> proto.Response:
+        """Send through the limiter with retries (see `SendPipeline.send`)."""
+        return await self.pipeline.send(
+            request, priority=priority, max_wait=max_wait, orphan=orphan, credential=auth
+        )
+
+    async def send_token_request(self, request: proto.Request, base_url: str) -> proto.Response:
+        """An auth provider's token request (see `AuthContext.send`): the same retry loop,
+        not through the limiter (the token endpoint is another host with another budget)."""
+        return await self.pipeline.send_unlimited(request, base_url)
+
+    # --- creating -----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        request: proto.Request,
+        *,
+        priority: Priority,
+        max_wait: float | None,
+        auth: Credential | None = None,
+        kind: proto.RunKind = "action_run",
+        stored_action_id: str | None = None,
+        callback: bool = False,
+        callback_token: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunHandle:
+        """Send a run-creating request and track the run it created.
+
+        `callback_token` is the secret `bind_callback_url` put into the request's
+        `callback_url`: callbacks must carry it (`deliver_callback`). A request built with a
+        `callback_url` but without a token (`callback=True`) is tracked at the safety-net
+        cadence but takes no callback.
+
+        With `idempotency_key` (needs a run store), the store decides first: a recorded run
+        is resumed, a key left ``sending`` raises `OutcomeUnknownError`, and only a fresh
+        claim sends (see `_create_once`).
+        """
+        created = partial(
+            self._created,
+            request,
+            auth=auth,
+            kind=kind,
+            stored_action_id=stored_action_id,
+            callback=callback,
+            callback_token=callback_token,
+            submitted_at=self.clock.monotonic(),
+        )
+        if idempotency_key is not None:
+            return await self._create_once(
+                idempotency_key, request, created, priority, max_wait, auth
+            )
+        hooks = CreateHooks(partial(created, orphaned=True))
+        try:
+            response = await self.send(
+                request, priority=priority, max_wait=max_wait, auth=auth, orphan=hooks
+            )
+            return created(response)
+        except errors.ZapierError as exc:
+            self.metrics.error(exc)
+            raise
+
+    def _created(
+        self,
+        request: proto.Request,
+        response: proto.Response,
+        *,
+        auth: Credential | None,
+        kind: proto.RunKind,
+        stored_action_id: str | None,
+        callback: bool,
+        callback_token: str | None,
+        submitted_at: float,
+        orphaned: bool = False,
+    ) -> RunHandle:
+        """Track the run a 2xx answer to a create names, and announce it ("started").
+
+        `orphaned`: its caller was cancelled while the create was on the wire (see
+        `orphaned_runs`); the run is followed all the same, and logged.
+
+        Raises:
+            OutcomeUnknownError: The answer names no usable run id.
+        """
+        try:
+            run_id = proto.parse_created_run(response, request)
+            locator = proto.RunLocator(
+                kind=kind,
+                run_id=proto.validate_id(run_id, field="id"),
+                stored_action_id=stored_action_id,
+            )
+        except (errors.DecodeError, errors.InvalidRequestError) as exc:
+            # Zapier said 2xx, so a run probably exists, but we cannot tell its id.
+            raise errors.OutcomeUnknownError(
+                "Zapier accepted the request but its answer names no usable run id",
+                request.describe(),
+                str(exc),
+            ) from exc
+        if self._closed:
+            # The client was closed while the POST was in flight, but Zapier created the run:
+            # hand its id back on a detached handle (as aclose() does for runs in flight)
+            # instead of raising and losing the id of a run that exists.
+            handle = RunHandle(locator, self.poller, created_at=self.clock.monotonic())
+            handle._callback_token = callback_token
+            handle.credential = auth
+            handle._finish(errors.RunDetachedError(locator.run_id, "client closed"))
+        else:
+            handle = self.track(
+                locator,
+                auth=auth,
+                first_delay=None,
+                poll_key=request.poll_key,
+                callback=callback,
+                callback_token=callback_token,
+            )
+        # Announced even on a detached handle: a listener (a journal) learns the id.
+        self.metrics.run_started(handle, submitted_at)
+        if orphaned:
+            self.orphans.append(handle)
+            logger.warning(
+                "run %s created for a caller that was cancelled; %s (client.orphaned_runs)",
+                handle.id,
+                "the client was closed" if self._closed else "it is followed to its end",
+                extra={"run_id": handle.id, "action": request.poll_key},
+            )
+        return handle
+
+    async def _create_once(
+        self,
+        key: str,
+        request: proto.Request,
+        created: Callable[..., RunHandle],
+        priority: Priority,
+        max_wait: float | None,
+        auth: Credential | None,
+    ) -> RunHandle:
+        """A create under an idempotency key: at most one per key, whoever calls.
+
+        Concurrent calls with one key in this process share the first one's outcome; across
+        processes the store's atomic `begin` decides. The run is recorded by a task the
+        engine owns, so a caller cancelled after the answer still leaves it recorded; a
+        create that provably made no run frees the key (`RunStore.fail`).
+        """
+        store = self.run_store
+        if store is None:
+            raise errors.InvalidRequestError(
+                "needs a run store: ZapierClient(run_store=MemoryRunStore()) or RedisRunStore",
+                "idempotency_key",
+            )
+        while True:
+            running = self._keyed_creates.get(key)
+            if running is None:
+                break
+            try:
+                return await asyncio.shield(running)
+            except errors.OutcomeUnknownError:
+                raise
+            except Exception:
+                continue  # it made no run: the key is free again, claim it ourselves
+        done: asyncio.Future[RunHandle] = asyncio.get_running_loop().create_future()
+        self._keyed_creates[key] = done
+        try:
+            handle = await self._claim_and_create(
+                store, key, request, created, priority, max_wait, auth
+            )
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                exc = errors.InvalidRequestError("the caller that held the key was cancelled")
+            done.set_exception(exc)
+            raise
+        else:
+            done.set_result(handle)
+            return handle
+        finally:
+            done.exception() if done.done() and not done.cancelled() else None
+            if self._keyed_creates.get(key) is done:
+                del self._keyed_creates[key]
+
+    async def _claim_and_create(
+        self,
+        store: RunStore,
+        key: str,
+        request: proto.Request,
+        created: Callable[..., RunHandle],
+        priority: Priority,
+        max_wait: float | None,
+        auth: Credential | None,
+    ) -> RunHandle:
+        claim = await store.begin(key)
+        if claim.state == "resume":
+            assert claim.continuation_token is not None
+            return self.resume(claim.continuation_token, auth=auth)
+        if claim.state != "send":
+            raise errors.OutcomeUnknownError(
+                f"idempotency key {key!r} is held by a create of {claim.owner or 'unknown owner'}"
+                " that never recorded its run (it may still be sending, or its process died)",
+                request.describe(),
+                "not sent again under this key",
+            )
+
+        def accepted(response: proto.Response) -> RunHandle:
+            handle = created(response, orphaned=True)
+            self._record(store, key, handle)
+            return handle
+
+        hooks = CreateHooks(accepted, partial(self._spawn, store.fail(key)))
+        try:
+            response = await self.send(
+                request, priority=priority, max_wait=max_wait, auth=auth, orphan=hooks
+            )
+            handle = created(response)
+        except asyncio.CancelledError:
+            if not hooks.on_wire:
+                self._spawn(store.fail(key))  # cancelled before the send: nothing went out
+            raise
+        except errors.ZapierError as exc:
+            self.metrics.error(exc)
+            if _not_sent(exc):
+                await asyncio.shield(self._spawn(store.fail(key)))
+            raise
+        await asyncio.shield(self._record(store, key, handle))
+        return handle
+
+    def _record(self, store: RunStore, key: str, handle: RunHandle) -> asyncio.Task[object]:
+        return self._spawn(store.record(key, handle.id, handle.continuation_token()))
+
+    def _spawn(self, write: object) -> asyncio.Task[object]:
+        """Run a store write in a task the engine owns (finished even if its caller leaves)."""
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(write)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._written)
+        return task
+
+    def _written(self, task: asyncio.Task[object]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning(
+                "the run store could not be written: %r; the key stays 'sending'",
+                task.exception(),
+            )
+
+    # --- tracking -----------------------------------------------------------------------------
+
+    def track(
+        self,
+        locator: proto.RunLocator,
+        *,
+        auth: Credential | None = None,
+        first_delay: float | None,
+        poll_key: str | None = None,
+        callback: bool = False,
+        callback_token: str | None = None,
+    ) -> RunHandle:
+        """Follow a run: a handle the poller reads (with `auth`'s token) until it ends."""
+        handle = RunHandle(locator, self.poller, created_at=self.clock.monotonic())
+        handle.credential = auth
+        self.handles[locator.run_id] = handle
+        if callback_token is not None:
+            handle._callback_token = callback_token
+            callback = True
+        if callback:
+            # The callback resolves it; polls are only the safety net (`CallbackPolling`).
+            handle.via_callback = True
+            if first_delay is None:
+                first_delay = self._callback_polling.delay(0, self._rng)
+        if first_delay is None:
+            first_delay = self._polling.first_delay(handle, poll_key, self._rng)
+        self.poller.schedule(handle, first_delay)
+        return handle
+
+    def resume(
+        self,
+        token_or_run_id: str,
+        *,
+        auth: Credential | None = None,
+        callback_token: str | None = None,
+    ) -> RunHandle:
+        """Follow a run again (see `ZapierClient.resume`); one handle per run and credential."""
+        self.ensure_open()
+        locator = proto.decode_continuation_token(token_or_run_id)
+        existing = self.handles.get(locator.run_id)
+        if (
+            existing is not None
+            and not existing.done()
+            and existing.locator == locator
+            and existing.credential is auth
+        ):
+            if callback_token is not None and existing._callback_token is None:
+                existing._callback_token = callback_token
+            return existing
+        if callback_token is not None and not (isinstance(callback_token, str) and callback_token):
+            raise errors.InvalidRequestError("must be a non-empty string", "callback_token")
+        return self.track(locator, auth=auth, first_delay=0.0, callback_token=callback_token)
+
+    def deliver(self, run: Run, token: str | None) -> bool:
+        """A completion callback for `run` (see `ZapierClient.deliver_callback`)."""
+        handle = self.handles.get(run.id)
+        if handle is None or handle.done():
+            return False
+        expected = handle._callback_token
+        if (
+            expected is None
+            or not isinstance(token, str)
+            or not hmac.compare_digest(token.encode(), expected.encode())
+        ):
+            logger.warning(
+                "callback for run %s refused: %s; the run is still polled",
+                run.id,
+                "it carries no token"
+                if token is None
+                else "its token does not match the one its callback_url was created with"
+                if expected is not None
+                else "the run was not created with a callback_url by this client",
+                extra={"run_id": run.id, "action": handle.poll_key},
+            )
+            return False
+        previous = handle.status
+        handle._update(run)
+        self.metrics.run_read(handle, previous, run)
+        if handle.done():
+            self.poller.forget(handle)
+            self.observe(handle, self.clock.monotonic() - handle.created_at)
+        return True
+
+    def observe(self, handle: RunHandle, elapsed: float) -> None:
+        """Teach the poll planner how long `handle`'s run took; poll what it brings forward."""
+        for other, delay in self._polling.observe(handle, elapsed):
+            self.poller.schedule(other, delay)
+
+    async def _poll(self, handle: RunHandle) -> None:
+        """Read one handle's run once; update, finish or reschedule it. Never raises."""
+        if handle.done():
+            return
+        locator = handle.locator
+        long_poll = self._long_poll
+        if long_poll is not None and locator.kind == "actions_v1" and not handle.via_callback:
+            request = actions.poll_request(locator, long_poll=long_poll)
+        else:
+            request = proto.poll_request(locator)
+        priority = Priority.INTERACTIVE if handle.awaited else Priority.POLL
+        attempt = handle.poll_attempts
+        handle.poll_attempts += 1
+        sent_at = self.clock.monotonic()
+        credential = handle.credential
+        try:
+            response = await self.send(
+                request,
+                priority=priority,
+                max_wait=None,
+                auth=credential if isinstance(credential, Credential) else None,
+            )
+            run = proto.parse_run(response, request, run_id=handle.id)
+        except _FATAL_POLL_ERRORS as exc:
+            self.metrics.error(exc)
+            self.metrics.run_lost(handle, exc)
+            handle._finish(exc)
+            return
+        except errors.RateLimitedError as exc:
+            # The server dictated a wait past max_server_wait: not a failed read. Read again
+            # when it allows (capped), without counting a poll failure.
+            delay = min(max(exc.retry_after, 0.0), self.max_server_wait)
+            logger.info(
+                "reading run %s: %s; reading again in %.1fs",
+                handle.id,
+                exc,
+                delay,
+                extra={"run_id": handle.id, "action": handle.poll_key},
+            )
+            self.poller.schedule(handle, delay)
+            return
+        except Exception as exc:
+            self._poll_failed(handle, request, exc)
+            return
+        handle.poll_failures = 0
+        self._polling.round_trip(self.clock.monotonic() - sent_at)
+        previous = handle.status
+        handle._update(run)
+        self.metrics.run_read(handle, previous, run)
+        elapsed = self.clock.monotonic() - handle.created_at
+        if handle.done():
+            self.observe(handle, elapsed)
+            return
+        # A server's hint is capped once, here, for every way of reading the run.
+        hint = cap_hint(_throttle_hint(run), min(self._poll_policy.max_hint, self.max_server_wait))
+        if handle.via_callback:
+            delay = self._callback_polling.delay(attempt + 1, self._rng)
+        elif request.long_poll is not None and long_poll is not None:
+            delay = long_poll.next_delay(
+                elapsed=self.clock.monotonic() - sent_at,
+                retry_after=parse_retry_after(
+                    response.header("retry-after"), now=self.clock.time()
+                ),
+            )
+            if hint is not None:
+                delay = max(delay, hint)
+        else:
+            delay = self._polling.next_delay(handle, attempt + 1, elapsed, self._rng, hint=hint)
+        self.poller.schedule(handle, delay)
+
+    def _poll_failed(self, handle: RunHandle, request: proto.Request, exc: Exception) -> None:
+        # Anything else is a failed poll, typed or not (an auth provider's OSError, a closed
+        # session, ...): retried up to max_poll_failures, then the handle fails with it.
+        # Never dropped: an awaiter of a handle nobody polls would hang.
+        error: Exception = exc
+        if not isinstance(exc, errors.ZapierError):
+            error = errors.UnexpectedError(
+                f"reading the run failed: {type(exc).__name__}", request.describe()
+            )
+            error.__cause__ = exc
+        self.metrics.error(error)
+        handle.poll_failures += 1
+        if handle.poll_failures >= self._max_poll_failures:
+            self.metrics.run_lost(handle, error)
+            logger.warning(
+                "giving up on run %s after %d failed reads: %s",
+                handle.id,
+                handle.poll_failures,
+                error,
+                extra={"run_id": handle.id, "action": handle.poll_key},
+            )
+            handle._finish(error)
+            return
+        delay = self._retry_policy.delay(handle.poll_failures, self._rng)
+        # Transient, and retried: not a WARNING (the give-up above is one).
+        logger.info(
+            "reading run %s failed (%s); trying again in %.1fs",
+            handle.id,
+            error,
+            delay,
+            extra={"run_id": handle.id, "action": handle.poll_key},
+        )
+        self.poller.schedule(handle, delay)
+
+
+def _not_sent(exc: errors.ZapierError) -> bool:
+    """Whether a create that failed with `exc` provably made no run (its key may be freed)."""
+    if isinstance(exc, errors.OutcomeUnknownError):
+        return False
+    if isinstance(exc, errors.TransportError):
+        return exc.sent is False or exc.kind == "connect"
+    if isinstance(exc, errors.APIError):
+        return exc.status in _NOT_SENT_STATUSES
+    # Refused before the wire: RateLimitedError, InvalidRequestError, an auth failure.
+    return isinstance(
+        exc, (errors.RateLimitedError, errors.InvalidRequestError, errors.UnexpectedError)
+    )
+
+
+def _throttle_hint(run: Run) -> float | None:
+    """A throttled run error's `delay` (seconds), honoured before the next poll."""
+    delays = [e.delay for e in run.errors if e.delay is not None and e.delay > 0]
+    if not delays or run.status is RunStatus.SUCCESS:
+        return None
+    return max(delays)
+
+
+def bucket_of(engine: Engine, request: proto.Request, auth: Credential | None) -> Hashable:
+    """The limiter key `request` spends when sent with `auth` (for tests and planners)."""
+    return engine.pipeline.key_for(request, auth)
