@@ -213,8 +213,8 @@ class _Run:
         "_done",
         "created_at",
         "ends_at",
-        "poll_attempts",
         "pending_at",
+        "poll_attempts",
         "poll_key",
         "poll_plan",
         "poll_skew",
@@ -435,7 +435,8 @@ def _head_planner() -> Callable[[Callable[[], Any]], Any] | None:
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(source)
     spec = importlib.util.spec_from_file_location("zapier_async._polling_before", f.name)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

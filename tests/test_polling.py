@@ -14,12 +14,9 @@ from zapier_async._polling import AdaptivePolling, plan_polls, turnbull
 
 
 class _Handle:
-    """Stands in for `RunHandle`: the attributes the planner owns, and a weakref."""
+    """Stands in for `RunHandle`: what the planner reads, `poll_key`, and a weakref."""
 
     poll_key: str | None
-    poll_plan: tuple[float, ...] | None
-    pending_at: float
-    poll_skew: int
     poll_attempts = 0
     created_at = 0.0
     timer = None
@@ -164,10 +161,11 @@ def test_an_unlearnt_action_is_polled_at_once_until_a_few_misses() -> None:
     for _ in range(2):
         handle, delay = _fresh(polling)
         assert delay == 0.0
-        # The at-once poll found it still going: the policy's cadence starts from its first
-        # interval (the at-once poll is not counted against it).
+        # The at-once poll found it still going: the cold cadence starts from the policy's
+        # first interval, then waits at least (factor - 1) times the run's age.
         assert polling.next_delay(handle, 1, 0.01, rng, hint=None) == 0.5  # type: ignore[arg-type]
-        assert polling.next_delay(handle, 2, 0.51, rng, hint=None) == 1.0  # type: ignore[arg-type]
+        assert polling.next_delay(handle, 2, 0.51, rng, hint=None) == 0.51  # type: ignore[arg-type]
+        assert polling.next_delay(handle, 3, 2.0, rng, hint=None) == 2.0  # type: ignore[arg-type]
     _, delay = _fresh(polling)
     assert delay == 0.5  # two misses: slow action, no more at-once polls
 
@@ -199,7 +197,7 @@ def test_runs_in_flight_switch_to_the_first_plan() -> None:
     plan = polling.plan("a")
     assert plan is not None
     assert {id(h) for h, _ in moved} == {id(h) for h in going}
-    assert all(h.poll_plan == plan for h in going)
+    assert all(polling.record(h).plan == plan for h in going)  # type: ignore[arg-type,union-attr]
     assert all(delay == pytest.approx(plan[0] - 0.1) for _, delay in moved)
 
 
@@ -220,8 +218,8 @@ def test_replanning_backs_off_while_the_action_is_steady(
     polling = AdaptivePolling(min_samples=16, replan_every=16, window=128)
     rng = random.Random(5)
     _simulate(polling, [rng.uniform(0.2, 1.5) for _ in range(1000)])
-    # Every 16 runs would be 62 plans; backing off to every 64 makes about 18.
-    assert calls <= 20
+    # Every 16 runs would be 62 plans; backing off to every 64 makes about 20.
+    assert calls <= 24
     # A run that outlives the plan brings re-planning back soon.
     before = calls
     _simulate(polling, [5.0] * 20)

@@ -129,4 +129,4 @@ class BudgetPrice:
         """The cost of a poll at `level`: geometric between `slack` and `bound`."""
         if level <= 0 or bound <= slack:
             return slack
-        return slack * (bound / slack) ** (level / (self.levels - 1))
+        return float(slack * (bound / slack) ** (level / (self.levels - 1)))

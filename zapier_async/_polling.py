@@ -352,15 +352,16 @@ class AdaptivePolling:
             if level == 0 and plan[0] < max(self.at_once_below, 0.5 * (self._rtt or 0.0)):
                 # Runs end (nearly) instantly: poll as soon as the create returned.
                 return 0.0
-            if level == 0 and state.first_hits * 2 > len(state.samples):
-                if state.started % 4 == 0 and plan[0] / 4 >= _FLOOR:
-                    return plan[0] / 4  # a probe earlier than the plan (see "Exploring")
+            probe = plan[0] / 4  # a probe earlier than the plan (see "Exploring")
+            if (
+                level == 0
+                and state.first_hits * 2 > len(state.samples)
+                and state.started % 4 == 0
+                and probe >= _FLOOR
+            ):
+                return probe
             return plan[0]
-        if (
-            level == 0
-            and self.at_once
-            and state.at_once_misses < self.at_once_misses
-        ):
+        if level == 0 and self.at_once and state.at_once_misses < self.at_once_misses:
             # Nothing learnt yet: look once right away (the cold cadence follows, from
             # its first interval), so instant runs are neither slow nor unlearnt. Until one
             # such poll found its run ended, only a few go out; the others wait on the policy
