@@ -1,86 +1,84 @@
-"""The rate budget shared through Redis: `RedisLimiter`.
+"""The rate budgets shared through Redis: `RedisLimiter`.
 
 Theory of operation: the shared limiter
 =======================================
 
-Zapier's limits are per account (or partner), not per process: N workers pacing themselves
-as if alone together spend N times the budget. `RedisLimiter` has the public surface of
-`zapier_async.Limiter` (``slot``, ``freeze``, ``waiting``, ``in_flight``, ``frozen_until``,
-``snapshot``, ``aclose``), so ``ZapierClient(limiter=RedisLimiter(...))`` shares one budget
-between every process pointed at the same Redis and ``name``.
+Zapier's limits are per account, partner or user, not per process: N workers pacing
+themselves as if alone together spend N times the budget. `RedisLimiter` has the public
+surface of `zapier_async.Limiter` (``slot``, ``freeze``, ``pressure``, ``estimate_wait``,
+``waiting``, ``in_flight``, ``frozen_until``, ``snapshot``, ``aclose``; budgets per key),
+so ``ZapierClient(limiter=RedisLimiter(redis))`` shares each budget between every process
+pointed at the same Redis and ``name``.
 
-**Shared state.** Three keys under ``{prefix}:{name}``, changed only by two Lua scripts
-(``ACQUIRE`` and ``RECORD``), so every decision is atomic across processes. Times in Redis
-are the Redis server's own clock (``TIME``): processes do not share a monotonic clock and
-machines' wall clocks drift, so clients only ever send durations ("this answer arrived
-0.3 ms ago, its window resets in 2 s").
+**One set of rules.** Every budget decision is made by the same pure state machine as in
+memory, `zapier_async._budget.Budget` (its docstring is the theory of the rules; the
+scenario table in ``tests/limiter_scenarios.py`` runs against both limiters). Redis only
+keeps each bucket's state and makes its changes atomic: one hash per bucket holding the
+serialised budget and its slots in flight (`_codec`), an ``epoch`` and a ``version``. A
+change (grants for the local waiters whose turn it is, the answers recorded since the last
+one, expired leases, a freeze) is computed in Python on the state last seen and written
+with one compare-and-set script (`BUCKET_COMMIT`): if another process wrote first, the
+script answers with the state it found, and the change is computed again from it. So
+every process's requests count in one budget, exactly as if one process sent them all
+(requests in flight included: that is what makes N processes 429-free).
 
-- ``:state`` (hash): ``mode`` (``probe``: nothing known, one request at a time; ``window``:
-  the budget is known; ``open``: answers carry no budget headers), ``granted`` and
-  ``answered`` (counters over all processes), ``anchor`` (the budget: ``available = anchor -
-  granted``), ``reset_at`` (when the window surely ended), ``next_at`` (pacing),
-  ``frozen_until``, ``limit`` and what was learnt about the window length (below).
-- ``:inflight`` (sorted set): every granted slot's id, scored by its lease expiry. A slot is
-  removed when its answer (or its release) is recorded; a process that dies holding slots
-  loses them when their lease ends, and each expired lease counts as an answer, so the
-  budget arithmetic does not stay pessimistic forever.
-- ``:probe`` (string with a TTL): who holds the one probe; it expires with the lease.
+*Why not a Lua port of the rules:* ``_budget`` is some 500 lines of rules (two lower bounds,
+window bounds, boundary probes and their learning, pacing, the interactive reserve, freezes
+and the cap); a port would be a second implementation that must agree with the first, the
+very problem issue 17 names. Measured cost of running them in Python (one redis-server on
+loopback, ``tests/test_redis_limiter_scenarios.py`` prints it): about one round trip per
+grant when a process works alone (the commit; its reply carries the server's time), and
+answers recorded meanwhile ride on the next grant's commit; with 4 processes on one budget
+the conflicts add retries (each carries the fresh state, so a retry costs one round trip,
+not two); see ``test_throughput_through_four_processes`` for requests/s and round trips per
+slot.
 
-**Budget.** As in the in-memory limiter, the server's ``Remaining`` does not count requests
-still on the wire. For the answer to request *j*::
+**Time.** Processes share no monotonic clock, so the shared state is kept on the Redis
+server's clock (``TIME``, epoch seconds; both the budget's ``now`` and its ``wall``): each
+reply carries it, and each process keeps the offset between its own monotonic clock and
+it, measured on the fastest round trips. Given a ``clock`` (tests: one `FakeClock` for every
+simulated process), its ``time()`` is the shared clock instead, and every wait is on it.
 
-    available = Remaining_j + (answers recorded before j was granted) + 1 - (grants so far)
-
-is a lower bound whatever order answers arrive in (every request granted before *j* and not
-answered may still be counted after it). ``anchor`` keeps the highest such bound until the
-window surely ended (``reset_at``, from ``X-RateLimit-Reset`` rounded up, so never early);
-then the bucket goes back to *probe*: the budget is never refilled blind.
-
-**Pacing.** In a window the available budget is spread evenly (GCRA: ``next_at`` advances by
-one gap per grant, a burst of a tenth allowed) until the window's expected end, so N
-processes together never burst.
-
-**Boundary probe.** ``X-RateLimit-Reset`` in whole seconds leaves the end of a window up to a
-second uncertain; waiting for the latest possible end wastes a quarter of a 2 s window. So one
-token is held back as a *boundary probe*, sent alone (holding ``:probe``) at ``probe_at``.
-If it lands in the old window it spends a token that was really there (no 429) and the
-bucket waits for ``reset_at``; if it lands in a new window it opens it at once. Where
-``probe_at`` goes is learnt: the window's opener (the answer with ``Remaining = Limit - 1``)
-was received by the server between its send and receive times, and each window bounds the
-window length ``P`` (its reset, a probe that landed early or late, the next opener), so
-``[p_lo, p_hi]`` narrows by bisection to a few round trips, then probes go at
-``opener + p_hi``. A contradiction (windows that do not start at their first request, e.g.
-clock-aligned ones) restarts the learning; pacing stays sound either way, since only the
-held-back token is ever risked.
+**Keys.** ``slot(key=...)``/``freeze(key=...)`` name the bucket (a credential, an endpoint
+family); ``key=None`` is the default one. Each key is its own hash in Redis,
+``{prefix}:{name}:bucket:{digest}`` (a SHA-256 of ``repr(key)``: a credential used as a key
+never appears in Redis, and keys must have the same ``repr`` in every process: strings,
+numbers, tuples of those), expiring after ``bucket_idle`` seconds without a write (longer
+while a freeze or a lease runs). Locally, idle buckets are forgotten past ``max_buckets``
+or after ``bucket_idle``; a forgotten one is read again from Redis on next use.
 
 **Losing the state.** Redis may lose the keys (``FLUSHALL``, a restart without
-persistence, an eviction). The state carries an ``epoch``, created by the first ``ACQUIRE``
-that finds none, which also drops what is left of the in-flight set and the probe lock. Each
-slot carries the epoch that granted it: the answer to a slot of a lost epoch counts for
-nothing (its answers-at-grant count answers of a budget nobody knows: a stale anchor) except
-a 429's freeze, so the new epoch starts in probe mode, as the in-memory limiter does. For the
-same reason an answer to a slot granted before the bucket last went back to probing
-(``probe_from``) does not open a window. The available budget is also capped at ``Limit``.
+persistence, an eviction). Each bucket's state carries an ``epoch``, created by the commit
+that finds none; each slot carries the epoch that granted it. The answer to a slot of a
+lost epoch counts for nothing but a freeze (its "answers before it was granted" count
+answers of a budget nobody knows), so the new epoch starts in probe mode, as a forgotten
+in-memory budget does. A state that does not decode (another version wrote it) is treated
+the same way.
 
 **Scripts that run once.** redis-py re-sends a command that timed out (``Redis(host=...)``
-does so up to 10 times by default), and after a stall Redis runs both copies. Every script
-whose second run would change the outcome (a grant, a recorded answer, a journal write, a
-claim, a forget) takes a request id and keeps its reply under it for `ONCE_TTL`: a re-run
-answers with the first run's reply and changes nothing.
+does so up to 10 times by default), and after a stall Redis runs both copies. A commit takes
+a request id and keeps its reply under it for `ONCE_TTL`: a re-run answers "written" and
+writes nothing more (without it the re-run would see its own write as a conflict, and the
+answers it carried would be counted twice).
 
-**Freezes.** A 429 (or a 503 with ``Retry-After`` that says ``Remaining: 0`` or is the
-third 503 in a row this process saw: one transient 503 is not a rate signal) seen by any
-process, or `freeze`, sets ``frozen_until`` for all, for at most ``max_server_wait``; then
-one probe goes first.
+**Leases.** A slot whose process died is never answered: each slot in flight carries a lease
+(``lease`` seconds), and the first change after it ran out completes it without an answer,
+so the budget (and the one probe) is not blocked forever.
 
-**Local waiting.** Each process keeps one heap of waiters keyed by ``(priority, arrival)``
-(`Priority` as in the in-memory limiter) and ONE background task that asks Redis for a grant
-on behalf of the head of the heap, flushes recorded answers, and sleeps until the time
-Redis named (at most ``poll_interval`` while another process holds the probe, since other
-processes' answers cannot wake it). Priorities hold within a process; across processes the
-grants go to whichever asks first once pacing allows, so no process is starved. A waiter
-cancelled locally is removed from the heap; a grant that raced with its cancellation is
-handed to the next waiter, or given back (``granted`` is decremented).
+**Freezes and the cap.** A 429, a 503 per the lone-503 rule (counted in the shared budget:
+503s in a row from any process) or `freeze` freeze the bucket for every process, for at
+most ``max_server_wait``; while the server-named wait is past the cap, every request of the
+bucket, whatever its priority, fails at once with ``RateLimitedError(reason=
+"max_server_wait")``, waiters included. ``record`` answers "froze" at once, from this
+process's view (its own 503 streak).
+
+**Local waiting.** Each process keeps one heap of waiters per bucket keyed by ``(priority,
+arrival)`` and ONE background task that does every Redis round trip: it commits changes,
+grants whoever may go, and sleeps until the earliest time a budget named, or a
+``max_wait`` deadline, or an event (a slot asked for, an answer recorded). While another
+process has slots in flight its answers may change the budget at any moment, so the task
+then looks again at least every ``poll_interval``. A waiter cancelled locally leaves the
+heap; a grant that raced with its cancellation is given back (``ungrant``).
 
 **Losing Redis.** A Redis error (connection refused, timeout) logs a warning and switches
 the process to an in-memory `Limiter` with a conservative a-priori ``fallback_rate`` (it also
@@ -92,49 +90,66 @@ again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import hashlib
 import heapq
 import itertools
 import logging
 import math
-import time
 import uuid
-from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from zapier_async._budget import Budget, BudgetConfig, Grant, Priority
+from zapier_async._clock import Clock, SystemClock
 from zapier_async._closing import AsyncCloseable
-from zapier_async._limiter import (
+from zapier_async._limiter import Limiter
+from zapier_async._limiter import Slot as _LocalSlot
+from zapier_async._limits import (
     USE_DEFAULT,
-    Limiter,
     LimiterStats,
-    Priority,
+    Pressure,
     _BaseWaiter,
     _Default,
     _OneShotSlot,
+    _WaitLog,
 )
-from zapier_async._limiter import Slot as _LocalSlot
 from zapier_async._ratelimit import (
     DEFAULT_COOLDOWN,
     DEFAULT_MAX_SERVER_WAIT,
     RateLimitState,
-    cap_server_wait,
-    check_max_server_wait,
     pause_after,
+    server_wait,
 )
-from zapier_async.errors import LimiterClosedError, RateLimitedError
+from zapier_async.errors import InvalidRequestError, LimiterClosedError, RateLimitedError
 
-from ._scripts import ACQUIRE, ONCE_TTL, RECORD, text
+from ._codec import InFlight, StateError, dump, load
+from ._scripts import BUCKET_COMMIT, BUCKET_READ, ONCE_TTL, text
 
 __all__ = ["RedisLimiter", "RedisLimiterBackend", "RedisSlot"]
 
 logger = logging.getLogger("zapier_async")
 
 _TASK_NAME: Final = "zapier_async.redis_limiter"
+
+DEFAULT_MAX_BUCKETS: Final = 10_000
+"""Buckets this process keeps a copy of at most (idle ones are read again when used)."""
+
+DEFAULT_BUCKET_IDLE: Final = 900.0
+"""Seconds after which an idle bucket expires in Redis and is forgotten locally."""
+
+_MAX_ATTEMPTS: Final = 100
+"""Commits tried in a row before the task lets other buckets go first."""
+
+_OFFSET_REFRESH: Final = 30.0
+"""Seconds after which a slower round trip's clock offset is taken anyway (drift)."""
+
+_HEADER_PREFIXES: Final = ("x-ratelimit", "ratelimit", "retry-after")
 
 
 class RedisSlot(_OneShotSlot):
@@ -144,62 +159,130 @@ class RedisSlot(_OneShotSlot):
     as the status and headers are in.
     """
 
-    __slots__ = ("_answered_at_grant", "_epoch", "_id", "_opener_seq", "_seq")
+    __slots__ = ("_bucket", "_epoch", "_id")
 
     def __init__(
         self,
         limiter: RedisLimiter,
+        bucket: _Bucket,
         slot_id: str,
+        epoch: str,
         priority: Priority,
         *,
         granted_at: float,
         probe: bool,
-        answered_at_grant: int,
-        opener_seq: str,
-        epoch: str,
-        seq: str,
         waited: float,
     ) -> None:
         super().__init__(limiter, priority, granted_at, probe=probe, waited=waited)
+        self._bucket = bucket
         self._id = slot_id
-        self._answered_at_grant = answered_at_grant
-        self._opener_seq = opener_seq
         self._epoch = epoch  # which budget granted it (a new one after Redis lost its state)
-        self._seq = seq  # its place among that budget's grants
+
+    @property
+    def key(self) -> Hashable:
+        """The key of the bucket the slot was granted from."""
+        return self._bucket.key
 
     def __repr__(self) -> str:
         return f"RedisSlot(priority={self.priority.name}, probe={self.probe})"
 
 
 class _Waiter(_BaseWaiter[RedisSlot | None]):
-    """A local caller waiting for a grant from Redis (None: Redis was lost, go local)."""
+    """A local caller waiting for a grant (None: Redis was lost, go local)."""
 
-    __slots__ = ()
+    __slots__ = ("bucket", "seq")
+
+    def __init__(
+        self,
+        bucket: _Bucket,
+        priority: Priority,
+        seq: int,
+        fut: asyncio.Future[RedisSlot | None],
+        enqueued_at: float,
+        deadline: float | None,
+    ) -> None:
+        super().__init__(priority, fut, enqueued_at, deadline)
+        self.bucket = bucket
+        self.seq = seq
+
+
+# A change waiting to be committed: (kind, slot id, epoch, status, headers, local time).
+_Op = tuple[str, str, str, int | None, dict[str, str], float]
+
+
+class _Bucket:
+    """One key: its Redis hash, the state last seen there, and the local line."""
+
+    __slots__ = (
+        "budget",
+        "due",
+        "epoch",
+        "heap",
+        "in_flight",
+        "key",
+        "live",
+        "mine",
+        "name",
+        "ops",
+        "seen_at",
+        "state",
+        "streak",
+        "used_at",
+        "version",
+    )
+
+    def __init__(self, key: Hashable, name: str, now: float) -> None:
+        self.key = key
+        self.name = name  # the Redis key of its hash
+        self.state: str | None = None  # the text last read or written; None: never read
+        self.epoch = ""
+        self.version = "0"
+        self.budget: Budget | None = None  # `state` decoded (a copy: never written back)
+        self.in_flight: InFlight = {}
+        self.seen_at = -math.inf  # local time the state was last known fresh
+        self.heap: list[tuple[int, int, _Waiter]] = []
+        self.live = [0, 0, 0]
+        self.ops: collections.deque[_Op] = collections.deque()
+        self.mine = 0  # this process's slots in flight
+        self.due: float | None = None
+        self.used_at = now
+        self.streak = 0  # 503s in a row this process saw (for `record`'s answer)
+
+    def waiting(self) -> int:
+        return sum(self.live)
+
+    def idle(self) -> bool:
+        return not self.waiting() and not self.ops and not self.mine
 
 
 class _SlotRequest:
     """The async context manager returned by `RedisLimiter.slot`."""
 
-    __slots__ = ("_fallback_cm", "_limiter", "_max_wait", "_priority", "_slot")
+    __slots__ = ("_fallback_cm", "_key", "_limiter", "_max_wait", "_priority", "_slot")
 
     def __init__(
-        self, limiter: RedisLimiter, priority: Priority, max_wait: float | _Default | None
+        self,
+        limiter: RedisLimiter,
+        priority: Priority,
+        max_wait: float | _Default | None,
+        key: Hashable,
     ) -> None:
         self._limiter = limiter
         self._priority = priority
         self._max_wait = max_wait
+        self._key = key
         self._slot: RedisSlot | None = None
         self._fallback_cm: contextlib.AbstractAsyncContextManager[_LocalSlot] | None = None
 
     async def __aenter__(self) -> RedisSlot | _LocalSlot:
-        max_wait = self._limiter._max_wait if self._max_wait is USE_DEFAULT else self._max_wait
-        assert not isinstance(max_wait, _Default)
-        slot = await self._limiter._acquire(self._priority, max_wait)
+        limiter = self._limiter
+        max_wait = limiter._max_wait if isinstance(self._max_wait, _Default) else self._max_wait
+        slot = await limiter._acquire(self._priority, max_wait, self._key)
         if slot is not None:
             self._slot = slot
             return slot
         # Redis is unreachable: this request goes through the local fallback limiter.
-        cm = self._limiter._fallback_limiter().slot(self._priority, max_wait=max_wait)
+        cm = limiter._fallback_limiter().slot(self._priority, max_wait=max_wait, key=self._key)
         local = await cm.__aenter__()
         self._fallback_cm = cm
         return local
@@ -217,14 +300,14 @@ class _SlotRequest:
 
 
 class RedisLimiter(AsyncCloseable):
-    """A rate budget shared through Redis by every process using the same ``name``.
+    """Rate budgets shared through Redis by every process using the same ``name``, per key.
 
     See the module docstring for how it works. The Redis client is the caller's: the limiter
     never closes it. Give it a ``socket_timeout`` so that a partitioned Redis is noticed.
 
     Args:
         redis: A ``redis.asyncio.Redis`` client.
-        name: The budget's name: processes spending the same Zapier budget use the same one.
+        name: The budgets' name: processes spending the same Zapier budgets use the same one.
         prefix: Key prefix in Redis.
         lease: Seconds after which a granted slot whose answer was never recorded (its
             process died) stops counting as in flight. Keep it above the request timeout.
@@ -232,14 +315,26 @@ class RedisLimiter(AsyncCloseable):
         fallback_rate: ``(requests, per_seconds)`` for this process alone while Redis is
             unreachable; keep it well under the account's limit divided by the number of
             processes.
-        poll_interval: Longest sleep while another process holds the probe.
+        poll_interval: Longest sleep while another process has slots in flight.
         reconnect_interval: Seconds between reconnection attempts while degraded.
         default_period: The window assumed when an answer has ``Remaining`` but no ``Reset``;
             also the freeze after a 429 without ``Retry-After`` or ``Reset``.
-        boundary_precision: The learnt window length is bisected until it is this narrow.
-        max_server_wait: The longest freeze a server answer (``Retry-After``, ``Reset``) or
-            `freeze` may impose, in seconds (as `zapier_async.Limiter`'s).
+        max_server_wait: The longest wait a server may dictate (as `zapier_async.Limiter`'s).
+        spend_window: Spend each window as fast as the server allows (as `Limiter`'s).
+        interactive_reserve: With ``spend_window``, the share left to INTERACTIVE requests.
+        max_buckets: Buckets this process keeps a copy of at most.
+        bucket_idle: Seconds after which an idle bucket expires (in Redis and locally).
+        clock: The shared clock: its ``time()`` is every process's ``now`` and every wait is
+            on it (tests: one `FakeClock`). By default the Redis server's ``TIME``, waits on
+            the system clock.
+        on_wait: Called as ``on_wait(seconds, priority)`` after each slot that had to wait.
+
+    Raises:
+        InvalidRequestError: An argument is out of range.
     """
+
+    supports_keys: Final = True
+    """`slot` and `freeze` take ``key=`` (see `zapier_async._limits.slot_for`)."""
 
     def __init__(
         self,
@@ -253,61 +348,90 @@ class RedisLimiter(AsyncCloseable):
         poll_interval: float = 0.02,
         reconnect_interval: float = 5.0,
         default_period: float = DEFAULT_COOLDOWN,
-        boundary_precision: float = 0.03,
         max_server_wait: float = DEFAULT_MAX_SERVER_WAIT,
+        spend_window: bool = False,
+        interactive_reserve: float = 0.1,
+        max_buckets: int = DEFAULT_MAX_BUCKETS,
+        bucket_idle: float = DEFAULT_BUCKET_IDLE,
+        clock: Clock | None = None,
+        on_wait: Callable[[float, Priority], None] | None = None,
     ) -> None:
         if not (math.isfinite(lease) and lease > 0):
-            raise ValueError(f"lease must be > 0, got {lease!r}")
+            raise InvalidRequestError(f"must be > 0, got {lease!r}", "lease")
         if max_wait is not None and not max_wait >= 0:
-            raise ValueError(f"max_wait must be >= 0 or None, got {max_wait!r}")
-        if not poll_interval > 0 or not reconnect_interval > 0:
-            raise ValueError("poll_interval and reconnect_interval must be > 0")
-        self._max_server_wait = check_max_server_wait(max_server_wait)
+            raise InvalidRequestError(f"must be >= 0 or None, got {max_wait!r}", "max_wait")
+        for field, value in (("poll_interval", poll_interval), ("bucket_idle", bucket_idle)):
+            if not (math.isfinite(value) and value > 0):
+                raise InvalidRequestError(f"must be > 0, got {value!r}", field)
+        if not reconnect_interval > 0:
+            raise InvalidRequestError(
+                f"must be > 0, got {reconnect_interval!r}", "reconnect_interval"
+            )
+        if isinstance(max_buckets, bool) or not isinstance(max_buckets, int) or max_buckets < 1:
+            raise InvalidRequestError(f"must be an int >= 1, got {max_buckets!r}", "max_buckets")
+        self._config = BudgetConfig.checked(
+            rate=None,
+            default_cooldown=default_period,
+            max_server_wait=max_server_wait,
+            spend_window=spend_window,
+            interactive_reserve=interactive_reserve,
+        )
         self._redis = redis
-        base = f"{prefix}:{name}"
-        self._keys = [f"{base}:state", f"{base}:inflight", f"{base}:probe"]
-        self._once_prefix = f"{base}:once:"
+        self._base = f"{prefix}:{name}"
+        self._once_prefix = f"{self._base}:once:"
         self._once_ms = str(math.ceil(ONCE_TTL * 1000))
-        self._lease = lease
+        self._lease = float(lease)
         self._max_wait = max_wait
         self._fallback_rate = fallback_rate
-        self._poll = poll_interval
-        self._reconnect = reconnect_interval
-        self._period = default_period
-        self._narrow = boundary_precision
-        self._acquire_script = redis.register_script(ACQUIRE)
-        self._record_script = redis.register_script(RECORD)
+        self._poll = float(poll_interval)
+        self._reconnect = float(reconnect_interval)
+        self._max_buckets = max_buckets
+        self._bucket_idle = float(bucket_idle)
+        self._read_script = redis.register_script(BUCKET_READ)
+        self._commit_script = redis.register_script(BUCKET_COMMIT)
         self._owner = uuid.uuid4().hex[:12]
         self._ids = itertools.count()
 
-        self._heap: list[tuple[int, int, _Waiter]] = []
+        # Time: the shared clock is `clock.time()` when one is given, else Redis's TIME.
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._clock_is_shared = clock is not None
+        self._offset: float | None = None  # shared - local monotonic (Redis TIME mode)
+        self._offset_rtt = math.inf
+        self._offset_at = -math.inf
+
+        self._default = _Bucket(None, f"{self._base}:bucket", self._clock.monotonic())
+        self._buckets: collections.OrderedDict[Hashable, _Bucket] = collections.OrderedDict()
+        self._dirty: dict[_Bucket, None] = {}  # buckets with something to do now
+        self._due: list[tuple[float, int, _Bucket]] = []
         self._deadlines: list[tuple[float, int, _Waiter]] = []
         self._seq = itertools.count()
         self._live = 0
-        # Recorded answers not yet written: (arguments, sent at, received at, request id).
-        self._ops: deque[tuple[tuple[str, ...], float, float, str]] = deque()
+        self._in_flight = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._fallback: Limiter | None = None
         self._degraded = False
-        self._in_flight = 0
-        self._frozen_until: float | None = None
-        self._unavailable_streak = 0  # 503s in a row seen by this process
+        self.round_trips = 0
+        """Redis round trips made (reads and commits), for measurements."""
+        self.conflicts = 0
+        """Commits that found another process's write first and were computed again."""
+        self.busy = 0
+        """Redis commands outstanding now (a test driving a `FakeClock` holds time still
+        while this is above 0)."""
 
-        # Statistics and the last view of the shared state.
+        self._waits = _WaitLog(on_wait)
         self._n_grants = 0
         self._n_immediate = 0
-        self._n_waits = 0
-        self._wait_total = 0.0
-        self._wait_max = 0.0
+        self._n_rejected = 0
         self._n_expired = 0
         self._n_cancelled = 0
         self._n_responses = 0
         self._n_429 = 0
         self._n_freezes = 0
+        self._n_windows = 0
+        self._n_evictions = 0
         self._n_degraded = 0
-        self._last_reason = "probe"
 
     # ------------------------------------------------------------------ public surface
 
@@ -316,6 +440,7 @@ class RedisLimiter(AsyncCloseable):
         priority: Priority = Priority.INTERACTIVE,
         *,
         max_wait: float | _Default | None = USE_DEFAULT,
+        key: Hashable = None,
     ) -> contextlib.AbstractAsyncContextManager[RedisSlot | _LocalSlot]:
         """Wait for permission to send one request (see `zapier_async.Limiter.slot`).
 
@@ -323,30 +448,80 @@ class RedisLimiter(AsyncCloseable):
             priority: Who is waiting (see `Priority`); honoured within this process.
             max_wait: The longest acceptable wait in seconds; None waits as long as needed;
                 by default the limiter's ``max_wait``.
+            key: The bucket (what the server limits); None for the default one.
 
         Returns:
             An async context manager yielding the slot (a `RedisSlot`, or a local `Slot`
             while Redis is unreachable).
 
         Raises:
-            RateLimitedError: (on entering) ``max_wait`` ran out while waiting.
+            RateLimitedError: (on entering) The wait is longer than ``max_wait``, or the
+                server dictated one past ``max_server_wait`` (``reason="max_server_wait"``).
             LimiterClosedError: (on entering) The limiter is or was closed while waiting.
         """
-        return _SlotRequest(self, Priority(priority), max_wait)
+        return _SlotRequest(self, Priority(priority), max_wait, key)
 
-    def freeze(self, seconds: float) -> None:
-        """Stop every process sharing the budget for ``seconds`` (never shortens a freeze).
+    def freeze(self, seconds: float, *, key: Hashable = None) -> None:
+        """Stop every process sharing the bucket for ``seconds`` (never shortens a freeze;
+        past ``max_server_wait`` requests fail instead, as `zapier_async.Limiter.freeze`).
 
         Args:
             seconds: How long to hold every request back.
+            key: The bucket; None for the default one.
         """
-        seconds = 0.0 if math.isnan(seconds) else min(max(seconds, 0.0), self._max_server_wait)
-        self._freeze_locally(seconds)
+        seconds = 0.0 if math.isnan(seconds) else max(float(seconds), 0.0)
         if self._fallback is not None:
-            self._fallback.freeze(seconds)
-        self._enqueue(
-            ("", "0", "0", "0", "freeze", "", "", "", "1", "", "", repr(seconds), "", "", "")
+            self._fallback.freeze(min(seconds, self._config.max_server_wait), key=key)
+        bucket = self._bucket(key)
+        self._post(bucket, ("freeze", "", "", None, {"s": repr(seconds)}, self._local()))
+
+    def pressure(self, key: Hashable = None, *, priority: Priority = Priority.POLL) -> Pressure:
+        """A key's budget as this process last saw it in Redis, and its local line
+        (read-only; times on this process's monotonic clock).
+
+        Args:
+            key: The bucket; None for the default one.
+            priority: The priority ``next_free_at`` is for.
+        """
+        bucket = self._find(key)
+        budget = self._view_budget(bucket)
+        now = self._shared()
+        view = budget.view(now)
+        live = bucket.live if bucket is not None else [0, 0, 0]
+        return Pressure(
+            waiting_by_priority=(live[0], live[1], live[2]),
+            in_flight=budget.in_flight,
+            remaining_estimate=view.remaining,
+            window_ends_at=self._local_of(view.window_ends_at),
+            next_free_at=self._local() + self.estimate_wait(priority, 1, key),
+            frozen_until=self._local_of(view.frozen_until),
+            mode=view.mode,
+            limit=view.limit,
         )
+
+    def estimate_wait(self, priority: Priority, n: int = 1, key: Hashable = None) -> float:
+        """Seconds until ``n`` more requests of ``priority`` could be sent, behind those of
+        this process waiting at that priority or above (rough; from the state last seen).
+
+        Args:
+            priority: Their priority.
+            n: How many (at least 1).
+            key: The bucket; None for the default one.
+        """
+        bucket = self._find(key)
+        budget = self._view_budget(bucket)
+        now = self._shared()
+        budget.advance(now)
+        refused = budget.refusal(now)
+        if refused is not None:
+            return max(refused - now, 0.0)
+        ahead = sum(bucket.live[: int(priority) + 1]) if bucket is not None else 0
+        return budget.estimate(now, ahead + max(n, 1), Priority(priority))
+
+    @property
+    def max_server_wait(self) -> float:
+        """The cap on any server-dictated wait, in seconds."""
+        return self._config.max_server_wait
 
     @property
     def waiting(self) -> int:
@@ -360,10 +535,9 @@ class RedisLimiter(AsyncCloseable):
 
     @property
     def frozen_until(self) -> float | None:
-        """Monotonic time at which the freeze known to this process ends, or None."""
-        if self._frozen_until is not None and self._frozen_until <= time.monotonic():
-            return None
-        return self._frozen_until
+        """Monotonic time at which the default bucket's freeze (as last seen) ends, or None."""
+        budget = self._view_budget(self._default)
+        return self._local_of(budget.view(self._shared()).frozen_until)
 
     @property
     def degraded(self) -> bool:
@@ -376,37 +550,39 @@ class RedisLimiter(AsyncCloseable):
         return self._closed
 
     def snapshot(self) -> LimiterStats:
-        """This process's counters (the shared budget itself lives in Redis).
+        """This process's counters and the default bucket as last seen in Redis.
 
         Returns:
-            A frozen `LimiterStats`; ``mode`` is the last reason Redis gave for waiting, or
-            ``"degraded"``.
+            A frozen `LimiterStats`; ``mode`` is ``"degraded"`` while Redis is unreachable.
         """
-        frozen = self.frozen_until
+        now = self._shared()
+        view = self._view_budget(self._default).view(now)
         return LimiterStats(
-            mode="degraded" if self._degraded else self._last_reason,
+            mode="degraded" if self._degraded else view.mode,
             grants=self._n_grants,
             immediate=self._n_immediate,
-            waits=self._n_waits,
-            wait_total=self._wait_total,
-            wait_max=self._wait_max,
-            rejected=0,
+            waits=self._waits.count,
+            wait_total=self._waits.total,
+            wait_max=self._waits.longest,
+            rejected=self._n_rejected,
             expired=self._n_expired,
             cancelled=self._n_cancelled,
             responses=self._n_responses,
             rate_limited=self._n_429,
             freezes=self._n_freezes,
-            windows=0,
+            windows=self._n_windows,
             in_flight=self.in_flight,
             waiting=self.waiting,
-            limit=None,
-            remaining=None,
-            reset_in=None,
-            frozen_for=None if frozen is None else frozen - time.monotonic(),
+            limit=view.limit,
+            remaining=view.remaining,
+            reset_in=None if view.window_ends_at is None else max(view.window_ends_at - now, 0),
+            frozen_for=None if view.frozen_until is None else view.frozen_until - now,
+            buckets=len(self._buckets) + 1,
+            evictions=self._n_evictions,
         )
 
     async def aclose(self) -> None:
-        """Flush recorded answers, stop the background task and fail every waiter.
+        """Write recorded answers, stop the background task and fail every waiter.
 
         The Redis client stays open (it is the caller's). Idempotent.
         """
@@ -420,56 +596,192 @@ class RedisLimiter(AsyncCloseable):
             # in the pool out of step. The task sees `_closed` after its current command.
             self._wake.set()
             await asyncio.wait({task})
-        if self._ops and not self._degraded:
+        if not self._degraded:
             with contextlib.suppress(RedisError, OSError):
-                await self._flush()
+                for bucket in self._all():
+                    if bucket.ops:
+                        await self._turn(bucket)
         if self._fallback is not None:
             await self._fallback.aclose()
 
     def __repr__(self) -> str:
         return (
-            f"RedisLimiter(key={self._keys[0]!r}, in_flight={self._in_flight}, "
+            f"RedisLimiter(name={self._base!r}, in_flight={self._in_flight}, "
             f"waiting={self._live}, degraded={self._degraded})"
         )
 
+    # ------------------------------------------------------------------ time
+
+    def _local(self) -> float:
+        return self._clock.monotonic()
+
+    def _shared(self) -> float:
+        """Now on the shared clock."""
+        if self._clock_is_shared:
+            return self._clock.time()
+        if self._offset is None:
+            return self._clock.time()  # until Redis told its time: close enough for a view
+        return self._clock.monotonic() + self._offset
+
+    def _shared_of(self, local: float) -> float:
+        return local + (self._shared() - self._local())
+
+    def _local_of(self, shared: float | None) -> float | None:
+        return None if shared is None else shared - (self._shared() - self._local())
+
+    def _note_time(self, reply: Any, sent: float, received: float) -> None:
+        """Measure the offset to Redis's clock from a reply's TIME (fastest round trips)."""
+        if self._clock_is_shared:
+            return
+        server = int(text(reply[-2])) + int(text(reply[-1])) / 1e6
+        rtt = received - sent
+        if (
+            self._offset is None
+            or rtt <= self._offset_rtt * 1.5 + 0.0005
+            or received - self._offset_at > _OFFSET_REFRESH
+        ):
+            self._offset = server - (sent + received) / 2
+            self._offset_rtt = rtt
+            self._offset_at = received
+
+    # ------------------------------------------------------------------ buckets
+
+    def _redis_name(self, key: Hashable) -> str:
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+        return f"{self._base}:bucket:{digest}"
+
+    def _find(self, key: Hashable) -> _Bucket | None:
+        return self._default if key is None else self._buckets.get(key)
+
+    def _bucket(self, key: Hashable) -> _Bucket:
+        now = self._local()
+        if key is None:
+            self._default.used_at = now
+            return self._default
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(key, self._redis_name(key), now)
+            self._evict(now)
+        else:
+            self._buckets.move_to_end(key)
+        bucket.used_at = now
+        return bucket
+
+    def _all(self) -> list[_Bucket]:
+        return [self._default, *self._buckets.values()]
+
+    def _evict(self, now: float) -> None:
+        """Forget a few idle local copies: past ``max_buckets``, or unused for a while."""
+        for _ in range(8):
+            if not self._buckets:
+                return
+            oldest = next(iter(self._buckets.values()))
+            over = len(self._buckets) > self._max_buckets
+            if not over and now - oldest.used_at < self._bucket_idle:
+                return
+            if not oldest.idle():
+                self._buckets.move_to_end(oldest.key)
+                continue
+            del self._buckets[oldest.key]
+            self._dirty.pop(oldest, None)
+            self._n_evictions += 1
+
+    def _view_budget(self, bucket: _Bucket | None) -> Budget:
+        """The budget as last seen (a fresh one when never read): for reading only."""
+        if bucket is None or bucket.budget is None:
+            return Budget(self._config)
+        return bucket.budget
+
+    def _decode(self, bucket: _Bucket) -> tuple[Budget, InFlight]:
+        """A private copy of the bucket's state to change; a lost or unreadable state reads
+        as a fresh budget (probe mode)."""
+        if bucket.state:
+            try:
+                return load(bucket.state, self._config)
+            except StateError as exc:
+                logger.warning("zapier_async: unreadable limiter state in Redis (%s)", exc)
+        return Budget(self._config), {}
+
+    def _take(self, bucket: _Bucket, state: str, epoch: str, version: str) -> None:
+        bucket.state, bucket.epoch, bucket.version = state, epoch, version
+        bucket.budget, bucket.in_flight = self._decode(bucket) if state else (None, {})
+        bucket.seen_at = self._local()
+
     # ------------------------------------------------------------------ acquiring
 
-    async def _acquire(self, priority: Priority, max_wait: float | None) -> RedisSlot | None:
+    async def _acquire(
+        self, priority: Priority, max_wait: float | None, key: Hashable
+    ) -> RedisSlot | None:
         if self._closed:
             raise LimiterClosedError("the rate limiter is closed")
         if self._degraded:
             return None
+        bucket = self._bucket(key)
+        if bucket.budget is not None:
+            # Fail fast from the state last seen (the task decides on a fresh one).
+            now = self._shared()
+            budget = bucket.budget
+            budget.advance(now)
+            refused = budget.refusal(now)
+            if refused is not None:
+                self._n_rejected += 1
+                raise self._refused_error(refused)
+            if max_wait is not None and bucket.state:
+                ahead = sum(bucket.live[: int(priority) + 1])
+                estimate = budget.estimate(now, ahead + 1, priority)
+                if estimate > max_wait:
+                    self._n_rejected += 1
+                    raise RateLimitedError(estimate, self._clock.time() + estimate)
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadline = None if max_wait is None else now + max_wait
-        waiter = _Waiter(priority, loop.create_future(), now, deadline)
-        seq = next(self._seq)
-        heapq.heappush(self._heap, (int(priority), seq, waiter))
-        if deadline is not None:
-            heapq.heappush(self._deadlines, (deadline, seq, waiter))
+        local = self._local()
+        deadline = None if max_wait is None else local + max_wait
+        waiter = _Waiter(bucket, priority, next(self._seq), loop.create_future(), local, deadline)
+        heapq.heappush(bucket.heap, (int(priority), waiter.seq, waiter))
+        bucket.live[priority] += 1
         self._live += 1
-        self._ensure_task()
-        self._wake.set()
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, waiter.seq, waiter))
+        self._mark(bucket)
         try:
             return await waiter.fut
-        except asyncio.CancelledError:
-            if waiter.alive:
-                waiter.alive = False
-                self._live -= 1
+        except BaseException:
+            fut = waiter.fut
+            if fut.done() and not fut.cancelled():
+                if fut.exception() is None:  # granted, but we were cancelled meanwhile
+                    slot = fut.result()
+                    if slot is not None:
+                        slot._undo()
+            elif waiter.alive:
+                self._kill(waiter)
                 self._n_cancelled += 1
-            elif waiter.fut.done() and not waiter.fut.cancelled():
-                # The grant raced with the cancellation: nothing was sent, give it back.
-                slot = waiter.fut.result() if waiter.fut.exception() is None else None
-                if slot is not None:
-                    slot._undo()
             raise
+
+    def _kill(self, waiter: _Waiter) -> None:
+        waiter.alive = False
+        waiter.bucket.live[waiter.priority] -= 1
+        self._live -= 1
+
+    def _mark(self, bucket: _Bucket) -> None:
+        """Something changed in ``bucket``: the task looks at it soon."""
+        self._dirty[bucket] = None
+        self._wake.set()
+        with contextlib.suppress(RuntimeError):  # no running loop: done by the next slot()
+            self._ensure_task()
+
+    def _post(self, bucket: _Bucket, op: _Op) -> None:
+        if self._closed and self._task is None and not bucket.ops:
+            return
+        bucket.ops.append(op)
+        self._mark(bucket)
 
     def _fallback_limiter(self) -> Limiter:
         if self._fallback is None:
             self._fallback = Limiter(
+                clock=self._clock,
                 rate=self._fallback_rate,
                 max_wait=self._max_wait,
-                max_server_wait=self._max_server_wait,
+                max_server_wait=self._config.max_server_wait,
+                default_cooldown=self._config.default_cooldown,
             )
         return self._fallback
 
@@ -477,237 +789,363 @@ class RedisLimiter(AsyncCloseable):
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name=_TASK_NAME)
 
-    def _enqueue(self, args: tuple[str, ...], sent_at: float = 0.0, recv_at: float = 0.0) -> None:
-        if self._closed and self._task is None:
-            return
-        self._ops.append((args, sent_at, recv_at, f"{self._owner}:r{next(self._ids)}"))
-        self._wake.set()
-        with contextlib.suppress(RuntimeError):  # no running loop: flushed by the next slot()
-            self._ensure_task()
+    # ------------------------------------------------------------------ answers
 
     def _complete(self, slot: RedisSlot, status: int | None, headers: Mapping[str, str]) -> None:
         self._in_flight -= 1
-        now = time.monotonic()
-        kind, remaining, limit, reset_after, precision, freeze, ok = (
-            "release",
-            "",
-            "",
-            "",
-            "1",
-            "",
-            "",
-        )
+        bucket = slot._bucket
+        bucket.mine -= 1
+        kept: dict[str, str] = {}
         if status is not None:
-            kind = "answer"
             self._n_responses += 1
-            state = RateLimitState.from_headers(headers, now=time.time())
-            self._unavailable_streak = self._unavailable_streak + 1 if status == 503 else 0
-            pause = pause_after(
+            self._n_429 += status == 429
+            kept = {k: v for k, v in headers.items() if k.lower().startswith(_HEADER_PREFIXES)}
+            wall = self._clock.time()
+            bucket.streak = bucket.streak + 1 if status == 503 else 0
+            wait = server_wait(
                 status,
-                state,
-                default_cooldown=self._period,
-                unavailable_streak=self._unavailable_streak,
+                RateLimitState.from_headers(kept, now=wall),
+                now=wall,
+                max_server_wait=self._config.max_server_wait,
+                default_cooldown=self._config.default_cooldown,
+                unavailable_streak=bucket.streak,
             )
-            if status == 429:
-                self._n_429 += 1
-            if pause is not None:
-                # Any server-dictated wait is capped (a Retry-After of 10**12 would freeze
-                # every process for a day otherwise).
-                pause = cap_server_wait(
-                    pause, max_server_wait=self._max_server_wait, now=time.time()
-                ).hold
-                freeze = repr(pause)
-                self._freeze_locally(pause)
-            remaining = "" if state.remaining is None else str(state.remaining)
-            limit = "" if state.limit is None else str(state.limit)
-            reset_after = "" if state.reset_after is None else repr(state.reset_after)
-            precision = repr(state.reset_precision)
-            ok = "1" if 200 <= status < 300 and not state.present else ""
-        args = (
-            slot._id,
-            str(slot._answered_at_grant),
-            slot._opener_seq,
-            "1" if slot.probe else "0",
-            kind,
-            remaining,
-            limit,
-            reset_after,
-            precision,
-            "",
-            "",
-            freeze,
-            ok,
-            slot._epoch,
-            slot._seq,
-        )
-        self._enqueue(args, slot.granted_at, now)
+            slot.froze = wait is not None
+        self._post(bucket, ("answer", slot._id, slot._epoch, status, kept, self._local()))
 
     def _ungrant(self, slot: RedisSlot) -> None:
         self._in_flight -= 1
-        self._enqueue(
-            (slot._id, "0", "0", "0", "undo", "", "", "", "1", "", "", "", "", slot._epoch, "")
-        )
+        self._n_grants -= 1
+        slot._bucket.mine -= 1
+        self._post(slot._bucket, ("undo", slot._id, slot._epoch, None, {}, self._local()))
 
-    def _once_key(self, request_id: str) -> str:
-        return self._once_prefix + request_id
+    def _apply(self, budget: Budget, in_flight: InFlight, epoch: str, op: _Op) -> None:
+        """Apply one recorded change to a copy of the state."""
+        kind, slot_id, slot_epoch, status, headers, at = op
+        now = self._shared_of(at)
+        if kind == "freeze":
+            answer = budget.freeze(float(headers["s"]), now=now, wall=now)
+            self._note_freeze(answer.wait, answer.extended, "freeze() called")
+            return
+        record = in_flight.pop(slot_id, None) if slot_epoch == epoch else None
+        if record is None:
+            # A slot of a budget Redis lost (or already expired): only a freeze counts.
+            if kind == "answer" and status is not None:
+                pause = pause_after(
+                    status,
+                    RateLimitState.from_headers(headers, now=now),
+                    default_cooldown=self._config.default_cooldown,
+                )
+                if pause is not None:
+                    budget.freeze(pause, now=now, wall=now)
+            return
+        grant = Grant(float(record[0]), int(record[1]), bool(record[2]))
+        if kind == "undo":
+            budget.ungrant(grant)
+            return
+        answer = budget.complete(grant, status, headers, now=max(now, grant.sent), wall=now)
+        self._n_windows += answer.opened
+        self._note_freeze(answer.wait, answer.extended, f"HTTP {status}")
 
-    def _freeze_locally(self, seconds: float) -> None:
-        until = time.monotonic() + seconds
-        if self._frozen_until is None or until > self._frozen_until:
-            self._frozen_until = until
+    def _note_freeze(self, wait: Any, extended: bool, why: str) -> None:
+        if wait is None:
+            return
+        if extended:
             self._n_freezes += 1
-            logger.info("rate limit: holding all requests for %.1fs (shared)", seconds)
+            if not wait.over_cap:
+                logger.info(
+                    "rate limit: holding all requests for %.1fs (%s, shared)", wait.hold, why
+                )
+        if wait.over_cap:
+            logger.warning(
+                "rate limit: the server asked for a wait longer than max_server_wait (%.0fs) "
+                "(%s): requests fail with RateLimitedError for %.0fs, then one probes again",
+                self._config.max_server_wait,
+                why,
+                wait.hold,
+            )
+
+    def _refused_error(self, retry_at: float) -> RateLimitedError:
+        retry_in = max(retry_at - self._shared(), 0.0)
+        return RateLimitedError(retry_in, self._clock.time() + retry_in, reason="max_server_wait")
+
+    # ------------------------------------------------------------------ one change
+
+    async def _read(self, bucket: _Bucket) -> None:
+        sent = self._local()
+        self.busy += 1
+        try:
+            reply = await self._read_script(keys=[bucket.name])
+        finally:
+            self.busy -= 1
+        self.round_trips += 1
+        self._note_time(reply, sent, self._local())
+        self._take(bucket, text(reply[2]), text(reply[0]), text(reply[1]))
+
+    async def _commit(self, bucket: _Bucket, budget: Budget, in_flight: InFlight) -> str | None:
+        """Write the new state if nobody wrote since it was read; its epoch, or None (then
+        the bucket holds what Redis has)."""
+        now = self._shared()
+        epoch = bucket.epoch or f"{self._owner}.{next(self._ids)}"
+        frozen = budget.view(now).frozen_until
+        ttl = max(self._bucket_idle, 2 * self._lease, (frozen or now) - now + self._lease)
+        ttl_ms = str(math.ceil(ttl * 1000))
+        state = dump(budget, in_flight)
+        request = f"{self._once_prefix}{self._owner}:c{next(self._ids)}"
+        sent = self._local()
+        self.busy += 1
+        try:
+            reply = await self._commit_script(
+                keys=[bucket.name, request],
+                args=[bucket.epoch, bucket.version, state, epoch, ttl_ms, self._once_ms],
+            )
+        finally:
+            self.busy -= 1
+        self.round_trips += 1
+        self._note_time(reply, sent, self._local())
+        if int(reply[0]) == 1:
+            bucket.state, bucket.epoch, bucket.version = state, epoch, text(reply[2])
+            bucket.budget, bucket.in_flight = budget, in_flight
+            bucket.seen_at = self._local()
+            return epoch
+        self.conflicts += 1
+        self._take(bucket, text(reply[3]), text(reply[1]), text(reply[2]))
+        return None
+
+    async def _turn(self, bucket: _Bucket) -> None:
+        """Bring the bucket's recorded changes to Redis, grant whoever may go, and decide
+        when to look again."""
+        for _ in range(_MAX_ATTEMPTS):
+            if bucket.state is None or (
+                bucket.waiting() and self._local() - bucket.seen_at > self._poll
+            ):
+                await self._read(bucket)  # decide on a fresh state
+            budget, in_flight = self._decode(bucket)
+            epoch = bucket.epoch
+            ops = list(bucket.ops)
+            for op in ops:
+                self._apply(budget, in_flight, epoch, op)
+            changed = bool(ops)
+            now = self._shared()
+            for slot_id, record in list(in_flight.items()):
+                if record[3] <= now:  # its process died: done, without an answer
+                    del in_flight[slot_id]
+                    grant = Grant(float(record[0]), int(record[1]), bool(record[2]))
+                    budget.complete(grant, None, {}, now=now, wall=now)
+                    changed = True
+            budget.advance(now)
+            refused = budget.refusal(now)
+            grants: list[tuple[_Waiter, str, Grant]] = []
+            if refused is not None:
+                self._refuse(bucket, refused)
+            else:
+                while (waiter := self._peek(bucket)) is not None:
+                    when = budget.next_time(now, waiter.priority)
+                    if when is None or when > now:
+                        break
+                    heapq.heappop(bucket.heap)
+                    grant = budget.grant(now)
+                    slot_id = f"{self._owner}:{next(self._ids)}"
+                    lease_end = now + self._lease
+                    in_flight[slot_id] = [grant.sent, grant.completions, grant.probe, lease_end]
+                    grants.append((waiter, slot_id, grant))
+            if not grants and not changed and bucket.state is not None:
+                bucket.budget = budget  # time's changes only: nothing to write
+                break
+            written = await self._commit(bucket, budget, in_flight)
+            if written is None:
+                for waiter, _, _ in grants:
+                    if waiter.alive:
+                        heapq.heappush(bucket.heap, (int(waiter.priority), waiter.seq, waiter))
+                continue
+            for _ in ops:
+                bucket.ops.popleft()
+            self._deliver(bucket, written, grants)
+            if not grants:
+                break
+        else:
+            self._dirty[bucket] = None  # a long run of conflicts: come back after others
+        self._schedule(bucket)
+
+    def _peek(self, bucket: _Bucket) -> _Waiter | None:
+        while bucket.heap:
+            waiter = bucket.heap[0][2]
+            if not waiter.alive:
+                heapq.heappop(bucket.heap)
+            elif waiter.fut.done():  # its caller gave up; its handler has not run yet
+                heapq.heappop(bucket.heap)
+                self._kill(waiter)
+                self._n_cancelled += 1
+            else:
+                return waiter
+        return None
+
+    def _deliver(
+        self, bucket: _Bucket, epoch: str, grants: list[tuple[_Waiter, str, Grant]]
+    ) -> None:
+        now = self._local()
+        for waiter, slot_id, grant in grants:
+            slot = RedisSlot(
+                self,
+                bucket,
+                slot_id,
+                epoch,
+                waiter.priority,
+                granted_at=now,
+                probe=grant.probe,
+                waited=now - waiter.enqueued_at,
+            )
+            self._in_flight += 1
+            bucket.mine += 1
+            self._n_grants += 1
+            if not waiter.alive or waiter.fut.done():
+                slot._undo()  # its caller left during the round trip: give it back
+                continue
+            self._kill(waiter)
+            if slot.waited > 0.001:
+                self._waits.note(waiter.priority, slot.waited, "shared", now)
+            else:
+                self._n_immediate += 1
+            waiter.fut.set_result(slot)
+
+    def _refuse(self, bucket: _Bucket, retry_at: float) -> None:
+        """The server dictated a wait past max_server_wait: nobody waits for it."""
+        while (waiter := self._peek(bucket)) is not None:
+            heapq.heappop(bucket.heap)
+            self._kill(waiter)
+            self._n_rejected += 1
+            waiter.fut.set_exception(self._refused_error(retry_at))
+
+    def _schedule(self, bucket: _Bucket) -> None:
+        """When the task must look at the bucket again (local time), from the state seen."""
+        due: float | None = None
+        waiter = self._peek(bucket)
+        budget = bucket.budget
+        if waiter is not None and budget is not None:
+            now = self._shared()
+            when = budget.next_time(now, waiter.priority)
+            others = any(not slot_id.startswith(self._owner) for slot_id in bucket.in_flight)
+            local = self._local()
+            if when is not None:
+                due = local + max(when - now, 0.0)
+            if others or budget.in_flight > bucket.mine:
+                due = local + self._poll if due is None else min(due, local + self._poll)
+            if bucket.in_flight:  # a lease may run out
+                lease_end = min(float(r[3]) for r in bucket.in_flight.values()) - now + local
+                due = lease_end if due is None else min(due, lease_end)
+        bucket.due = due
+        if due is not None:
+            heapq.heappush(self._due, (due, next(self._seq), bucket))
 
     # ------------------------------------------------------------------ the one task
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self._closed:
             try:
                 if self._degraded:
-                    await self._sleep(loop, self._reconnect)
+                    await self._sleep(self._reconnect)
                     if self._closed:
                         break
-                    await self._redis.ping()
+                    self.busy += 1
+                    try:
+                        await self._redis.ping()
+                    finally:
+                        self.busy -= 1
                     self._degraded = False
                     logger.warning("zapier_async: Redis is reachable again; sharing the budget")
                     continue
-                await self._flush()
-                waiter = self._head()
-                if waiter is None:
-                    if self._ops:
-                        continue
-                    self._wake.clear()
-                    if not self._closed:
-                        await self._wake.wait()
+                now = self._local()
+                while self._due and self._due[0][0] <= now:
+                    when, _, bucket = heapq.heappop(self._due)
+                    if bucket.due == when:
+                        bucket.due = None
+                        self._dirty[bucket] = None
+                if self._dirty:
+                    bucket = next(iter(self._dirty))
+                    del self._dirty[bucket]
+                    await self._turn(bucket)
+                    self._expire(self._local())
                     continue
-                delay = await self._try_grant(loop)
-                if delay is None:
-                    continue
-                # Deadlines are checked after Redis said no, so max_wait=0 still tries once.
-                self._expire(loop.time())
-                while self._deadlines and not self._deadlines[0][2].alive:
-                    heapq.heappop(self._deadlines)
-                if self._deadlines:
-                    delay = min(delay, max(self._deadlines[0][0] - loop.time(), 0.0))
-                if not self._ops and self._head() is not None:
-                    await self._sleep(loop, delay)
+                self._expire(now)
+                await self._sleep(self._next_due())
             except (RedisError, OSError) as exc:
                 if not self._degraded:
                     self._degrade(exc)
 
-    async def _sleep(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
-        """Sleep ``delay`` seconds or until woken by a local event; no task is created."""
+    def _next_due(self) -> float | None:
+        due: float | None = None
+        while self._due:
+            when, _, bucket = self._due[0]
+            if bucket.due == when:
+                due = when
+                break
+            heapq.heappop(self._due)
+        while self._deadlines and not self._deadlines[0][2].alive:
+            heapq.heappop(self._deadlines)
+        if self._deadlines:
+            deadline = self._deadlines[0][0]
+            due = deadline if due is None else min(due, deadline)
+        return due
+
+    async def _sleep(self, until: float | None) -> None:
+        """Sleep until ``until`` (local time; None: until woken) or a local event."""
         self._wake.clear()
-        if self._closed:
+        if self._closed or self._dirty:
             return
-        handle = loop.call_later(max(delay, 0.0), self._wake.set)
+        handle = None
+        if until is not None:
+            handle = self._clock.call_later(until - self._local(), self._wake.set)
         try:
             await self._wake.wait()
         finally:
-            handle.cancel()
-
-    def _head(self) -> _Waiter | None:
-        # A waiter whose future is done was cancelled and has not run its handler yet.
-        while self._heap and (not self._heap[0][2].alive or self._heap[0][2].fut.done()):
-            heapq.heappop(self._heap)
-        return self._heap[0][2] if self._heap else None
+            if handle is not None:
+                handle.cancel()
 
     def _expire(self, now: float) -> None:
+        """Fail the waiters whose ``max_wait`` ran out (checked after a decision, so
+        ``max_wait=0`` still tries once)."""
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, waiter = heapq.heappop(self._deadlines)
-            if waiter.alive and not waiter.fut.done():
-                waiter.alive = False
-                self._live -= 1
-                self._n_expired += 1
-                retry_in = max((self.frozen_until or 0.0) - time.monotonic(), 0.0)
-                waiter.fut.set_exception(RateLimitedError(retry_in, time.time() + retry_in))
-
-    async def _try_grant(self, loop: asyncio.AbstractEventLoop) -> float | None:
-        """Ask Redis for one grant; None: granted (or nobody to give it to), else the wait."""
-        slot_id = f"{self._owner}:{next(self._ids)}"
-        reply = await self._acquire_script(
-            keys=[*self._keys, self._once_key(slot_id)],
-            args=[slot_id, repr(self._lease), self._once_ms],
-        )
-        if int(reply[0]) == 0:
-            wait = float(reply[1])
-            reason = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
-            self._last_reason = reason
-            if reason == "frozen":
-                self._freeze_locally(wait)
-            if wait < 0 or reason in ("probe", "boundary", "exhausted"):
-                return self._poll if wait < 0 else min(wait, self._poll)
-            return wait
-        self._last_reason = "granted"
-        now = loop.time()
-        waiter = self._head()
-        slot = RedisSlot(
-            self,
-            slot_id,
-            waiter.priority if waiter is not None else Priority.BULK,
-            granted_at=time.monotonic(),
-            probe=int(reply[1]) == 1,
-            answered_at_grant=int(reply[2]),
-            opener_seq=text(reply[3]),
-            epoch=text(reply[4]),
-            seq=text(reply[5]),
-            waited=0.0 if waiter is None else now - waiter.enqueued_at,
-        )
-        self._in_flight += 1
-        if waiter is None:  # everybody left while Redis answered
-            slot._undo()
-            return None
-        heapq.heappop(self._heap)
-        waiter.alive = False
-        self._live -= 1
-        self._n_grants += 1
-        if slot.waited > 0.001:
-            self._n_waits += 1
-            self._wait_total += slot.waited
-            self._wait_max = max(self._wait_max, slot.waited)
-        else:
-            self._n_immediate += 1
-        waiter.fut.set_result(slot)
-        return None
-
-    async def _flush(self) -> None:
-        while self._ops:
-            args, sent_at, recv_at, request_id = self._ops[0]
-            now = time.monotonic()
-            full = list(args)
-            if full[4] == "answer":
-                full[9] = repr(max(now - sent_at, 0.0))
-                full[10] = repr(max(now - recv_at, 0.0))
-            # ARGV: ..., freeze, default_period, narrow, open-ok, epoch, seq, once TTL
-            argv = [*full[:12], repr(self._period), repr(self._narrow), *full[12:], self._once_ms]
-            await self._record_script(keys=[*self._keys, self._once_key(request_id)], args=argv)
-            self._ops.popleft()
+            if not waiter.alive or waiter.fut.done():
+                continue
+            bucket = waiter.bucket
+            if bucket in self._dirty or bucket.state is None:
+                heapq.heappush(self._deadlines, (now, waiter.seq, waiter))
+                return  # decide on what Redis says first
+            self._kill(waiter)
+            self._n_expired += 1
+            budget = self._view_budget(bucket)
+            shared = self._shared()
+            estimate = budget.estimate(shared, 1 + sum(bucket.live[: waiter.priority + 1]))
+            waiter.fut.set_exception(RateLimitedError(estimate, self._clock.time() + estimate))
 
     def _degrade(self, exc: BaseException) -> None:
         self._degraded = True
         self._n_degraded += 1
-        self._ops.clear()  # their leases expire in Redis
+        for bucket in self._all():
+            bucket.ops.clear()  # their leases expire in Redis
+            bucket.state = None
+            bucket.budget = None
+        self._dirty.clear()
         logger.warning(
             "zapier_async: Redis unreachable (%s); pacing locally at %d requests per %.1fs",
             exc,
             *self._fallback_rate,
         )
         self._fallback_limiter()
-        while self._heap:
-            _, _, waiter = heapq.heappop(self._heap)
-            if waiter.alive and not waiter.fut.done():
-                waiter.alive = False
-                self._live -= 1
-                waiter.fut.set_result(None)  # go through the fallback limiter
+        self._fail_waiters(None)
 
-    def _fail_waiters(self, exc: BaseException) -> None:
-        while self._heap:
-            _, _, waiter = heapq.heappop(self._heap)
-            if waiter.alive and not waiter.fut.done():
-                waiter.alive = False
-                self._live -= 1
-                waiter.fut.set_exception(exc)
+    def _fail_waiters(self, exc: BaseException | None) -> None:
+        """Every waiter leaves: with ``exc``, or (None) to the fallback limiter."""
+        for bucket in self._all():
+            while bucket.heap:
+                _, _, waiter = heapq.heappop(bucket.heap)
+                if waiter.alive and not waiter.fut.done():
+                    self._kill(waiter)
+                    if exc is None:
+                        waiter.fut.set_result(None)
+                    else:
+                        waiter.fut.set_exception(exc)
         self._deadlines.clear()
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
-    "ACQUIRE",
+    "BUCKET_COMMIT",
+    "BUCKET_READ",
     "ONCE_TTL",
-    "RECORD",
     "STORE_BEGIN",
     "STORE_FAIL",
     "STORE_FORGET",
@@ -52,184 +52,38 @@ return reply
 """
 
 
-ACQUIRE: Final = once(
-    """
-local st, zs, pk = KEYS[1], KEYS[2], KEYS[3]
-local slot, lease = ARGV[1], tonumber(ARGV[2])
+# The shared limiter (`_limiter.RedisLimiter`): one hash per bucket, ``e`` (epoch: which
+# budget this is; a new one after Redis lost the state), ``v`` (version, +1 per write), ``s``
+# (the serialised `Budget` and its slots in flight). The rules run in Python; Redis only
+# keeps the state and lets one writer at a time replace it (compare-and-set on the version).
+
+BUCKET_READ: Final = """
+local f = redis.call('HMGET', KEYS[1], 'e', 'v', 's')
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local function num(f)
-  local v = redis.call('HGET', st, f)
-  if v then return tonumber(v) end
-  return nil
+return {f[1] or '', f[2] or '0', f[3] or '', t[1], t[2]}
+"""
+"""KEYS: the bucket. Reply: {epoch, version, state, server seconds, microseconds}."""
+
+BUCKET_COMMIT: Final = once(
+    """
+local k = KEYS[1]
+local f = redis.call('HMGET', k, 'e', 'v', 's')
+local e, v = f[1] or '', f[2] or '0'
+local t = redis.call('TIME')
+if e ~= ARGV[1] or v ~= ARGV[2] then
+  return {0, e, v, f[3] or '', t[1], t[2]}
 end
-local epoch = redis.call('HGET', st, 'epoch')
-if not epoch then
-  -- No budget here: first use, or Redis lost it (FLUSHALL, a restart without persistence,
-  -- an eviction). A new epoch starts in probe mode; slots granted before it belong to a
-  -- budget nobody knows any more (RECORD ignores their answers' budget), and whatever is
-  -- left of its in-flight set and probe lock goes with it.
-  epoch = t[1] .. '.' .. t[2] .. '/' .. slot
-  redis.call('DEL', zs, pk)
-  redis.call('HSET', st, 'epoch', epoch, 'probe_from', redis.call('HGET', st, 'granted') or '0')
-end
-local expired = redis.call('ZRANGEBYSCORE', zs, '-inf', now)
-if #expired > 0 then
-  redis.call('ZREMRANGEBYSCORE', zs, '-inf', now)
-  redis.call('HINCRBY', st, 'answered', #expired)
-end
-local function to_probe()
-  redis.call('HSET', st, 'mode', 'probe', 'probe_from', redis.call('HGET', st, 'granted') or '0')
-  redis.call('HDEL', st, 'anchor', 'reset_at', 'next_at', 'probe_at')
-  return 'probe'
-end
-local mode = redis.call('HGET', st, 'mode') or 'probe'
-local frozen = num('frozen_until')
-if frozen then
-  if now < frozen then return {0, tostring(frozen - now), 'frozen'} end
-  redis.call('HDEL', st, 'frozen_until')
-  mode = to_probe()
-end
-local granted = tonumber(redis.call('HGET', st, 'granted') or '0')
-if mode == 'window' and now >= num('reset_at') then mode = to_probe() end
-local probe = 0
-local function take_probe()
-  return redis.call('SET', pk, slot, 'NX', 'PX', math.max(1, math.floor(lease * 1000)))
-end
-local function paced(avail, until_)
-  local gap = math.max(until_ - now, 0) / avail
-  local burst = math.max(1, math.floor(avail * 0.1))
-  local next_at = num('next_at') or now
-  local allowed = next_at - (burst - 1) * gap
-  if allowed > now then return allowed - now end
-  redis.call('HSET', st, 'next_at', tostring(math.max(next_at, now) + gap))
-  return nil
-end
-if mode == 'probe' then
-  if not take_probe() then return {0, '-1', 'probe'} end
-  probe = 1
-elseif mode == 'window' then
-  local reset_at = num('reset_at')
-  local avail = num('anchor') - granted
-  local limit = num('limit')
-  if limit and avail > limit then avail = limit end
-  if avail <= 0 then return {0, tostring(reset_at - now), 'exhausted'} end
-  local probe_at = num('probe_at')
-  if probe_at and probe_at >= reset_at then probe_at = nil end
-  if probe_at and now < probe_at then
-    if avail <= 1 then return {0, tostring(probe_at - now), 'boundary'} end
-    local wait = paced(avail - 1, probe_at)
-    if wait then return {0, tostring(wait), 'paced'} end
-  elseif probe_at then
-    if not take_probe() then return {0, '-1', 'boundary'} end
-    probe = 1
-  else
-    local wait = paced(avail, reset_at)
-    if wait then return {0, tostring(wait), 'paced'} end
-  end
-end
-local seq = redis.call('HINCRBY', st, 'granted', 1)
-redis.call('ZADD', zs, tostring(now + lease), slot)
-return {1, tostring(probe), redis.call('HGET', st, 'answered') or '0',
-        redis.call('HGET', st, 'opener_seq') or '0', epoch, tostring(seq)}
+local nv = tostring(tonumber(v) + 1)
+redis.call('HSET', k, 'e', ARGV[4], 'v', nv, 's', ARGV[3])
+redis.call('PEXPIRE', k, ARGV[5])
+return {1, ARGV[4], nv, '', t[1], t[2]}
 """,
     store_if="reply[1] == 1",
 )
-
-RECORD: Final = once(
-    """
-local st, zs, pk = KEYS[1], KEYS[2], KEYS[3]
-local slot = ARGV[1]
-local answered_at_grant = tonumber(ARGV[2])
-local opener_seq_at_grant = ARGV[3]
-local probe = ARGV[4] == '1'
-local kind = ARGV[5]
-local remaining, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
-local reset_after, prec = tonumber(ARGV[8]), tonumber(ARGV[9])
-local sent_ago, recv_ago = tonumber(ARGV[10]), tonumber(ARGV[11])
-local freeze, default_period, narrow = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
-local seq = tonumber(ARGV[17])
--- Whether the slot was granted from the budget Redis holds now (not one Redis lost since).
-local ours = ARGV[16] ~= '' and redis.call('HGET', st, 'epoch') == ARGV[16]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local function num(f)
-  local v = redis.call('HGET', st, f)
-  if v then return tonumber(v) end
-  return nil
-end
-if slot ~= '' then
-  local held = redis.call('ZREM', zs, slot) == 1
-  if held and ours then
-    if kind == 'undo' then
-      redis.call('HINCRBY', st, 'granted', -1)
-    else
-      redis.call('HINCRBY', st, 'answered', 1)
-    end
-  end
-  if redis.call('GET', pk) == slot then redis.call('DEL', pk) end
-end
-if freeze then
-  local until_ = now + freeze
-  local cur = num('frozen_until')
-  if not cur or until_ > cur then redis.call('HSET', st, 'frozen_until', tostring(until_)) end
-  redis.call('HSET', st, 'mode', 'probe', 'probe_from', redis.call('HGET', st, 'granted') or '0')
-  redis.call('HDEL', st, 'anchor', 'reset_at', 'next_at', 'probe_at')
-  return 1
-end
--- A straggler tells nothing of the budget now: granted from a budget Redis lost (its
--- answers-at-grant count answers of that budget: a stale anchor), or granted before the
--- bucket went back to probing (its Remaining may predate the 429 or the window's end).
-if kind ~= 'answer' or not ours then return 0 end
-local mode = redis.call('HGET', st, 'mode') or 'probe'
-if mode == 'probe' and seq and seq <= (num('probe_from') or 0) then return 0 end
-if not remaining then
-  if mode == 'probe' and ARGV[15] == '1' then redis.call('HSET', st, 'mode', 'open') end
-  return 0
-end
-local recv, sent = now - recv_ago, now - sent_ago
-local hi = recv + (reset_after or default_period)
-if hi <= now then return 0 end
-local est = remaining + answered_at_grant + 1
-if mode ~= 'window' then
-  redis.call('HSET', st, 'mode', 'window', 'anchor', tostring(est), 'reset_at', tostring(hi))
-  redis.call('HDEL', st, 'next_at')
-else
-  if est > num('anchor') then redis.call('HSET', st, 'anchor', tostring(est)) end
-  if hi > num('reset_at') then redis.call('HSET', st, 'reset_at', tostring(hi)) end
-end
-if not limit then return 1 end
-redis.call('HSET', st, 'limit', tostring(limit))
-local p_lo, p_hi = num('p_lo'), num('p_hi')
-local opener_r = num('opener_r')
-if reset_after and remaining == limit - 1 then
-  local prev_s = num('opener_s')
-  if prev_s and sent <= prev_s then return 1 end
-  local lo_c, hi_c = hi - prec - recv, hi - sent
-  local new_lo, new_hi = math.max(p_lo or lo_c, lo_c), math.min(p_hi or hi_c, hi_c)
-  if prev_s then new_hi = math.min(new_hi, recv - prev_s) end
-  if new_lo > new_hi then new_lo, new_hi = lo_c, hi_c end
-  p_lo, p_hi, opener_r = new_lo, new_hi, recv
-  redis.call('HSET', st, 'opener_s', tostring(sent), 'opener_r', tostring(recv),
-             'p_lo', tostring(p_lo), 'p_hi', tostring(p_hi))
-  redis.call('HINCRBY', st, 'opener_seq', 1)
-elseif probe and opener_r and p_lo
-    and opener_seq_at_grant == (redis.call('HGET', st, 'opener_seq') or '0') then
-  p_lo = math.max(p_lo, sent - opener_r)
-  if p_lo > p_hi then
-    redis.call('HDEL', st, 'p_lo', 'p_hi', 'probe_at')
-    return 1
-  end
-  redis.call('HSET', st, 'p_lo', tostring(p_lo))
-end
-if opener_r and p_lo and p_hi then
-  local p = p_hi
-  if p_hi - p_lo > narrow then p = (p_lo + p_hi) / 2 end
-  redis.call('HSET', st, 'probe_at', tostring(opener_r + p))
-end
-return 1
-"""
-)
+"""KEYS: the bucket. ARGV: expected epoch ('' for none), expected version, new state, new
+epoch, TTL (ms). Reply: {1, epoch, new version, '', time...} when written; else {0, the
+epoch, version and state found, time...}: the caller recomputes from them and tries again.
+Run once per request id: a re-sent commit answers "written" and writes nothing more."""
 
 
 def text(value: object) -> str:
