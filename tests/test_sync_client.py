@@ -508,12 +508,26 @@ def test_options_pass_through_and_loop_bound_ones_are_refused(serve):
 def test_idempotency_key_needs_a_run_store(serve):
     fake = serve()
     with sync_client(fake) as client:
-        if "idempotency_key" in inspect.signature(za.ZapierClient.run).parameters:
-            pytest.skip("ZapierClient.run takes idempotency_key: covered by the run-store tests")
-        with pytest.raises(za.InvalidRequestError, match="run_store") as refused:
+        with pytest.raises(za.InvalidRequestError, match=r"run.store") as refused:
             client.run("core:x", authentication=None, idempotency_key="order-42")
         assert refused.value.field == "idempotency_key"
     assert fake.runs_created() == 0
+
+
+def test_idempotency_key_is_passed_through(serve):
+    if "idempotency_key" not in inspect.signature(za.ZapierClient.run).parameters:
+        pytest.skip("this ZapierClient has no run store yet")
+    from zapier_async._runstore import MemoryRunStore
+
+    fake = serve()
+    with sync_client(fake, run_store=MemoryRunStore()) as client:
+        first = client.run("core:x", authentication=None, idempotency_key="order-42")
+        again = client.run("core:x", authentication=None, idempotency_key="order-42")
+        assert again.id == first.id
+        assert again.result(timeout=10).status is za.RunStatus.SUCCESS
+        other = client.run("core:x", authentication=None, idempotency_key="order-43")
+        assert other.id != first.id
+    assert fake.runs_created() == 2
 
 
 # --- waits, interrupts, forks ---------------------------------------------------------------

@@ -45,6 +45,7 @@ from .models import Run, RunStatus
 
 if TYPE_CHECKING:
     import random
+    from collections.abc import Hashable
     from contextlib import AbstractContextManager
 
     from typing_extensions import Unpack
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from ._discovery import InputItem
     from ._limiter import LimiterLike, Priority
     from ._metrics import EventListener, Metrics
+    from ._runstore import RunStore
     from ._transport import Transport
     from .models import Action, ChoicePage, Connection, OutputField, StoredAction
 
@@ -95,6 +97,8 @@ class SyncClientOptions(TypedDict, total=False):
     long_poll: LongPoll | None
     callback_polling: CallbackPolling | None
     allow_insecure_callback_url_for_testing: bool
+    bucket_key: Callable[[Hashable, str], Hashable] | None
+    run_store: RunStore | None
 
 
 class _Default(enum.Enum):
