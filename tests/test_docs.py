@@ -160,3 +160,96 @@ def test_the_configuration_page_names_every_variable():
     page = (DOCS / "configuration.md").read_text(encoding="utf-8")
     missing = sorted(v for v in variables if f"`{v}`" not in page)
     assert not missing, f"docs/configuration.md does not mention {missing}"
+
+
+# --- documented arguments match the signatures -----------------------------------------------
+# mkdocs.yml turns griffe's `warn_unknown_params` off (griffe cannot see the __init__ that attrs
+# generates); this check does its job on the runtime signatures instead.
+
+REFERENCED = (
+    "zapier_async",
+    "zapier_async.errors",
+    "zapier_async.callbacks",
+    "zapier_async.testing",
+    "zapier_async.redis",
+    "zapier_async.journal",
+    "zapier_async.otel",
+    "zapier_async.prometheus",
+)
+ARG_LINE = re.compile(r"^(?P<indent> *)(?:\*{0,2})(?P<name>\w+)(?: \([^)]*\))?:(?: |$)")
+
+
+def _documented_args(doc: str) -> list[str]:
+    """The names in a Google-style ``Args:`` section."""
+    lines = inspect.cleandoc(doc).splitlines()
+    names: list[str] = []
+    for i, line in enumerate(lines):
+        if line.strip() not in ("Args:", "Arguments:", "Parameters:"):
+            continue
+        section_indent = len(line) - len(line.lstrip())
+        arg_indent = None
+        for body in lines[i + 1 :]:
+            if not body.strip():
+                continue
+            indent = len(body) - len(body.lstrip())
+            if indent <= section_indent:
+                break
+            if arg_indent is None:
+                arg_indent = indent
+            match = ARG_LINE.match(body)
+            if indent == arg_indent and match:
+                names.append(match.group("name"))
+    return names
+
+
+def _callables() -> list[tuple[str, Any]]:
+    found: dict[str, Any] = {}
+    for module_name in REFERENCED:
+        module = importlib.import_module(module_name)
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if inspect.isclass(obj):
+                found.setdefault(f"{obj.__module__}.{obj.__qualname__}", obj)
+                for attr, member in vars(obj).items():
+                    if not attr.startswith("_") and inspect.isfunction(member):
+                        found.setdefault(f"{obj.__module__}.{member.__qualname__}", member)
+            elif inspect.isfunction(obj):
+                found.setdefault(f"{obj.__module__}.{obj.__qualname__}", obj)
+    return sorted(found.items())
+
+
+def test_documented_arguments_are_in_the_signatures():
+    mismatches = []
+    checked = 0
+    for name, obj in _callables():
+        doc = obj.__doc__ or ""
+        if inspect.isclass(obj) and "Args:" not in doc:
+            doc = obj.__init__.__doc__ or ""
+        documented = _documented_args(doc)
+        if not documented:
+            continue
+        try:
+            signature = inspect.signature(obj)
+        except (TypeError, ValueError):
+            continue
+        checked += 1
+        unknown = [arg for arg in documented if arg not in signature.parameters]
+        if unknown:
+            mismatches.append(f"{name}: {unknown}")
+    assert checked >= 30
+    assert not mismatches, "documented arguments missing from signatures:\n" + "\n".join(mismatches)
+
+
+def test_the_args_reader_finds_names_and_skips_their_descriptions():
+    doc = """Summary.
+
+    Args:
+        client: A client.
+            Continued: not an argument.
+        *clients (ZapierClient): More.
+        **options: Passed on.
+
+    Returns:
+        value: not an argument.
+    """
+    assert _documented_args(doc) == ["client", "clients", "options"]
