@@ -470,7 +470,7 @@ async def measure(
             "process run: `FakeZapier` behind a fixed-window front counting every request "
             "(`first`: windows start at the first request; `aligned`: clock-aligned). "
             "minimum = max((k*N - L) / (L / W), N * E[d] / C), k = 2 polling, 1 callbacks. "
-            "req/run counts every request the server saw, 429s included. speed-up = "
+            "req/run and polls/run count every request the server saw, 429s included. speed-up = "
             "hand-written wall / library wall. 'late 429s' = 429s to requests that arrived "
             "after the first answer."
         ),
