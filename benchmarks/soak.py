@@ -43,7 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--slow-delay", type=float, default=2.0)
     parser.add_argument("--request-timeout", type=float, default=1.0)
+    # The cancellation storm (issue #14): callers cancelled at random awaits, creates given up
+    # by asyncio.wait_for, and the client closed with runs and creates in flight.
+    parser.add_argument("--cancel-rate", type=float, default=0.2)
+    parser.add_argument("--cancel-within", type=float, default=1.0)
+    parser.add_argument("--create-timeout", type=float, default=1.0)
+    parser.add_argument(
+        "--close-after-creates",
+        type=int,
+        default=None,
+        help="close the client once this many creates were answered (default: runs - 50)",
+    )
+    parser.add_argument("--no-storm", action="store_true", help="faults only, no cancellations")
     args = parser.parse_args(argv)
+    storm = not args.no_storm
+    close_after = args.close_after_creates
+    if close_after is None and storm:
+        close_after = max(args.runs - 50, 1)
 
     harness = _harness()
     config = harness.ChaosConfig(
@@ -57,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         durations=(0.0, 0.2),
         error_rate=0.05,
         max_poll_failures=50,
+        cancel_rate=args.cancel_rate if storm else 0.0,
+        cancel_within=args.cancel_within,
+        create_timeout=args.create_timeout if storm else None,
+        close_after_creates=close_after,
+        deadline=max(600.0, args.runs / 10),
     )
     # Resource warnings (an unclosed session or socket) are failures here, as in the tests.
     warnings.simplefilter("error", ResourceWarning)
@@ -64,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"soak: {args.runs} runs, fault rate {args.fault_rate:.0%}, faults {sorted(config.faults)}"
     )
+    if storm:
+        print(
+            f"  cancellation storm: {args.cancel_rate:.0%} of callers cancelled within "
+            f"{args.cancel_within:g} s, creates given up after {args.create_timeout:g} s, "
+            f"client closed after {close_after} creates"
+        )
     for line in report.lines():
         print("  " + line)
     if report.violations:
