@@ -607,7 +607,10 @@ def test_forked_child_gets_its_own_loop_thread(serve):
             warnings.simplefilter("ignore", DeprecationWarning)
             child = context.Process(target=_child, args=(client, done.id))
             child.start()
-        child.join(timeout=120)
+        child.join(timeout=60)
+        if child.is_alive():  # hung on the parent's loop: fail, leaving no process behind
+            child.kill()
+            child.join()
         assert child.exitcode == 0
         # The parent's client and loop are untouched by the child.
         assert loop_threads()[0].ident == parent_loop

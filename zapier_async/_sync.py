@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import enum
 import inspect
+import logging
 import os
 import threading
 import weakref
@@ -165,7 +166,10 @@ def _after_fork_in_child() -> None:
 
 def _close_all_at_exit() -> None:
     for client in list(_CLIENTS):
-        client.close()
+        try:
+            client.close()
+        except Exception:  # one failing close must not stop the others at exit
+            logging.getLogger("zapier_async").exception("closing %r at exit failed", client)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
