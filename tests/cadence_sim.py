@@ -11,15 +11,22 @@ The model:
   requests per `window` seconds; a window starts at the first request after the previous
   one ended (``align="first"``) or on multiples of `window` (``"aligned"``); a refused
   request gets a 429 with ``Retry-After`` = the seconds to the window's end, rounded up;
-- every request takes `rtt` seconds; the server acts on it at half its round trip (a run
-  starts when its create arrives, a read sees the run as it is when it arrives);
-- the library's limiter knows the window (as the real one does after the first answer),
-  sends nothing the server would refuse, serves waiters by priority (INTERACTIVE, POLL,
-  BULK), and spends the window as fast as the server allows;
+- every request takes a round trip of `rtt` +- `rtt_spread` seconds (loopback: 2-5 ms) plus
+  `server_latency`; the server acts on it at half its round trip (a run starts when its create
+  arrives, a read sees the run as it is when it arrives);
+- the library's limiter sends one request alone until the first answer (`Budget`'s probe
+  mode), then knows the window (as the real one does), sends nothing the server would
+  refuse, serves waiters by priority (INTERACTIVE, POLL, BULK), and spends the window as
+  fast as the server allows (``spend_window``) except that background requests leave
+  `reserve` of the limit to INTERACTIVE ones until just before the window may end
+  (``interactive_reserve``, released ``max(4 rtt, window / limit)`` before the end);
 - `run_many`: C workers; a worker holds its slot from before its create waits at the limiter
-  until its run is seen ended (Little's law); polls of an awaited run go at INTERACTIVE;
-- the planner's ``pressure`` callable sees the limiter: waiters per priority and the
-  window's remaining budget.
+  until its run is seen ended (Little's law); creates go at BULK, polls of an awaited run
+  (every run of `run_many`: its worker awaits the handle) at INTERACTIVE;
+- the planner's ``pressure`` callable sees the limiter as `_limits.Pressure` shows it:
+  waiters per priority, requests in flight, the window's remaining budget, its end, the
+  limit, and (extras the real one does not carry yet) ``now`` and the window's length
+  ``period``.
 
 Run ``python -m tests.cadence_sim`` for the table of the issue's workloads.
 """
@@ -49,7 +56,10 @@ class Workload:
     limit: float = math.inf
     window: float = 5.0
     concurrency: int = 50
-    rtt: float = 0.004
+    rtt: float = 0.0035
+    rtt_spread: float = 0.0015
+    server_latency: float = 0.0
+    reserve: float = 0.1  # the limiter's interactive_reserve
     align: str = "first"
     seed: int = 1
     interval: float = 0.5  # the hand-written loop's sleep
@@ -73,6 +83,11 @@ class Result:
     lags: list[float] = attrs.Factory(list)
     minimum: float = 0.0
     runs: int = 0
+    # The profile: (time sent, "create" | "poll" | "hit") per request, the slot-seconds
+    # spent waiting for the create's grant, on the create, and between a run's end and
+    # the answer that saw it.
+    sends: list[tuple[float, str]] = attrs.Factory(list)
+    create_waits: list[float] = attrs.Factory(list)
 
     @property
     def per_run(self) -> float:
@@ -164,28 +179,77 @@ class _Pressure:
     waiting_by_priority: tuple[int, int, int]
     remaining_estimate: int | None
     in_flight: int = 0
+    window_ends_at: float | None = None
+    limit: int | None = None
+    now: float = 0.0
+    period: float | None = None
+
+
+class _Latency:
+    """Each request's round trip: `rtt` +- `rtt_spread`, plus the server's latency."""
+
+    def __init__(self, w: Workload) -> None:
+        self.w = w
+        self.rng = random.Random(w.seed + 7)
+
+    def __call__(self) -> float:
+        w = self.w
+        spread = w.rtt_spread * (2.0 * self.rng.random() - 1.0)
+        return max(w.rtt + spread, 0.0) + w.server_latency
 
 
 class _Limiter:
-    """Knows the server's window; never sends what it would refuse; priority order."""
+    """Knows the server's window after its first answer; never sends what it would refuse;
+    priority order; background requests leave the interactive reserve (see the module)."""
 
     def __init__(self, loop: _Loop, server: _Server) -> None:
         self.loop, self.server = loop, server
+        w = server.w
         self.queues: list[deque[Callable[[], None]]] = [deque(), deque(), deque()]
         self.pumping = False
         self.in_flight = 0
+        self.known = not math.isfinite(w.limit)  # probe mode until the first answer
+        self.reserve = 0
+        if math.isfinite(w.limit) and w.reserve > 0:
+            self.reserve = max(1, math.ceil(w.reserve * w.limit))
+        self.release = max(4 * (w.rtt + w.server_latency), w.window / w.limit)
+        self.wake: float | None = None
 
     def submit(self, priority: int, send: Callable[[], None]) -> None:
         self.queues[priority].append(send)
         self.pump()
 
+    def answered(self) -> None:
+        self.in_flight -= 1
+        if not self.known:
+            self.known = True
+            self.pump()
+
     def pressure(self) -> _Pressure:
         q = self.queues
+        now = self.loop.now
+        limited = math.isfinite(self.server.w.limit)
         return _Pressure(
             (len(q[0]), len(q[1]), len(q[2])),
-            self.server.remaining(self.loop.now),
+            self.server.remaining(now) if self.known else None,
             self.in_flight,
+            self.server.window_end(now) if limited and self.server.start is not None else None,
+            int(self.server.w.limit) if limited and self.known else None,
+            now,
+            self.server.w.window if limited and self.known else None,
         )
+
+    def _later(self, t: float) -> None:
+        if self.wake is not None and self.wake <= t and self.wake > self.loop.now:
+            return
+        self.wake = t
+
+        def wake() -> None:
+            if self.wake == t:
+                self.wake = None
+            self.pump()
+
+        self.loop.at(t, wake)
 
     def pump(self) -> None:
         if self.pumping:
@@ -193,13 +257,27 @@ class _Limiter:
         self.pumping = True
         try:
             while any(self.queues):
-                remaining = self.server.remaining(self.loop.now)
-                if remaining is not None and remaining <= 0:
-                    self.loop.at(self.server.window_end(self.loop.now) + 1e-9, self.pump)
-                    return
-                queue = next(q for q in self.queues if q)
+                now = self.loop.now
+                if not self.known:
+                    if self.in_flight:
+                        return
+                    queue = next(q for q in self.queues if q)
+                else:
+                    remaining = self.server.remaining(now)
+                    if remaining is not None and remaining <= 0:
+                        self._later(self.server.window_end(now) + 1e-9)
+                        return
+                    if self.queues[INTERACTIVE]:
+                        queue = self.queues[INTERACTIVE]
+                    else:
+                        if remaining is not None and remaining <= self.reserve:
+                            release = self.server.window_end(now) - self.release
+                            if now < release:
+                                self._later(release)
+                                return
+                        queue = next(q for q in self.queues if q)
                 send = queue.popleft()
-                refused = self.server.admit(self.loop.now)
+                refused = self.server.admit(now)
                 assert refused is None
                 self.in_flight += 1
                 send()
@@ -256,10 +334,9 @@ def simulate_library(
     limiter = _Limiter(loop, server)
     planner = make_planner(limiter.pressure)
     rng = random.Random(w.seed + 1000)
+    latency = _Latency(w)
     durations = iter(_durations(w))
     result = Result(minimum=w.minimum(), runs=w.runs)
-    first_answer = [math.inf]
-    half = w.rtt / 2
     left = [w.runs]
 
     def worker() -> None:
@@ -267,16 +344,19 @@ def simulate_library(
         if duration is None:
             return
 
+        queued = loop.now
+
         def send_create() -> None:
-            sent = loop.now
+            sent, rtt = loop.now, latency()
             result.requests += 1
-            first_answer[0] = min(first_answer[0], sent + w.rtt)
-            loop.at(sent + w.rtt, lambda: created(sent + half + duration))
+            result.sends.append((sent, "create"))
+            result.create_waits.append(sent - queued)
+            loop.at(sent + rtt, lambda: created(sent + rtt / 2 + duration))
 
         limiter.submit(priority, send_create)
 
     def created(ends_at: float) -> None:
-        limiter.in_flight -= 1
+        limiter.answered()
         run = _Run(loop.now, ends_at)
         delay = planner.first_delay(run, "a", rng)
         schedule(run, delay)
@@ -296,16 +376,17 @@ def simulate_library(
         asked = loop.now
 
         def send() -> None:
-            sent = loop.now
+            sent, rtt = loop.now, latency()
             result.requests += 1
             result.polls += 1
-            ended = sent + half >= run.ends_at
-            loop.at(sent + w.rtt, lambda: answered(run, asked, sent, ended))
+            ended = sent + rtt / 2 >= run.ends_at
+            result.sends.append((sent, "hit" if ended else "poll"))
+            loop.at(sent + rtt, lambda: answered(run, asked, sent, ended))
 
         limiter.submit(INTERACTIVE, send)
 
     def answered(run: _Run, asked: float, sent: float, ended: bool) -> None:
-        limiter.in_flight -= 1
+        limiter.answered()
         attempt = run.poll_attempts
         run.poll_attempts += 1
         planner.round_trip(loop.now - asked)
@@ -333,26 +414,28 @@ def simulate_hand(w: Workload) -> Result:
     """The hand-written loop: sleep `interval` then check; on 429 sleep Retry-After."""
     loop = _Loop()
     server = _Server(w)
+    latency = _Latency(w)
     durations = iter(_durations(w))
     result = Result(minimum=w.minimum(), runs=w.runs)
     first_answer = [math.inf]
-    half = w.rtt / 2
     left = [w.runs]
 
-    def call(poll: bool, then: Callable[[], None]) -> None:
-        sent = loop.now
+    def call(poll: bool, then: Callable[[float], None]) -> None:
+        """Send one request; `then(arrived)` with its answer (429s retried)."""
+        sent, rtt = loop.now, latency()
         result.requests += 1
         if poll:
             result.polls += 1
-        retry = server.admit(sent + half)
+        arrived = sent + rtt / 2
+        retry = server.admit(arrived)
         if retry is not None:
             result.refused += 1
             if sent > first_answer[0]:
                 result.refused_late += 1
-            loop.at(sent + w.rtt + retry, lambda: call(poll, then))
+            loop.at(sent + rtt + retry, lambda: call(poll, then))
             return
-        first_answer[0] = min(first_answer[0], sent + w.rtt)
-        loop.at(sent + w.rtt, then)
+        first_answer[0] = min(first_answer[0], sent + rtt)
+        loop.at(sent + rtt, lambda: then(arrived))
 
     def worker() -> None:
         duration = next(durations, None)
@@ -360,14 +443,8 @@ def simulate_hand(w: Workload) -> Result:
             return
         box: list[float] = []
 
-        def created() -> None:
-            loop.at(loop.now + w.interval, check)
-
         def check() -> None:
-            asked = loop.now
-
-            def answered() -> None:
-                arrived = loop.now - w.rtt + half  # when this attempt reached the server
+            def answered(arrived: float) -> None:
                 if arrived >= box[0]:
                     result.lags.append(loop.now - box[0])
                     left[0] -= 1
@@ -377,17 +454,13 @@ def simulate_hand(w: Workload) -> Result:
                 else:
                     loop.at(loop.now + w.interval, check)
 
-            del asked
             call(True, answered)
 
-        def create() -> None:
-            def done() -> None:
-                box.append(loop.now - w.rtt + half + duration)
-                created()
+        def done(arrived: float) -> None:
+            box.append(arrived + duration)
+            loop.at(loop.now + w.interval, check)
 
-            call(False, done)
-
-        create()
+        call(False, done)
 
     for _ in range(min(w.concurrency, w.runs)):
         worker()
@@ -445,6 +518,25 @@ def _head_planner() -> Callable[[Callable[[], Any]], Any] | None:
 
 def _run_before(w: Workload, make: Callable[[Callable[[], Any]], Any]) -> Result:
     return simulate_library(w, make, seen_at=False)
+
+
+def profile(r: Result, window: float) -> str:
+    """Where the time goes: requests per window by kind, and the mean slot time."""
+    by: dict[int, dict[str, int]] = {}
+    for t, kind in r.sends:
+        row = by.setdefault(int(t // window), {"create": 0, "poll": 0, "hit": 0})
+        row[kind] += 1
+    lines = [
+        f"  create wait {statistics.fmean(r.create_waits or [0.0]):.2f} s  "
+        f"lag {r.lag:.2f} s  (per window: creates / polls still going / polls that hit)"
+    ]
+    cells = [
+        f"{k * window:5.0f}: {v['create']:3d}/{v['poll']:3d}/{v['hit']:3d}"
+        for k, v in sorted(by.items())
+    ]
+    for i in range(0, len(cells), 6):
+        lines.append("    " + "  ".join(cells[i : i + 6]))
+    return "\n".join(lines)
 
 
 def main() -> None:

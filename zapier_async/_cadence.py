@@ -36,11 +36,12 @@ Pure: no clock, no I/O.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Protocol
 
 import attrs
 
-__all__ = ["BudgetPrice", "PollRecord", "PressureLike"]
+__all__ = ["BudgetPrice", "PollRecord", "PressureLike", "best_level", "window_rate"]
 
 
 class PressureLike(Protocol):
@@ -130,3 +131,51 @@ class BudgetPrice:
         if level <= 0 or bound <= slack:
             return slack
         return float(slack * (bound / slack) ** (level / (self.levels - 1)))
+
+
+def window_rate(pressure: PressureLike | None) -> float | None:
+    """Requests per second the budget allows, if the limiter knows its window, else None.
+
+    Reads the optional ``limit`` and ``period`` (window length in seconds; ``window`` is
+    accepted too) of the pressure: a limiter that does not report them leaves the planner
+    on `BudgetPrice`'s feedback.
+    """
+    if pressure is None:
+        return None
+    limit = getattr(pressure, "limit", None)
+    period = getattr(pressure, "period", None) or getattr(pressure, "window", None)
+    if not limit or not period or not math.isfinite(limit) or period <= 0:
+        return None
+    return float(limit) / float(period)
+
+
+def best_level(
+    options: Sequence[tuple[float, float]],
+    *,
+    mean: float,
+    slots: int,
+    rate: float,
+    rtt: float = 0.0,
+) -> int:
+    """The plan that completes the most runs per second under both constraints.
+
+    Little's law: `slots` runs held each for ``mean + lag + rtt`` (a `run_many` slot is held
+    until its run is seen ended) complete ``slots / (mean + lag + rtt)`` runs per second;
+    a budget of `rate` requests per second completes ``rate / (1 + polls)``. The plan
+    maximising the smaller wins; among equals (the budget binds for all) the first one, so
+    `options` go from the cheapest in lag to the cheapest in polls... the fewest polls wins
+    anyway when the budget binds, as its throughput is strictly higher.
+
+    Args:
+        options: ``(expected polls, expected lag)`` of each candidate plan.
+        mean: The mean duration of the runs.
+        slots: Runs that may be in flight at once (in flight now plus creates waiting).
+        rate: Requests per second the budget allows.
+        rtt: A request's round trip (a slot is held for the create's too).
+    """
+    best, best_tp = 0, -math.inf
+    for i, (polls, lag) in enumerate(options):
+        tp = min(slots / max(mean + lag + rtt, 1e-9), rate / (1.0 + polls))
+        if tp > best_tp * (1.0 + 1e-9):
+            best, best_tp = i, tp
+    return best

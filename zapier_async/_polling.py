@@ -61,6 +61,7 @@ Pure: no clock, no I/O; the client tells it what happened (`observe`) and asks f
 
 from __future__ import annotations
 
+import bisect
 import collections
 import itertools
 import math
@@ -71,7 +72,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ._backoff import PollPolicy, SupportsRandom, next_poll_delay
-from ._cadence import BudgetPrice, PollRecord, PressureLike
+from ._cadence import BudgetPrice, PollRecord, PressureLike, best_level, window_rate
 
 if TYPE_CHECKING:
     from ._handle import RunHandle
@@ -228,6 +229,47 @@ def _trim(
     return bounds, masses
 
 
+def expect(
+    bounds: list[float], masses: list[float], plan: tuple[float, ...] | list[float]
+) -> tuple[float, float, float]:
+    """``(E[polls], E[lag], E[duration])`` of following `plan` for a cell distribution.
+
+    Mass is uniform within a cell; a run outliving the plan is counted one poll more and
+    a lag of a twentieth of the plan's length (the fallback cadence's first step is a tenth).
+    """
+    polls = lag = mean = 0.0
+    last = plan[-1] if plan else 0.0
+    for i, m in enumerate(masses):
+        if m <= 0.0:
+            continue
+        lo, hi = bounds[i], bounds[i + 1]
+        if math.isinf(hi):
+            mean += m * 1.1 * max(lo, last)
+            polls += m * (len(plan) + 2)
+            lag += m * 0.1 * last
+            continue
+        mean += m * (lo + hi) / 2
+        a = lo
+        k = bisect.bisect_left(plan, a) if a > 0.0 else 0
+        while a < hi:
+            # The stretch (a, b] is caught by plan[k], the first poll at or after b.
+            while k < len(plan) and plan[k] <= a:
+                k += 1
+            if k >= len(plan):
+                share = m * (hi - a) / (hi - lo)
+                polls += share * (len(plan) + 1)
+                lag += share * 0.05 * last
+                break
+            b = min(hi, plan[k])
+            share = m * (b - a) / (hi - lo) if hi > lo else m
+            polls += share * (k + 1)
+            lag += share * (plan[k] - (a + b) / 2)
+            a = b
+            if b == hi:
+                break
+    return polls, lag, mean
+
+
 @attrs.define(eq=False)
 class _Action:
     samples: collections.deque[tuple[float, float]]
@@ -240,6 +282,9 @@ class _Action:
     intervals: list[tuple[float, float]] = attrs.Factory(list)
     sharp: tuple[list[float], list[float]] | None = None
     plans: dict[int, tuple[float, ...]] = attrs.Factory(dict)
+    # (E[polls], E[lag]) of each level's plan, and the mean duration, from the estimate.
+    options: list[tuple[float, float]] | None = None
+    mean: float = 0.0
     first_hits: int = 0
     started: int = 0
     at_once_misses: int = 0
@@ -497,6 +542,7 @@ class AdaptivePolling:
             new = tuple(plan_polls(bounds, masses, self.cost))
             state.plans = {0: new} if new else {}
             state.sharp = None
+            state.options = None
             state.replan_every = min(2 * state.replan_every, self.window // 2)
             first_plan = state.plan is None
             state.plan = new
@@ -559,8 +605,30 @@ class AdaptivePolling:
         """
         if self.pressure is None:
             return 0
-        level, binds = self.price.update(self.pressure(), len(state.pending))
+        pressure = self.pressure()
+        rate = window_rate(pressure)
+        if rate is not None and state.plan and not cold:
+            # The window is known: the plan that completes the most runs per second.
+            assert pressure is not None
+            options = self._options(state)
+            slots = len(state.pending) + pressure.waiting_by_priority[2]
+            return best_level(options, mean=state.mean, slots=slots, rate=rate)
+        level, binds = self.price.update(pressure, len(state.pending))
         return self.price.levels - 1 if cold and binds else level
+
+    def _options(self, state: _Action) -> list[tuple[float, float]]:
+        """``(E[polls], E[lag])`` of the plan at each price level (once per estimate)."""
+        if state.options is None:
+            assert state.sharp is not None or state.plan
+            plans = [self._plan_at(state, level) for level in range(self.price.levels)]
+            assert state.sharp is not None or not state.plans
+            bounds, masses = state.estimate or state.sharp  # type: ignore[misc]
+            state.options = []
+            for plan in plans:
+                polls, lag, mean = expect(bounds, masses, plan)
+                state.options.append((polls, lag))
+            state.mean = mean
+        return state.options
 
     def _plan_at(self, state: _Action, level: int) -> tuple[float, ...]:
         """The action's plan at a price level (made once per estimate).
