@@ -13,6 +13,8 @@ import pytest
 aioredis = pytest.importorskip("redis.asyncio", reason="the 'redis' extra is not installed")
 
 
+from _redis_limiter_state import redis_now, stored  # noqa: E402
+
 import zapier_async as za  # noqa: E402
 from zapier_async.redis import RedisLimiter, RedisSlot  # noqa: E402
 
@@ -45,16 +47,21 @@ async def test_state_lives_in_redis_under_the_prefix(rclient):
         assert isinstance(slot, RedisSlot)
         assert slot.probe  # nothing is known yet: the first request probes
         assert limiter.in_flight == 1
-        assert await rclient.zcard("t:acct:inflight") == 1
+        _, in_flight, _ = await stored(rclient, "acct", prefix="t")
+        assert len(in_flight) == 1
         slot.record(200, _headers(10, 9, 60))
-    state = await rclient.hgetall("t:acct:state")
-    assert state[b"mode"] == b"window"
-    assert int(state[b"granted"]) == 1
-    assert int(state[b"answered"]) == 1
-    # Budget: Remaining 9 + 0 answers before the grant + 1 = anchor 10; 1 granted: 9 left.
-    assert float(state[b"anchor"]) - int(state[b"granted"]) == 9
-    assert await rclient.zcard("t:acct:inflight") == 0
-    assert await rclient.exists("t:acct:probe") == 0
+    # The bucket's hash: the very `Budget` of the in-memory limiter, serialised.
+    assert set(await rclient.hkeys("t:acct:bucket")) == {b"e", b"v", b"s"}
+    budget, in_flight, epoch = await stored(rclient, "acct", prefix="t")
+    view = budget.view(await redis_now(rclient))
+    assert view.mode == "window"
+    assert (budget.granted, budget.completed, budget.in_flight) == (1, 1, 0)
+    # Remaining 9 + 0 answers before the grant + 1 = 10; 1 granted: 9 left.
+    assert view.remaining == 9
+    assert view.limit == 10
+    assert in_flight == {}
+    assert epoch
+    assert 0 < await rclient.ttl("t:acct:bucket") <= 900  # bucket_idle
     assert limiter.in_flight == 0
 
 
@@ -97,8 +104,9 @@ async def test_a_cancelled_waiter_takes_nothing(rclient):
         assert limiter.waiting == 0
         assert limiter.in_flight == 0
         await cm.__aexit__(None, None, None)
-    assert int(await rclient.hget("zapier_async:ratelimit:c:state", "granted")) == 1
-    assert await rclient.zcard("zapier_async:ratelimit:c:inflight") == 0
+    budget, in_flight, _ = await stored(rclient, "c")
+    assert budget.granted == budget.completed == 1
+    assert in_flight == {}
 
 
 @pytest.mark.asyncio
@@ -106,16 +114,17 @@ async def test_slots_of_a_dead_process_expire_with_their_lease(rclient):
     dead = RedisLimiter(rclient, name="d", lease=0.2)
     await dead.slot().__aenter__()  # granted, never answered, never released
     await dead.aclose()  # nothing to flush: as if the process was killed
-    assert await rclient.zcard("zapier_async:ratelimit:d:inflight") == 1
+    _, in_flight, _ = await stored(rclient, "d")
+    assert len(in_flight) == 1
     alive = RedisLimiter(rclient, name="d", poll_interval=0.01)
-    # The probe lock and the in-flight entry lapse with the lease: the budget is not blocked
-    # forever, and the lapsed slot counts as answered.
+    # The probe and the in-flight entry lapse with the lease: the budget is not blocked
+    # forever, and the lapsed slot counts as done.
     async with alive, alive.slot() as slot:
         assert slot.probe
         slot.record(None, {})
-    state = await rclient.hgetall("zapier_async:ratelimit:d:state")
-    assert int(state[b"answered"]) == 2
-    assert await rclient.zcard("zapier_async:ratelimit:d:inflight") == 0
+    budget, in_flight, _ = await stored(rclient, "d")
+    assert budget.completed == 2
+    assert in_flight == {}
 
 
 @pytest.mark.asyncio

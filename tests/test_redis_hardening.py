@@ -23,6 +23,8 @@ from aiohttp import web  # noqa: TID251
 
 aioredis = pytest.importorskip("redis.asyncio", reason="the 'redis' extra is not installed")
 
+from _redis_limiter_state import redis_now, stored  # noqa: E402
+
 import zapier_async as za  # noqa: E402
 from zapier_async.redis import RedisLimiter, RedisSlot  # noqa: E402
 from zapier_async.testing._redis import RedisServer, StallProxy  # noqa: E402
@@ -58,20 +60,22 @@ async def test_an_acquire_stalled_past_the_socket_timeout_grants_one_slot(stalli
     async with RedisLimiter(client, name="s", lease=30.0, poll_interval=0.01) as limiter:
         async with limiter.slot() as slot:  # loads the scripts; no answer: still probing
             assert slot.probe
-        proxy.stall_next(limiter._acquire_script.sha.encode(), STALL)
-        # Before: the first run took the probe, the re-run found it taken and said "wait";
-        # nobody sent the probe and the budget was stuck until its 30 s lease ran out.
+        proxy.stall_next(limiter._commit_script.sha.encode(), STALL)
+        # The commit granting the probe runs twice; the re-run must answer "written" (else
+        # it sees its own write as a conflict, and the grant and the release it carries
+        # are computed and counted again).
         async with limiter.slot(max_wait=5.0) as slot:
             assert isinstance(slot, RedisSlot)
             assert slot.probe
             assert proxy.stalls == 1
-            assert await rclient.zcard("zapier_async:ratelimit:s:inflight") == 1
+            _, in_flight, _ = await stored(rclient, "s")
+            assert len(in_flight) == 1
             slot.record(200, {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "9"})
         await _drained(limiter)
-    state = await rclient.hgetall("zapier_async:ratelimit:s:state")
-    assert int(state[b"granted"]) == 2  # one per grant, not one per run of the script
-    assert int(state[b"answered"]) == 2  # a release counts as an answer
-    assert await rclient.zcard("zapier_async:ratelimit:s:inflight") == 0
+    budget, in_flight, _ = await stored(rclient, "s")
+    assert budget.granted == 2  # one per grant, not one per run of the script
+    assert budget.completed == 2  # a release counts as done
+    assert in_flight == {}
 
 
 @pytest.mark.asyncio
@@ -83,19 +87,20 @@ async def test_a_record_stalled_past_the_socket_timeout_is_applied_once(stalling
             slot.record(None, {})  # no response: loads the record script
         await _drained(limiter)
         async with limiter.slot() as slot:
-            proxy.stall_next(limiter._record_script.sha.encode(), STALL)
+            proxy.stall_next(limiter._commit_script.sha.encode(), STALL)
             slot.record(200, headers)  # the window's opener (Remaining = Limit - 1)
         await _drained(limiter)
         assert proxy.stalls == 1
-    state = await rclient.hgetall("zapier_async:ratelimit:r:state")
-    assert int(state[b"opener_seq"]) == 1  # learnt from once, not once per run
-    assert float(state[b"anchor"]) - int(state[b"granted"]) == 9  # Remaining 9
+    budget, _, _ = await stored(rclient, "r")
+    assert budget.completed == 2  # the answer counted once, not once per run
+    assert budget.in_flight == 0
+    assert budget.view(await redis_now(rclient)).remaining == 9  # Remaining 9
 
 
 async def _drained(limiter: RedisLimiter) -> None:
     """Wait until the limiter's background task wrote every recorded answer to Redis."""
     for _ in range(2000):
-        if not limiter._ops:
+        if not any(bucket.ops for bucket in limiter._all()):
             return
         await asyncio.sleep(0.005)
     raise AssertionError("recorded answers were not flushed")
@@ -244,22 +249,22 @@ async def test_a_grant_whose_waiter_left_during_the_round_trip_is_given_back(red
             async with RedisLimiter(client, name="x", poll_interval=0.005) as limiter:
                 async with limiter.slot() as slot:  # loads the scripts
                     slot.record(None, {})
-                proxy.stall_next(limiter._acquire_script.sha.encode(), 0.3)
+                proxy.stall_next(limiter._commit_script.sha.encode(), 0.3)
                 waiter = asyncio.ensure_future(limiter.slot().__aenter__())
-                await proxy.stalled.wait()  # our ACQUIRE is behind Redis's sleep
+                await proxy.stalled.wait()  # the commit granting it is behind Redis's sleep
                 waiter.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await waiter
                 # Redis grants the probe to nobody: it is given back, not counted.
                 async with limiter.slot(max_wait=2.0) as slot:
-                    assert slot.probe  # the probe lock was released at once
+                    assert slot.probe  # the probe was given back at once
                     slot.record(None, {})
                 await _drained(limiter)
                 assert limiter.in_flight == 0
                 assert limiter.waiting == 0
-                state = await client.hgetall("zapier_async:ratelimit:x:state")
-                assert int(state[b"granted"]) == int(state[b"answered"]) == 2
-                assert await client.zcard("zapier_async:ratelimit:x:inflight") == 0
+                budget, in_flight, _ = await stored(client, "x")
+                assert budget.granted == budget.completed == 2
+                assert in_flight == {}
         finally:
             await client.aclose()
 
@@ -296,10 +301,10 @@ async def test_callers_giving_up_at_the_limiter_leave_nothing_counted(rclient):
         await _drained(limiter)
         assert limiter.in_flight == 0
         assert limiter.waiting == 0
-        state = await rclient.hgetall("zapier_async:ratelimit:storm:state")
+        budget, in_flight, _ = await stored(rclient, "storm")
         # Only the grants a caller received were counted, and each was answered.
-        assert int(state[b"granted"]) == int(state[b"answered"]) == delivered > 0
-        assert await rclient.zcard("zapier_async:ratelimit:storm:inflight") == 0
+        assert budget.granted == budget.completed == delivered > 0
+        assert in_flight == {}
         async with limiter.slot(max_wait=2.0) as slot:  # not wedged
             slot.record(200, headers)
 
@@ -316,9 +321,11 @@ async def test_a_server_dictated_freeze_is_capped_by_max_server_wait(rclient):
         frozen = limiter.frozen_until
         assert frozen is not None
         assert frozen - time.monotonic() <= 30.0
-        redis_now = (await rclient.time())[0]
-        shared = float(await rclient.hget("zapier_async:ratelimit:cap:state", "frozen_until"))
-        assert 0 < shared - redis_now <= 31.0  # every process, not a day
+        now = await redis_now(rclient)
+        budget, _, _ = await stored(rclient, "cap")
+        shared = budget.view(now).frozen_until
+        assert shared is not None
+        assert 0 < shared - now <= 31.0  # every process, not a day
 
 
 @pytest.mark.asyncio

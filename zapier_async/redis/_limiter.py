@@ -416,9 +416,7 @@ class RedisLimiter(AsyncCloseable):
         """Redis round trips made (reads and commits), for measurements."""
         self.conflicts = 0
         """Commits that found another process's write first and were computed again."""
-        self.busy = 0
-        """Redis commands outstanding now (a test driving a `FakeClock` holds time still
-        while this is above 0)."""
+        self._io = 0  # Redis commands outstanding
 
         self._waits = _WaitLog(on_wait)
         self._n_grants = 0
@@ -603,6 +601,12 @@ class RedisLimiter(AsyncCloseable):
                         await self._turn(bucket)
         if self._fallback is not None:
             await self._fallback.aclose()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a Redis command is outstanding or work is pending (a test driving a
+        `FakeClock` holds time still meanwhile: a round trip takes no simulated time)."""
+        return bool(self._io or self._dirty)
 
     def __repr__(self) -> str:
         return (
@@ -873,11 +877,11 @@ class RedisLimiter(AsyncCloseable):
 
     async def _read(self, bucket: _Bucket) -> None:
         sent = self._local()
-        self.busy += 1
+        self._io += 1
         try:
             reply = await self._read_script(keys=[bucket.name])
         finally:
-            self.busy -= 1
+            self._io -= 1
         self.round_trips += 1
         self._note_time(reply, sent, self._local())
         self._take(bucket, text(reply[2]), text(reply[0]), text(reply[1]))
@@ -893,14 +897,14 @@ class RedisLimiter(AsyncCloseable):
         state = dump(budget, in_flight)
         request = f"{self._once_prefix}{self._owner}:c{next(self._ids)}"
         sent = self._local()
-        self.busy += 1
+        self._io += 1
         try:
             reply = await self._commit_script(
                 keys=[bucket.name, request],
                 args=[bucket.epoch, bucket.version, state, epoch, ttl_ms, self._once_ms],
             )
         finally:
-            self.busy -= 1
+            self._io -= 1
         self.round_trips += 1
         self._note_time(reply, sent, self._local())
         if int(reply[0]) == 1:
@@ -915,11 +919,11 @@ class RedisLimiter(AsyncCloseable):
     async def _turn(self, bucket: _Bucket) -> None:
         """Bring the bucket's recorded changes to Redis, grant whoever may go, and decide
         when to look again."""
+        fresh = False
         for _ in range(_MAX_ATTEMPTS):
-            if bucket.state is None or (
-                bucket.waiting() and self._local() - bucket.seen_at > self._poll
-            ):
-                await self._read(bucket)  # decide on a fresh state
+            if bucket.state is None:
+                await self._read(bucket)
+                fresh = True
             budget, in_flight = self._decode(bucket)
             epoch = bucket.epoch
             ops = list(bucket.ops)
@@ -950,9 +954,16 @@ class RedisLimiter(AsyncCloseable):
                     in_flight[slot_id] = [grant.sent, grant.completions, grant.probe, lease_end]
                     grants.append((waiter, slot_id, grant))
             if not grants and not changed and bucket.state is not None:
+                if not fresh and bucket.waiting() and self._local() - bucket.seen_at > self._poll:
+                    # A decision to wait is taken on a fresh state (another process may have
+                    # opened a window); a grant needs none: its commit fails if stale.
+                    await self._read(bucket)
+                    fresh = True
+                    continue
                 bucket.budget = budget  # time's changes only: nothing to write
                 break
             written = await self._commit(bucket, budget, in_flight)
+            fresh = True
             if written is None:
                 for waiter, _, _ in grants:
                     if waiter.alive:
@@ -1046,11 +1057,11 @@ class RedisLimiter(AsyncCloseable):
                     await self._sleep(self._reconnect)
                     if self._closed:
                         break
-                    self.busy += 1
+                    self._io += 1
                     try:
                         await self._redis.ping()
                     finally:
-                        self.busy -= 1
+                        self._io -= 1
                     self._degraded = False
                     logger.warning("zapier_async: Redis is reachable again; sharing the budget")
                     continue
