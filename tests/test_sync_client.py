@@ -167,7 +167,7 @@ def test_errors_keep_their_types_and_tracebacks(serve):
         # The frames of the loop side are kept, followed by the caller's.
         files = [frame.filename for frame in traceback.extract_tb(failed.value.__traceback__)]
         assert any(name.endswith("_handle.py") for name in files)
-        assert any(name.endswith("_sync.py") for name in files)
+        assert any(name.endswith("_sync_handles.py") for name in files)
 
         with pytest.raises(za.InvalidRequestError) as invalid:
             client.run(authentication=None)  # no action named

@@ -23,10 +23,7 @@ Handles from before the fork are detached in the child (resume them by continuat
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import concurrent.futures
-import contextlib
 import enum
 import inspect
 import logging
@@ -35,26 +32,25 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, TypedDict, TypeVar
-
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar
 
 from . import errors
 from ._client import ZapierClient
 from ._handle import RunHandle
-from .models import Run, RunStatus
+from ._sync_handles import SyncIterator, SyncRunHandle, SyncRunMany
+from ._sync_loop import CLOSED_MESSAGE, LOOP_THREAD_NAME, LoopThread, Session, refuse_in_event_loop
+from .models import Run
 
 if TYPE_CHECKING:
     import random
     from collections.abc import Hashable
-    from contextlib import AbstractContextManager
 
     from typing_extensions import Unpack
 
     from ._actions import CallbackPolling, LongPoll
     from ._auth import AuthProvider
     from ._backoff import PollPolicy, RetryPolicy
-    from ._bulk import Outcome, RunMany, RunRequest
+    from ._bulk import Outcome, RunRequest
     from ._clock import Clock
     from ._discovery import InputItem
     from ._limiter import LimiterLike, Priority
@@ -67,9 +63,6 @@ __all__ = ["LOOP_THREAD_NAME", "SyncClientOptions", "SyncIterator", "SyncRunHand
            "SyncRunMany", "SyncStoredActions", "SyncZapierClient"]  # fmt: skip
 
 T = TypeVar("T")
-
-LOOP_THREAD_NAME: Final = "zapier_async-loop"
-"""The name of the background event-loop thread (one per process at most)."""
 
 
 class SyncClientOptions(TypedDict, total=False):
@@ -116,40 +109,7 @@ Wait = float | None | _Default
 # --- the process's loop thread --------------------------------------------------------------
 
 
-class _LoopThread:
-    """The process's one event-loop thread, leased by every open sync client."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.leases = 0
-        self.cm: AbstractContextManager[BlockingPortal] | None = None
-        self.portal: BlockingPortal | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def acquire(self) -> tuple[BlockingPortal, asyncio.AbstractEventLoop]:
-        with self.lock:
-            if self.cm is None:
-                cm = start_blocking_portal(name=LOOP_THREAD_NAME)
-                portal = cm.__enter__()
-                self.loop = portal.call(asyncio.get_running_loop)
-                self.cm, self.portal = cm, portal
-            self.leases += 1
-            assert self.portal is not None
-            assert self.loop is not None
-            return self.portal, self.loop
-
-    def release(self) -> None:
-        # The last release stops the loop and joins its thread under the lock, so a client
-        # opened meanwhile waits and then starts a fresh thread: never two at once.
-        with self.lock:
-            self.leases -= 1
-            if self.leases or self.cm is None:
-                return
-            cm, self.cm, self.portal, self.loop = self.cm, None, None, None
-            cm.__exit__(None, None, None)
-
-
-_LOOP = _LoopThread()
+_LOOP = LoopThread()
 _CLIENTS: weakref.WeakSet[SyncZapierClient] = weakref.WeakSet()
 # Objects inherited from the parent by a forked child: kept alive, never closed (their
 # sockets and loop are the parent's), so no finaliser in the child touches them.
@@ -159,7 +119,7 @@ _INHERITED: list[object] = []
 def _after_fork_in_child() -> None:
     global _LOOP
     _INHERITED.append(_LOOP)
-    _LOOP = _LoopThread()
+    _LOOP = LoopThread()
     for client in list(_CLIENTS):
         client._forget_after_fork()
 
@@ -174,316 +134,6 @@ def _close_all_at_exit() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_close_all_at_exit)
-
-
-def _refuse_in_event_loop(what: str) -> None:
-    """A blocking call from a running event loop would stall it (or deadlock): refuse it."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    where = (
-        "on its own event-loop thread (e.g. in an on_event listener)"
-        if threading.current_thread().name == LOOP_THREAD_NAME
-        else "from a running event loop"
-    )
-    raise errors.InvalidRequestError(
-        f"SyncZapierClient.{what} blocks and cannot be called {where}; "
-        "in async code use zapier_async.ZapierClient and await it",
-        what,
-    )
-
-
-_CLOSED_MESSAGE: Final = "the client is closed"
-
-
-class _Session:
-    """One live generation of a sync client: the leased loop and the client built in it."""
-
-    __slots__ = ("background", "client", "futures", "loop", "pid", "portal")
-
-    def __init__(
-        self, portal: BlockingPortal, loop: asyncio.AbstractEventLoop, client: ZapierClient
-    ) -> None:
-        self.portal = portal
-        self.loop = loop
-        self.client = client
-        self.pid = os.getpid()
-        self.futures: set[concurrent.futures.Future[Any]] = set()
-        self.background: set[asyncio.Task[Any]] = set()
-
-    def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run ``await fn()`` on the loop; block the calling thread until it is done."""
-        try:
-            future = self.portal.start_task_soon(fn)
-        except RuntimeError:  # the portal stopped: the client was closed meanwhile
-            raise errors.InvalidRequestError(_CLOSED_MESSAGE) from None
-        return self._wait(future)
-
-    def call_sync(self, fn: Callable[[], T]) -> T:
-        """Run ``fn()`` on the loop (it touches loop-owned state); block until it is done."""
-        try:
-            future = self.portal.start_task_soon(_plain, fn)
-        except RuntimeError:
-            raise errors.InvalidRequestError(_CLOSED_MESSAGE) from None
-        return self._wait(future)
-
-    def _wait(self, future: concurrent.futures.Future[T]) -> T:
-        self.futures.add(future)
-        try:
-            return future.result()
-        except concurrent.futures.CancelledError:
-            # Only close() cancels a future that the caller still waits on.
-            raise errors.InvalidRequestError(
-                "the client was closed while this call was in progress"
-            ) from None
-        except BaseException:
-            # Interrupted while waiting (KeyboardInterrupt, ...): cancel only this call, on
-            # the loop, as an ordinary cancellation; the loop thread goes on.
-            if not future.done():
-                future.cancel()
-            raise
-        finally:
-            self.futures.discard(future)
-
-    def close_soon(self, closeable: Any) -> None:
-        """From any thread, without waiting: schedule ``await closeable.aclose()`` on the loop."""
-
-        def spawn() -> None:
-            task = asyncio.get_running_loop().create_task(closeable.aclose())
-            self.background.add(task)
-            task.add_done_callback(self.background.discard)
-
-        if self.pid == os.getpid():
-            with contextlib.suppress(RuntimeError):  # a closed loop holds nothing to release
-                self.loop.call_soon_threadsafe(spawn)
-
-
-async def _plain(fn: Callable[[], T]) -> T:
-    # Returned as is: the portal would await an awaitable result (a RunHandle is one).
-    return fn()
-
-
-# --- iterators and handles ----------------------------------------------------------------
-
-
-class _Done:
-    pass
-
-
-_END: Final = _Done()
-
-
-async def _next_or_end(iterator: AsyncIterator[T]) -> T | _Done:
-    try:
-        return await iterator.__anext__()
-    except StopAsyncIteration:
-        return _END
-
-
-class SyncIterator(Generic[T]):
-    """A blocking iterator over an async iterator that lives on the client's loop.
-
-    Each `next()` waits for one item. `close()` (or leaving ``with``) closes the underlying
-    async iterator on the loop; one that is dropped unclosed is closed there in the
-    background.
-    """
-
-    __slots__ = ("_closed", "_iterator", "_owner", "_session")
-
-    def __init__(self, owner: SyncZapierClient, session: _Session, iterator: Any) -> None:
-        self._owner = owner
-        self._session = session
-        self._iterator: Any = iterator
-        self._closed = False
-
-    def __iter__(self) -> SyncIterator[T]:
-        return self
-
-    def __next__(self) -> T:
-        if self._closed:
-            raise StopIteration
-        _refuse_in_event_loop("__next__")
-        session = self._owner._check_session(self._session)
-        item: T | _Done = session.call(lambda: _next_or_end(self._iterator))
-        if isinstance(item, _Done):
-            self._closed = True
-            raise StopIteration
-        return item
-
-    def close(self) -> None:
-        """Stop iterating and release what the iterator holds on the loop. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        aclose = getattr(self._iterator, "aclose", None)
-        if aclose is None or not self._owner._is_live(self._session):
-            return
-        _refuse_in_event_loop("close")
-        self._session.call(aclose)
-
-    def __enter__(self) -> SyncIterator[T]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True) and hasattr(self._iterator, "aclose"):
-            # Dropped mid-iteration in whatever thread the GC runs: hand it to the loop.
-            self._session.close_soon(self._iterator)
-
-
-class SyncRunMany(SyncIterator["Outcome"]):
-    """`SyncZapierClient.run_many`: a blocking iterator of `Outcome`, in completion order.
-
-    Breaking out of the loop and dropping it (or `close()`) stops submitting, as
-    `RunMany.aclose()` does.
-    """
-
-    __slots__ = ()
-
-    def unfinished(self) -> list[Outcome]:
-        """Runs accepted but not yet reported (see `RunMany.unfinished`)."""
-        job: RunMany = self._iterator
-        return self._owner._call_sync(lambda _: job.unfinished(), self._session)
-
-    @property
-    def refusal(self) -> BaseException | None:
-        """The job-wide refusal that stopped new creates, if any (see `RunMany.refusal`)."""
-        job: RunMany = self._iterator
-        return job.refusal
-
-
-class SyncRunHandle:
-    """The blocking handle of one action run (`SyncZapierClient.run`, `resume`, ...).
-
-    Wraps a `RunHandle` that lives on the client's loop: `status` stays live without any
-    thread waiting; `result()` blocks only the calling thread.
-    """
-
-    __slots__ = ("_handle", "_owner", "_session")
-
-    def __init__(self, owner: SyncZapierClient, session: _Session, handle: RunHandle) -> None:
-        self._owner = owner
-        self._session = session
-        self._handle = handle
-
-    @property
-    def id(self) -> str:
-        """The run id Zapier returned."""
-        return self._handle.id
-
-    @property
-    def status(self) -> RunStatus:
-        """The latest status seen; updated by the client's poller in the background."""
-        return self._handle.status
-
-    @property
-    def run(self) -> Run | None:
-        """The latest `Run` read (None before the first read)."""
-        return self._handle.run
-
-    @property
-    def callback_token(self) -> str | None:
-        """The secret this run's `callback_url` carries (see `RunHandle.callback_token`)."""
-        return self._handle.callback_token
-
-    @property
-    def async_handle(self) -> RunHandle:
-        """The underlying `RunHandle` (use it only on the client's loop)."""
-        return self._handle
-
-    def done(self) -> bool:
-        """True once the run ended, failed to be followed, or the handle was cancelled."""
-        return self._handle.done()
-
-    def continuation_token(self) -> str:
-        """A versioned string that `resume()` accepts, in any process; it holds no secret."""
-        return self._handle.continuation_token()
-
-    def result(self, timeout: float | None = None) -> Run:
-        """Block until the run ends; return the final `Run` when it succeeded.
-
-        Args:
-            timeout: Seconds to wait at most (on the client's clock). None waits as long as
-                it takes.
-
-        Raises:
-            RunFailedError: The run ended with status ``error``; `.run` has its errors.
-            RunTimeoutError: `timeout` ran out. Nothing is cancelled at Zapier and the run is
-                still polled: call `result()` again later.
-            RunDetachedError: Polling stopped (handle cancelled, client closed, or the handle
-                was inherited across a fork: resume it by continuation token).
-            InvalidRequestError: Called from a running event loop.
-        """
-        if self._handle.done():
-            return _settled(self._handle)
-        _refuse_in_event_loop("result")
-        session = self._live_session()
-        return session.call(lambda: self._handle.result(timeout))
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the run ends or `timeout` runs out; never raises the run's outcome.
-
-        Returns:
-            `done()`: True if the handle is done (call `result()` for the outcome).
-        """
-        if self._handle.done():
-            return True
-        _refuse_in_event_loop("wait")
-        session = self._live_session()
-        return session.call(lambda: _wait_done(self._handle, timeout))
-
-    def updates(self) -> SyncIterator[RunStatus]:
-        """A blocking iterator of the current status, then each change (see `RunHandle.updates`)."""
-        _refuse_in_event_loop("updates")
-        session = self._live_session()
-        return SyncIterator(self._owner, session, self._handle.updates())
-
-    def cancel(self) -> bool:
-        """Stop following this run locally (nothing is cancelled at Zapier); see `RunHandle`."""
-        if self._handle.done():
-            return False
-        _refuse_in_event_loop("cancel")
-        return self._live_session().call_sync(self._handle.cancel)
-
-    def _live_session(self) -> _Session:
-        if not self._owner._is_live(self._session):
-            reason = (
-                "the process forked; this handle belongs to the parent's event loop"
-                if self._session.pid != os.getpid()
-                else "client closed"
-            )
-            raise errors.RunDetachedError(self.id, reason)
-        return self._session
-
-    def __repr__(self) -> str:
-        state = "done" if self._handle.done() else "pending"
-        return f"<SyncRunHandle id={self.id!r} status={self.status.value!r} {state}>"
-
-
-def _settled(handle: RunHandle) -> Run:
-    """The outcome of a done handle, without a loop: its `result()` returns at once."""
-    coroutine = handle.result()
-    try:
-        coroutine.send(None)
-    except StopIteration as stop:
-        run: Run = stop.value
-        return run
-    coroutine.close()  # pragma: no cover (a done handle never waits)
-    raise AssertionError("a done RunHandle waited")  # pragma: no cover
-
-
-async def _wait_done(handle: RunHandle, seconds: float | None) -> bool:
-    with contextlib.suppress(errors.ZapierError):
-        await handle.result(seconds)
-    return handle.done()
 
 
 class SyncStoredActions:
@@ -613,16 +263,16 @@ class SyncZapierClient:
         self._options: dict[str, Any] = {"auth": auth, **options}
         self._lock = threading.Lock()
         self._closed = False
-        self._state: _Session | None = None
+        self._state: Session | None = None
         self.stored_actions: SyncStoredActions = SyncStoredActions(self)
         """Stored actions of the Actions API, blocking (see `StoredActions`)."""
-        _refuse_in_event_loop("__init__")
+        refuse_in_event_loop("__init__")
         self._state = self._open()
         _CLIENTS.add(self)
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def _open(self) -> _Session:
+    def _open(self) -> Session:
         portal, loop = _LOOP.acquire()
         options = self._options
 
@@ -636,38 +286,27 @@ class SyncZapierClient:
         except BaseException:
             _LOOP.release()
             raise
-        return _Session(portal, loop, client)
+        return Session(portal, loop, client)
 
     def _forget_after_fork(self) -> None:
         # In a forked child: the parent's loop thread does not exist here. Drop (never use,
         # never close) everything bound to it; the next call opens a fresh session.
         self._lock = threading.Lock()
         if self._state is not None:
+            self._state.closed = True
             _INHERITED.append(self._state)
             self._state = None
 
-    def _session(self) -> _Session:
+    def _session(self) -> Session:
         state = self._state
         if state is not None:
             return state
         with self._lock:
             if self._closed:
-                raise errors.InvalidRequestError(_CLOSED_MESSAGE)
+                raise errors.InvalidRequestError(CLOSED_MESSAGE)
             if self._state is None:
                 self._state = self._open()
             return self._state
-
-    def _is_live(self, session: _Session) -> bool:
-        return session is self._state and session.pid == os.getpid()
-
-    def _check_session(self, session: _Session) -> _Session:
-        if not self._is_live(session):
-            if session.pid != os.getpid():
-                raise errors.InvalidRequestError(
-                    "this object belongs to the parent process's event loop (the process forked)"
-                )
-            raise errors.InvalidRequestError(_CLOSED_MESSAGE)
-        return session
 
     def close(self) -> None:
         """Close the client on its loop, then release the loop thread. Idempotent.
@@ -679,7 +318,7 @@ class SyncZapierClient:
         """
         if self._closed:
             return
-        _refuse_in_event_loop("close")
+        refuse_in_event_loop("close")
         with self._lock:
             if self._closed:
                 return
@@ -688,6 +327,7 @@ class SyncZapierClient:
         _CLIENTS.discard(self)
         if session is None or session.pid != os.getpid():
             return
+        session.closed = True  # handles and iterators refuse new calls from now on
         try:
             session.call(session.client.aclose)
         finally:
@@ -725,28 +365,28 @@ class SyncZapierClient:
     # --- the bridge -------------------------------------------------------------------------
 
     def _call(self, fn: Callable[[ZapierClient], Awaitable[T]]) -> T:
-        _refuse_in_event_loop(getattr(fn, "__name__", "call"))
+        refuse_in_event_loop(getattr(fn, "__name__", "call"))
         session = self._session()
         client = session.client
         return session.call(lambda: fn(client))
 
-    def _call_sync(self, fn: Callable[[ZapierClient], T], session: _Session | None = None) -> T:
-        _refuse_in_event_loop("call")
-        session = self._session() if session is None else self._check_session(session)
+    def _call_sync(self, fn: Callable[[ZapierClient], T], session: Session | None = None) -> T:
+        refuse_in_event_loop("call")
+        session = self._session() if session is None else session.check()
         client = session.client
         return session.call_sync(lambda: fn(client))
 
     def _call_handle(self, fn: Callable[[ZapierClient], Awaitable[RunHandle]]) -> SyncRunHandle:
-        _refuse_in_event_loop("run")
+        refuse_in_event_loop("run")
         session = self._session()
         client = session.client
-        return SyncRunHandle(self, session, session.call(lambda: fn(client)))
+        return SyncRunHandle(session, session.call(lambda: fn(client)))
 
     def _iterate(self, fn: Callable[[ZapierClient], AsyncIterator[T]]) -> SyncIterator[T]:
-        _refuse_in_event_loop("iterate")
+        refuse_in_event_loop("iterate")
         session = self._session()
         client = session.client
-        return SyncIterator(self, session, session.call_sync(lambda: fn(client)))
+        return SyncIterator(session, session.call_sync(lambda: fn(client)))
 
     # --- runs -------------------------------------------------------------------------------
 
@@ -827,13 +467,13 @@ class SyncZapierClient:
         callback_token: str | None = None,
     ) -> SyncRunHandle:
         """Follow a run again from its id or continuation token; see `ZapierClient.resume`."""
-        _refuse_in_event_loop("resume")
+        refuse_in_event_loop("resume")
         session = self._session()
         client = session.client
         handle = session.call_sync(
             lambda: client.resume(token_or_run_id, callback=callback, callback_token=callback_token)
         )
-        return SyncRunHandle(self, session, handle)
+        return SyncRunHandle(session, handle)
 
     def get_run(self, run_id: str, *, max_rate_limit_wait: Wait = _DEFAULT) -> Run:
         """Read a run's current state once; see `ZapierClient.get_run`."""
@@ -864,7 +504,7 @@ class SyncZapierClient:
         `requests` is read lazily on the loop thread (keep its ``next()`` quick), and the
         hooks are called there too.
         """
-        _refuse_in_event_loop("run_many")
+        refuse_in_event_loop("run_many")
         session = self._session()
         client = session.client
         job = session.call_sync(
@@ -876,7 +516,7 @@ class SyncZapierClient:
                 on_submitted=on_submitted,
             )
         )
-        return SyncRunMany(self, session, job)
+        return SyncRunMany(session, job)
 
     def gather(
         self,
