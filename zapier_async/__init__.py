@@ -27,7 +27,10 @@ from ._metrics import (
     RetryEvent,
     RunEvent,
 )
+from ._runstore import DEFAULT_RUN_STORE_TTL, Claim, MemoryRunStore, RunStore
 from ._stored import StoredActions
+from ._sync import SyncClientOptions, SyncStoredActions, SyncZapierClient
+from ._sync_handles import SyncIterator, SyncRunHandle, SyncRunMany
 from ._transport import AiohttpTransport, Transport
 from .errors import (
     ActionNotFoundError,
@@ -70,6 +73,7 @@ from .models import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "DEFAULT_RUN_STORE_TTL",
     "APIError",
     "Action",
     "ActionNotFoundError",
@@ -81,6 +85,7 @@ __all__ = [
     "CallbackPolling",
     "Choice",
     "ChoicePage",
+    "Claim",
     "ClientCredentials",
     "Clock",
     "Connection",
@@ -97,6 +102,7 @@ __all__ = [
     "LimiterLike",
     "LimiterStats",
     "LongPoll",
+    "MemoryRunStore",
     "Metrics",
     "NoConnectionError",
     "Outcome",
@@ -121,9 +127,16 @@ __all__ = [
     "RunMany",
     "RunRequest",
     "RunStatus",
+    "RunStore",
     "RunTimeoutError",
     "StoredAction",
     "StoredActions",
+    "SyncClientOptions",
+    "SyncIterator",
+    "SyncRunHandle",
+    "SyncRunMany",
+    "SyncStoredActions",
+    "SyncZapierClient",
     "SystemClock",
     "TokenRequestError",
     "Transport",
