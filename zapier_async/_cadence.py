@@ -30,6 +30,12 @@ waiting at the limiter, the level falls and plans buy lag back with polls until 
 binds again; it settles where the two constraints cross, which is where completed runs per
 second peak (``min(R / (1 + polls), C / (duration + lag))``).
 
+When the limiter reports its window (``limit`` and ``period``: `window_rate`), a run with
+a plan is priced by a model instead (`best_level`): of the plans at each level, the one
+whose expected polls and lag (from the estimate) complete the most runs per second under
+both constraints. The feedback above remains for limiters that do not report them and for
+runs with no plan yet.
+
 Pure: no clock, no I/O.
 """
 
@@ -162,9 +168,10 @@ def best_level(
     Little's law: `slots` runs held each for ``mean + lag + rtt`` (a `run_many` slot is held
     until its run is seen ended) complete ``slots / (mean + lag + rtt)`` runs per second;
     a budget of `rate` requests per second completes ``rate / (1 + polls)``. The plan
-    maximising the smaller wins; among equals (the budget binds for all) the first one, so
-    `options` go from the cheapest in lag to the cheapest in polls... the fewest polls wins
-    anyway when the budget binds, as its throughput is strictly higher.
+    maximising the smaller wins (the first of equals). When the budget binds for every
+    plan that is the one with the fewest polls; with no budget, the one with the least lag.
+    It ignores the window's quantisation: a poll that misses after the window is spent
+    waits for the next one (measured in ``tests/cadence_sim.py``).
 
     Args:
         options: ``(expected polls, expected lag)`` of each candidate plan.
