@@ -197,6 +197,9 @@ async def test_pressure_is_read_only_and_shows_the_line() -> None:
         assert p.window_ends_at is not None
         assert 20.0 <= p.window_ends_at <= 21.5
         assert p.next_free_at >= p.window_ends_at  # nothing left before the window ends
+        assert p.period is not None
+        assert 20.0 <= p.period <= 21.5  # the window's length, learnt from its Reset
+        assert p.now == clock.monotonic()
         for task in (*tasks, bulk):
             task.cancel()
         await asyncio.gather(*tasks, bulk, return_exceptions=True)

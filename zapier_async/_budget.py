@@ -259,6 +259,7 @@ class BudgetView:
         remaining: Requests that may still be sent in the current window, if known.
         window_ends_at: When the current window certainly ends, if known.
         frozen_until: When the current freeze ends, if frozen.
+        period: The window's length in seconds as learnt (the longest Reset seen), if known.
     """
 
     mode: str
@@ -266,6 +267,7 @@ class BudgetView:
     remaining: int | None
     window_ends_at: float | None
     frozen_until: float | None
+    period: float | None = None
 
 
 class _Window:
@@ -565,6 +567,7 @@ class Budget:
             remaining=max(self._available(w), 0) if w is not None else None,
             window_ends_at=w.hi if w is not None else None,
             frozen_until=frozen if frozen is not None and frozen > now else None,
+            period=self._period,
         )
 
     def idle(self, now: float) -> bool:

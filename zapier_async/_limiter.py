@@ -371,6 +371,8 @@ class Limiter(AsyncCloseable):
             frozen_until=view.frozen_until,
             mode=view.mode,
             limit=view.limit,
+            period=view.period,
+            now=now,
         )
 
     def estimate_wait(self, priority: Priority, n: int = 1, key: Hashable = None) -> float:

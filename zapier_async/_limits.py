@@ -114,6 +114,9 @@ class Pressure:
         frozen_until: When the bucket's freeze ends, if frozen.
         mode: ``"probe"``, ``"open"`` or ``"window"``.
         limit: Requests per window, if known.
+        period: The window's length in seconds, if learnt.
+        now: The limiter clock's monotonic time when this was read (the time base of
+            ``window_ends_at``, ``next_free_at`` and ``frozen_until``).
     """
 
     waiting_by_priority: tuple[int, int, int]
@@ -124,6 +127,8 @@ class Pressure:
     frozen_until: float | None
     mode: str
     limit: int | None
+    period: float | None = None
+    now: float | None = None
 
 
 class _SlotOwner(Protocol):
