@@ -23,10 +23,10 @@ The model:
 - `run_many`: C workers; a worker holds its slot from before its create waits at the limiter
   until its run is seen ended (Little's law); creates go at BULK, polls of an awaited run
   (every run of `run_many`: its worker awaits the handle) at INTERACTIVE;
-- the planner's ``pressure`` callable sees the limiter as `_limits.Pressure` shows it:
-  waiters per priority, requests in flight, the window's remaining budget, its end, the
-  limit, and (extras the real one does not carry yet) ``now`` and the window's length
-  ``period``.
+- the planner's ``pressure`` callable gets the real `_limits.Pressure` value, filled as
+  `Limiter.pressure()` fills it (see `_Limiter.pressure`): times on the simulated clock,
+  ``period`` and ``window_ends_at`` as whole-second ``Reset`` values let the budget learn
+  them (a second over the truth at most), nothing known before the first answer.
 
 Run ``python -m tests.cadence_sim`` for the table of the issue's workloads.
 """
@@ -44,9 +44,12 @@ from typing import Any
 
 import attrs
 
+from zapier_async._limits import Pressure
+
 __all__ = ["Result", "Workload", "simulate_hand", "simulate_library"]
 
 INTERACTIVE, POLL, BULK = 0, 1, 2
+_PRECISION = 1.0  # the server's Reset is in whole seconds
 
 
 @attrs.frozen
@@ -174,17 +177,6 @@ class _Server:
         return max(int(self.w.limit) - self.count, 0)
 
 
-@attrs.frozen
-class _Pressure:
-    waiting_by_priority: tuple[int, int, int]
-    remaining_estimate: int | None
-    in_flight: int = 0
-    window_ends_at: float | None = None
-    limit: int | None = None
-    now: float = 0.0
-    period: float | None = None
-
-
 class _Latency:
     """Each request's round trip: `rtt` +- `rtt_spread`, plus the server's latency."""
 
@@ -225,18 +217,40 @@ class _Limiter:
             self.known = True
             self.pump()
 
-    def pressure(self) -> _Pressure:
+    def pressure(self) -> Pressure:
+        """The bucket as the real `Limiter.pressure()` shows it (the real `Pressure` value).
+
+        Times are on the simulated clock (the limiter's monotonic clock). As in the real
+        budget: nothing is known in probe mode (before the first answer); ``period`` is the
+        longest ``Reset`` seen plus its precision (whole seconds: the window plus 1 s) and
+        ``window_ends_at`` the latest the window can end by those whole-second values (its
+        true end plus up to 1 s); unlimited, the mode is ``"open"`` and nothing is known.
+        """
         q = self.queues
         now = self.loop.now
-        limited = math.isfinite(self.server.w.limit)
-        return _Pressure(
-            (len(q[0]), len(q[1]), len(q[2])),
-            self.server.remaining(now) if self.known else None,
-            self.in_flight,
-            self.server.window_end(now) if limited and self.server.start is not None else None,
-            int(self.server.w.limit) if limited and self.known else None,
-            now,
-            self.server.w.window if limited and self.known else None,
+        w = self.server.w
+        limited = math.isfinite(w.limit)
+        known = limited and self.known
+        remaining = self.server.remaining(now) if known else None
+        ends = self.server.window_end(now) + _PRECISION if known else None
+        if not self.known:
+            free = math.inf if self.in_flight else now  # the probe's answer comes first
+        elif remaining is None or remaining > self.reserve + sum(len(x) for x in q):
+            free = now
+        else:
+            assert ends is not None
+            free = ends - _PRECISION
+        return Pressure(
+            waiting_by_priority=(len(q[0]), len(q[1]), len(q[2])),
+            in_flight=self.in_flight,
+            remaining_estimate=remaining,
+            window_ends_at=ends,
+            next_free_at=free,
+            frozen_until=None,
+            mode="probe" if not self.known else ("window" if limited else "open"),
+            limit=int(w.limit) if known else None,
+            period=w.window + _PRECISION if known else None,
+            now=now,
         )
 
     def _later(self, t: float) -> None:
