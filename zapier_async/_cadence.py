@@ -33,8 +33,12 @@ second peak (``min(R / (1 + polls), C / (duration + lag))``).
 When the limiter reports its window (``limit`` and ``period``: `window_rate`), a run with
 a plan is priced by a model instead (`best_level`): of the plans at each level, the one
 whose expected polls and lag (from the estimate) complete the most runs per second under
-both constraints. The feedback above remains for limiters that do not report them and for
-runs with no plan yet.
+both constraints. One more option than the levels is offered to it: one poll at the latest
+end seen (no tail left to the fallback), which wins when the budget binds for every plan (it
+expects exactly one poll; a trimmed plan's polls that find their run still going are creates
+not sent, and when a job's requests fill its last window exactly each costs a whole window).
+The feedback above remains for limiters that do not report them and for runs with no plan
+yet.
 
 Pure: no clock, no I/O.
 """

@@ -388,7 +388,7 @@ class AdaptivePolling:
         level = record.level = self._sample(state, cold=not state.plan)
         if state.plan:
             state.started += 1
-            if state.started % self.explore_every == 0:
+            if state.started % self.explore_every == 0 and level < self.price.levels:
                 # Scale the whole plan: spreads runs created together, and varies the times
                 # at which runs are inspected, without which the estimate cannot see mass
                 # between two planned polls (see "Exploring").
@@ -620,7 +620,7 @@ class AdaptivePolling:
         """``(E[polls], E[lag])`` of the plan at each price level (once per estimate)."""
         if state.options is None:
             assert state.sharp is not None or state.plan
-            plans = [self._plan_at(state, level) for level in range(self.price.levels)]
+            plans = [self._plan_at(state, level) for level in range(self.price.levels + 1)]
             assert state.sharp is not None or not state.plans
             bounds, masses = state.estimate or state.sharp  # type: ignore[misc]
             state.options = []
@@ -640,6 +640,14 @@ class AdaptivePolling:
         """
         assert state.plan
         plan = state.plans.get(level)
+        if plan is None and level >= self.price.levels:
+            # Beyond the levels (`ALL_ENDED`): one poll when every run seen had ended, for
+            # when a poll finding its run still going costs a create (a whole window when
+            # the windows are full), which the priced plans' tail does not see.
+            # The latest end seen (polls that waited for the budget are not learnt): with
+            # only "ended by then" to go on, no estimate can safely place it earlier.
+            ends = [b for iv in state.intervals for b in iv if math.isfinite(b)]
+            plan = state.plans[level] = (max(ends),)
         if plan is None:
             if state.sharp is None:
                 state.sharp = _trim(turnbull(state.intervals, iterations=32), self.tail)
