@@ -176,23 +176,65 @@ def test_a_short_job_ends_within_one_and_a_half_times_its_minimum(name: str) -> 
     assert ours.ratio <= 1.5
 
 
+def _jobs(name: str, seeds: range = range(1, 7)) -> tuple[float, float]:
+    """Mean polls per run and mean lag over independent jobs (one job's figures move by
+    +-0.1 poll per run and +-40 ms with its random draws)."""
+    import statistics
+
+    results = [
+        sim.simulate_library(attrs.evolve(sim.WORKLOADS[name], seed=s), sim.library())
+        for s in seeds
+    ]
+    return (
+        statistics.fmean(r.polls_per_run for r in results),
+        statistics.fmean(r.lag for r in results),
+    )
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="known miss in the honest simulator (round trips 2-5 ms, not a fixed 4 ms): "
-    "2.28 polls/run at 189 ms lag against the planner before #15's 2.10 at 220 ms",
+    reason="known miss in the honest simulator, seeds 1-6: 2.083 polls/run at 224 ms "
+    "against the planner before #15's 2.076 at 230 ms (lag better, polls 0.3% more)",
 )
 def test_slack_budget_no_worse_than_the_planner_before() -> None:
-    w = sim.WORKLOADS["slack"]
-    ours = sim.simulate_library(w, sim.library())
-    # The planner before issue #15 in this simulator: 2.10 polls/run, 220 ms mean lag.
-    assert ours.polls_per_run <= 2.12
-    assert ours.lag <= 0.225 * 1.05
+    polls, lag = _jobs("slack")
+    # The planner before issue #15 in this simulator, seeds 1-6: 2.076 polls/run, 230 ms.
+    assert polls <= 2.076
+    assert lag <= 0.2296
 
 
 def test_slack_budget_lag_no_worse_than_the_planner_before() -> None:
-    ours = sim.simulate_library(sim.WORKLOADS["slack"], sim.library())
-    assert ours.lag <= 0.220
-    assert ours.polls_per_run <= 2.35
+    polls, lag = _jobs("slack")
+    assert lag <= 0.2296
+    assert polls <= 2.076 * 1.01
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known miss in the honest simulator, seeds 1-6: 2.177 polls/run at 240 ms "
+    "against the hand loop's 2.163 at 234 ms (the same 0.5 s cadence; the gap is the three "
+    "at-once polls per action and the first poll's jitter; 2.183 at 244 ms before the "
+    "jitter stopped being drawn at every poll)",
+)
+def test_cold_burst_no_more_polls_or_lag_than_the_hand_loop() -> None:
+    polls, lag = _jobs("cold")
+    assert polls <= 2.163
+    assert lag <= 0.2344
+
+
+def test_a_cold_run_is_jittered_once_and_keeps_its_phase() -> None:
+    polling = AdaptivePolling(policy=PollPolicy(initial=0.5, jitter=0.1), at_once=False)
+    rng = random.Random(4)
+    firsts = [polling.first_delay(_Handle(), "a", rng) for _ in range(20)]  # type: ignore[arg-type]
+    assert len(set(firsts)) == 20  # runs created together are spread
+    assert all(0.45 <= d <= 0.55 for d in firsts)
+    handle = _Handle()
+    t = polling.first_delay(handle, "a", rng)  # type: ignore[arg-type]
+    delays = [
+        polling.next_delay(handle, k, t + 0.5 * (k - 1), rng, hint=None)  # type: ignore[arg-type]
+        for k in (1, 2)
+    ]
+    assert delays == [0.5, 0.5]
 
 
 def test_concurrency_and_budget_both_binding_beats_the_hand_written_loop() -> None:
@@ -203,7 +245,7 @@ def test_concurrency_and_budget_both_binding_beats_the_hand_written_loop() -> No
     assert ours.wall < hand.wall
     # Known miss (see the report of issue #15): the target is <= 1.35x the minimum and
     # >= 1.15x faster than the hand-written loop; the Little's-law plan choice reaches
-    # 75.3 s = 1.51x (the bound/slack feedback alone: 81.0 s = 1.62x).
+    # 75.4 s = 1.51x (seeds 1-6: 74.0-75.8 s; the bound/slack feedback alone: 81.0 s).
     assert ours.ratio <= 1.55
 
 

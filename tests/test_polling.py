@@ -26,10 +26,10 @@ class _Handle:
 
 
 def _simulate(
-    polling: AdaptivePolling, durations: list[float], key: str | None = "a"
+    polling: AdaptivePolling, durations: list[float], key: str | None = "a", *, seed: int = 7
 ) -> list[tuple[int, float]]:
     """Follow runs one after another; (polls, lag) per run."""
-    rng = random.Random(7)
+    rng = random.Random(seed)
     out = []
     for duration in durations:
         handle = _Handle()
@@ -95,14 +95,19 @@ def test_learns_to_poll_at_once_for_instant_runs() -> None:
 
 
 def test_fewer_polls_than_a_fixed_half_second_at_equal_lag() -> None:
-    rng = random.Random(3)
-    polling = AdaptivePolling()
-    results = _simulate(polling, [rng.uniform(0.2, 1.5) for _ in range(1200)])[-600:]
-    polls = statistics.fmean(p for p, _ in results)
-    lag = statistics.fmean(lag for _, lag in results)
+    # Averaged over independent jobs: one job's figures depend on its random draws (the
+    # exploration, the cold cadence's jitter) by about +-0.1 poll per run.
+    polls, lags = [], []
+    for seed in range(8):
+        rng = random.Random(3 + seed)
+        durations = [rng.uniform(0.2, 1.5) for _ in range(1200)]
+        results = _simulate(AdaptivePolling(), durations, seed=7 + seed)[-600:]
+        polls.append(statistics.fmean(p for p, _ in results))
+        lags.append(statistics.fmean(lag for _, lag in results))
     # A fixed 0.5 s poll starting at t=0: 3.15 polls per run, 0.227 s mean lag.
-    assert lag <= 0.235
-    assert polls <= 0.7 * 3.15
+    assert statistics.fmean(lags) <= 0.235
+    assert statistics.fmean(polls) <= 0.7 * 3.15
+    assert max(polls) <= 0.75 * 3.15
 
 
 def test_runs_longer_than_the_plan_fall_back_and_are_learnt() -> None:
@@ -215,11 +220,17 @@ def test_replanning_backs_off_while_the_action_is_steady(
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(polling_module, "plan_polls", counting)
-    polling = AdaptivePolling(min_samples=16, replan_every=16, window=128)
-    rng = random.Random(5)
-    _simulate(polling, [rng.uniform(0.2, 1.5) for _ in range(1000)])
-    # Every 16 runs would be 62 plans; backing off to every 64 makes about 20.
-    assert calls <= 24
+    # Every 16 runs would be 62 plans; backing off to every 64 makes about 20, plus a few
+    # when a run outlived the plan (how many depends on the job's random draws).
+    counts = []
+    for seed in range(4):
+        calls = 0
+        polling = AdaptivePolling(min_samples=16, replan_every=16, window=128)
+        rng = random.Random(5 + seed)
+        _simulate(polling, [rng.uniform(0.2, 1.5) for _ in range(1000)], seed=7 + seed)
+        counts.append(calls)
+    assert max(counts) <= 31
+    assert statistics.fmean(counts) <= 26
     # A run that outlives the plan brings re-planning back soon.
     before = calls
     _simulate(polling, [5.0] * 20)

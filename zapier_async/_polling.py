@@ -434,9 +434,13 @@ class AdaptivePolling:
         record.pending_at = elapsed
         state = self._state(record.key) if self.enabled else None
         if record.plan is not None and state is not None and state.plan:
-            # The price may have moved since the last poll: follow today's plan.
-            level = record.level = self._sample(state)
-            record.plan = self._plan_for(state, record, level)
+            # The price may have moved since the last poll: then follow its plan (at the
+            # same price the run keeps the plan it started with, so a re-plan does not
+            # add polls mid-run).
+            level = self._sample(state)
+            if level != record.level:
+                record.level = level
+                record.plan = self._plan_for(state, record, level)
         plan = record.plan
         if plan:
             for t in plan:
@@ -670,7 +674,7 @@ class AdaptivePolling:
         While the budget is slack, that of a hand-written loop (every `policy.initial`
         seconds), stretching once the run is old: the next poll is at least a share
         ``factor - 1`` of its age later. While the budget binds, it starts four times later
-        and doubles.
+        and doubles. Only the first poll is jittered (by `policy.jitter`).
         """
         p = self.policy
         if elapsed >= p.late_after:
@@ -680,8 +684,12 @@ class AdaptivePolling:
             spacing = p.initial * (1.0 + 3.0 * bound)
             growth = (p.factor - 1.0) * (1.0 + bound)
             base = min(p.cap, max(spacing, growth * elapsed))
-        spread = p.jitter * (2.0 * rng.random() - 1.0)
-        return max(base * (1.0 + spread), 0.0)
+        if elapsed > 0.0:
+            return base
+        # Only the first poll is jittered: it spreads runs created together, and they keep
+        # their phase after it (jitter at every poll makes each run's polls a random walk,
+        # whose mean lag is more than half the spacing for the same number of polls).
+        return max(base * (1.0 + p.jitter * (2.0 * rng.random() - 1.0)), 0.0)
 
     def _state(self, key: str | None, *, create: bool = False) -> _Action | None:
         if key is None:
