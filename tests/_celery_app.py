@@ -9,7 +9,8 @@ Configured from the environment the harness sets:
 ``zt.send(item)`` runs one action whose inputs carry ``item`` (so the emulator's run list
 maps every run back to its task), under the task id as idempotency key, and returns
 ``{"item", "run_id", "status", "worker"}``. Before the create it adds ``item`` to the Redis
-hash ``zt:started`` (value: the worker's hostname), so a test knows which worker holds it.
+hash ``zt:started`` (value: the worker's hostname) and ``"<item> <worker> <time>"`` to the
+list ``zt:starts``, so a test knows which workers ran it, and when.
 ``worker_ready`` sets ``zt:ready:<hostname>`` to the worker's pid.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 import redis
@@ -63,5 +65,6 @@ def _ready(sender: Any = None, **_: Any) -> None:
 def send(self: Any, item: str) -> dict[str, Any]:
     worker = self.request.hostname or socket.gethostname()
     _markers.hset("zt:started", item, worker)
+    _markers.rpush("zt:starts", f"{item} {worker} {time.time():.3f}")
     run = self.zapier_run("core:celery", authentication=None, inputs={"item": item}, timeout=120)
     return {"item": item, "run_id": run.id, "status": run.status.value, "worker": worker}

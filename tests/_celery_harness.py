@@ -1,10 +1,11 @@
-"""Real Celery workers against the emulator, for tests/test_celery.py and benchmarks/celery_workers.py.
+"""Real Celery workers against the emulator (tests/test_celery.py, benchmarks/celery_workers.py).
 
 ``python tests/_celery_harness.py serve --rate 50/2 --durations 0.05,0.15 [--slow-creates N]``
     FakeZapier on 127.0.0.1 in its own process: prints its URL, serves until SIGTERM, then
     prints one JSON line with its stats and every run it accepted (the server-side truth).
-    ``--slow-creates N``: the first N creates are processed (the run exists) but answered
-    only after 60 s, so their tasks are caught with the key *sending*.
+    ``--slow-creates N --slow-after M``: the N creates after the first M are processed (the
+    run exists) but answered only after 60 s, so their tasks are caught with the key
+    *sending*.
 
 `Cluster` starts that emulator and ``celery worker`` processes (each in its own session, so
 that a SIGKILL of its process group takes the pool children too) on one redis-server, sends
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 TESTS = Path(__file__).resolve().parent
+READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 ROOT = TESTS.parent
 
 
@@ -47,14 +49,23 @@ async def serve(args: argparse.Namespace) -> None:
         record_requests=False,
         slow_delay=60.0,
     )
-    if args.slow_creates:
-        fake.inject("slow", count=args.slow_creates, endpoint="create", after_create=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    async def slow_later() -> None:
+        # Not the first creates: those are the budget's probes, whose answers every process
+        # waits for; a held one would stall them all rather than catch one task mid-create.
+        while fake.stats.requests_by_endpoint["create"] < args.slow_after:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        fake.inject("slow", count=args.slow_creates, endpoint="create", after_create=True)
+
     async with fake:
         print(fake.url, flush=True)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
+        injector = asyncio.create_task(slow_later()) if args.slow_creates else None
         await stop.wait()
+        if injector is not None:
+            injector.cancel()
         loop.remove_signal_handler(signal.SIGTERM)
         stats = fake.stats
         runs = [{"id": run.id, "item": run.inputs.get("item")} for run in fake.runs()]
@@ -86,6 +97,7 @@ class Cluster:
         rate: str = "50/2",
         durations: str = "0.05,0.15",
         slow_creates: int = 0,
+        slow_after: int = 4,
         visibility_timeout: float = 60.0,
         seed: int = 7,
     ) -> None:
@@ -93,6 +105,7 @@ class Cluster:
         self.rate = rate
         self.durations = durations
         self.slow_creates = slow_creates
+        self.slow_after = slow_after
         self.visibility_timeout = visibility_timeout
         self.seed = seed
         self.fake: subprocess.Popen[str] | None = None
@@ -127,7 +140,8 @@ class Cluster:
     def _start_fake(self) -> None:
         command = [sys.executable, str(TESTS / "_celery_harness.py"), "serve", "--rate",
                    self.rate, "--durations", self.durations, "--seed", str(self.seed),
-                   "--slow-creates", str(self.slow_creates)]  # fmt: skip
+                   "--slow-creates", str(self.slow_creates),
+                   "--slow-after", str(self.slow_after)]  # fmt: skip
         self.fake = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
         )
@@ -205,10 +219,8 @@ class Cluster:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)  # warm shutdown: running tasks finish
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
         with contextlib.suppress(ProcessLookupError):  # pool children left behind, if any
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -237,27 +249,38 @@ class Cluster:
                 os.environ.update(saved)
         return self._app
 
-    def send(self, count: int, *, prefix: str = "item") -> list[Any]:
-        """Send `count` ``zt.send`` tasks; returns their AsyncResults in order."""
-        app = self.app()
-        return [app.send_task("zt.send", args=[f"{prefix}-{i}"]) for i in range(count)]
+    def send(self, count: int, *, prefix: str = "item") -> list[str]:
+        """Send `count` ``zt.send`` tasks (arguments ``f"{prefix}-{i}"``); returns their ids.
 
-    def collect(self, results: list[Any], timeout: float) -> dict[str, Any]:
-        """Wait for every result; returns ``{task_id: value or exception}`` (a timeout: raises)."""
+        Only ids are kept: an `AsyncResult` alive when the backend is closed complains at
+        interpreter exit.
+        """
+        app = self.app()
+        return [app.send_task("zt.send", args=[f"{prefix}-{i}"]).id for i in range(count)]
+
+    def ready(self, task_ids: list[str]) -> set[str]:
+        """The ids among `task_ids` whose task has ended (success or failure)."""
+        backend = self.app().backend
+        return {tid for tid in task_ids if backend.get_task_meta(tid)["status"] in READY}
+
+    def collect(self, task_ids: list[str], timeout: float) -> dict[str, Any]:
+        """Wait for every task; returns ``{task_id: value or exception}`` (a timeout: raises)."""
+        backend = self.app().backend
         deadline = time.monotonic() + timeout
         outcomes: dict[str, Any] = {}
-        pending = list(results)
-        while pending:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(pending)} of {len(results)} tasks have no outcome")
-            still = []
-            for result in pending:
-                if result.ready():
-                    outcomes[result.id] = result.get(propagate=False, disable_sync_subtasks=False)
-                else:
-                    still.append(result)
-            pending = still
-            if pending:
+        while len(outcomes) < len(task_ids):
+            for tid in task_ids:
+                if tid in outcomes:
+                    continue
+                meta = backend.get_task_meta(tid)
+                if meta["status"] == "SUCCESS":
+                    outcomes[tid] = meta["result"]
+                elif meta["status"] in READY:
+                    outcomes[tid] = backend.exception_to_python(meta["result"])
+            if len(outcomes) < len(task_ids):
+                if time.monotonic() > deadline:
+                    missing = len(task_ids) - len(outcomes)
+                    raise AssertionError(f"{missing} of {len(task_ids)} tasks have no outcome")
                 time.sleep(0.05)
         return outcomes
 
@@ -276,6 +299,7 @@ def _main() -> None:
     s.add_argument("--rate", default="50/2")
     s.add_argument("--durations", default="0.05,0.15")
     s.add_argument("--slow-creates", type=int, default=0)
+    s.add_argument("--slow-after", type=int, default=0)
     s.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     asyncio.run(serve(args))

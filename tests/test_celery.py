@@ -1,0 +1,284 @@
+"""zapier_async.celery with real ``celery worker`` processes, a real redis-server and the emulator.
+
+Broker, result backend, run store and budget share one private redis-server on 127.0.0.1;
+the emulator runs in its own process (`tests/_celery_harness.py`); each worker is started in
+its own process group and stopped (or SIGKILLed) by the test.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("celery")
+pytest.importorskip("redis")
+
+from _celery_harness import Cluster
+from _redis_fixtures import redis_server  # noqa: F401 (fixture)
+
+from zapier_async import errors
+from zapier_async.celery import (
+    ZapierTask,
+    configure,
+    recommended_settings,
+    run_summary,
+    zapier_task,
+)
+
+RATE = (50, 2.0)
+
+
+@pytest.fixture
+def cluster(redis_server, tmp_path: Path):  # noqa: F811
+    c = Cluster(redis_server.url, visibility_timeout=60.0)
+    with c.running(tmp_path):
+        try:
+            yield c
+        finally:
+            c.close_client()
+
+
+def server_runs_by_item(stats: dict) -> dict[str, list[str]]:
+    runs: dict[str, list[str]] = {}
+    for run in stats["runs"]:
+        runs.setdefault(run["item"], []).append(run["id"])
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_two_prefork_workers_share_one_budget_and_create_each_run_once(cluster: Cluster):
+    """2 workers x 4 pool processes, 60 tasks, a 50-per-2-s emulator (the full 300 tasks:
+    benchmarks/celery_workers.py)."""
+    count = 60
+    cluster.start_worker("w1", concurrency=4)
+    cluster.start_worker("w2", concurrency=4)
+    cluster.wait_ready(["w1", "w2"])
+
+    started = time.monotonic()
+    results = cluster.send(count)
+    outcomes = cluster.collect(results, timeout=60)
+    wall = time.monotonic() - started
+    stats = cluster.stop_fake()
+
+    # Every task one outcome: a successful run, each its own.
+    assert len(outcomes) == count
+    failures = {k: v for k, v in outcomes.items() if not isinstance(v, dict)}
+    assert not failures
+    assert {v["status"] for v in outcomes.values()} == {"success"}
+    assert len({v["run_id"] for v in outcomes.values()}) == count
+    # Both workers' pools worked (the budget was shared, not one worker's alone).
+    assert {v["worker"].split("@")[0] for v in outcomes.values()} == {"w1", "w2"}
+    # The server's truth: one run per task, the one the task reported; no duplicate.
+    assert stats["duplicate_submissions"] == 0
+    by_item = server_runs_by_item(stats)
+    assert {item: runs[0] for item, runs in by_item.items()} == {
+        v["item"]: v["run_id"] for v in outcomes.values()
+    }
+    assert all(len(runs) == 1 for runs in by_item.values())
+    # One budget across 8 processes: at most 3 refusals.
+    assert stats["rate_limited"] <= 3
+    # Budget efficiency: close to the floor of 2 requests per run (create + one read).
+    assert stats["requests"] / count <= 2.6
+    # Wall time: the limiter spreads the budget evenly (no burst), so the floor here is
+    # requests / rate; 60 tasks are too few to amortise start-up, hence the margin (the
+    # 300-task run against the issue's 1.25x target is the benchmark's).
+    floor = stats["requests"] / (RATE[0] / RATE[1])
+    assert wall <= 2.0 * floor + 2.0, (wall, floor)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_sigkilled_worker_s_tasks_are_redelivered_resumed_or_reported(
+    redis_server,  # noqa: F811
+    tmp_path: Path,
+):
+    """Worker A is SIGKILLed (with its pool) with tasks in flight, two of them caught with
+    their create on the wire (the emulator created the run but holds the answer). The broker
+    redelivers A's unacknowledged tasks to B after the visibility timeout; B resumes each by
+    its key (the task id): 0 duplicate creates, 0 lost runs, the maybe-sent ones reported as
+    OutcomeUnknownError."""
+    count = 40
+    c = Cluster(
+        redis_server.url, durations="0.3,0.8", slow_creates=2, visibility_timeout=12.0, seed=3
+    )
+    with c.running(tmp_path):
+        try:
+            markers = c.markers()
+            c.start_worker("a", concurrency=4)
+            c.wait_ready(["a"])
+            results = c.send(count)
+            task_of = {f"item-{i}": tid for i, tid in enumerate(results)}
+
+            def started() -> list[tuple[str, str, float]]:
+                rows = (line.split() for line in markers.lrange("zt:starts", 0, -1))
+                return [(item, worker.split("@")[0], float(at)) for item, worker, at in rows]
+
+            # A alone takes the first tasks, so the two held creates are A's: wait until
+            # two of its tasks have been in flight for 2 s (the others take under 1 s).
+            deadline = time.monotonic() + 30
+            while True:
+                done, now = c.ready(results), time.time()
+                stuck = [i for i, w, at in started() if task_of[i] not in done and now - at > 2]
+                if len(stuck) >= 2:
+                    break
+                assert time.monotonic() < deadline, started()
+                time.sleep(0.1)
+            c.start_worker("b", concurrency=4)
+            c.wait_ready(["b"])
+            while not any(w == "b" for _, w, _ in started()):
+                assert time.monotonic() < deadline + 30, started()
+                time.sleep(0.05)
+            c.kill_worker("a")
+            killed_at = time.time()
+            outcomes = c.collect(results, timeout=60)
+            starts = started()
+            stats = c.stop_fake()
+        finally:
+            c.close_client()
+
+    item_of = {tid: f"item-{i}" for i, tid in enumerate(results)}
+    assert len(outcomes) == count
+    unknown = {tid for tid, v in outcomes.items() if isinstance(v, errors.OutcomeUnknownError)}
+    success = {tid: v for tid, v in outcomes.items() if isinstance(v, dict)}
+    assert set(outcomes) == unknown | set(success), outcomes
+    assert all(v["status"] == "success" for v in success.values())
+    # The two creates caught on the wire: reported (the exception comes back from the result
+    # backend as OutcomeUnknownError), never re-sent.
+    assert len(unknown) >= 2
+    assert all("may exist" in str(outcomes[tid]) for tid in unknown)
+
+    # Redelivery: every task A started and did not finish was started again by B, after
+    # the kill, and its outcome is B's.
+    started_on: dict[str, list[str]] = {}
+    for item, worker, _at in starts:
+        started_on.setdefault(item, []).append(worker)
+    finished_by_a = {item_of[t] for t, v in success.items() if v["worker"].startswith("a@")}
+    in_flight_on_a = {i for i, ws in started_on.items() if "a" in ws} - finished_by_a
+    assert len(in_flight_on_a) >= 2
+    for tid, item in item_of.items():
+        if item in in_flight_on_a:
+            assert started_on[item][-1] == "b", (item, started_on[item])
+            assert tid in unknown or outcomes[tid]["worker"].startswith("b@")
+    redelivered = [at for item, w, at in starts if item in in_flight_on_a and w == "b"]
+    print(f"redelivery {min(redelivered) - killed_at:.1f} s after the kill; "
+          f"{len(in_flight_on_a)} in flight on A, {len(unknown)} outcome unknown")  # fmt: skip
+
+    # The server's truth: no duplicate, and no lost run: every run the emulator created is
+    # the run its task reported, or its task reported the outcome unknown.
+    assert stats["duplicate_submissions"] == 0
+    by_item = server_runs_by_item(stats)
+    assert all(len(runs) == 1 for runs in by_item.values()), by_item
+    for tid, item in item_of.items():
+        if tid in success:
+            assert by_item.get(item) == [success[tid]["run_id"]]
+    lost = [i for i in by_item if i not in {item_of[t] for t in success | dict.fromkeys(unknown)}]
+    assert not lost
+    caught = [tid for tid in unknown if by_item.get(item_of[tid])]
+    assert len(caught) >= 2  # the two slow creates: their runs exist, and are reported
+
+
+# --- in-process units (no worker) -------------------------------------------------------------
+
+
+def test_recommended_settings_carry_what_redelivery_needs():
+    settings = recommended_settings(visibility_timeout=120)
+    assert settings["task_acks_late"] is True
+    assert settings["task_reject_on_worker_lost"] is True
+    assert settings["worker_prefetch_multiplier"] == 1
+    assert settings["broker_transport_options"]["visibility_timeout"] == 120
+    with pytest.raises(errors.InvalidRequestError):
+        recommended_settings(visibility_timeout=0)
+
+
+def test_zapier_tasks_ack_late_and_requeue_when_their_process_dies():
+    from celery import Celery
+
+    app = Celery("units", broker="memory://", backend="cache+memory://")
+    configure(app, auth=_token())
+
+    @zapier_task(app, name="units.t")
+    def t(self):
+        return self.idempotency_key()
+
+    assert isinstance(t, ZapierTask)
+    assert t.acks_late is True
+    assert t.reject_on_worker_lost is True
+    assert t.apply(task_id="abc").get() == "celery:abc"
+
+
+def test_a_business_key_replaces_the_task_id():
+    from celery import Celery
+
+    app = Celery("units2", broker="memory://", backend="cache+memory://")
+    configure(app, auth=_token(), key_prefix="shop:")
+
+    @zapier_task(app, name="units.k")
+    def k(self, order):
+        return self.idempotency_key(f"invoice-{order}")
+
+    assert k.apply(args=[42], task_id="x").get() == "shop:invoice-42"
+
+
+def test_configure_refuses_mixed_or_conflicting_options():
+    from celery import Celery
+
+    app = Celery("units3", broker="memory://")
+    with pytest.raises(errors.InvalidRequestError):
+        configure(app, client_factory=lambda: None, auth=_token())  # type: ignore[arg-type, return-value]
+    with pytest.raises(errors.InvalidRequestError):
+        configure(app, auth=_token(), run_store=object())
+
+
+def test_a_task_without_configure_says_what_to_do():
+    from celery import Celery
+
+    app = Celery("units4", broker="memory://", backend="cache+memory://")
+
+    @app.task(base=ZapierTask, bind=True, name="units.n")
+    def n(self):
+        return self.zapier
+
+    result = n.apply(task_id="t1")
+    assert isinstance(result.result, errors.InvalidRequestError)
+    assert "configure" in str(result.result)
+
+
+def test_a_non_redis_broker_needs_a_redis_url():
+    from celery import Celery
+
+    app = Celery("units5", broker="memory://", backend="cache+memory://")
+    configure(app, auth=_token())
+
+    @zapier_task(app, name="units.r")
+    def r(self):
+        return self.zapier
+
+    assert "redis_url" in str(r.apply(task_id="t2").result)
+
+
+def test_run_summary_is_json_for_a_task_result():
+    import zapier_async as za
+
+    run = za.Run(
+        id="r1",
+        status=za.RunStatus.ERROR,
+        results=[{"a": 1}],
+        errors=[za.RunErrorDetail(code=za.RunErrorCode("user"), title="t", detail="d")],
+    )
+    summary = run_summary(run)
+    assert json.loads(json.dumps(summary)) == {
+        "id": "r1",
+        "status": "error",
+        "results": [{"a": 1}],
+        "errors": [{"code": "user", "title": "t", "detail": "d"}],
+    }
+
+
+def _token():
+    import zapier_async as za
+
+    return za.BearerToken("unit-token")
