@@ -483,7 +483,7 @@ class Engine:
             self._record(store, key, handle)
             return handle
 
-        hooks = CreateHooks(accepted, partial(self._spawn, store.fail(key)))
+        hooks = CreateHooks(accepted, lambda: self._spawn(store.fail(key)))
         try:
             response = await self.send(
                 request, priority=priority, max_wait=max_wait, auth=auth, orphan=hooks
