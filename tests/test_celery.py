@@ -7,9 +7,14 @@ its own process group and stopped (or SIGKILLed) by the test.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -22,11 +27,15 @@ from _redis_fixtures import redis_server  # noqa: F401 (fixture)
 from zapier_async import errors
 from zapier_async.celery import (
     ZapierTask,
+    close_client,
     configure,
     recommended_settings,
     run_summary,
+    zapier_client,
     zapier_task,
 )
+
+T = TypeVar("T")
 
 RATE = (50, 2.0)
 
@@ -282,3 +291,134 @@ def _token():
     import zapier_async as za
 
     return za.BearerToken("unit-token")
+
+
+# --- in one process: the shared client, resume by task id, outcome unknown, fork ---------------
+
+
+@pytest.fixture
+def fake_url() -> Iterator[tuple[str, Callable[[], Any]]]:
+    """A `FakeZapier` on its own loop thread; yields its URL and a stats getter."""
+    from anyio.from_thread import start_blocking_portal
+
+    from zapier_async.testing import FakeZapier
+
+    with start_blocking_portal(name="fake-zapier") as portal:
+        fake = FakeZapier(seed=5, durations=(0.05, 0.1))
+        portal.call(fake.start)
+        try:
+            yield fake.url, lambda: portal.call(lambda: fake.stats)
+        finally:
+            portal.call(fake.close)
+
+
+def _redis_call(url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+    import redis.asyncio as aioredis
+
+    async def go() -> T:
+        client = aioredis.from_url(url, socket_timeout=5)
+        try:
+            return await fn(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def local_app(redis_server, fake_url):  # noqa: F811
+    from celery import Celery
+
+    url, stats = fake_url
+    app = Celery("local", broker=redis_server.url, backend="cache+memory://")
+    configure(app, auth=_token(), base_url=url, run_store_options={"prefix": "local:runs"})
+
+    @zapier_task(app, name="local.send")
+    def send(self, item):
+        run = self.zapier_run("core:local", authentication=None, inputs={"item": item})
+        return run_summary(run)
+
+    try:
+        yield app, send, stats
+    finally:
+        close_client(app)
+
+
+def test_executions_of_one_task_id_share_one_run_on_one_shared_client(local_app):
+    app, send, stats = local_app
+    first = send.apply(args=["a"], task_id="task-1").get()
+    again = send.apply(args=["a"], task_id="task-1").get()  # a redelivery: same task id
+    other = send.apply(args=["b"], task_id="task-2").get()
+    assert first["status"] == "success"
+    assert again["id"] == first["id"]
+    assert other["id"] != first["id"]
+    assert stats().runs_created == 2
+    assert zapier_client(app) is zapier_client(app)
+
+
+def test_a_key_left_sending_fails_the_task_with_outcome_unknown_and_sends_nothing(
+    local_app,
+    redis_server,  # noqa: F811
+):
+    from zapier_async.redis import RedisRunStore
+
+    _, send, stats = local_app
+    # A worker that died with this task's create on the wire left the key at "sending".
+    claim = _redis_call(
+        redis_server.url, lambda r: RedisRunStore(r, prefix="local:runs").begin("celery:lost")
+    )
+    assert claim.state == "send"
+    result = send.apply(args=["c"], task_id="lost")
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, errors.OutcomeUnknownError)
+    assert "never recorded its run" in str(result.result)
+    assert stats().requests_by_endpoint["create"] == 0
+
+
+def test_a_forked_child_builds_its_own_client_and_the_parent_keeps_its_own(local_app):
+    app, send, stats = local_app
+    parent = zapier_client(app)
+    assert send.apply(args=["p"], task_id="parent-task").get()["status"] == "success"
+    pid = os.fork()
+    if pid == 0:  # the child: a prefork pool process
+        code = 1
+        try:
+            child = zapier_client(app)
+            ok = child is not parent and send.apply(args=["k"], task_id="child-task").get()
+            code = 0 if ok and ok["status"] == "success" else 2
+            close_client(app)
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert zapier_client(app) is parent
+    assert send.apply(args=["p2"], task_id="parent-task-2").get()["status"] == "success"
+    assert stats().runs_created == 3
+
+
+def test_close_client_closes_the_client_and_its_redis_connections(
+    local_app,
+    redis_server,  # noqa: F811
+):
+    app, send, _ = local_app
+
+    def connections() -> int:
+        return _redis_call(redis_server.url, lambda r: r.client_list()).__len__() - 1
+
+    send.apply(args=["x"], task_id="t-x").get()
+    first = zapier_client(app)
+    assert connections() >= 1  # the limiter's and the store's
+    close_client(app)
+    assert first.closed
+    assert connections() == 0
+    close_client(app)  # idempotent
+    assert zapier_client(app) is not first

@@ -74,6 +74,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -89,12 +90,14 @@ from . import errors
 from ._sync import SyncZapierClient
 
 if TYPE_CHECKING:
+    from ._runstore import Claim, RunStore
     from ._sync_handles import SyncRunHandle
     from .models import Run
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",
     "ZapierTask",
+    "close_client",
     "configure",
     "recommended_settings",
     "run_summary",
@@ -231,6 +234,46 @@ def _settings(app: celery.Celery) -> _Settings:
 # --- one client per process -----------------------------------------------------------------
 
 
+class _LoopRecordingStore:
+    """The `RedisRunStore` the integration builds, remembering the event loop it runs on.
+
+    The Redis client, the limiter and the store live on the sync client's loop thread; at
+    shutdown the limiter and the Redis connections must be closed there, before the loop
+    stops (`_ProcessClient.close`).
+    """
+
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _seen(self) -> None:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+
+    async def begin(self, key: str) -> Claim:
+        self._seen()
+        return await self._store.begin(key)
+
+    async def record(self, key: str, run_id: str, continuation_token: str) -> bool:
+        self._seen()
+        return await self._store.record(key, run_id, continuation_token)
+
+    async def fail(self, key: str) -> bool:
+        self._seen()
+        return await self._store.fail(key)
+
+    async def forget(self, key: str) -> bool:
+        self._seen()
+        return await self._store.forget(key)
+
+    async def get(self, key: str) -> Claim | None:
+        self._seen()
+        return await self._store.get(key)
+
+    def __repr__(self) -> str:
+        return repr(self._store)
+
+
 class _ProcessClient:
     """The client of one app in this process, with what it owns; rebuilt after a fork."""
 
@@ -238,7 +281,8 @@ class _ProcessClient:
         self.lock = threading.Lock()
         self.pid = -1
         self.client: SyncZapierClient | None = None
-        self.owned: list[Any] = []  # the Redis client and limiter we built, if we did
+        self.store: _LoopRecordingStore | None = None
+        self.owned: list[Any] = []  # the limiter and the Redis client we built, if we did
 
     def get(self, app: celery.Celery) -> SyncZapierClient:
         """The client, built (in this process) on first use."""
@@ -250,7 +294,7 @@ class _ProcessClient:
                 if self.pid != pid:
                     # Inherited from the parent: its loop and sockets are the parent's.
                     # Dropped, never closed here (SyncZapierClient forgets it after a fork).
-                    self.owned = []
+                    self.owned, self.store = [], None
                 self.client = self._build(_settings(app), app.conf.broker_url)
                 self.pid = pid
             return self.client
@@ -277,18 +321,35 @@ class _ProcessClient:
         # socket_timeout: a partitioned Redis is noticed instead of hanging every task.
         redis = aioredis.Redis.from_url(url, socket_timeout=10)
         limiter = RedisLimiter(redis, name=settings.limiter_name, **settings.limiter_options)
-        store = RedisRunStore(redis, **settings.run_store_options)
-        self.owned = [limiter, redis]
-        return SyncZapierClient(limiter=limiter, run_store=store, **options)
+        store = _LoopRecordingStore(RedisRunStore(redis, **settings.run_store_options))
+        client = SyncZapierClient(limiter=limiter, run_store=store, **options)
+        self.owned, self.store = [limiter, redis], store
+        return client
 
     def close(self) -> None:
+        """Close the client (and the limiter and Redis client built with it). Idempotent."""
         with self.lock:
             client, self.client = self.client, None
             owned, self.owned = self.owned, []
+            store, self.store = self.store, None
             if client is None or self.pid != os.getpid():
                 return
-        client.close()
-        del owned  # the Redis connections go with the process (its loop thread has ended)
+        loop = None if store is None else store.loop
+        try:
+            if owned and loop is not None and loop.is_running():
+                # On the loop they were used on, before the client's close stops it.
+                future = asyncio.run_coroutine_threadsafe(_aclose_all(owned), loop)
+                try:
+                    future.result(timeout=15)
+                except Exception:
+                    logger.exception("closing the shared limiter and Redis client failed")
+        finally:
+            client.close()
+
+
+async def _aclose_all(closeables: list[Any]) -> None:
+    for closeable in closeables:
+        await closeable.aclose()
 
 
 def _broker_redis_url(broker: str | None) -> str:
@@ -317,6 +378,18 @@ def zapier_client(app: celery.Celery) -> SyncZapierClient:
         if holder is None:
             holder = _CLIENTS[app] = _ProcessClient()
     return holder.get(app)
+
+
+def close_client(app: celery.Celery) -> None:
+    """Close this process's client for `app` (workers do it themselves at shutdown).
+
+    Also closes the `RedisLimiter` and the Redis client `configure` built for it. The next
+    `zapier_client` call builds a new one. Idempotent.
+    """
+    with _CLIENTS_LOCK:
+        holder = _CLIENTS.get(app)
+    if holder is not None:
+        holder.close()
 
 
 def _close_on_process_shutdown(**_: object) -> None:
