@@ -9,8 +9,9 @@ Configured from the environment the harness sets:
 ``zt.send(item)`` runs one action whose inputs carry ``item`` (so the emulator's run list
 maps every run back to its task), under the task id as idempotency key, and returns
 ``{"item", "run_id", "status", "worker"}``. Before the create it adds ``item`` to the Redis
-hash ``zt:started`` (value: the worker's hostname) and ``"<item> <worker> <time>"`` to the
-list ``zt:starts``, so a test knows which workers ran it, and when.
+hash ``zt:started`` (value: the worker's hostname) and ``"<item> <worker> <time> <pid>"`` to
+the list ``zt:starts``, so a test knows which workers (and pool processes) ran it, and when;
+once the run is created (or resumed) it adds ``"<item> <run id> <pid>"`` to ``zt:created``.
 ``worker_ready`` sets ``zt:ready:<hostname>`` to the worker's pid.
 """
 
@@ -65,6 +66,8 @@ def _ready(sender: Any = None, **_: Any) -> None:
 def send(self: Any, item: str) -> dict[str, Any]:
     worker = self.request.hostname or socket.gethostname()
     _markers.hset("zt:started", item, worker)
-    _markers.rpush("zt:starts", f"{item} {worker} {time.time():.3f}")
-    run = self.zapier_run("core:celery", authentication=None, inputs={"item": item}, timeout=120)
+    _markers.rpush("zt:starts", f"{item} {worker} {time.time():.3f} {os.getpid()}")
+    handle = self.zapier_start("core:celery", authentication=None, inputs={"item": item})
+    _markers.rpush("zt:created", f"{item} {handle.id} {os.getpid()}")
+    run = handle.result(timeout=120)
     return {"item": item, "run_id": run.id, "status": run.status.value, "worker": worker}

@@ -124,7 +124,7 @@ def test_a_sigkilled_worker_s_tasks_are_redelivered_resumed_or_reported(
 
             def started() -> list[tuple[str, str, float]]:
                 rows = (line.split() for line in markers.lrange("zt:starts", 0, -1))
-                return [(item, worker.split("@")[0], float(at)) for item, worker, at in rows]
+                return [(item, worker.split("@")[0], float(at)) for item, worker, at, _ in rows]
 
             # A alone takes the first tasks, so the two held creates are A's: wait until
             # two of its tasks have been in flight for 2 s (the others take under 1 s).
@@ -188,6 +188,53 @@ def test_a_sigkilled_worker_s_tasks_are_redelivered_resumed_or_reported(
     assert not lost
     caught = [tid for tid in unknown if by_item.get(item_of[tid])]
     assert len(caught) >= 2  # the two slow creates: their runs exist, and are reported
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_pool_process_killed_mid_run_is_requeued_at_once_and_resumes_its_run(
+    redis_server,  # noqa: F811
+    tmp_path: Path,
+):
+    """A pool process SIGKILLed while its task awaits the run it created: with
+    ``reject_on_worker_lost`` the message is requeued at once (long before the 60 s
+    visibility timeout) and the task's next execution resumes that run by its key."""
+    c = Cluster(redis_server.url, durations="3,3.5", visibility_timeout=60.0)
+    with c.running(tmp_path):
+        try:
+            markers = c.markers()
+            c.start_worker("a", concurrency=2)
+            c.wait_ready(["a"])
+            ids = c.send(2)
+            deadline = time.monotonic() + 30
+            while True:
+                created = [line.split() for line in markers.lrange("zt:created", 0, -1)]
+                mine = [(run_id, int(pid)) for item, run_id, pid in created if item == "item-0"]
+                if mine:
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            run_id, pid = mine[0]
+            # The engine records the run in the store right after Zapier's answer.
+            while _key_state(redis_server.url, ids[0]) != "resume":
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            os.kill(pid, signal.SIGKILL)
+            killed_at = time.time()
+            outcomes = c.collect(ids, timeout=45)
+            starts = [line.split() for line in markers.lrange("zt:starts", 0, -1)]
+            stats = c.stop_fake()
+        finally:
+            c.close_client()
+
+    assert outcomes[ids[0]]["status"] == "success"
+    assert outcomes[ids[0]]["run_id"] == run_id  # the run created before the kill, resumed
+    again = [float(at) for item, _, at, p in starts if item == "item-0" and int(p) != pid]
+    assert len(again) == 1
+    assert again[0] - killed_at < 20  # requeued on the worker's loss, not after 60 s
+    assert stats["duplicate_submissions"] == 0
+    assert server_runs_by_item(stats)["item-0"] == [run_id]
+    assert stats["runs_created"] == 2
 
 
 # --- in-process units (no worker) -------------------------------------------------------------
@@ -323,6 +370,13 @@ def _redis_call(url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
             await client.aclose()
 
     return asyncio.run(go())
+
+
+def _key_state(url: str, task_id: str) -> str | None:
+    from zapier_async.redis import RedisRunStore
+
+    claim = _redis_call(url, lambda r: RedisRunStore(r).get(f"celery:{task_id}"))
+    return None if claim is None else claim.state
 
 
 @pytest.fixture
