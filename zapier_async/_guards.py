@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from . import errors
+from ._auth import token_problem
 from ._protocol import MAX_CALLBACK_URL, Request, Response, is_loopback_host
 
 if TYPE_CHECKING:
@@ -90,12 +91,18 @@ def check_token(token: object) -> str:
     a non-ASCII character would make the HTTP library raise a bare ``ValueError`` on every
     request. The token is never part of the message.
     """
-    if isinstance(token, str) and _SENDABLE.fullmatch(token):
-        return token
+    # One definition of a sendable token: `_auth.token_problem` (BearerToken checks the
+    # same at construction); the pattern is the fallback for what it does not look at.
+    problem = None
+    if isinstance(token, str) and token:
+        problem = token_problem(token)
+        if problem is None and _SENDABLE.fullmatch(token):
+            return token
     kind = type(token).__name__
+    why = f"it {problem}" if problem else "it is empty or not visible ASCII"
     raise errors.UnexpectedError(
         f"the auth provider returned an access token ({kind}) that cannot be sent in a "
-        "header: it is empty or has control, space or non-ASCII characters (not shown)"
+        f"header: {why} (not shown); nothing was sent"
     )
 
 
