@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -145,6 +146,7 @@ def test_a_sigkilled_worker_s_tasks_are_redelivered_resumed_or_reported(
             killed_at = time.time()
             outcomes = c.collect(results, timeout=60)
             starts = started()
+            created = [line.split() for line in markers.lrange("zt:created", 0, -1)]
             stats = c.stop_fake()
         finally:
             c.close_client()
@@ -173,8 +175,11 @@ def test_a_sigkilled_worker_s_tasks_are_redelivered_resumed_or_reported(
             assert started_on[item][-1] == "b", (item, started_on[item])
             assert tid in unknown or outcomes[tid]["worker"].startswith("b@")
     redelivered = [at for item, w, at in starts if item in in_flight_on_a and w == "b"]
+    runs_seen_twice = Counter((item, run_id) for item, run_id, _ in created)
+    resumed = [key for key, n in runs_seen_twice.items() if n > 1 and key[0] in in_flight_on_a]
     print(f"redelivery {min(redelivered) - killed_at:.1f} s after the kill; "
-          f"{len(in_flight_on_a)} in flight on A, {len(unknown)} outcome unknown")  # fmt: skip
+          f"{len(in_flight_on_a)} in flight on A: {len(unknown)} outcome unknown, "
+          f"{len(resumed)} resumed by B")  # fmt: skip
 
     # The server's truth: no duplicate, and no lost run: every run the emulator created is
     # the run its task reported, or its task reported the outcome unknown.

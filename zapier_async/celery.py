@@ -14,7 +14,8 @@ another. A key left *sending* by a worker that died with the create on the wire 
 told apart from one that never went out: the task fails with
 `zapier_async.errors.OutcomeUnknownError` (state ``FAILURE``, the exception in the result
 backend) and nothing is re-sent. Do not retry that error automatically; check in Zapier, or
-alert a person.
+alert a person. (The key is *sending* from before the create's wait for the shared budget,
+so a worker killed during that wait also leaves it *unknown*, although nothing went out.)
 
 Every worker process has one `zapier_async.SyncZapierClient`, built lazily on its first task
 (in the pool child, after the prefork pool forked it) from what `configure` recorded on the
@@ -58,7 +59,7 @@ Example::
 
     from celery import Celery
     from zapier_async import BearerToken
-    from zapier_async.celery import configure, recommended_settings, zapier_task
+    from zapier_async.celery import configure, recommended_settings, run_summary, zapier_task
 
     app = Celery("shop", broker="redis://localhost:6379/0", backend="redis://localhost:6379/1")
     app.conf.update(recommended_settings(visibility_timeout=3600))
