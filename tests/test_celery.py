@@ -481,3 +481,31 @@ def test_close_client_closes_the_client_and_its_redis_connections(
     assert connections() == 0
     close_client(app)  # idempotent
     assert zapier_client(app) is not first
+
+
+def test_without_auth_the_client_is_configured_from_the_environment(
+    redis_server,  # noqa: F811
+    fake_url,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from celery import Celery
+
+    url, stats = fake_url
+    app = Celery("envapp", broker=redis_server.url, backend="cache+memory://")
+    configure(app)
+    monkeypatch.setenv("ZAPIER_BASE_URL", url)
+    monkeypatch.setenv("ZAPIER_TOKEN", "env-token")
+
+    @zapier_task(app, name="env.send")
+    def send(self):
+        return run_summary(self.zapier_run("core:env", authentication=None))
+
+    try:
+        assert send.apply(task_id="env-1").get()["status"] == "success"
+    finally:
+        close_client(app)
+    assert stats().runs_created == 1
+    monkeypatch.delenv("ZAPIER_TOKEN")
+    result = send.apply(task_id="env-2")  # a new client: no credentials any more
+    close_client(app)
+    assert isinstance(result.result, errors.InvalidRequestError)
