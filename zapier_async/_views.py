@@ -9,7 +9,7 @@ client (a later call raises `InvalidRequestError`; its handles are detached).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
@@ -24,7 +24,7 @@ from ._limiter import Priority
 from ._pipeline import Credential
 from ._runstore import check_key
 from ._stored import StoredActions
-from .models import Action, ChoicePage, Connection, OutputField, Run
+from .models import Action, App, ChoicePage, Connection, OutputField, Run
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Iterable
@@ -62,6 +62,7 @@ class RunsView:
         callback_url: str | None = None,
         max_rate_limit_wait: float | Unset | None = UNSET,
         idempotency_key: str | None = None,
+        validate_inputs: bool = False,
     ) -> RunHandle:
         """Start an action run (`POST /v2/action-runs`) and return its handle.
 
@@ -85,7 +86,9 @@ class RunsView:
 
         Args:
             action: The action id from Get Actions (e.g. ``"core:abc123"``).
-            app: The app id whose action to run (with `action_key`, instead of `action`).
+            app: The app whose action to run (with `action_key`, instead of `action`): its id,
+                or its name or slug (``"Slack"``, ``"google-sheets"``), resolved with one Get
+                Apps request (`find_app`).
             action_key: The action's stable key, e.g. ``"send_email"``.
             action_type: The action's type for the lookup (``"WRITE"``, ``"SEARCH"``, ...).
             authentication: The authentication (connection) id, or None for apps that need
@@ -100,9 +103,14 @@ class RunsView:
                 redelivered task, another process) resumes the recorded run instead of
                 creating one; a key whose create never recorded its run raises
                 `OutcomeUnknownError` and is never re-sent.
+            validate_inputs: Check `inputs` against the action's input fields first (one
+                more request, `action_inputs`): a missing required field or an unknown one
+                raises `InvalidInputsError` and nothing is created.
 
         Raises:
             InvalidRequestError: Bad input; nothing was sent.
+            InvalidInputsError: With `validate_inputs`, the inputs do not fit the action.
+            AppNotFoundError: `app` names no app (`AmbiguousAppError`: several).
             RateLimitedError: The budget would not allow sending within the cap, or Zapier
                 asked to wait longer than `max_server_wait`; nothing was created.
             OutcomeUnknownError: The POST failed after it may have reached Zapier (a timeout, a
@@ -131,10 +139,23 @@ class RunsView:
                 callback_url=callback_url,
                 allow_loopback_callback=self._engine.allow_loopback_callback,
             )
+            app_id = (
+                app
+                if disco.is_app_id(app)
+                else (await self.find_app(app, max_rate_limit_wait=max_rate_limit_wait)).id
+            )
             found = await self.find_action(
-                app, action_key, action_type=action_type, max_rate_limit_wait=max_rate_limit_wait
+                app_id, action_key, action_type=action_type, max_rate_limit_wait=max_rate_limit_wait
             )
             action = found.id
+        if validate_inputs:
+            fields = await self.action_inputs(
+                action,
+                authentication=authentication,
+                inputs=inputs,
+                max_rate_limit_wait=max_rate_limit_wait,
+            )
+            inputs = disco.check_inputs(fields, inputs)
         bound_url, callback_token = bind_callback_url(callback_url)
         request = proto.create_action_run(
             action=action,
@@ -396,6 +417,55 @@ class RunsView:
             request, max_wait=self._engine.cap(max_rate_limit_wait), auth=self._credential
         )
 
+    async def list_apps(
+        self,
+        query: str | None = None,
+        *,
+        category: str | None = None,
+        ids: Sequence[str] | None = None,
+        page_size: int = 100,
+        max_rate_limit_wait: float | Unset | None = UNSET,
+    ) -> AsyncGenerator[App, None]:
+        """Apps in Zapier's catalogue (`GET /v2/apps`), most popular first, page by page.
+
+        Args:
+            query: Only apps whose titles match this text (Zapier's search).
+            category: Only apps in this category (a slug such as ``"ai-tools"``).
+            ids: Only these app ids (not with `category`).
+            page_size: Apps asked for per request.
+            max_rate_limit_wait: Overrides the client's cap for each request.
+
+        Yields:
+            `App` values.
+        """
+        offset: int | None = 0
+        while offset is not None:
+            request = disco.list_apps(
+                query=query, category=category, ids=ids, limit=page_size, offset=offset
+            )
+            response = await self._discover(request, max_rate_limit_wait)
+            page = disco.parse_apps(response, request, offset=offset)
+            for app in page.apps:
+                yield app
+            offset = page.next_offset
+
+    async def find_app(
+        self, name: str, *, max_rate_limit_wait: float | Unset | None = UNSET
+    ) -> App:
+        """The app whose title or slug is `name`, ignoring case (one Get Apps request).
+
+        Args:
+            name: ``"Slack"``, ``"google-sheets"``, ...
+            max_rate_limit_wait: Overrides the client's cap for this call.
+
+        Raises:
+            AppNotFoundError: No app has that title or slug (`candidates` lists what the
+                search found); `AmbiguousAppError` when several do: pass the app's id.
+        """
+        request = disco.find_app_request(name)
+        response = await self._discover(request, max_rate_limit_wait)
+        return disco.pick_app(disco.parse_apps(response, request).apps, name)
+
     async def list_actions(
         self,
         app: str,
@@ -519,16 +589,18 @@ class RunsView:
         app: str,
         *,
         page_size: int = 100,
+        expired: bool | None = None,
         max_rate_limit_wait: float | Unset | None = UNSET,
     ) -> AsyncGenerator[Connection, None]:
         """Every connection (authentication) the user owns for `app`, page by page.
 
         Follows `GET /v2/authentications?app=&limit=&offset=` until `links.next` is empty.
-        Expired connections are included (`Connection.is_expired`).
+        Expired connections are included (`Connection.is_expired`) unless `expired` says.
 
         Args:
             app: The app id.
             page_size: Connections asked for per request.
+            expired: Only expired (True) or only usable (False) connections; None for all.
             max_rate_limit_wait: Overrides the client's cap for each request.
 
         Yields:
@@ -540,7 +612,8 @@ class RunsView:
             response = await self._discover(request, max_rate_limit_wait)
             page = disco.parse_connections(response, request, offset=offset)
             for connection in page.connections:
-                yield connection
+                if disco.connection_matches(connection, expired=expired):
+                    yield connection
             offset = page.next_offset
 
     async def find_connection(
