@@ -280,3 +280,27 @@ async def test_concurrency_must_be_positive(fake):
         with pytest.raises(errors.InvalidRequestError, match="concurrency"):
             client.run_many([], concurrency=0)
         assert await client.gather([]) == []
+
+
+@pytest.mark.asyncio
+async def test_run_many_built_on_a_view_sends_with_its_credential_and_resumes_with_it():
+    from zapier_async._bulk import RunMany
+
+    async with (
+        FakeZapier(seed=1, tokens={"user"}) as server,
+        client_for(server, auth=za.BearerToken("partner")) as client,
+    ):
+        view = client.with_auth(za.BearerToken("user"))
+        # The client's own token is refused: every create and read must carry the view's.
+        async with RunMany(view, [request(i) for i in range(3)], concurrency=2) as job:
+            outcomes = [o async for o in job]
+        assert sorted(o.index for o in outcomes) == [0, 1, 2]
+        assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+
+
+def test_run_many_refuses_an_object_that_is_not_a_client_or_view():
+    from zapier_async._bulk import RunMany
+
+    with pytest.raises(errors.InvalidRequestError) as caught:
+        RunMany(object(), [])  # type: ignore[arg-type]
+    assert caught.value.field == "client"

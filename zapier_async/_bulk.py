@@ -77,8 +77,10 @@ from .journal import Journal, JournalKey, JournalState
 from .models import Run
 
 if TYPE_CHECKING:
-    from ._client import ZapierClient
+    from ._engine import Engine
     from ._handle import RunHandle
+    from ._pipeline import Credential
+    from ._views import RunsView
 
 __all__ = ["Outcome", "RunMany", "RunRequest"]
 
@@ -242,7 +244,8 @@ class _Job:
 
     def __init__(
         self,
-        client: ZapierClient,
+        engine: Engine,
+        credential: Credential | None,
         requests: Iterable[Any] | AsyncIterable[Any],
         *,
         concurrency: int,
@@ -250,7 +253,8 @@ class _Job:
         on_submitted: Callable[[int, RunRequest, str], object] | None,
         journal: Journal | None,
     ) -> None:
-        self.client = client
+        self.engine = engine
+        self.credential = credential  # None: the client's own
         self.concurrency = concurrency
         self.on_sending = on_sending
         self.on_submitted = on_submitted
@@ -362,7 +366,7 @@ class _Job:
                 authentication=request.authentication,
                 inputs=request.inputs,
                 callback_url=bound_url,
-                allow_loopback_callback=self.client._allow_loopback_callback,
+                allow_loopback_callback=self.engine.allow_loopback_callback,
             )
         except errors.InvalidRequestError as exc:
             return Outcome(index=index, request=live.request or item, error=exc)
@@ -383,8 +387,12 @@ class _Job:
 
         token = BEFORE_CREATE_SENT.set(sending)
         try:
-            handle = await self.client._submit(
-                wire, Priority.BULK, None, callback_token=callback_token
+            handle = await self.engine.create(
+                wire,
+                priority=Priority.BULK,
+                max_wait=None,
+                auth=self.credential,
+                callback_token=callback_token,
             )
         except _Refused:
             live.sent = False
@@ -455,7 +463,8 @@ class _Job:
         follow = state.in_flight.get(key)
         if follow is not None:
             live.sent = True
-            handle = self.client.resume(follow)  # InvalidRequestError: the item's outcome
+            # InvalidRequestError: the item's outcome
+            handle = self.engine.resume(follow, auth=self.credential)
             live.run_id = handle.id
             return self._follow(index, request, handle)
         return "send"
@@ -542,6 +551,19 @@ class _Job:
         return out
 
 
+def _target(view: RunsView) -> tuple[Engine, Credential | None]:
+    """The engine and credential a job sends with: those of `view` (a `ZapierClient` or an
+    `AuthView`), read from the package-internal attributes every `RunsView` declares."""
+    try:
+        return view._engine, view._credential
+    except AttributeError:
+        raise errors.InvalidRequestError(
+            f"needs a ZapierClient or a view of one (client.with_auth(...)), "
+            f"not {type(view).__name__}",
+            "client",
+        ) from None
+
+
 class RunMany(AsyncCloseable):
     """The async iterator of `Outcome` returned by `ZapierClient.run_many`.
 
@@ -559,7 +581,7 @@ class RunMany(AsyncCloseable):
 
     def __init__(
         self,
-        client: ZapierClient,
+        client: RunsView,
         requests: Iterable[Any] | AsyncIterable[Any],
         *,
         concurrency: int = 50,
@@ -570,9 +592,11 @@ class RunMany(AsyncCloseable):
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise errors.InvalidRequestError("must be an integer >= 1", "concurrency")
+        engine, credential = _target(client)
         self._progress = progress
         self._job = _Job(
-            client,
+            engine,
+            credential,
             requests,
             concurrency=concurrency,
             on_sending=on_sending,
