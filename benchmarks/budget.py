@@ -458,8 +458,11 @@ async def measure(
     quick: bool = False,
     windows: Sequence[str] = ("first", "aligned"),
     parts: Sequence[str] = ("bulk", "slack", "cold", "web"),
+    workloads: Sequence[str] | None = None,
 ) -> Report:
-    bulk = QUICK_BULK if quick else FULL_BULK
+    bulk = every = QUICK_BULK if quick else FULL_BULK
+    if workloads is not None:
+        bulk = tuple(w for w in bulk if w.key in workloads or w.hand_from in workloads)
     report = Report(
         number=6,
         title="Rate budget: requests per run against the physical minimum (issue #15)",
@@ -496,6 +499,10 @@ async def measure(
             hands: dict[str, dict[str, Any]] = {}
             for w in bulk:
                 lib = await _library_bulk(w, align, seed=1)
+                if not w.hand and w.hand_from not in hands:
+                    hands[w.hand_from] = await _hand_bulk(
+                        next(b for b in every if b.key == w.hand_from), align, seed=1
+                    )
                 if w.hand:
                     hand = hands[w.key] = await _hand_bulk(w, align, seed=1)
                 else:
@@ -626,6 +633,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     parser.add_argument("--windows", default=None, help="first,aligned (quick: first)")
     parser.add_argument("--only", default=None, help="bulk,slack,cold,web (quick: no slack)")
+    parser.add_argument(
+        "--workloads", default=None, help="bulk workloads: w300,w1000,short,w120,cb300"
+    )
     args = parser.parse_args(argv)
     only = args.only or ("bulk,cold,web" if args.quick else "bulk,slack,cold,web")
     windows = args.windows or ("first" if args.quick else "first,aligned")
@@ -634,6 +644,7 @@ def main(argv: list[str] | None = None) -> None:
             quick=args.quick,
             windows=tuple(x for x in windows.split(",") if x),
             parts=tuple(x for x in only.split(",") if x),
+            workloads=None if args.workloads is None else tuple(args.workloads.split(",")),
         )
     )
     print(report.text())

@@ -46,7 +46,7 @@ Pure: no clock, no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Protocol
 
 import attrs
@@ -82,6 +82,8 @@ class PollRecord:
         skew: 1 if its first poll was an at-once probe, which the cold cadence ignores.
         level: The price level of its last planning decision (0 = slack).
         due: Seconds after the create its next poll was planned for.
+        bucket: The limiter key its reads spend (its credential's bucket): the live budget
+            its plan is priced by.
     """
 
     key: str | None = None
@@ -91,6 +93,7 @@ class PollRecord:
     skew: int = 0
     level: int = 0
     due: float = 0.0
+    bucket: Hashable = None
 
 
 def _unit(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:

@@ -184,6 +184,9 @@ class ZapierClient(AsyncCloseable, RunsView):
                 rate=rate_limit,
                 on_wait=on_rate_limited,
                 max_server_wait=float(max_server_wait),
+                # Its own budget: spend each window as fast as the server allows, down to a
+                # reserve for awaited (interactive) calls (issue #15, "Spend the window").
+                spend_window=True,
             )
         self._engine = Engine(
             auth=auth,

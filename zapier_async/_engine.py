@@ -47,13 +47,22 @@ from ._auth import AuthContext, AuthProvider
 from ._backoff import PollPolicy, RetryPolicy, cap_hint
 from ._handle import RunHandle
 from ._limiter import Priority
-from ._pipeline import BucketKey, CreateHooks, Credential, SendPipeline, default_bucket_key
+from ._limits import pressure_of
+from ._pipeline import (
+    BucketKey,
+    CreateHooks,
+    Credential,
+    SendPipeline,
+    SendTiming,
+    default_bucket_key,
+)
 from ._polling import AdaptivePolling
 from ._ratelimit import parse_retry_after
 from ._scheduler import Poller
 from .models import Run, RunStatus
 
 if TYPE_CHECKING:
+    from ._cadence import PressureLike
     from ._clock import Clock
     from ._limiter import LimiterLike
     from ._metrics import _Recorder
@@ -135,7 +144,8 @@ class Engine:
         self._request_timeout = request_timeout
         self._retry_policy = retry_policy
         self._poll_policy = poll_policy
-        self._polling = AdaptivePolling(policy=poll_policy)
+        # Polls are priced by the live budget of the bucket each run's reads spend.
+        self._polling = AdaptivePolling(policy=poll_policy, pressure_of=self._pressure)
         self._rng = rng
         self._max_poll_failures = max_poll_failures
         self._long_poll = long_poll
@@ -280,11 +290,25 @@ class Engine:
         max_wait: float | None,
         auth: Credential | None = None,
         orphan: CreateHooks | None = None,
+        timing: SendTiming | None = None,
     ) -> proto.Response:
         """Send through the limiter with retries (see `SendPipeline.send`)."""
         return await self.pipeline.send(
-            request, priority=priority, max_wait=max_wait, orphan=orphan, credential=auth
+            request,
+            priority=priority,
+            max_wait=max_wait,
+            orphan=orphan,
+            credential=auth,
+            timing=timing,
         )
+
+    def _pressure(self, key: Hashable) -> PressureLike | None:
+        """The live budget of the limiter bucket `key` (the poll planner prices by it)."""
+        return pressure_of(self.limiter, key)
+
+    def read_key(self, locator: proto.RunLocator, auth: Credential | None) -> Hashable:
+        """The limiter bucket the reads of the run at `locator` spend with `auth`."""
+        return self.pipeline.key_for(proto.poll_request(locator), auth)
 
     async def send_token_request(self, request: proto.Request, base_url: str) -> proto.Response:
         """An auth provider's token request (see `AuthContext.send`): the same retry loop,
@@ -544,7 +568,9 @@ class Engine:
             if first_delay is None:
                 first_delay = self._callback_polling.delay(0, self._rng)
         if first_delay is None:
-            first_delay = self._polling.first_delay(handle, poll_key, self._rng)
+            first_delay = self._polling.first_delay(
+                handle, poll_key, self._rng, bucket=self.read_key(locator, auth)
+            )
         self.poller.schedule(handle, first_delay)
         return handle
 
@@ -602,9 +628,9 @@ class Engine:
             self.observe(handle, self.clock.monotonic() - handle.created_at)
         return True
 
-    def observe(self, handle: RunHandle, elapsed: float) -> None:
+    def observe(self, handle: RunHandle, elapsed: float, *, seen_at: float | None = None) -> None:
         """Teach the poll planner how long `handle`'s run took; poll what it brings forward."""
-        for other, delay in self._polling.observe(handle, elapsed):
+        for other, delay in self._polling.observe(handle, elapsed, seen_at=seen_at):
             self.poller.schedule(other, delay)
 
     async def _poll(self, handle: RunHandle) -> None:
@@ -622,12 +648,14 @@ class Engine:
         handle.poll_attempts += 1
         sent_at = self.clock.monotonic()
         credential = handle.credential
+        timing = SendTiming()
         try:
             response = await self.send(
                 request,
                 priority=priority,
                 max_wait=None,
                 auth=credential if isinstance(credential, Credential) else None,
+                timing=timing,
             )
             run = proto.parse_run(response, request, run_id=handle.id)
         except _FATAL_POLL_ERRORS as exc:
@@ -652,13 +680,17 @@ class Engine:
             self._poll_failed(handle, request, exc)
             return
         handle.poll_failures = 0
-        self._polling.round_trip(self.clock.monotonic() - sent_at)
+        answered_at = self.clock.monotonic()
+        granted_at = sent_at if timing.granted_at is None else timing.granted_at
+        # The wire time alone: a wait for the rate budget is not the server's latency.
+        self._polling.round_trip((timing.answered_at or answered_at) - granted_at)
         previous = handle.status
         handle._update(run)
         self.metrics.run_read(handle, previous, run)
-        elapsed = self.clock.monotonic() - handle.created_at
+        elapsed = answered_at - handle.created_at
         if handle.done():
-            self.observe(handle, elapsed)
+            # When the read was granted, not asked for: a wait for the budget is not duration.
+            self.observe(handle, elapsed, seen_at=granted_at - handle.created_at)
             return
         # A server's hint is capped once, here, for every way of reading the run.
         hint = cap_hint(_throttle_hint(run), min(self._poll_policy.max_hint, self.max_server_wait))

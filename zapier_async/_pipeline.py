@@ -70,6 +70,7 @@ __all__ = [
     "Credential",
     "Orphan",
     "SendPipeline",
+    "SendTiming",
     "default_bucket_key",
     "endpoint_family",
 ]
@@ -167,6 +168,20 @@ class CreateHooks:
         self.accepted = accepted
         self.refused = refused
         self.on_wire = False
+
+
+class SendTiming:
+    """When the last attempt of a send got its slot and its answer (monotonic seconds).
+
+    Pass one to `SendPipeline.send` to learn them: a poll planner must tell the limiter's
+    wait from the run's duration, and a round trip is the wire time alone.
+    """
+
+    __slots__ = ("answered_at", "granted_at")
+
+    def __init__(self) -> None:
+        self.granted_at: float | None = None
+        self.answered_at: float | None = None
 
 
 class _Wire:
@@ -267,6 +282,7 @@ class SendPipeline:
         max_wait: float | None,
         orphan: Orphan | CreateHooks | None = None,
         credential: Credential | None = None,
+        timing: SendTiming | None = None,
     ) -> proto.Response:
         """Send through the limiter with retries; returns a 2xx response or raises.
 
@@ -287,6 +303,8 @@ class SendPipeline:
                 caller is cancelled while it is on the wire (see the module docs).
             credential: Whose token to send and whose bucket to spend; the client's own by
                 default.
+            timing: Filled with when the last attempt of an idempotent request got its
+                slot and its answer.
         """
         credential = self._credential if credential is None else credential
         return await self._send(
@@ -296,6 +314,7 @@ class SendPipeline:
             hooks=orphan if isinstance(orphan, CreateHooks) else CreateHooks(orphan),
             credential=credential,
             base_url=self._base_url,
+            timing=timing,
         )
 
     async def send_unlimited(self, request: proto.Request, base_url: str) -> proto.Response:
@@ -323,6 +342,7 @@ class SendPipeline:
         hooks: CreateHooks,
         credential: Credential | None,
         base_url: str,
+        timing: SendTiming | None = None,
     ) -> proto.Response:
         """The one retry loop. `credential` None: a token request (no limiter, no token)."""
         self._check_loop()
@@ -349,6 +369,9 @@ class SendPipeline:
             elif request.idempotent:
                 async with self._slot(priority, max_wait, key) as slot:
                     self._waited(request, slot)
+                    if timing is not None:
+                        timing.granted_at = self._clock.monotonic()
+                        timing.answered_at = None
                     timeout = self._request_timeout
                     if request.long_poll is not None:
                         # A long-poll is parked at Zapier for up to N s: it counts against
@@ -365,6 +388,8 @@ class SendPipeline:
                         failure = exc
                         slot.record(None, {})
                     else:
+                        if timing is not None:
+                            timing.answered_at = self._clock.monotonic()
                         slot.record(response.status, response.headers)
             else:
                 try:

@@ -66,7 +66,7 @@ import collections
 import itertools
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -308,6 +308,9 @@ class AdaptivePolling:
             longest duration the action is known to take (about one poll per run).
         pressure: Reads the limiter's live budget (`zapier_async._cadence.PressureLike`), or
             None for a budget always slack. See `zapier_async._cadence`.
+        pressure_of: Reads the live budget of one limiter bucket (the key a run's reads
+            spend, given to `first_delay` as ``bucket``): each credential's runs are priced
+            by their own bucket. When set, it is used instead of `pressure`.
         price: The smoothed "budget binds" level (see `zapier_async._cadence.BudgetPrice`).
         min_samples: Runs of an action that must have ended before its plan is used.
         window: Most recent runs per action the estimate is made from.
@@ -333,6 +336,7 @@ class AdaptivePolling:
     cost: float = 0.12
     bound_cost: float = 1.0
     pressure: Callable[[], PressureLike | None] | None = None
+    pressure_of: Callable[[Hashable], PressureLike | None] | None = None
     price: BudgetPrice = attrs.field(factory=BudgetPrice)
     min_samples: int = 32
     window: int = 128
@@ -354,9 +358,19 @@ class AdaptivePolling:
 
     # --- the client's hooks -----------------------------------------------------------------
 
-    def first_delay(self, handle: RunHandle, key: str | None, rng: SupportsRandom) -> float:
-        """The delay before a new run's first poll; remembers `key` on the handle."""
-        delay = self._first_delay(handle, key, rng)
+    def first_delay(
+        self,
+        handle: RunHandle,
+        key: str | None,
+        rng: SupportsRandom,
+        *,
+        bucket: Hashable = None,
+    ) -> float:
+        """The delay before a new run's first poll; remembers `key` on the handle.
+
+        `bucket`: the limiter key the run's reads spend (priced through `pressure_of`).
+        """
+        delay = self._first_delay(handle, key, rng, bucket)
         record = self._records.get(handle)
         if record is not None:
             record.due = delay
@@ -378,14 +392,16 @@ class AdaptivePolling:
             record.due = elapsed + delay
         return delay
 
-    def _first_delay(self, handle: RunHandle, key: str | None, rng: SupportsRandom) -> float:
+    def _first_delay(
+        self, handle: RunHandle, key: str | None, rng: SupportsRandom, bucket: Hashable
+    ) -> float:
         handle.poll_key = key
-        record = self._records[handle] = PollRecord(key=key)
+        record = self._records[handle] = PollRecord(key=key, bucket=bucket)
         state = self._state(key, create=True) if self.enabled and key is not None else None
         if state is None:
             return self.policy.interval(0, elapsed=0.0, rng=rng)
         state.pending.add(handle)
-        level = record.level = self._sample(state, cold=not state.plan)
+        level = record.level = self._sample(state, record, cold=not state.plan)
         if state.plan:
             state.started += 1
             if state.started % self.explore_every == 0 and level < self.price.levels:
@@ -437,7 +453,7 @@ class AdaptivePolling:
             # The price may have moved since the last poll: then follow its plan (at the
             # same price the run keeps the plan it started with, so a re-plan does not
             # add polls mid-run).
-            level = self._sample(state)
+            level = self._sample(state, record)
             if level != record.level:
                 record.level = level
                 record.plan = self._plan_for(state, record, level)
@@ -466,7 +482,7 @@ class AdaptivePolling:
                 state.deferred.clear()
         if state is None:
             return next_poll_delay(self.policy, attempt - skew, elapsed, rng, hint=hint)
-        level = record.level = self._sample(state, cold=True)
+        level = record.level = self._sample(state, record, cold=True)
         delay = self._cold(elapsed, level, rng)
         if hint is not None and math.isfinite(hint) and hint > delay:
             return max(min(hint, self.policy.max_hint), delay)
@@ -601,15 +617,18 @@ class AdaptivePolling:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _sample(self, state: _Action, *, cold: bool = False) -> int:
+    def _sample(self, state: _Action, record: PollRecord, *, cold: bool = False) -> int:
         """Read the live budget once; the price level for a planning decision now.
 
         A run with no plan yet (`cold`) is priced by this sample alone: the first runs of a
         bulk job must not spend its first window on early polls while the level rises.
         """
-        if self.pressure is None:
+        if self.pressure_of is not None:
+            pressure = self.pressure_of(record.bucket)
+        elif self.pressure is not None:
+            pressure = self.pressure()
+        else:
             return 0
-        pressure = self.pressure()
         rate = window_rate(pressure)
         if rate is not None and state.plan and not cold:
             # The window is known: the plan that completes the most runs per second.
