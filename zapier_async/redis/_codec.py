@@ -40,11 +40,14 @@ def _slots(cls: type) -> list[str]:
     return [name for name in names if name not in _SKIP and not name.startswith("__")]
 
 
+_PLAIN: Final = frozenset({type(None), bool, int, float, str})
+
+
 def _enc(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if type(value) in _PLAIN:
         return value
-    if isinstance(value, list):
-        return [_enc(item) for item in value]
+    if isinstance(value, list):  # the long ones (arrivals of a window) hold numbers
+        return [item if type(item) in _PLAIN else _enc(item) for item in value]
     if isinstance(value, tuple):
         return {"t": [_enc(item) for item in value]}
     if isinstance(value, collections.deque):
@@ -58,7 +61,7 @@ def _enc(value: Any) -> Any:
 
 def _dec(value: Any) -> Any:
     if isinstance(value, list):
-        return [_dec(item) for item in value]
+        return [_dec(item) if type(item) in (dict, list) else item for item in value]
     if not isinstance(value, dict):
         return value
     if "t" in value:

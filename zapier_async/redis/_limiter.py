@@ -22,16 +22,8 @@ script answers with the state it found, and the change is computed again from it
 every process's requests count in one budget, exactly as if one process sent them all
 (requests in flight included: that is what makes N processes 429-free).
 
-*Why not a Lua port of the rules:* ``_budget`` is some 500 lines of rules (two lower bounds,
-window bounds, boundary probes and their learning, pacing, the interactive reserve, freezes
-and the cap); a port would be a second implementation that must agree with the first, the
-very problem issue 17 names. Measured cost of running them in Python (one redis-server on
-loopback, ``tests/test_redis_limiter_scenarios.py`` prints it): about one round trip per
-grant when a process works alone (the commit; its reply carries the server's time), and
-answers recorded meanwhile ride on the next grant's commit; with 4 processes on one budget
-the conflicts add retries (each carries the fresh state, so a retry costs one round trip,
-not two); see ``test_throughput_through_four_processes`` for requests/s and round trips per
-slot.
+Why this and not a Lua port of the rules, what it costs, and how the state survives
+retries, losses and dead processes: `_buckets`.
 
 **Time.** Processes share no monotonic clock, so the shared state is kept on the Redis
 server's clock (``TIME``, epoch seconds; both the budget's ``now`` and its ``wall``): each
@@ -46,24 +38,6 @@ never appears in Redis, and keys must have the same ``repr`` in every process: s
 numbers, tuples of those), expiring after ``bucket_idle`` seconds without a write (longer
 while a freeze or a lease runs). Locally, idle buckets are forgotten past ``max_buckets``
 or after ``bucket_idle``; a forgotten one is read again from Redis on next use.
-
-**Losing the state.** Redis may lose the keys (``FLUSHALL``, a restart without
-persistence, an eviction). Each bucket's state carries an ``epoch``, created by the commit
-that finds none; each slot carries the epoch that granted it. The answer to a slot of a
-lost epoch counts for nothing but a freeze (its "answers before it was granted" count
-answers of a budget nobody knows), so the new epoch starts in probe mode, as a forgotten
-in-memory budget does. A state that does not decode (another version wrote it) is treated
-the same way.
-
-**Scripts that run once.** redis-py re-sends a command that timed out (``Redis(host=...)``
-does so up to 10 times by default), and after a stall Redis runs both copies. A commit takes
-a request id and keeps its reply under it for `ONCE_TTL`: a re-run answers "written" and
-writes nothing more (without it the re-run would see its own write as a conflict, and the
-answers it carried would be counted twice).
-
-**Leases.** A slot whose process died is never answered: each slot in flight carries a lease
-(``lease`` seconds), and the first change after it ran out completes it without an answer,
-so the budget (and the one probe) is not blocked forever.
 
 **Freezes and the cap.** A 429, a 503 per the lone-503 rule (counted in the shared budget:
 503s in a row from any process) or `freeze` freeze the bucket for every process, for at
@@ -99,7 +73,6 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Hashable, Mapping
-from types import TracebackType
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -114,22 +87,20 @@ from zapier_async._limits import (
     USE_DEFAULT,
     LimiterStats,
     Pressure,
-    _BaseWaiter,
     _Default,
-    _OneShotSlot,
     _WaitLog,
 )
 from zapier_async._ratelimit import (
     DEFAULT_COOLDOWN,
     DEFAULT_MAX_SERVER_WAIT,
     RateLimitState,
-    pause_after,
     server_wait,
 )
 from zapier_async.errors import InvalidRequestError, LimiterClosedError, RateLimitedError
 
-from ._codec import InFlight, StateError, dump, load
-from ._scripts import BUCKET_COMMIT, BUCKET_READ, ONCE_TTL, text
+from ._buckets import BucketStore, apply, expire_leases
+from ._codec import InFlight
+from ._line import Bucket, Op, RedisSlot, SharedClock, SlotRequest, Waiter
 
 __all__ = ["RedisLimiter", "RedisLimiterBackend", "RedisSlot"]
 
@@ -143,6 +114,10 @@ DEFAULT_MAX_BUCKETS: Final = 10_000
 DEFAULT_BUCKET_IDLE: Final = 900.0
 """Seconds after which an idle bucket expires in Redis and is forgotten locally."""
 
+_EARLY: Final = 1e-6
+"""A grant due this close is due now: times on the shared clock are epoch seconds (about
+0.2 us apart in a float), and a wake-up a hair early would cost a round trip for nothing."""
+
 _MAX_ATTEMPTS: Final = 100
 """Commits tried in a row before the task lets other buckets go first."""
 
@@ -150,153 +125,6 @@ _OFFSET_REFRESH: Final = 30.0
 """Seconds after which a slower round trip's clock offset is taken anyway (drift)."""
 
 _HEADER_PREFIXES: Final = ("x-ratelimit", "ratelimit", "retry-after")
-
-
-class RedisSlot(_OneShotSlot):
-    """Permission to send one request; hand its response back with `record`.
-
-    The same contract as `zapier_async.Slot`: call ``record(status, headers)`` once, as soon
-    as the status and headers are in.
-    """
-
-    __slots__ = ("_bucket", "_epoch", "_id")
-
-    def __init__(
-        self,
-        limiter: RedisLimiter,
-        bucket: _Bucket,
-        slot_id: str,
-        epoch: str,
-        priority: Priority,
-        *,
-        granted_at: float,
-        probe: bool,
-        waited: float,
-    ) -> None:
-        super().__init__(limiter, priority, granted_at, probe=probe, waited=waited)
-        self._bucket = bucket
-        self._id = slot_id
-        self._epoch = epoch  # which budget granted it (a new one after Redis lost its state)
-
-    @property
-    def key(self) -> Hashable:
-        """The key of the bucket the slot was granted from."""
-        return self._bucket.key
-
-    def __repr__(self) -> str:
-        return f"RedisSlot(priority={self.priority.name}, probe={self.probe})"
-
-
-class _Waiter(_BaseWaiter[RedisSlot | None]):
-    """A local caller waiting for a grant (None: Redis was lost, go local)."""
-
-    __slots__ = ("bucket", "seq")
-
-    def __init__(
-        self,
-        bucket: _Bucket,
-        priority: Priority,
-        seq: int,
-        fut: asyncio.Future[RedisSlot | None],
-        enqueued_at: float,
-        deadline: float | None,
-    ) -> None:
-        super().__init__(priority, fut, enqueued_at, deadline)
-        self.bucket = bucket
-        self.seq = seq
-
-
-# A change waiting to be committed: (kind, slot id, epoch, status, headers, local time).
-_Op = tuple[str, str, str, int | None, dict[str, str], float]
-
-
-class _Bucket:
-    """One key: its Redis hash, the state last seen there, and the local line."""
-
-    __slots__ = (
-        "budget",
-        "due",
-        "epoch",
-        "heap",
-        "in_flight",
-        "key",
-        "live",
-        "mine",
-        "name",
-        "ops",
-        "seen_at",
-        "state",
-        "streak",
-        "used_at",
-        "version",
-    )
-
-    def __init__(self, key: Hashable, name: str, now: float) -> None:
-        self.key = key
-        self.name = name  # the Redis key of its hash
-        self.state: str | None = None  # the text last read or written; None: never read
-        self.epoch = ""
-        self.version = "0"
-        self.budget: Budget | None = None  # `state` decoded (a copy: never written back)
-        self.in_flight: InFlight = {}
-        self.seen_at = -math.inf  # local time the state was last known fresh
-        self.heap: list[tuple[int, int, _Waiter]] = []
-        self.live = [0, 0, 0]
-        self.ops: collections.deque[_Op] = collections.deque()
-        self.mine = 0  # this process's slots in flight
-        self.due: float | None = None
-        self.used_at = now
-        self.streak = 0  # 503s in a row this process saw (for `record`'s answer)
-
-    def waiting(self) -> int:
-        return sum(self.live)
-
-    def idle(self) -> bool:
-        return not self.waiting() and not self.ops and not self.mine
-
-
-class _SlotRequest:
-    """The async context manager returned by `RedisLimiter.slot`."""
-
-    __slots__ = ("_fallback_cm", "_key", "_limiter", "_max_wait", "_priority", "_slot")
-
-    def __init__(
-        self,
-        limiter: RedisLimiter,
-        priority: Priority,
-        max_wait: float | _Default | None,
-        key: Hashable,
-    ) -> None:
-        self._limiter = limiter
-        self._priority = priority
-        self._max_wait = max_wait
-        self._key = key
-        self._slot: RedisSlot | None = None
-        self._fallback_cm: contextlib.AbstractAsyncContextManager[_LocalSlot] | None = None
-
-    async def __aenter__(self) -> RedisSlot | _LocalSlot:
-        limiter = self._limiter
-        max_wait = limiter._max_wait if isinstance(self._max_wait, _Default) else self._max_wait
-        slot = await limiter._acquire(self._priority, max_wait, self._key)
-        if slot is not None:
-            self._slot = slot
-            return slot
-        # Redis is unreachable: this request goes through the local fallback limiter.
-        cm = limiter._fallback_limiter().slot(self._priority, max_wait=max_wait, key=self._key)
-        local = await cm.__aenter__()
-        self._fallback_cm = cm
-        return local
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._slot is not None:
-            self._slot._release()
-        if self._fallback_cm is not None:
-            await self._fallback_cm.__aexit__(exc_type, exc, tb)
 
 
 class RedisLimiter(AsyncCloseable):
@@ -378,8 +206,6 @@ class RedisLimiter(AsyncCloseable):
         )
         self._redis = redis
         self._base = f"{prefix}:{name}"
-        self._once_prefix = f"{self._base}:once:"
-        self._once_ms = str(math.ceil(ONCE_TTL * 1000))
         self._lease = float(lease)
         self._max_wait = max_wait
         self._fallback_rate = fallback_rate
@@ -387,23 +213,29 @@ class RedisLimiter(AsyncCloseable):
         self._reconnect = float(reconnect_interval)
         self._max_buckets = max_buckets
         self._bucket_idle = float(bucket_idle)
-        self._read_script = redis.register_script(BUCKET_READ)
-        self._commit_script = redis.register_script(BUCKET_COMMIT)
         self._owner = uuid.uuid4().hex[:12]
         self._ids = itertools.count()
 
         # Time: the shared clock is `clock.time()` when one is given, else Redis's TIME.
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._clock_is_shared = clock is not None
-        self._offset: float | None = None  # shared - local monotonic (Redis TIME mode)
-        self._offset_rtt = math.inf
-        self._offset_at = -math.inf
+        self._time = SharedClock(self._clock, shared=clock is not None)
+        self._store = BucketStore(
+            redis,
+            self._config,
+            self._clock,
+            self._time,
+            base=self._base,
+            owner=self._owner,
+            lease=self._lease,
+            bucket_idle=self._bucket_idle,
+        )
+        self._commit_script = self._store.commit_script  # tests stall it by its SHA
 
-        self._default = _Bucket(None, f"{self._base}:bucket", self._clock.monotonic())
-        self._buckets: collections.OrderedDict[Hashable, _Bucket] = collections.OrderedDict()
-        self._dirty: dict[_Bucket, None] = {}  # buckets with something to do now
-        self._due: list[tuple[float, int, _Bucket]] = []
-        self._deadlines: list[tuple[float, int, _Waiter]] = []
+        self._default = Bucket(None, f"{self._base}:bucket", self._clock.monotonic())
+        self._buckets: collections.OrderedDict[Hashable, Bucket] = collections.OrderedDict()
+        self._dirty: dict[Bucket, None] = {}  # buckets with something to do now
+        self._due: list[tuple[float, int, Bucket]] = []
+        self._deadlines: list[tuple[float, int, Waiter]] = []
         self._seq = itertools.count()
         self._live = 0
         self._in_flight = 0
@@ -412,11 +244,6 @@ class RedisLimiter(AsyncCloseable):
         self._closed = False
         self._fallback: Limiter | None = None
         self._degraded = False
-        self.round_trips = 0
-        """Redis round trips made (reads and commits), for measurements."""
-        self.conflicts = 0
-        """Commits that found another process's write first and were computed again."""
-        self._io = 0  # Redis commands outstanding
 
         self._waits = _WaitLog(on_wait)
         self._n_grants = 0
@@ -457,7 +284,7 @@ class RedisLimiter(AsyncCloseable):
                 server dictated one past ``max_server_wait`` (``reason="max_server_wait"``).
             LimiterClosedError: (on entering) The limiter is or was closed while waiting.
         """
-        return _SlotRequest(self, Priority(priority), max_wait, key)
+        return SlotRequest(self, Priority(priority), max_wait, key)
 
     def freeze(self, seconds: float, *, key: Hashable = None) -> None:
         """Stop every process sharing the bucket for ``seconds`` (never shortens a freeze;
@@ -482,7 +309,7 @@ class RedisLimiter(AsyncCloseable):
             priority: The priority ``next_free_at`` is for.
         """
         bucket = self._find(key)
-        budget = self._view_budget(bucket)
+        budget = self._store.view(bucket)
         now = self._shared()
         view = budget.view(now)
         live = bucket.live if bucket is not None else [0, 0, 0]
@@ -507,7 +334,7 @@ class RedisLimiter(AsyncCloseable):
             key: The bucket; None for the default one.
         """
         bucket = self._find(key)
-        budget = self._view_budget(bucket)
+        budget = self._store.view(bucket)
         now = self._shared()
         budget.advance(now)
         refused = budget.refusal(now)
@@ -534,7 +361,7 @@ class RedisLimiter(AsyncCloseable):
     @property
     def frozen_until(self) -> float | None:
         """Monotonic time at which the default bucket's freeze (as last seen) ends, or None."""
-        budget = self._view_budget(self._default)
+        budget = self._store.view(self._default)
         return self._local_of(budget.view(self._shared()).frozen_until)
 
     @property
@@ -554,7 +381,7 @@ class RedisLimiter(AsyncCloseable):
             A frozen `LimiterStats`; ``mode`` is ``"degraded"`` while Redis is unreachable.
         """
         now = self._shared()
-        view = self._view_budget(self._default).view(now)
+        view = self._store.view(self._default).view(now)
         return LimiterStats(
             mode="degraded" if self._degraded else view.mode,
             grants=self._n_grants,
@@ -603,10 +430,20 @@ class RedisLimiter(AsyncCloseable):
             await self._fallback.aclose()
 
     @property
+    def round_trips(self) -> int:
+        """Redis round trips made (reads and commits), for measurements."""
+        return self._store.round_trips
+
+    @property
+    def conflicts(self) -> int:
+        """Commits that found another process's write first and were computed again."""
+        return self._store.conflicts
+
+    @property
     def busy(self) -> bool:
         """Whether a Redis command is outstanding or work is pending (a test driving a
         `FakeClock` holds time still meanwhile: a round trip takes no simulated time)."""
-        return bool(self._io or self._dirty)
+        return bool(self._store.io or self._dirty)
 
     def __repr__(self) -> str:
         return (
@@ -620,33 +457,13 @@ class RedisLimiter(AsyncCloseable):
         return self._clock.monotonic()
 
     def _shared(self) -> float:
-        """Now on the shared clock."""
-        if self._clock_is_shared:
-            return self._clock.time()
-        if self._offset is None:
-            return self._clock.time()  # until Redis told its time: close enough for a view
-        return self._clock.monotonic() + self._offset
+        return self._time.now()
 
     def _shared_of(self, local: float) -> float:
-        return local + (self._shared() - self._local())
+        return self._time.of_local(local)
 
     def _local_of(self, shared: float | None) -> float | None:
-        return None if shared is None else shared - (self._shared() - self._local())
-
-    def _note_time(self, reply: Any, sent: float, received: float) -> None:
-        """Measure the offset to Redis's clock from a reply's TIME (fastest round trips)."""
-        if self._clock_is_shared:
-            return
-        server = int(text(reply[-2])) + int(text(reply[-1])) / 1e6
-        rtt = received - sent
-        if (
-            self._offset is None
-            or rtt <= self._offset_rtt * 1.5 + 0.0005
-            or received - self._offset_at > _OFFSET_REFRESH
-        ):
-            self._offset = server - (sent + received) / 2
-            self._offset_rtt = rtt
-            self._offset_at = received
+        return None if shared is None else self._time.to_local(shared)
 
     # ------------------------------------------------------------------ buckets
 
@@ -654,24 +471,24 @@ class RedisLimiter(AsyncCloseable):
         digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
         return f"{self._base}:bucket:{digest}"
 
-    def _find(self, key: Hashable) -> _Bucket | None:
+    def _find(self, key: Hashable) -> Bucket | None:
         return self._default if key is None else self._buckets.get(key)
 
-    def _bucket(self, key: Hashable) -> _Bucket:
+    def _bucket(self, key: Hashable) -> Bucket:
         now = self._local()
         if key is None:
             self._default.used_at = now
             return self._default
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = _Bucket(key, self._redis_name(key), now)
+            bucket = self._buckets[key] = Bucket(key, self._redis_name(key), now)
             self._evict(now)
         else:
             self._buckets.move_to_end(key)
         bucket.used_at = now
         return bucket
 
-    def _all(self) -> list[_Bucket]:
+    def _all(self) -> list[Bucket]:
         return [self._default, *self._buckets.values()]
 
     def _evict(self, now: float) -> None:
@@ -690,27 +507,6 @@ class RedisLimiter(AsyncCloseable):
             self._dirty.pop(oldest, None)
             self._n_evictions += 1
 
-    def _view_budget(self, bucket: _Bucket | None) -> Budget:
-        """The budget as last seen (a fresh one when never read): for reading only."""
-        if bucket is None or bucket.budget is None:
-            return Budget(self._config)
-        return bucket.budget
-
-    def _decode(self, bucket: _Bucket) -> tuple[Budget, InFlight]:
-        """A private copy of the bucket's state to change; a lost or unreadable state reads
-        as a fresh budget (probe mode)."""
-        if bucket.state:
-            try:
-                return load(bucket.state, self._config)
-            except StateError as exc:
-                logger.warning("zapier_async: unreadable limiter state in Redis (%s)", exc)
-        return Budget(self._config), {}
-
-    def _take(self, bucket: _Bucket, state: str, epoch: str, version: str) -> None:
-        bucket.state, bucket.epoch, bucket.version = state, epoch, version
-        bucket.budget, bucket.in_flight = self._decode(bucket) if state else (None, {})
-        bucket.seen_at = self._local()
-
     # ------------------------------------------------------------------ acquiring
 
     async def _acquire(
@@ -721,10 +517,10 @@ class RedisLimiter(AsyncCloseable):
         if self._degraded:
             return None
         bucket = self._bucket(key)
-        if bucket.budget is not None:
+        if bucket.state:
             # Fail fast from the state last seen (the task decides on a fresh one).
             now = self._shared()
-            budget = bucket.budget
+            budget = self._store.view(bucket)
             budget.advance(now)
             refused = budget.refusal(now)
             if refused is not None:
@@ -739,7 +535,7 @@ class RedisLimiter(AsyncCloseable):
         loop = asyncio.get_running_loop()
         local = self._local()
         deadline = None if max_wait is None else local + max_wait
-        waiter = _Waiter(bucket, priority, next(self._seq), loop.create_future(), local, deadline)
+        waiter = Waiter(bucket, priority, next(self._seq), loop.create_future(), local, deadline)
         heapq.heappush(bucket.heap, (int(priority), waiter.seq, waiter))
         bucket.live[priority] += 1
         self._live += 1
@@ -760,19 +556,19 @@ class RedisLimiter(AsyncCloseable):
                 self._n_cancelled += 1
             raise
 
-    def _kill(self, waiter: _Waiter) -> None:
+    def _kill(self, waiter: Waiter) -> None:
         waiter.alive = False
         waiter.bucket.live[waiter.priority] -= 1
         self._live -= 1
 
-    def _mark(self, bucket: _Bucket) -> None:
+    def _mark(self, bucket: Bucket) -> None:
         """Something changed in ``bucket``: the task looks at it soon."""
         self._dirty[bucket] = None
         self._wake.set()
         with contextlib.suppress(RuntimeError):  # no running loop: done by the next slot()
             self._ensure_task()
 
-    def _post(self, bucket: _Bucket, op: _Op) -> None:
+    def _post(self, bucket: Bucket, op: Op) -> None:
         if self._closed and self._task is None and not bucket.ops:
             return
         bucket.ops.append(op)
@@ -823,33 +619,14 @@ class RedisLimiter(AsyncCloseable):
         slot._bucket.mine -= 1
         self._post(slot._bucket, ("undo", slot._id, slot._epoch, None, {}, self._local()))
 
-    def _apply(self, budget: Budget, in_flight: InFlight, epoch: str, op: _Op) -> None:
+    def _apply(self, budget: Budget, in_flight: InFlight, epoch: str, op: Op) -> None:
         """Apply one recorded change to a copy of the state."""
-        kind, slot_id, slot_epoch, status, headers, at = op
-        now = self._shared_of(at)
-        if kind == "freeze":
-            answer = budget.freeze(float(headers["s"]), now=now, wall=now)
-            self._note_freeze(answer.wait, answer.extended, "freeze() called")
-            return
-        record = in_flight.pop(slot_id, None) if slot_epoch == epoch else None
-        if record is None:
-            # A slot of a budget Redis lost (or already expired): only a freeze counts.
-            if kind == "answer" and status is not None:
-                pause = pause_after(
-                    status,
-                    RateLimitState.from_headers(headers, now=now),
-                    default_cooldown=self._config.default_cooldown,
-                )
-                if pause is not None:
-                    budget.freeze(pause, now=now, wall=now)
-            return
-        grant = Grant(float(record[0]), int(record[1]), bool(record[2]))
-        if kind == "undo":
-            budget.ungrant(grant)
-            return
-        answer = budget.complete(grant, status, headers, now=max(now, grant.sent), wall=now)
-        self._n_windows += answer.opened
-        self._note_freeze(answer.wait, answer.extended, f"HTTP {status}")
+        now = self._shared_of(op[5])
+        answer = apply(budget, in_flight, epoch, op, now, self._config.default_cooldown)
+        if answer is not None:
+            self._n_windows += answer.opened
+            why = "freeze() called" if op[0] == "freeze" else f"HTTP {op[3]}"
+            self._note_freeze(answer.wait, answer.extended, why)
 
     def _note_freeze(self, wait: Any, extended: bool, why: str) -> None:
         if wait is None:
@@ -875,77 +652,30 @@ class RedisLimiter(AsyncCloseable):
 
     # ------------------------------------------------------------------ one change
 
-    async def _read(self, bucket: _Bucket) -> None:
-        sent = self._local()
-        self._io += 1
-        try:
-            reply = await self._read_script(keys=[bucket.name])
-        finally:
-            self._io -= 1
-        self.round_trips += 1
-        self._note_time(reply, sent, self._local())
-        self._take(bucket, text(reply[2]), text(reply[0]), text(reply[1]))
-
-    async def _commit(self, bucket: _Bucket, budget: Budget, in_flight: InFlight) -> str | None:
-        """Write the new state if nobody wrote since it was read; its epoch, or None (then
-        the bucket holds what Redis has)."""
-        now = self._shared()
-        epoch = bucket.epoch or f"{self._owner}.{next(self._ids)}"
-        frozen = budget.view(now).frozen_until
-        ttl = max(self._bucket_idle, 2 * self._lease, (frozen or now) - now + self._lease)
-        ttl_ms = str(math.ceil(ttl * 1000))
-        state = dump(budget, in_flight)
-        request = f"{self._once_prefix}{self._owner}:c{next(self._ids)}"
-        sent = self._local()
-        self._io += 1
-        try:
-            reply = await self._commit_script(
-                keys=[bucket.name, request],
-                args=[bucket.epoch, bucket.version, state, epoch, ttl_ms, self._once_ms],
-            )
-        finally:
-            self._io -= 1
-        self.round_trips += 1
-        self._note_time(reply, sent, self._local())
-        if int(reply[0]) == 1:
-            bucket.state, bucket.epoch, bucket.version = state, epoch, text(reply[2])
-            bucket.budget, bucket.in_flight = budget, in_flight
-            bucket.seen_at = self._local()
-            return epoch
-        self.conflicts += 1
-        self._take(bucket, text(reply[3]), text(reply[1]), text(reply[2]))
-        return None
-
-    async def _turn(self, bucket: _Bucket) -> None:
+    async def _turn(self, bucket: Bucket) -> None:
         """Bring the bucket's recorded changes to Redis, grant whoever may go, and decide
         when to look again."""
         fresh = False
         for _ in range(_MAX_ATTEMPTS):
             if bucket.state is None:
-                await self._read(bucket)
+                await self._store.read(bucket)
                 fresh = True
-            budget, in_flight = self._decode(bucket)
+            budget, in_flight = self._store.decode(bucket)
             epoch = bucket.epoch
             ops = list(bucket.ops)
             for op in ops:
                 self._apply(budget, in_flight, epoch, op)
-            changed = bool(ops)
             now = self._shared()
-            for slot_id, record in list(in_flight.items()):
-                if record[3] <= now:  # its process died: done, without an answer
-                    del in_flight[slot_id]
-                    grant = Grant(float(record[0]), int(record[1]), bool(record[2]))
-                    budget.complete(grant, None, {}, now=now, wall=now)
-                    changed = True
+            changed = expire_leases(budget, in_flight, now) or bool(ops)
             budget.advance(now)
             refused = budget.refusal(now)
-            grants: list[tuple[_Waiter, str, Grant]] = []
+            grants: list[tuple[Waiter, str, Grant]] = []
             if refused is not None:
                 self._refuse(bucket, refused)
             else:
                 while (waiter := self._peek(bucket)) is not None:
                     when = budget.next_time(now, waiter.priority)
-                    if when is None or when > now:
+                    if when is None or when > now + _EARLY:
                         break
                     heapq.heappop(bucket.heap)
                     grant = budget.grant(now)
@@ -957,17 +687,19 @@ class RedisLimiter(AsyncCloseable):
                 if not fresh and bucket.waiting() and self._local() - bucket.seen_at > self._poll:
                     # A decision to wait is taken on a fresh state (another process may have
                     # opened a window); a grant needs none: its commit fails if stale.
-                    await self._read(bucket)
+                    await self._store.read(bucket)
                     fresh = True
                     continue
-                bucket.budget = budget  # time's changes only: nothing to write
+                bucket.budget, bucket.in_flight = budget, in_flight  # nothing to write
                 break
-            written = await self._commit(bucket, budget, in_flight)
+            try:
+                written = await self._store.commit(bucket, budget, in_flight)
+            except BaseException:
+                self._requeue(bucket, grants)  # back in line: Redis lost, or closing
+                raise
             fresh = True
             if written is None:
-                for waiter, _, _ in grants:
-                    if waiter.alive:
-                        heapq.heappush(bucket.heap, (int(waiter.priority), waiter.seq, waiter))
+                self._requeue(bucket, grants)
                 continue
             for _ in ops:
                 bucket.ops.popleft()
@@ -978,7 +710,13 @@ class RedisLimiter(AsyncCloseable):
             self._dirty[bucket] = None  # a long run of conflicts: come back after others
         self._schedule(bucket)
 
-    def _peek(self, bucket: _Bucket) -> _Waiter | None:
+    def _requeue(self, bucket: Bucket, grants: list[tuple[Waiter, str, Grant]]) -> None:
+        """Grants not written: their waiters are in line again."""
+        for waiter, _, _ in grants:
+            if waiter.alive:
+                heapq.heappush(bucket.heap, (int(waiter.priority), waiter.seq, waiter))
+
+    def _peek(self, bucket: Bucket) -> Waiter | None:
         while bucket.heap:
             waiter = bucket.heap[0][2]
             if not waiter.alive:
@@ -991,9 +729,7 @@ class RedisLimiter(AsyncCloseable):
                 return waiter
         return None
 
-    def _deliver(
-        self, bucket: _Bucket, epoch: str, grants: list[tuple[_Waiter, str, Grant]]
-    ) -> None:
+    def _deliver(self, bucket: Bucket, epoch: str, grants: list[tuple[Waiter, str, Grant]]) -> None:
         now = self._local()
         for waiter, slot_id, grant in grants:
             slot = RedisSlot(
@@ -1019,7 +755,7 @@ class RedisLimiter(AsyncCloseable):
                 self._n_immediate += 1
             waiter.fut.set_result(slot)
 
-    def _refuse(self, bucket: _Bucket, retry_at: float) -> None:
+    def _refuse(self, bucket: Bucket, retry_at: float) -> None:
         """The server dictated a wait past max_server_wait: nobody waits for it."""
         while (waiter := self._peek(bucket)) is not None:
             heapq.heappop(bucket.heap)
@@ -1027,11 +763,11 @@ class RedisLimiter(AsyncCloseable):
             self._n_rejected += 1
             waiter.fut.set_exception(self._refused_error(retry_at))
 
-    def _schedule(self, bucket: _Bucket) -> None:
+    def _schedule(self, bucket: Bucket) -> None:
         """When the task must look at the bucket again (local time), from the state seen."""
         due: float | None = None
         waiter = self._peek(bucket)
-        budget = bucket.budget
+        budget = self._store.view(bucket) if bucket.state else None
         if waiter is not None and budget is not None:
             now = self._shared()
             when = budget.next_time(now, waiter.priority)
@@ -1054,14 +790,14 @@ class RedisLimiter(AsyncCloseable):
         while not self._closed:
             try:
                 if self._degraded:
-                    await self._sleep(self._reconnect)
+                    await self._sleep(self._local() + self._reconnect)
                     if self._closed:
                         break
-                    self._io += 1
+                    self._store.io += 1
                     try:
                         await self._redis.ping()
                     finally:
-                        self._io -= 1
+                        self._store.io -= 1
                     self._degraded = False
                     logger.warning("zapier_async: Redis is reachable again; sharing the budget")
                     continue
@@ -1125,7 +861,7 @@ class RedisLimiter(AsyncCloseable):
                 return  # decide on what Redis says first
             self._kill(waiter)
             self._n_expired += 1
-            budget = self._view_budget(bucket)
+            budget = self._store.view(bucket)
             shared = self._shared()
             estimate = budget.estimate(shared, 1 + sum(bucket.live[: waiter.priority + 1]))
             waiter.fut.set_exception(RateLimitedError(estimate, self._clock.time() + estimate))

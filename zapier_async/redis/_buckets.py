@@ -1,0 +1,197 @@
+"""The buckets' state in Redis, for `RedisLimiter`: reading it, and writing a change with
+compare-and-set (`_scripts` holds the two scripts; `_limiter` the rest of the theory).
+
+*Why not a Lua port of the rules:* ``_budget`` is some 500 lines of rules (two lower bounds,
+window bounds, boundary probes and their learning, pacing, the interactive reserve, freezes
+and the cap); a port would be a second implementation that must agree with the first, the
+very problem issue 17 names. Measured cost of running them in Python (one redis-server on
+loopback, ``tests/test_redis_limiter_scenarios.py`` prints it): about one round trip per
+grant when a process works alone (the commit; its reply carries the server's time), and
+answers recorded meanwhile ride on the next grant's commit; with 4 processes on one budget
+the conflicts add retries (each carries the fresh state, so a retry costs one round trip,
+not two); see ``test_throughput_through_four_processes`` for requests/s and round trips per
+slot.
+
+**Losing the state.** Redis may lose the keys (``FLUSHALL``, a restart without
+persistence, an eviction). Each bucket's state carries an ``epoch``, created by the commit
+that finds none; each slot carries the epoch that granted it. The answer to a slot of a
+lost epoch counts for nothing but a freeze (its "answers before it was granted" count
+answers of a budget nobody knows), so the new epoch starts in probe mode, as a forgotten
+in-memory budget does. A state that does not decode (another version wrote it) is treated
+the same way.
+
+**Scripts that run once.** redis-py re-sends a command that timed out (``Redis(host=...)``
+does so up to 10 times by default), and after a stall Redis runs both copies. A commit takes
+a request id and keeps its reply under it for `ONCE_TTL`: a re-run answers "written" and
+writes nothing more (without it the re-run would see its own write as a conflict, and the
+answers it carried would be counted twice).
+
+**Leases.** A slot whose process died is never answered: each slot in flight carries a lease
+(``lease`` seconds), and the first change after it ran out completes it without an answer,
+so the budget (and the one probe) is not blocked forever.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+
+import redis.asyncio as aioredis
+
+from zapier_async._budget import Answer, Budget, BudgetConfig, Grant
+from zapier_async._clock import Clock
+from zapier_async._ratelimit import RateLimitState, pause_after
+
+from ._codec import InFlight, StateError, dump, load
+from ._line import Bucket, Op, SharedClock
+from ._scripts import BUCKET_COMMIT, BUCKET_READ, ONCE_TTL, text
+
+__all__ = ["BucketStore", "apply", "expire_leases"]
+
+logger = logging.getLogger("zapier_async")
+
+
+class BucketStore:
+    """Reads and writes of bucket hashes; counts round trips and conflicts.
+
+    Args:
+        redis: The client.
+        config: The budgets' settings (each process has them; Redis holds only state).
+        clock: This process's clock; ``time`` the shared one.
+        base: The key prefix of the limiter.
+        owner: This process's id (epochs and request ids start with it).
+        lease: Seconds a slot in flight counts without an answer.
+        bucket_idle: Seconds a bucket lives in Redis without a write.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        config: BudgetConfig,
+        clock: Clock,
+        time: SharedClock,
+        *,
+        base: str,
+        owner: str,
+        lease: float,
+        bucket_idle: float,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._time = time
+        self._once_prefix = f"{base}:once:{owner}:c"
+        self._once_ms = str(math.ceil(ONCE_TTL * 1000))
+        self._owner = owner
+        self._lease = lease
+        self._bucket_idle = bucket_idle
+        self._ids = itertools.count()
+        self.read_script = redis.register_script(BUCKET_READ)
+        self.commit_script = redis.register_script(BUCKET_COMMIT)
+        self.round_trips = 0
+        self.conflicts = 0
+        self.io = 0  # commands outstanding
+
+    def view(self, bucket: Bucket | None) -> Budget:
+        """The budget as last seen (a fresh one when never read): for reading only."""
+        if bucket is None:
+            return Budget(self._config)
+        if bucket.budget is None and bucket.state:
+            bucket.budget, bucket.in_flight = self.decode(bucket)
+        return bucket.budget or Budget(self._config)
+
+    def decode(self, bucket: Bucket) -> tuple[Budget, InFlight]:
+        """A private copy of the bucket's state to change; a lost or unreadable state reads
+        as a fresh budget (probe mode)."""
+        if bucket.state:
+            try:
+                return load(bucket.state, self._config)
+            except StateError as exc:
+                logger.warning("zapier_async: unreadable limiter state in Redis (%s)", exc)
+        return Budget(self._config), {}
+
+    def _take(self, bucket: Bucket, state: str, epoch: str, version: str) -> None:
+        bucket.state, bucket.epoch, bucket.version = state, epoch, version
+        bucket.budget, bucket.in_flight = None, {}  # decoded when needed
+        bucket.seen_at = self._clock.monotonic()
+
+    async def read(self, bucket: Bucket) -> None:
+        """Take what Redis holds for the bucket."""
+        sent = self._clock.monotonic()
+        self.io += 1
+        try:
+            reply = await self.read_script(keys=[bucket.name])
+        finally:
+            self.io -= 1
+        self.round_trips += 1
+        self._time.note(reply, sent, self._clock.monotonic())
+        self._take(bucket, text(reply[2]), text(reply[0]), text(reply[1]))
+
+    async def commit(self, bucket: Bucket, budget: Budget, in_flight: InFlight) -> str | None:
+        """Write the new state if nobody wrote since it was read; its epoch, or None (then
+        the bucket holds what Redis has)."""
+        now = self._time.now()
+        epoch = bucket.epoch or f"{self._owner}.{next(self._ids)}"
+        frozen = budget.view(now).frozen_until
+        ttl = max(self._bucket_idle, 2 * self._lease, (frozen or now) - now + self._lease)
+        state = dump(budget, in_flight)
+        sent = self._clock.monotonic()
+        self.io += 1
+        try:
+            reply = await self.commit_script(
+                keys=[bucket.name, f"{self._once_prefix}{next(self._ids)}"],
+                args=[
+                    bucket.epoch,
+                    bucket.version,
+                    state,
+                    epoch,
+                    str(math.ceil(ttl * 1000)),
+                    self._once_ms,
+                ],
+            )
+        finally:
+            self.io -= 1
+        self.round_trips += 1
+        self._time.note(reply, sent, self._clock.monotonic())
+        if int(reply[0]) == 1:
+            bucket.state, bucket.epoch, bucket.version = state, epoch, text(reply[2])
+            bucket.budget, bucket.in_flight = budget, in_flight
+            bucket.seen_at = self._clock.monotonic()
+            return epoch
+        self.conflicts += 1
+        self._take(bucket, text(reply[3]), text(reply[1]), text(reply[2]))
+        return None
+
+
+def apply(
+    budget: Budget, in_flight: InFlight, epoch: str, op: Op, now: float, cooldown: float
+) -> Answer | None:
+    """Apply one recorded change (``now``: its time on the shared clock) to a copy of the
+    state; the budget's answer, if it gave one (``cooldown``: the default one)."""
+    kind, slot_id, slot_epoch, status, headers, _ = op
+    if kind == "freeze":
+        return budget.freeze(float(headers["s"]), now=now, wall=now)
+    record = in_flight.pop(slot_id, None) if slot_epoch == epoch else None
+    if record is None:
+        # A slot of a budget Redis lost (or whose lease ran out): only a freeze counts.
+        if kind == "answer" and status is not None:
+            state = RateLimitState.from_headers(headers, now=now)
+            pause = pause_after(status, state, default_cooldown=cooldown)
+            if pause is not None:
+                return budget.freeze(pause, now=now, wall=now)
+        return None
+    grant = Grant(float(record[0]), int(record[1]), bool(record[2]))
+    if kind == "undo":
+        budget.ungrant(grant)
+        return None
+    return budget.complete(grant, status, headers, now=max(now, grant.sent), wall=now)
+
+
+def expire_leases(budget: Budget, in_flight: InFlight, now: float) -> bool:
+    """Complete, without an answer, the slots whose lease ran out (their process died)."""
+    expired = [slot_id for slot_id, record in in_flight.items() if record[3] <= now]
+    for slot_id in expired:
+        record = in_flight.pop(slot_id)
+        grant = Grant(float(record[0]), int(record[1]), bool(record[2]))
+        budget.complete(grant, None, {}, now=now, wall=now)
+    return bool(expired)
