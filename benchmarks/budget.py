@@ -3,8 +3,8 @@
 Every workload runs, in one process run and against the same server:
 
 - the library as a new user writes it: a `ZapierClient` with default settings and
-  ``client.run_many(requests, concurrency=C)`` for the bulk jobs; ``client.run(...)`` then
-  ``handle.result(timeout=5)`` for the web callers;
+  ``client.run_many(requests, concurrency=C)`` for the bulk jobs;
+  ``client.run(..., timeout=5)`` then ``await handle`` for the web callers;
 - the hand-written loop of `baseline` (aiohttp + a semaphore of C; sleep 0.5 s, then check,
   again every 0.5 s; 1 s for the 2-8 s runs; on 429 sleep ``Retry-After`` and send again).
 
@@ -89,7 +89,8 @@ class Bulk:
 
 @attrs.frozen
 class Web:
-    """`callers` web requests at once, each ``run()`` then ``result(timeout=timeout)``."""
+    """`callers` web requests at once, each ``run(timeout=timeout)`` then ``await handle``
+    (before #15: ``run()`` then ``result(timeout=timeout)``)."""
 
     callers: int = 100
     limit: int = 50
@@ -412,7 +413,10 @@ async def _web(w: Web, align: str, *, warm: bool, seed: int = 1) -> dict[str, An
                 nonlocal admitted
                 t0 = time.monotonic()
                 try:
-                    handle = await client.run(ACTION, authentication=None, inputs={"web": i})
+                    # One deadline for the whole thing (limiter wait, create, result).
+                    handle = await client.run(
+                        ACTION, authentication=None, inputs={"web": i}, timeout=w.timeout
+                    )
                 except za.RateLimitedError:
                     outcomes.append(("rate_limited", time.monotonic() - t0, None, 0.0))
                     return
@@ -421,7 +425,7 @@ async def _web(w: Web, align: str, *, warm: bool, seed: int = 1) -> dict[str, An
                     return
                 admitted += 1
                 try:
-                    await handle.result(timeout=w.timeout)
+                    await handle  # the handle carries the deadline
                     outcomes.append(("answered", time.monotonic() - t0, handle.id, 0.0))
                 except za.RunTimeoutError as exc:
                     now = time.monotonic()
@@ -603,7 +607,9 @@ async def measure(
                 )
         report.notes.append(
             f"Web callers: a default `ZapierClient`, {w.limit} requests per {w.window:g} s, "
-            f"{w.callers} callers at once, each `run()` then `result(timeout={w.timeout:g})`; "
+            f"{w.callers} callers at once, each `run(..., timeout={w.timeout:g})` then "
+            "`await handle` (one deadline; before #15 `run()` then "
+            f"`result(timeout={w.timeout:g})`); "
             f"warm = after {w.warmup} runs of the action, at the start of a fresh window. "
             "'ended' = RunTimeoutErrors whose run had already ended at the server when the "
             "caller gave up.\n\n"

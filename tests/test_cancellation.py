@@ -248,8 +248,12 @@ async def test_run_cancelled_waiting_for_a_slot_sends_nothing_and_holds_no_slot(
         hold = w.gate.hold("POST", "/v2/action-runs")
         first = asyncio.ensure_future(w.client.run("core:a", authentication=None, inputs={}))
         await asyncio.wait_for(hold.arrived.wait(), 10)
-        # A cold client probes the budget with one request at a time: the second waits.
-        second = asyncio.ensure_future(w.client.run("core:b", authentication=None, inputs={}))
+        # A cold client probes the budget with one request at a time: the second waits (with
+        # no cap it waits at the limiter; with one, admission waits for the probe's answer:
+        # see tests/test_admission.py).
+        second = asyncio.ensure_future(
+            w.client.run("core:b", authentication=None, inputs={}, max_rate_limit_wait=None)
+        )
         await until(lambda: w.client.limiter.snapshot().waiting == 1)
         second.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -288,7 +288,11 @@ async def test_callers_giving_up_while_a_cold_client_probes_do_not_wedge_it(budg
     ) as client:
 
         async def visit(i: int) -> str:
-            handle = await client.run("core:x", authentication=None, inputs={"i": i})
+            # No cap: the callers wait in the limiter's line (with one, admission control
+            # would hold them before it until the probe's answer: tests/test_admission.py).
+            handle = await client.run(
+                "core:x", authentication=None, inputs={"i": i}, max_rate_limit_wait=None
+            )
             return handle.id
 
         first = asyncio.create_task(visit(0))

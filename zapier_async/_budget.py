@@ -539,6 +539,10 @@ class Budget:
             else:
                 extra = position - available
                 per_window = w.limit or max(available, 1)
+                if now >= w.lo and w.limit:
+                    # The window may have turned already: what looks left may be the next
+                    # window's budget, so it is not counted on top of the next one's.
+                    extra = position
                 period = self._period or self._config.default_cooldown
                 t = max(t, w.hi + (extra - 1) // per_window * period)
         rate, log = self._config.rate, self._rate_log

@@ -32,13 +32,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hmac
 import logging
+import math
 import random
 import weakref
 from collections.abc import Callable, Hashable
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
 
 from . import _actions as actions
 from . import _protocol as proto
@@ -47,7 +51,7 @@ from ._auth import AuthContext, AuthProvider
 from ._backoff import PollPolicy, RetryPolicy, cap_hint
 from ._handle import RunHandle
 from ._limiter import Priority
-from ._limits import pressure_of
+from ._limits import estimate_wait_of, pressure_of
 from ._pipeline import (
     BucketKey,
     CreateHooks,
@@ -99,6 +103,9 @@ _FATAL_POLL_ERRORS = (
     errors.BadRequestError,
     errors.InvalidRequestError,
 )
+
+_UNLEARNT_READS: Final = 2
+"""Reads admission control counts for a run of an action with no plan yet."""
 
 # A create that failed with one of these provably made no run (see `_not_sent`).
 _NOT_SENT_STATUSES: Final = frozenset({400, 401, 403, 404, 409, 422, 429, 503})
@@ -166,6 +173,13 @@ class Engine:
         self._background: set[asyncio.Task[object]] = set()
         # Creates in progress per idempotency key, in this process (see `_create_once`).
         self._keyed_creates: dict[str, asyncio.Future[RunHandle]] = {}
+        # Admission control (see `_admit`): reads promised to admitted runs, per read bucket,
+        # and each such run's (bucket, reads left); callers waiting for a probe's answer.
+        self._owed: collections.Counter[Hashable] = collections.Counter()
+        self._promised: weakref.WeakKeyDictionary[RunHandle, list[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._answer_waiters: list[asyncio.Future[None]] = []
         self.pipeline = SendPipeline(
             auth=self.own,
             transport=transport,
@@ -181,6 +195,7 @@ class Engine:
             check_loop=self.check_loop,
             bucket_key=bucket_key if bucket_key is not None else default_bucket_key,
         )
+        self.pipeline.on_answer = self._answered
         self._bind(auth)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -291,6 +306,7 @@ class Engine:
         auth: Credential | None = None,
         orphan: CreateHooks | None = None,
         timing: SendTiming | None = None,
+        first: bool = False,
     ) -> proto.Response:
         """Send through the limiter with retries (see `SendPipeline.send`)."""
         return await self.pipeline.send(
@@ -300,11 +316,19 @@ class Engine:
             orphan=orphan,
             credential=auth,
             timing=timing,
+            first=first,
         )
 
     def _pressure(self, key: Hashable) -> PressureLike | None:
-        """The live budget of the limiter bucket `key` (the poll planner prices by it)."""
-        return pressure_of(self.limiter, key)
+        """The live budget of the limiter bucket `key` (the poll planner prices by it).
+
+        Reads promised to admitted runs are spoken for: they are not left to spend on polls.
+        """
+        pressure = pressure_of(self.limiter, key)
+        owed = self._owed.get(key, 0)
+        if pressure is None or not owed or pressure.remaining_estimate is None:
+            return pressure
+        return attrs.evolve(pressure, remaining_estimate=max(pressure.remaining_estimate - owed, 0))
 
     def read_key(self, locator: proto.RunLocator, auth: Credential | None) -> Hashable:
         """The limiter bucket the reads of the run at `locator` spend with `auth`."""
@@ -329,8 +353,15 @@ class Engine:
         callback: bool = False,
         callback_token: str | None = None,
         idempotency_key: str | None = None,
+        deadline: float | None = None,
     ) -> RunHandle:
         """Send a run-creating request and track the run it created.
+
+        `deadline` (monotonic, on the engine's clock): the caller's one deadline for the
+        whole run (`run(timeout=)`); the handle carries it. An INTERACTIVE create with a
+        deadline (or a ``max_wait``) is admitted only when the budget before it covers the
+        create, and with a deadline also the reads the run will need (see `_admit`);
+        otherwise it fails fast with `RateLimitedError`.
 
         `callback_token` is the secret `bind_callback_url` put into the request's
         `callback_url`: callbacks must carry it (`deliver_callback`). A request built with a
@@ -351,19 +382,135 @@ class Engine:
             callback_token=callback_token,
             submitted_at=self.clock.monotonic(),
         )
-        if idempotency_key is not None:
-            return await self._create_once(
-                idempotency_key, request, created, priority, max_wait, auth
-            )
-        hooks = CreateHooks(partial(created, orphaned=True))
+        promise: list[Any] | None = None
+        if priority is Priority.INTERACTIVE and (deadline is not None or max_wait is not None):
+            now = self.clock.monotonic()
+            until = math.inf if deadline is None else deadline
+            if max_wait is not None:
+                until = min(until, now + max_wait)
+            try:
+                promise = await self._admit(request, auth, kind, until, reads=deadline is not None)
+            except errors.ZapierError as exc:
+                self.metrics.error(exc)
+                raise
+            max_wait = max(until - self.clock.monotonic(), 0.0)
         try:
-            response = await self.send(
-                request, priority=priority, max_wait=max_wait, auth=auth, orphan=hooks
-            )
-            return created(response)
-        except errors.ZapierError as exc:
-            self.metrics.error(exc)
+            if idempotency_key is not None:
+                handle = await self._create_once(
+                    idempotency_key, request, created, priority, max_wait, auth
+                )
+            else:
+                hooks = CreateHooks(partial(created, orphaned=True))
+                try:
+                    response = await self.send(
+                        request, priority=priority, max_wait=max_wait, auth=auth, orphan=hooks
+                    )
+                    handle = created(response)
+                except errors.ZapierError as exc:
+                    self.metrics.error(exc)
+                    raise
+        except BaseException:
+            self._keep(promise, 0)
             raise
+        handle.deadline = deadline
+        if promise is not None and promise[1] and not handle.done():
+            self._promised[handle] = promise
+            handle.add_done_callback(self._fulfilled)
+        else:
+            self._keep(promise, 0)
+        return handle
+
+    # --- admission ----------------------------------------------------------------------------
+
+    async def _admit(
+        self,
+        request: proto.Request,
+        auth: Credential | None,
+        kind: proto.RunKind,
+        until: float,
+        *,
+        reads: bool,
+    ) -> list[Any]:
+        """Admit a create only if the budget before `until` covers it (and, with `reads`,
+        the reads its run will need); else raise `RateLimitedError` at once.
+
+        Reads promised to runs admitted earlier are served before new creates (their
+        polls go `first`), so they count as ahead. While nothing is known of the bucket and
+        its probe is out, the probe's answer is awaited (up to `until`): a cold client
+        then fails fast too, instead of every caller waiting out its cap.
+
+        Returns:
+            The promise ``[read bucket, reads]`` now counted in `_owed` (see `_keep`).
+        """
+        create_key = self.pipeline.key_for(request, auth)
+        read_key = self.read_key(
+            proto.RunLocator(kind=kind, run_id="x", stored_action_id="x"), auth
+        )
+        needed = 0
+        if reads:
+            expected = self._polling.expected_polls(request.poll_key, bucket=read_key)
+            # Nothing learnt of the action yet: a cold run's first poll may find it going.
+            needed = _UNLEARNT_READS if expected is None else max(1, math.ceil(expected - 0.1))
+        while True:
+            now = self.clock.monotonic()
+            left = until - now
+            pressure = pressure_of(self.limiter, create_key)
+            if (
+                pressure is not None
+                and pressure.mode == "probe"
+                and pressure.limit is None
+                and (pressure.in_flight or sum(pressure.waiting_by_priority))
+                and left > 0
+            ):
+                await self._next_answer(left)
+                continue
+            if read_key == create_key:
+                n = self._owed[create_key] + 1 + needed
+                wait = estimate_wait_of(self.limiter, Priority.INTERACTIVE, n, create_key)
+            else:
+                wait = estimate_wait_of(
+                    self.limiter, Priority.INTERACTIVE, self._owed[create_key] + 1, create_key
+                )
+                if needed and wait is not None:
+                    more = estimate_wait_of(
+                        self.limiter, Priority.INTERACTIVE, self._owed[read_key] + needed, read_key
+                    )
+                    wait = max(wait, more or 0.0)
+            if wait is not None and wait > max(left, 0.0):
+                raise errors.RateLimitedError(wait, self.clock.time() + wait)
+            self._owed[read_key] += needed
+            return [read_key, needed]
+
+    async def _next_answer(self, timeout: float) -> None:
+        """Wait for the next answer the pipeline hands to the limiter, or `timeout`."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._answer_waiters.append(fut)
+        timer = self.poller.call_later(timeout, _resolve, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            with contextlib.suppress(ValueError):
+                self._answer_waiters.remove(fut)
+
+    def _answered(self) -> None:
+        waiters, self._answer_waiters = self._answer_waiters, []
+        for fut in waiters:
+            _resolve(fut)
+
+    def _keep(self, promise: list[Any] | None, reads: int) -> None:
+        """Take `reads` of the reads left in `promise` (all, with 0: the run is done)."""
+        if promise is None or promise[1] <= 0:
+            return
+        take = promise[1] if reads <= 0 else min(reads, promise[1])
+        promise[1] -= take
+        key = promise[0]
+        self._owed[key] -= take
+        if self._owed[key] <= 0:
+            del self._owed[key]
+
+    def _fulfilled(self, handle: RunHandle) -> None:
+        self._keep(self._promised.pop(handle, None), 0)
 
     def _created(
         self,
@@ -643,7 +790,12 @@ class Engine:
             request = actions.poll_request(locator, long_poll=long_poll)
         else:
             request = proto.poll_request(locator)
-        priority = Priority.INTERACTIVE if handle.awaited else Priority.POLL
+        # A read of a run someone awaits, or was promised reads at admission, goes before
+        # new creates: the run already took its create's share of the budget.
+        promise = self._promised.get(handle)
+        first = handle.awaited or promise is not None
+        priority = Priority.INTERACTIVE if first else Priority.POLL
+        self._keep(promise, 1)
         attempt = handle.poll_attempts
         handle.poll_attempts += 1
         sent_at = self.clock.monotonic()
@@ -656,6 +808,7 @@ class Engine:
                 max_wait=None,
                 auth=credential if isinstance(credential, Credential) else None,
                 timing=timing,
+                first=first,
             )
             run = proto.parse_run(response, request, run_id=handle.id)
         except _FATAL_POLL_ERRORS as exc:
@@ -742,6 +895,11 @@ class Engine:
             extra={"run_id": handle.id, "action": handle.poll_key},
         )
         self.poller.schedule(handle, delay)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _not_sent(exc: errors.ZapierError) -> bool:

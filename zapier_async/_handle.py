@@ -50,6 +50,7 @@ class RunHandle:
         "_waiters",
         "created_at",
         "credential",
+        "deadline",
         "pending_at",
         "poll_attempts",
         "poll_failures",
@@ -96,6 +97,8 @@ class RunHandle:
         self._callback_token: str | None = None
         # Whose token polls it (the engine's `Credential`; None: the client's own).
         self.credential: object | None = None
+        # The caller's deadline for the whole run (`run(timeout=)`), on the poller's clock.
+        self.deadline: float | None = None
 
     # --- public surface --------------------------------------------------------------------
 
@@ -147,20 +150,24 @@ class RunHandle:
 
         Args:
             timeout: Seconds to wait at most (on the client's clock). None waits as long as it
-                takes.
+                takes, or, for a run started with ``run(..., timeout=)``, until that deadline.
 
         Returns:
             The final `Run`, when it succeeded.
 
         Raises:
             RunFailedError: The run ended with status ``error``; `.run` has its errors.
-            RunTimeoutError: `timeout` ran out. The run goes on and is still polled; await
-                again or resume it later.
+            RunTimeoutError: `timeout` (or the run's deadline) ran out. The run goes on and
+                is still polled; await again, with a timeout, or resume it later.
             RunDetachedError: Polling stopped (handle cancelled, client closed).
             APIError: The run could not be read (e.g. 404 once past Zapier's retention).
         """
         if self._outcome is not None:
             return self._unwrap()
+        if timeout is None and self.deadline is not None:
+            timeout = self.deadline - self._poller.clock.monotonic()
+            if timeout <= 0:
+                raise errors.RunTimeoutError(self.id, self._status, 0.0)
         if timeout is not None and timeout <= 0:
             raise errors.RunTimeoutError(self.id, self._status, float(timeout))
         waiter: asyncio.Future[Run] = asyncio.get_running_loop().create_future()

@@ -96,6 +96,9 @@ DEFAULT_MAX_BUCKETS: Final = 10_000
 DEFAULT_BUCKET_IDLE: Final = 900.0
 """Seconds after which an idle bucket is forgotten (three Actions API windows)."""
 
+_FIRST: Final = 1 << 62
+"""Subtracted from the sequence number of a ``first`` waiter (see `Limiter.slot`)."""
+
 _EVICT_SCAN: Final = 8
 """Buckets looked at per new or used bucket when forgetting idle ones (amortised O(1))."""
 
@@ -169,7 +172,7 @@ class _Bucket:
 class _SlotRequest:
     """The async context manager returned by `Limiter.slot`."""
 
-    __slots__ = ("_key", "_limiter", "_max_wait", "_priority", "_slot")
+    __slots__ = ("_first", "_key", "_limiter", "_max_wait", "_priority", "_slot")
 
     def __init__(
         self,
@@ -177,15 +180,19 @@ class _SlotRequest:
         priority: Priority,
         max_wait: float | _Default | None,
         key: Hashable,
+        first: bool = False,
     ) -> None:
         self._limiter = limiter
         self._priority = priority
         self._max_wait = max_wait
         self._key = key
+        self._first = first
         self._slot: Slot | None = None
 
     async def __aenter__(self) -> Slot:
-        self._slot = await self._limiter._acquire(self._priority, self._max_wait, self._key)
+        self._slot = await self._limiter._acquire(
+            self._priority, self._max_wait, self._key, self._first
+        )
         return self._slot
 
     async def __aexit__(
@@ -235,6 +242,9 @@ class Limiter(AsyncCloseable):
 
     supports_keys: Final = True
     """`slot` and `freeze` take ``key=`` (see `zapier_async._limits.slot_for`)."""
+
+    supports_first: Final = True
+    """`slot` takes ``first=`` (see `zapier_async._limits.slot_for`)."""
 
     def __init__(
         self,
@@ -307,6 +317,7 @@ class Limiter(AsyncCloseable):
         *,
         max_wait: float | _Default | None = USE_DEFAULT,
         key: Hashable = None,
+        first: bool = False,
     ) -> contextlib.AbstractAsyncContextManager[Slot]:
         """Wait for permission to send one request.
 
@@ -320,6 +331,8 @@ class Limiter(AsyncCloseable):
                 by default the limiter's ``max_wait``.
             key: The bucket (what the server limits: a credential, an endpoint family);
                 None for the default bucket.
+            first: Served before the other waiters of its priority (FIFO among such):
+                a read of a run someone awaits goes before new creates of the same priority.
 
         Returns:
             An async context manager yielding the `Slot`.
@@ -329,7 +342,7 @@ class Limiter(AsyncCloseable):
                 (raised at once, without waiting), or ``max_wait`` ran out while waiting.
             LimiterClosedError: (on entering) The limiter is or was closed while waiting.
         """
-        return _SlotRequest(self, Priority(priority), max_wait, key)
+        return _SlotRequest(self, Priority(priority), max_wait, key, first)
 
     def freeze(self, seconds: float, *, key: Hashable = None) -> None:
         """Stop granting slots of a bucket for ``seconds`` (a ``Retry-After`` seen elsewhere).
@@ -539,7 +552,11 @@ class Limiter(AsyncCloseable):
     # ------------------------------------------------------------------ acquiring
 
     async def _acquire(
-        self, priority: Priority, max_wait: float | _Default | None, key: Hashable
+        self,
+        priority: Priority,
+        max_wait: float | _Default | None,
+        key: Hashable,
+        first: bool = False,
     ) -> Slot:
         if self._closed:
             raise LimiterClosedError("the rate limiter is closed")
@@ -568,7 +585,9 @@ class Limiter(AsyncCloseable):
         waiter = _Waiter(
             bucket,
             priority,
-            next(self._seq),
+            # The line is ordered by (priority, seq): a `first` waiter sorts before every
+            # other one of its priority, FIFO among its kind.
+            next(self._seq) - (_FIRST if first else 0),
             loop.create_future(),
             now,
             None if limit is None else now + limit,

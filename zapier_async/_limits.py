@@ -275,12 +275,17 @@ def slot_for(
     *,
     max_wait: float | _Default | None = USE_DEFAULT,
     key: Hashable = None,
+    first: bool = False,
 ) -> contextlib.AbstractAsyncContextManager[SlotLike]:
     """A slot of ``key``'s bucket from any limiter: one that does not declare
-    ``supports_keys`` has a single bucket, which every key shares."""
+    ``supports_keys`` has a single bucket, which every key shares; one that does not declare
+    ``supports_first`` serves a ``first`` request in its priority's order."""
+    extra: dict[str, Any] = {}
+    if first and getattr(limiter, "supports_first", False):
+        extra["first"] = True
     if key is not None and getattr(limiter, "supports_keys", False):
-        return limiter.slot(priority, max_wait=max_wait, key=key)  # type: ignore[call-arg]
-    return limiter.slot(priority, max_wait=max_wait)
+        extra["key"] = key
+    return limiter.slot(priority, max_wait=max_wait, **extra)
 
 
 def pressure_of(

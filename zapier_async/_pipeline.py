@@ -234,6 +234,9 @@ class SendPipeline:
         self._credential = auth
         self._bucket_key = bucket_key
         self._keyed = bool(getattr(limiter, "supports_keys", False))
+        # Called after each answer (or failed exchange) handed to the limiter: admission
+        # control waiting for a probe's answer re-checks the budget then.
+        self.on_answer: Callable[[], None] | None = None
         self._transport = transport
         self._limiter = limiter
         self._clock = clock
@@ -283,6 +286,7 @@ class SendPipeline:
         orphan: Orphan | CreateHooks | None = None,
         credential: Credential | None = None,
         timing: SendTiming | None = None,
+        first: bool = False,
     ) -> proto.Response:
         """Send through the limiter with retries; returns a 2xx response or raises.
 
@@ -305,6 +309,8 @@ class SendPipeline:
                 default.
             timing: Filled with when the last attempt of an idempotent request got its
                 slot and its answer.
+            first: An idempotent request served before the other waiters of its priority
+                (a read of a run someone awaits goes before new creates).
         """
         credential = self._credential if credential is None else credential
         return await self._send(
@@ -315,6 +321,7 @@ class SendPipeline:
             credential=credential,
             base_url=self._base_url,
             timing=timing,
+            first=first,
         )
 
     async def send_unlimited(self, request: proto.Request, base_url: str) -> proto.Response:
@@ -343,6 +350,7 @@ class SendPipeline:
         credential: Credential | None,
         base_url: str,
         timing: SendTiming | None = None,
+        first: bool = False,
     ) -> proto.Response:
         """The one retry loop. `credential` None: a token request (no limiter, no token)."""
         self._check_loop()
@@ -367,7 +375,7 @@ class SendPipeline:
                 except errors.TransportError as exc:
                     failure = exc
             elif request.idempotent:
-                async with self._slot(priority, max_wait, key) as slot:
+                async with self._slot(priority, max_wait, key, first=first) as slot:
                     self._waited(request, slot)
                     if timing is not None:
                         timing.granted_at = self._clock.monotonic()
@@ -391,6 +399,7 @@ class SendPipeline:
                         if timing is not None:
                             timing.answered_at = self._clock.monotonic()
                         slot.record(response.status, response.headers)
+                    self._answered()
             else:
                 try:
                     response = await self._send_on_wire(
@@ -485,12 +494,17 @@ class SendPipeline:
             raise failure
 
     def _slot(
-        self, priority: Priority, max_wait: float | None, key: Hashable
+        self, priority: Priority, max_wait: float | None, key: Hashable, *, first: bool = False
     ) -> contextlib.AbstractAsyncContextManager[SlotLike]:
         # Checked once at construction (`_keyed`): a limiter without keys gets no key.
         if self._keyed:
-            return slot_for(self._limiter, priority, max_wait=max_wait, key=key)
-        return self._limiter.slot(priority, max_wait=max_wait)
+            return slot_for(self._limiter, priority, max_wait=max_wait, key=key, first=first)
+        return slot_for(self._limiter, priority, max_wait=max_wait, first=first)
+
+    def _answered(self) -> None:
+        hook = self.on_answer
+        if hook is not None:
+            hook()
 
     def _waited(self, request: proto.Request, slot: SlotLike) -> None:
         """Tell the metrics how long the slot waited (spans carry it), before the send."""
@@ -581,6 +595,7 @@ class SendPipeline:
                 )
             except errors.TransportError:
                 slot.record(None, {})
+                self._answered()
                 raise
             except errors.UnexpectedError as exc:
                 # Whether it reached Zapier is unknown: never re-sent, and said so.
@@ -588,6 +603,7 @@ class SendPipeline:
                     "the transport failed in an unexpected way", request.describe(), exc.message
                 ) from exc
             slot.record(response.status, response.headers)
+            self._answered()
             return response
 
     def _exchange_done(

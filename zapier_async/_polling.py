@@ -607,6 +607,20 @@ class AdaptivePolling:
             return None if state is None else state.plan
         return self._plan_at(state, level)
 
+    def expected_polls(self, key: str | None, *, bucket: Hashable = None) -> float | None:
+        """Polls a new run of `key` is expected to need at the live price (None: no plan yet).
+
+        For admission control: a create is admitted only when the budget also covers the
+        reads its run will need. Reads the live budget of `bucket` like a new run would.
+        """
+        state = self._actions.get(key) if key is not None and self.enabled else None
+        if state is None or not state.plan:
+            return None
+        level = self._sample(state, PollRecord(key=key, bucket=bucket))
+        if self.pressure is None and self.pressure_of is None:
+            return expect(*(state.estimate or ([0.0, 1.0], [1.0])), state.plan)[0]
+        return self._options(state)[level][0]
+
     def record(self, handle: RunHandle) -> PollRecord | None:
         """The planner's record of a run, or None (for tests and debugging)."""
         return self._records.get(handle)

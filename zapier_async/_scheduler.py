@@ -110,6 +110,11 @@ class Poller:
         self._closed = False
         self.polls_started = 0
 
+    @property
+    def clock(self) -> Clock:
+        """The clock its timers run on (a handle's deadline is on it too)."""
+        return self._clock
+
     # --- scheduling -----------------------------------------------------------------------
 
     def schedule(self, handle: RunHandle, delay: float) -> None:

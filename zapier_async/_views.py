@@ -9,6 +9,7 @@ client (a later call raises `InvalidRequestError`; its handles are detached).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -63,6 +64,7 @@ class RunsView:
         max_rate_limit_wait: float | Unset | None = UNSET,
         idempotency_key: str | None = None,
         validate_inputs: bool = False,
+        timeout: float | None = None,
     ) -> RunHandle:
         """Start an action run (`POST /v2/action-runs`) and return its handle.
 
@@ -106,6 +108,16 @@ class RunsView:
             validate_inputs: Check `inputs` against the action's input fields first (one
                 more request, `action_inputs`): a missing required field or an unknown one
                 raises `InvalidInputsError` and nothing is created.
+            timeout: One deadline, in seconds from now, for the whole run: the wait for
+                the rate budget, the create and the result. The create is admitted only if
+                the budget before the deadline covers it and the reads its run will need
+                (reads of runs someone awaits go before new creates); otherwise
+                `RateLimitedError` is raised at once (its ``retry_at`` says when the budget
+                is free again). The handle carries the deadline: ``await handle`` or
+                ``handle.result()`` without a timeout raise `RunTimeoutError` at it (the run
+                goes on and is still polled; nothing is cancelled at Zapier). The wait for
+                the budget is capped by the smaller of the deadline and
+                ``max_rate_limit_wait``.
 
         Raises:
             InvalidRequestError: Bad input; nothing was sent.
@@ -121,6 +133,7 @@ class RunsView:
                 was sent.
         """
         self._engine.ensure_open()
+        deadline = self._deadline(timeout)
         self._check_idempotency_key(idempotency_key)
         if action is not None and (app is not None or action_key is not None):
             raise errors.InvalidRequestError(
@@ -174,7 +187,20 @@ class RunsView:
             auth=self._credential,
             callback_token=callback_token,
             idempotency_key=idempotency_key,
+            deadline=deadline,
         )
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        """The monotonic deadline `timeout` seconds from now (None: no deadline)."""
+        if timeout is None:
+            return None
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not (math.isfinite(timeout) and timeout > 0)
+        ):
+            raise errors.InvalidRequestError(f"must be a number > 0, got {timeout!r}", "timeout")
+        return self._engine.clock.monotonic() + float(timeout)
 
     async def run_action(
         self,
@@ -188,6 +214,7 @@ class RunsView:
         callback_url: str | None = None,
         max_rate_limit_wait: float | Unset | None = UNSET,
         idempotency_key: str | None = None,
+        timeout: float | None = None,
     ) -> RunHandle:
         """Start a one-off Actions API run (`POST /actions/v1/runs`) and return its handle.
 
@@ -205,6 +232,7 @@ class RunsView:
             callback_url: An https URL Zapier POSTs the outcome to (see `deliver_callback`).
             max_rate_limit_wait: Overrides the client's cap for this call.
             idempotency_key: At most one run per key, as for `run`.
+            timeout: One deadline for the whole run, as for `run`.
 
         Raises:
             InvalidRequestError: Bad input; nothing was sent.
@@ -213,6 +241,7 @@ class RunsView:
             APIError: Zapier refused the request.
         """
         self._engine.ensure_open()
+        deadline = self._deadline(timeout)
         self._check_idempotency_key(idempotency_key)
         bound_url, callback_token = bind_callback_url(callback_url)
         request = actions.create_run(
@@ -233,6 +262,7 @@ class RunsView:
             kind="actions_v1",
             callback_token=callback_token,
             idempotency_key=idempotency_key,
+            deadline=deadline,
         )
 
     def resume(
