@@ -25,11 +25,10 @@ every process's requests count in one budget, exactly as if one process sent the
 Why this and not a Lua port of the rules, what it costs, and how the state survives
 retries, losses and dead processes: `_buckets`.
 
-**Time.** Processes share no monotonic clock, so the shared state is kept on the Redis
-server's clock (``TIME``, epoch seconds; both the budget's ``now`` and its ``wall``): each
-reply carries it, and each process keeps the offset between its own monotonic clock and
-it, measured on the fastest round trips. Given a ``clock`` (tests: one `FakeClock` for every
-simulated process), its ``time()`` is the shared clock instead, and every wait is on it.
+**Time.** Processes share no monotonic clock: the state is kept on the Redis server's clock
+(``TIME``, epoch seconds: the budget's ``now`` and ``wall``), whose offset from each
+process's monotonic clock every reply measures. Given a ``clock`` (tests: one `FakeClock`
+for every simulated process), its ``time()`` is the shared clock, and waits are on it.
 
 **Keys.** ``slot(key=...)``/``freeze(key=...)`` name the bucket (a credential, an endpoint
 family); ``key=None`` is the default one. Each key is its own hash in Redis,
@@ -46,13 +45,12 @@ bucket, whatever its priority, fails at once with ``RateLimitedError(reason=
 "max_server_wait")``, waiters included. ``record`` answers "froze" at once, from this
 process's view (its own 503 streak).
 
-**Local waiting.** Each process keeps one heap of waiters per bucket keyed by ``(priority,
-arrival)`` and ONE background task that does every Redis round trip: it commits changes,
-grants whoever may go, and sleeps until the earliest time a budget named, or a
-``max_wait`` deadline, or an event (a slot asked for, an answer recorded). While another
-process has slots in flight its answers may change the budget at any moment, so the task
-then looks again at least every ``poll_interval``. A waiter cancelled locally leaves the
-heap; a grant that raced with its cancellation is given back (``ungrant``).
+**Local waiting.** Each process keeps a heap of waiters per bucket, ``(priority, arrival)``,
+and ONE task that does every round trip: it commits changes, grants whoever may go, and
+sleeps until the earliest time a budget named, a ``max_wait`` deadline or an event (a slot
+asked for, an answer recorded); while another process has slots in flight, at most
+``poll_interval``. A waiter cancelled locally leaves the heap; a grant that raced with its
+cancellation is given back (``ungrant``).
 
 **Losing Redis.** A Redis error (connection refused, timeout) logs a warning and switches
 the process to an in-memory `Limiter` with a conservative a-priori ``fallback_rate`` (it also
@@ -114,6 +112,9 @@ DEFAULT_MAX_BUCKETS: Final = 10_000
 DEFAULT_BUCKET_IDLE: Final = 900.0
 """Seconds after which an idle bucket expires in Redis and is forgotten locally."""
 
+_FIRST: Final = 1 << 62
+"""Subtracted from the sequence number of a ``first`` waiter (as in `Limiter.slot`)."""
+
 _EARLY: Final = 1e-6
 """A grant due this close is due now: times on the shared clock are epoch seconds (about
 0.2 us apart in a float), and a wake-up a hair early would cost a round trip for nothing."""
@@ -137,19 +138,15 @@ class RedisLimiter(AsyncCloseable):
         redis: A ``redis.asyncio.Redis`` client.
         name: The budgets' name: processes spending the same Zapier budgets use the same one.
         prefix: Key prefix in Redis.
-        lease: Seconds after which a granted slot whose answer was never recorded (its
-            process died) stops counting as in flight. Keep it above the request timeout.
+        lease: Seconds after which a slot never answered (its process died) is done.
         max_wait: Default longest wait for a slot in seconds; None waits as long as needed.
-        fallback_rate: ``(requests, per_seconds)`` for this process alone while Redis is
-            unreachable; keep it well under the account's limit divided by the number of
-            processes.
+        fallback_rate: ``(requests, per_seconds)`` for this process while Redis is
+            unreachable: well under the limit divided by the number of processes.
         poll_interval: Longest sleep while another process has slots in flight.
         reconnect_interval: Seconds between reconnection attempts while degraded.
         default_period: The window assumed when an answer has ``Remaining`` but no ``Reset``;
             also the freeze after a 429 without ``Retry-After`` or ``Reset``.
-        max_server_wait: The longest wait a server may dictate (as `zapier_async.Limiter`'s).
-        spend_window: Spend each window as fast as the server allows (as `Limiter`'s).
-        interactive_reserve: With ``spend_window``, the share left to INTERACTIVE requests.
+        max_server_wait, spend_window, interactive_reserve: As `zapier_async.Limiter`'s.
         max_buckets: Buckets this process keeps a copy of at most.
         bucket_idle: Seconds after which an idle bucket expires (in Redis and locally).
         clock: The shared clock: its ``time()`` is every process's ``now`` and every wait is
@@ -163,6 +160,9 @@ class RedisLimiter(AsyncCloseable):
 
     supports_keys: Final = True
     """`slot` and `freeze` take ``key=`` (see `zapier_async._limits.slot_for`)."""
+
+    supports_first: Final = True
+    """`slot` takes ``first=`` (see `zapier_async._limits.slot_for`)."""
 
     def __init__(
         self,
@@ -266,6 +266,7 @@ class RedisLimiter(AsyncCloseable):
         *,
         max_wait: float | _Default | None = USE_DEFAULT,
         key: Hashable = None,
+        first: bool = False,
     ) -> contextlib.AbstractAsyncContextManager[RedisSlot | _LocalSlot]:
         """Wait for permission to send one request (see `zapier_async.Limiter.slot`).
 
@@ -274,6 +275,8 @@ class RedisLimiter(AsyncCloseable):
             max_wait: The longest acceptable wait in seconds; None waits as long as needed;
                 by default the limiter's ``max_wait``.
             key: The bucket (what the server limits); None for the default one.
+            first: Served before this process's other waiters of its priority (FIFO among
+                such), as `zapier_async.Limiter.slot`'s.
 
         Returns:
             An async context manager yielding the slot (a `RedisSlot`, or a local `Slot`
@@ -284,7 +287,7 @@ class RedisLimiter(AsyncCloseable):
                 server dictated one past ``max_server_wait`` (``reason="max_server_wait"``).
             LimiterClosedError: (on entering) The limiter is or was closed while waiting.
         """
-        return SlotRequest(self, Priority(priority), max_wait, key)
+        return SlotRequest(self, Priority(priority), max_wait, key, first)
 
     def freeze(self, seconds: float, *, key: Hashable = None) -> None:
         """Stop every process sharing the bucket for ``seconds`` (never shortens a freeze;
@@ -322,6 +325,8 @@ class RedisLimiter(AsyncCloseable):
             frozen_until=self._local_of(view.frozen_until),
             mode=view.mode,
             limit=view.limit,
+            period=view.period,
+            now=self._local(),
         )
 
     def estimate_wait(self, priority: Priority, n: int = 1, key: Hashable = None) -> float:
@@ -510,7 +515,7 @@ class RedisLimiter(AsyncCloseable):
     # ------------------------------------------------------------------ acquiring
 
     async def _acquire(
-        self, priority: Priority, max_wait: float | None, key: Hashable
+        self, priority: Priority, max_wait: float | None, key: Hashable, first: bool = False
     ) -> RedisSlot | None:
         if self._closed:
             raise LimiterClosedError("the rate limiter is closed")
@@ -535,7 +540,8 @@ class RedisLimiter(AsyncCloseable):
         loop = asyncio.get_running_loop()
         local = self._local()
         deadline = None if max_wait is None else local + max_wait
-        waiter = Waiter(bucket, priority, next(self._seq), loop.create_future(), local, deadline)
+        seq = next(self._seq) - (_FIRST if first else 0)  # heap order: (priority, seq)
+        waiter = Waiter(bucket, priority, seq, loop.create_future(), local, deadline)
         heapq.heappush(bucket.heap, (int(priority), waiter.seq, waiter))
         bucket.live[priority] += 1
         self._live += 1

@@ -175,7 +175,7 @@ class Bucket:
 class SlotRequest:
     """The async context manager returned by `RedisLimiter.slot`."""
 
-    __slots__ = ("_fallback_cm", "_key", "_limiter", "_max_wait", "_priority", "_slot")
+    __slots__ = ("_fallback_cm", "_first", "_key", "_limiter", "_max_wait", "_priority", "_slot")
 
     def __init__(
         self,
@@ -183,7 +183,9 @@ class SlotRequest:
         priority: Priority,
         max_wait: float | _Default | None,
         key: Hashable,
+        first: bool,
     ) -> None:
+        self._first = first
         self._limiter = limiter
         self._priority = priority
         self._max_wait = max_wait
@@ -194,12 +196,14 @@ class SlotRequest:
     async def __aenter__(self) -> RedisSlot | _LocalSlot:
         limiter = self._limiter
         max_wait = limiter._max_wait if isinstance(self._max_wait, _Default) else self._max_wait
-        slot = await limiter._acquire(self._priority, max_wait, self._key)
+        slot = await limiter._acquire(self._priority, max_wait, self._key, self._first)
         if slot is not None:
             self._slot = slot
             return slot
         # Redis is unreachable: this request goes through the local fallback limiter.
-        cm = limiter._fallback_limiter().slot(self._priority, max_wait=max_wait, key=self._key)
+        cm = limiter._fallback_limiter().slot(
+            self._priority, max_wait=max_wait, key=self._key, first=self._first
+        )
         local = await cm.__aenter__()
         self._fallback_cm = cm
         return local
