@@ -180,6 +180,9 @@ class Engine:
             weakref.WeakKeyDictionary()
         )
         self._answer_waiters: list[asyncio.Future[None]] = []
+        # Runs a bulk job created (at BULK): awaited by the job, not by a person, so their
+        # reads stay background work (they leave the interactive reserve alone).
+        self._bulk_runs: weakref.WeakSet[RunHandle] = weakref.WeakSet()
         self.pipeline = SendPipeline(
             auth=self.own,
             transport=transport,
@@ -413,6 +416,8 @@ class Engine:
             self._keep(promise, 0)
             raise
         handle.deadline = deadline
+        if priority is Priority.BULK:
+            self._bulk_runs.add(handle)
         if promise is not None and promise[1] and not handle.done():
             self._promised[handle] = promise
             handle.add_done_callback(self._fulfilled)
@@ -793,7 +798,7 @@ class Engine:
         # A read of a run someone awaits, or was promised reads at admission, goes before
         # new creates: the run already took its create's share of the budget.
         promise = self._promised.get(handle)
-        first = handle.awaited or promise is not None
+        first = (handle.awaited and handle not in self._bulk_runs) or promise is not None
         priority = Priority.INTERACTIVE if first else Priority.POLL
         self._keep(promise, 1)
         attempt = handle.poll_attempts
