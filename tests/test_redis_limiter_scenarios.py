@@ -4,6 +4,9 @@ shared clock); losing the state is ``FLUSHALL``."""
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import uuid
 from collections.abc import Hashable
 from typing import Any
 
@@ -21,6 +24,8 @@ from limiter_scenarios import (  # noqa: E402
 )
 
 from zapier_async.redis import RedisLimiter  # noqa: E402
+from zapier_async.testing import FakeClock  # noqa: E402
+from zapier_async.testing._clock import settle  # noqa: E402
 
 
 class _Keyed:
@@ -42,6 +47,42 @@ def _inner(limiter: LimiterUnderTest) -> RedisLimiter:
     return inner
 
 
+def _busy(limiters: list[RedisLimiter]) -> bool:
+    return any(lim.busy for lim in limiters)
+
+
+def _hold_time_during_round_trips(clock: FakeClock, limiters: list[RedisLimiter]) -> None:
+    """A Redis round trip takes no simulated time: the `FakeClock` does not move while one
+    is out (nor while a limiter has work pending), at any step of ``advance_to``, and the
+    harness sees a deadline "now" meanwhile (else it would find nobody sleeping and stop)."""
+    plain_deadline = clock.next_deadline
+
+    def next_deadline() -> float | None:
+        if _busy(limiters):
+            return float(clock.monotonic())
+        deadline: float | None = plain_deadline()
+        return deadline
+
+    async def quiet() -> None:
+        await settle()
+        while _busy(limiters):
+            await asyncio.sleep(0)  # the reply comes in on a later turn of the loop
+            await settle()
+
+    async def advance_to(target: float) -> None:
+        await quiet()
+        while (deadline := plain_deadline()) is not None and deadline <= target:
+            _, _, fut = heapq.heappop(clock._sleepers)
+            clock._now = max(clock._now, deadline)
+            fut.set_result(None)
+            await quiet()
+        clock._now = max(clock._now, target)
+        await quiet()
+
+    clock.next_deadline = next_deadline  # type: ignore[method-assign]
+    clock.advance_to = advance_to  # type: ignore[method-assign]
+
+
 async def run_on_redis(
     scenario: Scenario, url: str, *, key: Hashable = None, **options: Any
 ) -> tuple[Outcome, list[RedisLimiter]]:
@@ -51,26 +92,18 @@ async def run_on_redis(
 
     def factory(clock: Any, process: int) -> LimiterUnderTest:
         if not made:
-            # While a Redis command is out, time stands still: the harness advances the
-            # FakeClock only when every task waits for it, and a round trip is not a wait.
-            plain = clock.next_deadline
-
-            def next_deadline() -> float | None:
-                if any(lim.busy for lim in made):
-                    return float(clock.monotonic())
-                deadline: float | None = plain()
-                return deadline
-
-            clock.next_deadline = next_deadline
+            _hold_time_during_round_trips(clock, made)
         client = aioredis.from_url(url, socket_timeout=10)
         clients.append(client)
-        limiter = RedisLimiter(client, name="scenario", clock=clock, **options)
+        limiter = RedisLimiter(client, name=name, clock=clock, **options)
         made.append(limiter)
         return limiter if key is None else _Keyed(limiter, key)
 
     async def forget(limiters: list[LimiterUnderTest]) -> None:
         await clients[0].flushall()
 
+    # A budget left in Redis by an earlier run (same server) would carry its times over.
+    name = f"scenario-{uuid.uuid4().hex}"
     try:
         outcome = await run_async(scenario, factory, forget=forget)
     finally:
