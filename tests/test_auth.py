@@ -336,7 +336,7 @@ class _MostJitter:
         return 1.0
 
 
-# Three attempts, after 0.5 s and 1 s: the retries of a token request, made deterministic.
+# A context allowing three attempts: the providers must not use it (the send retries).
 TOKEN_RETRIES = {"retry_policy": za.RetryPolicy(max_attempts=3, base=0.5), "rng": _MostJitter()}
 
 
@@ -395,48 +395,115 @@ async def test_a_failed_refresh_fails_every_waiter_once_and_the_next_call_tries_
     tasks = [asyncio.ensure_future(auth.token()) for _ in range(20)]
     await asyncio.sleep(0)
     stub.gate.set()
-    await clock.advance(0.5)  # the retries' back-off, on the client's clock
-    await clock.advance(2.0)
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, errors.TransportError) for r in results)
-    assert stub.calls == 3  # one flight for all 20 waiters, three attempts
+    assert stub.calls == 1  # one flight for all 20 waiters
     stub.fail = None
-    assert await auth.token() == "tok4"
+    assert await auth.token() == "tok2"
 
 
 @pytest.mark.asyncio
-async def test_transient_token_failures_are_retried_within_one_flight(caplog):
-    caplog.set_level(logging.INFO, logger="zapier_async")
-    clock = FakeClock()
-    failures: list[BaseException] = [
-        errors.ServerError(503, None, None, None, "POST /oauth/token/", ""),
-        errors.TransportError("timed out", "POST /oauth/token/", None, "timeout"),
-    ]
+async def test_the_provider_makes_one_call_per_refresh_the_send_is_the_retry_loop():
+    """Token requests are retried by the client's send (the pipeline), never a second time
+    by the provider: a policy in the context allowing three attempts changes nothing."""
+    clock, gate = FakeClock(), asyncio.Event()
     calls = 0
 
     async def send(request: Request, base_url: str) -> Response:
         nonlocal calls
         calls += 1
-        if failures:
-            raise failures.pop(0)
-        body = {"access_token": f"tok{calls}", "expires_in": 600}
-        return Response(status=200, body=json.dumps(body).encode())
+        await gate.wait()
+        raise errors.ServerError(503, None, None, None, "POST /oauth/token/", "")
 
     auth = za.ClientCredentials("cid", CLIENT_SECRET)
     auth.bind(AuthContext(clock=clock, send=send, **TOKEN_RETRIES))
     tasks = [asyncio.ensure_future(auth.token()) for _ in range(10)]
     await settle()
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, errors.ServerError) for r in results)
     assert calls == 1
-    await clock.advance(0.5)
-    assert calls == 2
-    await clock.advance(2.0)
-    assert await asyncio.gather(*tasks) == ["tok3"] * 10
-    retried = [r for r in caplog.records if "token request failed" in r.getMessage()]
-    assert len(retried) == 2
-    # Retried faults are not WARNINGs, and the logger's name already says "zapier_async".
-    assert all(r.levelno == logging.INFO for r in retried)
-    assert not any(r.getMessage().startswith("zapier_async:") for r in retried)
-    assert CLIENT_SECRET not in caplog.text
+    await clock.advance(5.0)
+    assert calls == 1  # nothing scheduled behind the caller's back
+
+
+@pytest.mark.asyncio
+async def test_for_subject_copies_of_one_user_share_a_bucket_id_and_it_holds_no_secret():
+    auth = exchange_provider(DEFAULT_TOKEN_URL)
+    assert auth.bucket_id == "acme/user-1"
+    assert auth.for_subject("user-2", "globex").bucket_id == "globex/user-2"
+    assert auth.for_subject("user-1", "acme").bucket_id == auth.bucket_id
+    assert auth.for_subject("u", "acme").bucket_id != auth.for_subject("u", "other").bucket_id
+    assert CLIENT_SECRET not in str(auth.bucket_id)
+    assert KEY_FRAGMENT not in str(auth.bucket_id)
+
+
+class ExchangeStub:
+    """A token-exchange endpoint: one token per exchange, counted per subject."""
+
+    def __init__(self, expires_in: float = 600.0) -> None:
+        self.expires_in = expires_in
+        self.calls: dict[str, int] = {}
+        self.issued = 0
+
+    async def send(self, request: Request, base_url: str) -> Response:
+        form = dict(parse_qsl(request.body.decode()))
+        claims = jwt.decode(form["subject_token"], options={"verify_signature": False})
+        self.calls[claims["sub"]] = self.calls.get(claims["sub"], 0) + 1
+        self.issued += 1
+        body = {"access_token": f"token-{claims['sub']}-{self.issued:06d}", "expires_in": 600}
+        body["expires_in"] = self.expires_in
+        return Response(status=200, body=json.dumps(body).encode())
+
+
+@pytest.mark.asyncio
+async def test_the_token_cache_keeps_at_most_max_cached_tokens_least_recently_used_first():
+    clock, stub = FakeClock(), ExchangeStub()
+    auth = exchange_provider(DEFAULT_TOKEN_URL, max_cached_tokens=3)
+    auth.bind(AuthContext(clock=clock, send=stub.send))
+    users = [auth.for_subject(f"u{i}", "acme") for i in range(5)]
+    for user in users[:3]:
+        await user.token()
+    await users[0].token()  # u0 is now the most recently used: u1 goes first
+    await users[3].token()
+    await users[4].token()
+    assert (auth.cached_tokens, auth.evicted_tokens) == (3, 2)
+    await users[0].token()
+    assert stub.calls["u0"] == 1  # kept
+    await users[1].token()
+    assert stub.calls["u1"] == 2  # evicted, fetched again (single-flight as ever)
+    assert auth.cached_tokens == 3
+
+
+@pytest.mark.asyncio
+async def test_expired_tokens_of_idle_users_are_dropped_and_memory_stays_flat():
+    clock, stub = FakeClock(), ExchangeStub(expires_in=600)
+    auth = exchange_provider(DEFAULT_TOKEN_URL)  # the default cap (10,000) is never reached
+    auth.bind(AuthContext(clock=clock, send=stub.send))
+    sizes = []
+    for hour in range(6):
+        # 500 users an hour, each new: a token lives 10 minutes, so only ~the last 10
+        # minutes' users may still be cached.
+        for i in range(500):
+            await auth.for_subject(f"h{hour}-u{i}", "acme").token()
+            await clock.advance(7.2)
+        sizes.append(auth.cached_tokens)
+    assert max(sizes) <= 90, sizes
+    assert auth.evicted_tokens >= 3000 - 90
+
+
+@pytest.mark.asyncio
+async def test_an_evicted_token_leaves_the_redaction_registry_but_a_cached_one_is_redacted():
+    from zapier_async._redact import redact
+
+    clock, stub = FakeClock(), ExchangeStub()
+    auth = exchange_provider(DEFAULT_TOKEN_URL, max_cached_tokens=1)
+    auth.bind(AuthContext(clock=clock, send=stub.send))
+    first = await auth.for_subject("a", "acme").token()
+    assert redact(f"echo {first}") == "echo <redacted>"
+    second = await auth.for_subject("b", "acme").token()  # evicts a's token
+    assert auth.cached_tokens == 1
+    assert redact(f"{first} {second}") == f"{first} <redacted>"  # the registry does not grow
 
 
 @pytest.mark.asyncio

@@ -22,12 +22,20 @@ token exchange) in a `_TokenCache`:
 - refresh is single-flight: however many requests find the token stale at once, exactly one
   token request is made and every waiter gets its result (or its error);
 - `invalidate(token)` (Zapier answered 401) drops the token if it is still the cached one,
-  so the client's one retry fetches a fresh one, again single-flight.
+  so the client's one retry fetches a fresh one, again single-flight;
+- memory is bounded: at most ``max_cached_tokens`` tokens (least recently used evicted), and
+  an expired token is dropped when it reaches the least-recently-used end. A worker cycling
+  through 100,000 users keeps the tokens of those it served lately, not all of them
+  (`PartnerTokenExchange.cached_tokens` and `evicted_tokens` count them).
+
+A token request is made once per refresh: the client's send (`AuthContext.send`) is the one
+retry loop for token requests as for every other request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import math
@@ -42,13 +50,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import errors
-from ._backoff import (
-    RetryDecision,
-    RetryPolicy,
-    SupportsRandom,
-    decide_retry,
-    failure_kind,
-)
+from ._backoff import RetryPolicy, SupportsRandom
 from ._clock import Clock
 from ._protocol import Request, Response, error_class_for_status, is_loopback_host
 from ._redact import SecretSet, redact
@@ -106,11 +108,14 @@ class AuthContext:
         clock: The client's clock: token lifetimes are measured on ``clock.monotonic()`` and
             JWT times (`iat`, `nbf`, `exp`) come from ``clock.time()``.
         send: ``await send(request, base_url)``: sends a token request through the client's
-            transport (not its rate limiter), with no `Authorization` header. Raises
-            `TransportError` when no answer came.
-        retry_policy: The client's `RetryPolicy`: a token request that failed transiently
-            is tried again under the same rule as any idempotent request (`decide_retry`).
-        rng: The client's source of jitter for those retries.
+            transport (not its rate limiter), with no `Authorization` header, retried there
+            under the client's `RetryPolicy` like any idempotent request (the providers here
+            make one call per refresh, never a retry loop of their own). Returns the last
+            answer (a refusal is parsed by the provider); raises `TransportError` when no
+            answer came.
+        retry_policy: Unused by the providers of this module (kept for providers written
+            against earlier versions).
+        rng: Unused likewise.
     """
 
     clock: Clock
@@ -385,73 +390,51 @@ def _expires_in(value: object, default: float) -> float:
 # --- the cache: single-flight refresh ahead of expiry ---------------------------------------
 
 
-@attrs.define
 class _Entry:
-    token: str = attrs.field(repr=False)
-    expires_at: float
-    refresh_at: float
+    """A cached token; registered for redaction while the entry lives."""
+
+    __slots__ = ("expires_at", "refresh_at", "secrets", "token")
+
+    def __init__(self, token: str, expires_at: float, refresh_at: float) -> None:
+        self.token = token
+        self.expires_at = expires_at
+        self.refresh_at = refresh_at
+        self.secrets = SecretSet(recent=0)
+        self.secrets.set("token", token)
+
+    def __repr__(self) -> str:
+        return f"<_Entry expires_at={self.expires_at} token=<redacted>>"
 
 
 class _Restart(Exception):
     """The leader of a refresh was cancelled; a waiter takes over."""
 
 
-async def _fetch_with_retries(
-    fetch: Callable[[], Awaitable[IssuedToken]], context: AuthContext
-) -> IssuedToken:
-    """`fetch()`, tried again as any idempotent request is when it fails transiently.
-
-    A token request has no side effect a repeat could double (a token exchange signs a
-    fresh JWT for each attempt), so no answer, a 5xx or a 429 is retried under the client's
-    `RetryPolicy`; a refusal (another 4xx) is final.
-    """
-    policy = context.retry_policy
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await fetch()
-        except (errors.TransportError, errors.APIError) as exc:
-            retry_after: float | None = None
-            if isinstance(exc, errors.TransportError):
-                if exc.sent is False and exc.kind != "connect":
-                    raise  # TLS failure, closed transport: retrying will not help
-                decision = decide_retry(
-                    idempotent=True,
-                    status=None,
-                    failure=failure_kind(exc.kind),
-                    has_retry_after=False,
-                )
-            else:
-                retry_after = exc.retry_after
-                decision = decide_retry(
-                    idempotent=True,
-                    status=exc.status,
-                    failure=None,
-                    has_retry_after=retry_after is not None,
-                )
-            if decision is not RetryDecision.RETRY or not policy.can_retry(attempt):
-                raise
-            delay = policy.delay(attempt, context.rng, retry_after=retry_after)
-            # Retried, so not a WARNING: one that finally fails reaches the caller as an error.
-            logger.info("token request failed (%s); trying again in %.1fs", exc, delay)
-            await context.clock.sleep(delay)
-
-
 class _TokenCache:
-    """Tokens by key, refreshed single-flight ahead of expiry (transient failures retried).
+    """Tokens by key, refreshed single-flight ahead of expiry, bounded in memory.
 
-    `secrets` holds what its provider sends: each key's token (registered as it is issued)
-    and the provider's own secrets, so an echo of any is redacted (see `_redact`).
+    At most `max_entries` tokens are kept (least recently used evicted first), and a token
+    past its expiry is dropped as soon as it reaches the least-recently-used end, so a
+    partner acting for 100,000 users keeps only the tokens of the users it served lately.
+    An evicted token is fetched again on its key's next use (single-flight as ever).
+
+    `secrets` holds the provider's own secrets and the tokens it retired (among its
+    recent ones); each cached token is registered in its entry's own `SecretSet`, so it
+    leaves the redaction registry with its entry (see `_redact`).
     """
 
-    __slots__ = ("_entries", "_flights", "_margin", "secrets")
+    __slots__ = ("_entries", "_flights", "_margin", "evicted", "max_entries", "secrets")
 
-    def __init__(self, margin: float) -> None:
+    def __init__(self, margin: float, max_entries: int = 1) -> None:
         self._margin = margin
-        self._entries: dict[Hashable, _Entry] = {}
+        self.max_entries = max_entries
+        self.evicted = 0
+        self._entries: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._flights: dict[Hashable, asyncio.Future[str]] = {}
         self.secrets = SecretSet()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     async def get(
         self, key: Hashable, context: AuthContext, fetch: Callable[[], Awaitable[IssuedToken]]
@@ -460,6 +443,7 @@ class _TokenCache:
         while True:
             entry = self._entries.get(key)
             if entry is not None and clock.monotonic() < entry.refresh_at:
+                self._entries.move_to_end(key)
                 return entry.token
             flight = self._flights.get(key)
             if flight is None:
@@ -472,7 +456,8 @@ class _TokenCache:
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
         try:
-            issued = await _fetch_with_retries(fetch, context)
+            # One attempt: the client's send (`AuthContext.send`) is the retry loop.
+            issued = await fetch()
         except asyncio.CancelledError:
             flight.set_exception(_Restart())
             flight.exception()  # retrieved: no "never retrieved" warning when nobody waits
@@ -488,15 +473,30 @@ class _TokenCache:
         # Refresh ahead of expiry by the margin, but never sooner than half-way through a
         # short-lived token's life (else a 60 s margin would refetch a 60 s token every time).
         margin = min(self._margin, lifetime / 2)
-        self._entries[key] = _Entry(issued.access_token, now + lifetime, now + lifetime - margin)
-        self.secrets.set(("token", key), issued.access_token)
+        self._put(key, _Entry(issued.access_token, now + lifetime, now + lifetime - margin), now)
         flight.set_result(issued.access_token)
         return issued.access_token
+
+    def _put(self, key: Hashable, entry: _Entry, now: float) -> None:
+        entries = self._entries
+        old = entries.pop(key, None)
+        if old is not None:
+            self.secrets.add_recent(old.token)
+        entries[key] = entry
+        # Expired tokens at the least-recently-used end go first (amortised O(1)), then
+        # whatever exceeds the cap.
+        while entries:
+            oldest_key, oldest = next(iter(entries.items()))
+            if not (oldest.expires_at <= now or len(entries) > self.max_entries):
+                break
+            del entries[oldest_key]
+            self.evicted += 1
 
     def invalidate(self, token: str) -> bool:
         for key, entry in list(self._entries.items()):
             if entry.token == token:
                 del self._entries[key]
+                self.secrets.add_recent(token)
         # A new token can be had (whether this was the cached one, or another request has
         # already replaced it): the client retries its request once.
         return True
@@ -718,6 +718,10 @@ class _ExchangeConfig:
     binding: _Binding = attrs.field(repr=False)
 
 
+DEFAULT_MAX_CACHED_TOKENS: Final = 10_000
+"""Tokens a `PartnerTokenExchange` and its `for_subject` siblings keep at most (LRU)."""
+
+
 class PartnerTokenExchange:
     """A White Label user access token, from a partner-signed JWT (token exchange).
 
@@ -758,13 +762,21 @@ class PartnerTokenExchange:
         extra_params: More form parameters to send.
         refresh_margin: Seconds before expiry at which a token is replaced (at most half its
             lifetime).
+        max_cached_tokens: Tokens kept at most by this provider and its `for_subject`
+            siblings together (the least recently used is evicted and fetched again on its
+            user's next request); expired ones are dropped too.
+
+    Attributes:
+        bucket_id: ``"<tenant>/<subject>"``: the (non-secret) id of this user's rate budget,
+            the same for every `for_subject` copy naming the same user, so a client's views
+            of one user share one limiter bucket.
 
     Raises:
         InvalidRequestError: A bad argument, e.g. an HMAC algorithm, a key that does not fit
             the algorithm, a JWT lifetime over 5 minutes. The message never quotes a secret.
     """
 
-    __slots__ = ("_config", "_subject", "_tenant")
+    __slots__ = ("_config", "_subject", "_tenant", "bucket_id")
 
     def __init__(
         self,
@@ -789,7 +801,14 @@ class PartnerTokenExchange:
         subject_token_type: str | None = JWT_TOKEN_TYPE,
         extra_params: Mapping[str, str] | None = None,
         refresh_margin: float = 60.0,
+        max_cached_tokens: int = DEFAULT_MAX_CACHED_TOKENS,
     ) -> None:
+        if (
+            isinstance(max_cached_tokens, bool)
+            or not isinstance(max_cached_tokens, int)
+            or max_cached_tokens < 1
+        ):
+            raise errors.InvalidRequestError("must be an integer >= 1", "max_cached_tokens")
         if not isinstance(algorithm, str) or algorithm.upper().startswith("HS"):
             raise errors.InvalidRequestError(
                 f"{algorithm!r} is an HMAC (shared-secret) algorithm; Zapier verifies partner "
@@ -846,12 +865,13 @@ class PartnerTokenExchange:
                 else _check_secret(subject_token_type, "subject_token_type")
             ),
             extra_params=tuple(extra.items()),
-            cache=_TokenCache(_check_margin(refresh_margin)),
+            cache=_TokenCache(_check_margin(refresh_margin), max_cached_tokens),
             binding=_Binding(),
         )
         self._config.cache.secrets.set("client_secret", self._config.client_secret)
         self._subject = _check_secret(subject, "subject")
         self._tenant = _check_secret(tenant, "tenant")
+        self.bucket_id = f"{self._tenant}/{self._subject}"
 
     @property
     def subject(self) -> str:
@@ -874,7 +894,18 @@ class PartnerTokenExchange:
         sibling._config = self._config
         sibling._subject = _check_secret(subject, "subject")
         sibling._tenant = _check_secret(tenant, "tenant")
+        sibling.bucket_id = f"{sibling._tenant}/{sibling._subject}"
         return sibling
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens cached now by this provider and its `for_subject` siblings."""
+        return len(self._config.cache)
+
+    @property
+    def evicted_tokens(self) -> int:
+        """Tokens dropped so far (least recently used past `max_cached_tokens`, or expired)."""
+        return self._config.cache.evicted
 
     def bind(self, context: AuthContext) -> None:
         """Use a client's transport and clock (called by `ZapierClient`)."""
