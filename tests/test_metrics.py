@@ -214,3 +214,36 @@ def test_latency_buckets_are_cumulative_and_reported_waits_reach_events():
     assert recorder.snapshot(
         in_flight=0, limiter=za.Limiter(clock=clock).snapshot()
     ).responses_by_endpoint == {"action_runs.get": {200: 1, 502: 1}}
+
+
+@pytest.mark.asyncio
+async def test_per_credential_figures_are_off_by_default_and_bounded_when_on():
+    from zapier_async.testing import FakeZapier
+
+    done = {"__fake__": {"results": [{"ok": True}]}}
+    failed = {"__fake__": {"status": "error"}}
+    async with FakeZapier(seed=1) as fake, client_for(fake) as client:
+        recorder = client._engine.metrics
+        assert recorder.credential_metrics(None) is None  # off: nothing per user
+        recorder.track_credentials(3)
+        users = [za.BearerToken(f"user-token-{i}") for i in range(5)]
+        views = [client.with_auth(u) for u in users]
+        for view in views:
+            await (await view.run("core:x", authentication=None, inputs=done))
+        with pytest.raises(za.RunFailedError):
+            await (await views[4].run("core:x", authentication=None, inputs=failed))
+        last = recorder.credential_metrics(views[4].bucket_id)
+        assert last is not None
+        assert (last.runs_started, last.runs_succeeded, last.runs_failed) == (2, 1, 1)
+        assert last.latency_mean is not None
+        assert last.latency_max >= last.latency_mean
+        assert (last.tracked, last.evicted) == (3, 2)
+        first = recorder.credential_metrics(views[0].bucket_id)
+        assert first is not None
+        assert first.runs_started == 0  # evicted: reads as zeros
+        with pytest.raises(za.InvalidRequestError):
+            recorder.track_credentials(-1)
+        recorder.track_credentials(1)
+        shrunk = recorder.credential_metrics(views[4].bucket_id)
+        assert shrunk is not None
+        assert (shrunk.tracked, shrunk.evicted, shrunk.runs_started) == (1, 4, 2)

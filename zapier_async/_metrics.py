@@ -15,6 +15,12 @@ wire logging, Prometheus or OpenTelemetry without this library depending on any 
 event is only built when at least one listener exists, and a listener that raises is logged
 and skipped: a metrics bug must never break a run.
 
+Cardinality stays bounded: nothing is labelled per end user by default. Per-credential run
+figures (`CredentialMetrics`: runs started, succeeded, failed, lost, latency) are kept only
+when asked (`_Recorder.track_credentials(limit)`), for the `limit` most recently used
+credentials, and read on demand (`credential_metrics(bucket_id)`); the number evicted is
+counted, so a worker cycling through 100,000 users keeps a table of constant size.
+
 The instrumented transport (`MeteredTransport`) wraps whichever transport the client uses,
 so every HTTP exchange (creates, polls, and any other request) is counted in one place.
 
@@ -29,6 +35,7 @@ URL has no credentials and no ``zapier_async_token``, bodies are never included.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextvars
 import logging
 import math
@@ -51,6 +58,8 @@ if TYPE_CHECKING:
     from ._transport import Transport
 
 __all__ = [
+    "DEFAULT_TRACKED_CREDENTIALS",
+    "CredentialMetrics",
     "Event",
     "EventListener",
     "Metrics",
@@ -388,11 +397,98 @@ class _Send:
     ref: weakref.ref[Request] | None = None
 
 
+@attrs.frozen(kw_only=True)
+class CredentialMetrics:
+    """Run counts of one credential (one end user's budget), on demand.
+
+    Kept only when the client tracks credentials (``track_credentials``), for at most that
+    many credentials, least recently used evicted: a worker serving 100,000 users keeps the
+    figures of those it served lately, and says how many it forgot (`evicted`).
+
+    Attributes:
+        bucket_id: The credential's (non-secret) bucket id; None for the client's own.
+        runs_started: Runs created (or resumed) with it.
+        runs_succeeded: Of those, ended with status success.
+        runs_failed: Ended otherwise.
+        runs_lost: Given up on (could not be read any more).
+        latency_mean: Mean seconds from submission to the end, or None.
+        latency_max: The longest, or 0.0.
+        tracked: Credentials tracked now (all of them, not only this one).
+        evicted: Credentials whose figures were dropped so far (least recently used).
+    """
+
+    bucket_id: object
+    runs_started: int = 0
+    runs_succeeded: int = 0
+    runs_failed: int = 0
+    runs_lost: int = 0
+    latency_mean: float | None = None
+    latency_max: float = 0.0
+    tracked: int = 0
+    evicted: int = 0
+
+
+class _CredentialCounts:
+    __slots__ = ("failed", "lat_count", "lat_max", "lat_sum", "lost", "started", "succeeded")
+
+    def __init__(self) -> None:
+        self.started = self.succeeded = self.failed = self.lost = self.lat_count = 0
+        self.lat_sum = self.lat_max = 0.0
+
+
+class _CredentialTable:
+    """Per-credential counts, an LRU of at most `limit` credentials (see `CredentialMetrics`)."""
+
+    __slots__ = ("evicted", "limit", "rows")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.evicted = 0
+        self.rows: collections.OrderedDict[object, _CredentialCounts] = collections.OrderedDict()
+
+    def row(self, handle: RunHandle) -> _CredentialCounts:
+        credential = getattr(handle, "credential", None)
+        key = getattr(credential, "bucket_id", None)
+        rows = self.rows
+        found = rows.get(key)
+        if found is not None:
+            rows.move_to_end(key)
+            return found
+        found = rows[key] = _CredentialCounts()
+        while len(rows) > self.limit:
+            rows.popitem(last=False)
+            self.evicted += 1
+        return found
+
+    def get(self, bucket_id: object) -> CredentialMetrics:
+        counts = self.rows.get(bucket_id)
+        if counts is None:
+            return CredentialMetrics(
+                bucket_id=bucket_id, tracked=len(self.rows), evicted=self.evicted
+            )
+        return CredentialMetrics(
+            bucket_id=bucket_id,
+            runs_started=counts.started,
+            runs_succeeded=counts.succeeded,
+            runs_failed=counts.failed,
+            runs_lost=counts.lost,
+            latency_mean=counts.lat_sum / counts.lat_count if counts.lat_count else None,
+            latency_max=counts.lat_max,
+            tracked=len(self.rows),
+            evicted=self.evicted,
+        )
+
+
+DEFAULT_TRACKED_CREDENTIALS: Final = 1000
+"""Credentials `track_credentials` keeps figures for by default (least recently used go)."""
+
+
 class _Recorder:
     """The client's mutable counters and its listeners (see the module docstring)."""
 
     __slots__ = (
         "_buckets",
+        "_by_credential",
         "_clock",
         "_create_waits",
         "_created",
@@ -448,6 +544,36 @@ class _Recorder:
         self._runs: weakref.WeakValueDictionary[str, RunHandle] = weakref.WeakValueDictionary()
         self._run_waits: weakref.WeakKeyDictionary[RunHandle, float] = weakref.WeakKeyDictionary()
         self._create_waits: dict[str, float] = {}
+        # Per-credential run counts: off until `track_credentials` (bounded LRU when on).
+        self._by_credential: _CredentialTable | None = None
+
+    # per credential (on demand)
+
+    def track_credentials(self, limit: int = DEFAULT_TRACKED_CREDENTIALS) -> None:
+        """Keep run counts per credential for the `limit` most recently used ones (0: off).
+
+        Raises:
+            InvalidRequestError: `limit` is not an integer >= 0.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise errors.InvalidRequestError("must be an integer >= 0", "limit")
+        if limit == 0:
+            self._by_credential = None
+        elif self._by_credential is None:
+            self._by_credential = _CredentialTable(limit)
+        else:
+            table = self._by_credential
+            table.limit = limit
+            while len(table.rows) > limit:
+                table.rows.popitem(last=False)
+                table.evicted += 1
+
+    def credential_metrics(self, bucket_id: object) -> CredentialMetrics | None:
+        """The figures of the credential with `bucket_id` (None: the client's own), or None
+        when credentials are not tracked. A credential evicted (or never seen) reads as
+        zeros."""
+        table = self._by_credential
+        return None if table is None else table.get(bucket_id)
 
     # listeners
 
@@ -618,6 +744,8 @@ class _Recorder:
 
     def run_started(self, handle: RunHandle, submitted_at: float) -> None:
         self.runs_started += 1
+        if self._by_credential is not None:
+            self._by_credential.row(handle).started += 1
         handle.submitted_at = submitted_at  # on the handle: no per-run dictionary entry
         if self.listeners:
             self._runs[handle.id] = handle
@@ -645,6 +773,16 @@ class _Recorder:
                 latency = self._clock.monotonic() - submitted
                 self._sample(latency)
             codes: tuple[str, ...] = ()
+            if self._by_credential is not None:
+                row = self._by_credential.row(handle)
+                if status is RunStatus.SUCCESS:
+                    row.succeeded += 1
+                else:
+                    row.failed += 1
+                if latency is not None:
+                    row.lat_count += 1
+                    row.lat_sum += latency
+                    row.lat_max = max(row.lat_max, latency)
             if status is RunStatus.SUCCESS:
                 self.runs_succeeded += 1
             else:
@@ -682,6 +820,8 @@ class _Recorder:
 
     def run_lost(self, handle: RunHandle, exc: BaseException) -> None:
         self.runs_lost += 1
+        if self._by_credential is not None:
+            self._by_credential.row(handle).lost += 1
         handle.submitted_at = None
         if self.listeners:
             self._runs.pop(handle.id, None)
