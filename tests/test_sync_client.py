@@ -651,3 +651,33 @@ def test_handles_inherited_by_a_forked_child_are_detached(serve):
         assert os.waitstatus_to_exitcode(status) == 0
         fake.complete(pending.id)
         assert pending.result(timeout=10).status is za.RunStatus.SUCCESS
+
+
+# --- with_auth ------------------------------------------------------------------------------
+
+
+def test_with_auth_returns_a_blocking_view_that_sends_with_its_own_token(serve):
+    fake = serve(tokens={"user-a", "user-b"})
+    done = {"__fake__": {"results": [{"ok": True}]}}
+    options = {"base_url": fake.url, "poll_policy": FAST_POLLS, "retry_policy": FAST_RETRIES}
+    with SyncZapierClient(auth=za.BearerToken("partner"), **options) as client:
+        threads = len(threading.enumerate())
+        tasks = len(loop_task_names(client))
+        a = client.with_auth(za.BearerToken("user-a"))
+        b = a.with_auth(za.BearerToken("user-b"))
+        assert isinstance(a, za.SyncAuthView)
+        assert (len(threading.enumerate()), len(loop_task_names(client))) == (threads, tasks)
+        assert "user-a" not in repr(a)
+        run = a.run("core:x", authentication=None, inputs=done).result()
+        assert run.status is za.RunStatus.SUCCESS
+        assert b.get_run(run.id).status is za.RunStatus.SUCCESS
+        assert b.resume(run.id).result().status is za.RunStatus.SUCCESS
+        outcomes = b.gather([{"action": "core:x", "authentication": None, "inputs": done}])
+        assert [o.ok for o in outcomes] == [True]
+        with pytest.raises(za.errors.AuthenticationError):
+            client.get_run(run.id)  # the client's own token is refused by this emulator
+        with pytest.raises(za.InvalidRequestError):
+            client.with_auth("not a provider")  # type: ignore[arg-type]
+    assert a.closed
+    with pytest.raises(za.InvalidRequestError):
+        a.get_run(run.id)

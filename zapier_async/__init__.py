@@ -19,6 +19,7 @@ from ._clock import Clock, SystemClock
 from ._handle import RunHandle
 from ._limiter import Limiter, LimiterLike, LimiterStats, Priority
 from ._metrics import (
+    CredentialMetrics,
     Event,
     EventListener,
     Metrics,
@@ -29,9 +30,10 @@ from ._metrics import (
 )
 from ._runstore import DEFAULT_RUN_STORE_TTL, Claim, MemoryRunStore, RunStore
 from ._stored import StoredActions
-from ._sync import SyncClientOptions, SyncStoredActions, SyncZapierClient
+from ._sync import SyncAuthView, SyncClientOptions, SyncStoredActions, SyncZapierClient
 from ._sync_handles import SyncIterator, SyncRunHandle, SyncRunMany
 from ._transport import AiohttpTransport, Transport
+from ._views import AuthView
 from .errors import (
     ActionNotFoundError,
     APIError,
@@ -81,6 +83,7 @@ __all__ = [
     "AiohttpTransport",
     "AuthContext",
     "AuthProvider",
+    "AuthView",
     "BearerToken",
     "CallbackPolling",
     "Choice",
@@ -89,6 +92,7 @@ __all__ = [
     "ClientCredentials",
     "Clock",
     "Connection",
+    "CredentialMetrics",
     "DecodeError",
     "Event",
     "EventListener",
@@ -131,6 +135,7 @@ __all__ = [
     "RunTimeoutError",
     "StoredAction",
     "StoredActions",
+    "SyncAuthView",
     "SyncClientOptions",
     "SyncIterator",
     "SyncRunHandle",

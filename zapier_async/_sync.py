@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar
 
 from . import errors
+from ._auth import AuthProvider
 from ._client import ZapierClient
 from ._handle import RunHandle
 from ._sync_handles import SyncIterator, SyncRunHandle, SyncRunMany
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ._actions import CallbackPolling, LongPoll
-    from ._auth import AuthProvider
     from ._backoff import PollPolicy, RetryPolicy
     from ._bulk import Outcome, RunRequest
     from ._clock import Clock
@@ -57,10 +57,11 @@ if TYPE_CHECKING:
     from ._metrics import EventListener, Metrics
     from ._runstore import RunStore
     from ._transport import Transport
+    from ._views import RunsView
     from .models import Action, ChoicePage, Connection, OutputField, StoredAction
 
-__all__ = ["LOOP_THREAD_NAME", "SyncClientOptions", "SyncIterator", "SyncRunHandle",
-           "SyncRunMany", "SyncStoredActions", "SyncZapierClient"]  # fmt: skip
+__all__ = ["LOOP_THREAD_NAME", "SyncAuthView", "SyncClientOptions", "SyncIterator",
+           "SyncRunHandle", "SyncRunMany", "SyncStoredActions", "SyncZapierClient"]  # fmt: skip
 
 T = TypeVar("T")
 
@@ -141,7 +142,7 @@ class SyncStoredActions:
 
     __slots__ = ("_owner",)
 
-    def __init__(self, owner: SyncZapierClient) -> None:
+    def __init__(self, owner: _SyncRuns) -> None:
         self._owner = owner
 
     def create(
@@ -226,7 +227,266 @@ def _accepts(function: Callable[..., Any], name: str) -> bool:
     return name in inspect.signature(function).parameters
 
 
-class SyncZapierClient:
+class _SyncRuns:
+    """The blocking methods a `SyncZapierClient` and its views (`SyncAuthView`) share: runs,
+    resumes, bulk runs, stored actions and discovery, each call made on `_view(client)`."""
+
+    __slots__ = ()
+
+    stored_actions: SyncStoredActions
+    """Stored actions of the Actions API, blocking (see `StoredActions`)."""
+
+    # --- the bridge -------------------------------------------------------------------------
+
+    def _session(self) -> Session:
+        raise NotImplementedError
+
+    def _view(self, client: ZapierClient) -> RunsView:
+        """What this object's calls are made on: the client itself, or a view of it."""
+        return client
+
+    def _call(self, fn: Callable[[RunsView], Awaitable[T]]) -> T:
+        refuse_in_event_loop(getattr(fn, "__name__", "call"))
+        session = self._session()
+        view = self._view(session.client)
+        return session.call(lambda: fn(view))
+
+    def _call_sync(self, fn: Callable[[ZapierClient], T], session: Session | None = None) -> T:
+        refuse_in_event_loop("call")
+        session = self._session() if session is None else session.check()
+        client = session.client
+        return session.call_sync(lambda: fn(client))
+
+    def _call_handle(self, fn: Callable[[RunsView], Awaitable[RunHandle]]) -> SyncRunHandle:
+        refuse_in_event_loop("run")
+        session = self._session()
+        view = self._view(session.client)
+        return SyncRunHandle(session, session.call(lambda: fn(view)))
+
+    def _iterate(self, fn: Callable[[RunsView], AsyncIterator[T]]) -> SyncIterator[T]:
+        refuse_in_event_loop("iterate")
+        session = self._session()
+        view = self._view(session.client)
+        return SyncIterator(session, session.call_sync(lambda: fn(view)))
+
+    # --- runs -------------------------------------------------------------------------------
+
+    def run(
+        self,
+        action: str | None = None,
+        *,
+        app: str | None = None,
+        action_key: str | None = None,
+        action_type: str = "WRITE",
+        authentication: str | None,
+        inputs: Mapping[str, Any] | None = None,
+        callback_url: str | None = None,
+        max_rate_limit_wait: Wait = _DEFAULT,
+        idempotency_key: str | None = None,
+    ) -> SyncRunHandle:
+        """Start an action run and return its handle once Zapier accepted it.
+
+        The same arguments, rules and errors as `ZapierClient.run`.
+
+        Args:
+            idempotency_key: Passed to `ZapierClient.run` (needs a ``run_store``): a second
+                call with the same key resumes the first run instead of creating one.
+
+        Raises:
+            InvalidRequestError: Bad input (nothing was sent), or `idempotency_key` with a
+                `ZapierClient` that has no run store.
+        """
+        kwargs: dict[str, Any] = {
+            "app": app,
+            "action_key": action_key,
+            "action_type": action_type,
+            "authentication": authentication,
+            "inputs": inputs,
+            "callback_url": callback_url,
+        }
+        _put_wait(kwargs, max_rate_limit_wait)
+        if idempotency_key is not None:
+            if not _accepts(ZapierClient.run, "idempotency_key"):
+                raise errors.InvalidRequestError(
+                    "idempotency_key needs a run_store (ZapierClient(run_store=...)), which "
+                    "this version of ZapierClient does not support; nothing was sent",
+                    "idempotency_key",
+                )
+            kwargs["idempotency_key"] = idempotency_key
+        return self._call_handle(lambda c: c.run(action, **kwargs))
+
+    def run_action(
+        self,
+        *,
+        selected_api: str,
+        action_key: str,
+        action_type: str,
+        inputs: Mapping[str, Any] | None = None,
+        connection_id: str | None = None,
+        page: str | int | None = None,
+        callback_url: str | None = None,
+        max_rate_limit_wait: Wait = _DEFAULT,
+    ) -> SyncRunHandle:
+        """Start a one-off Actions API run; see `ZapierClient.run_action`."""
+        kwargs: dict[str, Any] = {
+            "selected_api": selected_api,
+            "action_key": action_key,
+            "action_type": action_type,
+            "inputs": inputs,
+            "connection_id": connection_id,
+            "page": page,
+            "callback_url": callback_url,
+        }
+        _put_wait(kwargs, max_rate_limit_wait)
+        return self._call_handle(lambda c: c.run_action(**kwargs))
+
+    def resume(
+        self,
+        token_or_run_id: str,
+        *,
+        callback: bool = False,
+        callback_token: str | None = None,
+    ) -> SyncRunHandle:
+        """Follow a run again from its id or continuation token; see `ZapierClient.resume`."""
+        refuse_in_event_loop("resume")
+        session = self._session()
+        view = self._view(session.client)
+        handle = session.call_sync(
+            lambda: view.resume(token_or_run_id, callback=callback, callback_token=callback_token)
+        )
+        return SyncRunHandle(session, handle)
+
+    def get_run(self, run_id: str, *, max_rate_limit_wait: Wait = _DEFAULT) -> Run:
+        """Read a run's current state once; see `ZapierClient.get_run`."""
+        kwargs: dict[str, Any] = {}
+        _put_wait(kwargs, max_rate_limit_wait)
+        return self._call(lambda c: c.get_run(run_id, **kwargs))
+
+    # --- bulk -------------------------------------------------------------------------------
+
+    def run_many(
+        self,
+        requests: Iterable[RunRequest | Mapping[str, Any]],
+        *,
+        concurrency: int = 50,
+        progress: Callable[[Outcome], object] | None = None,
+        on_sending: Callable[[int, RunRequest], object] | None = None,
+        on_submitted: Callable[[int, RunRequest, str], object] | None = None,
+    ) -> SyncRunMany:
+        """Fan runs out; a blocking iterator of `Outcome` as they end. See `ZapierClient.run_many`.
+
+        `requests` is read lazily on the loop thread (keep its ``next()`` quick), and the
+        hooks are called there too.
+        """
+        refuse_in_event_loop("run_many")
+        session = self._session()
+        view = self._view(session.client)
+        job = session.call_sync(
+            lambda: view.run_many(
+                requests,
+                concurrency=concurrency,
+                progress=progress,
+                on_sending=on_sending,
+                on_submitted=on_submitted,
+            )
+        )
+        return SyncRunMany(session, job)
+
+    def gather(
+        self,
+        requests: Iterable[RunRequest | Mapping[str, Any]],
+        *,
+        concurrency: int = 50,
+        progress: Callable[[Outcome], object] | None = None,
+    ) -> list[Outcome]:
+        """Run them all and return every outcome in input order; see `ZapierClient.gather`."""
+        return self._call(lambda c: c.gather(requests, concurrency=concurrency, progress=progress))
+
+    # --- discovery --------------------------------------------------------------------------
+
+    def list_actions(
+        self, app: str, action_type: str | None = None, *, max_rate_limit_wait: Wait = _DEFAULT
+    ) -> list[Action]:
+        """An app's actions, each with a fresh id; see `ZapierClient.list_actions`."""
+        kwargs: dict[str, Any] = {}
+        _put_wait(kwargs, max_rate_limit_wait)
+        return self._call(lambda c: c.list_actions(app, action_type, **kwargs))
+
+    def find_action(
+        self,
+        app: str,
+        action_key: str,
+        *,
+        action_type: str | None = "WRITE",
+        max_rate_limit_wait: Wait = _DEFAULT,
+    ) -> Action:
+        """Look up an action by its stable key; see `ZapierClient.find_action`."""
+        kwargs: dict[str, Any] = {"action_type": action_type}
+        _put_wait(kwargs, max_rate_limit_wait)
+        return self._call(lambda c: c.find_action(app, action_key, **kwargs))
+
+    def action_inputs(
+        self,
+        action_id: str,
+        *,
+        authentication: str | None,
+        inputs: Mapping[str, Any] | None = None,
+        max_rate_limit_wait: Wait = _DEFAULT,
+    ) -> list[InputItem]:
+        """An action's input fields; see `ZapierClient.action_inputs`."""
+        kwargs: dict[str, Any] = {"authentication": authentication, "inputs": inputs}
+        _put_wait(kwargs, max_rate_limit_wait)
+        return self._call(lambda c: c.action_inputs(action_id, **kwargs))
+
+    def action_choices(
+        self,
+        action_id: str,
+        input_id: str,
+        *,
+        authentication: str | None,
+        inputs: Mapping[str, Any] | None = None,
+        page: int | None = None,
+        max_rate_limit_wait: Wait = _DEFAULT,
+    ) -> ChoicePage:
+        """One page of a SELECT field's values; see `ZapierClient.action_choices`."""
+        kwargs: dict[str, Any] = {"authentication": authentication, "inputs": inputs, "page": page}
+        _put_wait(kwargs, max_rate_limit_wait)
+        return self._call(lambda c: c.action_choices(action_id, input_id, **kwargs))
+
+    def action_outputs(
+        self,
+        action_id: str,
+        *,
+        authentication: str | None,
+        inputs: Mapping[str, Any] | None = None,
+        fetch_live_samples: bool = False,
+        max_rate_limit_wait: Wait = _DEFAULT,
+    ) -> list[OutputField]:
+        """The fields an action's results have; see `ZapierClient.action_outputs`."""
+        kwargs: dict[str, Any] = {
+            "authentication": authentication,
+            "inputs": inputs,
+            "fetch_live_samples": fetch_live_samples,
+        }
+        _put_wait(kwargs, max_rate_limit_wait)
+        return self._call(lambda c: c.action_outputs(action_id, **kwargs))
+
+    def list_connections(
+        self, app: str, *, page_size: int = 100, max_rate_limit_wait: Wait = _DEFAULT
+    ) -> SyncIterator[Connection]:
+        """Every connection the user owns for `app`, as a blocking iterator (page by page)."""
+        kwargs: dict[str, Any] = {"page_size": page_size}
+        _put_wait(kwargs, max_rate_limit_wait)
+        return self._iterate(lambda c: c.list_connections(app, **kwargs))
+
+    def find_connection(self, app: str, *, max_rate_limit_wait: Wait = _DEFAULT) -> Connection:
+        """The user's first usable connection to `app`; see `ZapierClient.find_connection`."""
+        kwargs: dict[str, Any] = {}
+        _put_wait(kwargs, max_rate_limit_wait)
+        return self._call(lambda c: c.find_connection(app, **kwargs))
+
+
+class SyncZapierClient(_SyncRuns):
     """The blocking twin of `ZapierClient`: the same methods and errors, for synchronous code.
 
     Share one per process (a module global in a Django app or a Celery worker): every thread
@@ -362,124 +622,19 @@ class SyncZapierClient:
         base_url = self._options.get("base_url", "https://api.zapier.com")
         return f"<SyncZapierClient {base_url} {state}>"
 
-    # --- the bridge -------------------------------------------------------------------------
+    # --- the client's own ---------------------------------------------------------------------
 
-    def _call(self, fn: Callable[[ZapierClient], Awaitable[T]]) -> T:
-        refuse_in_event_loop(getattr(fn, "__name__", "call"))
-        session = self._session()
-        client = session.client
-        return session.call(lambda: fn(client))
+    def with_auth(self, auth: AuthProvider) -> SyncAuthView:
+        """A blocking view of this client that sends with another credential.
 
-    def _call_sync(self, fn: Callable[[ZapierClient], T], session: Session | None = None) -> T:
-        refuse_in_event_loop("call")
-        session = self._session() if session is None else session.check()
-        client = session.client
-        return session.call_sync(lambda: fn(client))
-
-    def _call_handle(self, fn: Callable[[ZapierClient], Awaitable[RunHandle]]) -> SyncRunHandle:
-        refuse_in_event_loop("run")
-        session = self._session()
-        client = session.client
-        return SyncRunHandle(session, session.call(lambda: fn(client)))
-
-    def _iterate(self, fn: Callable[[ZapierClient], AsyncIterator[T]]) -> SyncIterator[T]:
-        refuse_in_event_loop("iterate")
-        session = self._session()
-        client = session.client
-        return SyncIterator(session, session.call_sync(lambda: fn(client)))
-
-    # --- runs -------------------------------------------------------------------------------
-
-    def run(
-        self,
-        action: str | None = None,
-        *,
-        app: str | None = None,
-        action_key: str | None = None,
-        action_type: str = "WRITE",
-        authentication: str | None,
-        inputs: Mapping[str, Any] | None = None,
-        callback_url: str | None = None,
-        max_rate_limit_wait: Wait = _DEFAULT,
-        idempotency_key: str | None = None,
-    ) -> SyncRunHandle:
-        """Start an action run and return its handle once Zapier accepted it.
-
-        The same arguments, rules and errors as `ZapierClient.run`.
-
-        Args:
-            idempotency_key: Passed to `ZapierClient.run` (needs a ``run_store``): a second
-                call with the same key resumes the first run instead of creating one.
+        See `ZapierClient.with_auth`: the view shares this client's loop thread, pool,
+        poller, metrics and lifecycle; each request carries the view's token and is paced
+        by its own budget. No thread, no task, no I/O; no closing.
 
         Raises:
-            InvalidRequestError: Bad input (nothing was sent), or `idempotency_key` with a
-                `ZapierClient` that has no run store.
+            InvalidRequestError: `auth` is not an auth provider.
         """
-        kwargs: dict[str, Any] = {
-            "app": app,
-            "action_key": action_key,
-            "action_type": action_type,
-            "authentication": authentication,
-            "inputs": inputs,
-            "callback_url": callback_url,
-        }
-        _put_wait(kwargs, max_rate_limit_wait)
-        if idempotency_key is not None:
-            if not _accepts(ZapierClient.run, "idempotency_key"):
-                raise errors.InvalidRequestError(
-                    "idempotency_key needs a run_store (ZapierClient(run_store=...)), which "
-                    "this version of ZapierClient does not support; nothing was sent",
-                    "idempotency_key",
-                )
-            kwargs["idempotency_key"] = idempotency_key
-        return self._call_handle(lambda c: c.run(action, **kwargs))
-
-    def run_action(
-        self,
-        *,
-        selected_api: str,
-        action_key: str,
-        action_type: str,
-        inputs: Mapping[str, Any] | None = None,
-        connection_id: str | None = None,
-        page: str | int | None = None,
-        callback_url: str | None = None,
-        max_rate_limit_wait: Wait = _DEFAULT,
-    ) -> SyncRunHandle:
-        """Start a one-off Actions API run; see `ZapierClient.run_action`."""
-        kwargs: dict[str, Any] = {
-            "selected_api": selected_api,
-            "action_key": action_key,
-            "action_type": action_type,
-            "inputs": inputs,
-            "connection_id": connection_id,
-            "page": page,
-            "callback_url": callback_url,
-        }
-        _put_wait(kwargs, max_rate_limit_wait)
-        return self._call_handle(lambda c: c.run_action(**kwargs))
-
-    def resume(
-        self,
-        token_or_run_id: str,
-        *,
-        callback: bool = False,
-        callback_token: str | None = None,
-    ) -> SyncRunHandle:
-        """Follow a run again from its id or continuation token; see `ZapierClient.resume`."""
-        refuse_in_event_loop("resume")
-        session = self._session()
-        client = session.client
-        handle = session.call_sync(
-            lambda: client.resume(token_or_run_id, callback=callback, callback_token=callback_token)
-        )
-        return SyncRunHandle(session, handle)
-
-    def get_run(self, run_id: str, *, max_rate_limit_wait: Wait = _DEFAULT) -> Run:
-        """Read a run's current state once; see `ZapierClient.get_run`."""
-        kwargs: dict[str, Any] = {}
-        _put_wait(kwargs, max_rate_limit_wait)
-        return self._call(lambda c: c.get_run(run_id, **kwargs))
+        return SyncAuthView(self, auth)
 
     def deliver_callback(self, run: Run, *, token: str | None = None) -> bool:
         """Resolve a run's handle from a completion callback; see `ZapierClient.deliver_callback`.
@@ -487,46 +642,6 @@ class SyncZapierClient:
         Thread-safe: call it from your (synchronous) callback view.
         """
         return self._call_sync(lambda c: c.deliver_callback(run, token=token))
-
-    # --- bulk -------------------------------------------------------------------------------
-
-    def run_many(
-        self,
-        requests: Iterable[RunRequest | Mapping[str, Any]],
-        *,
-        concurrency: int = 50,
-        progress: Callable[[Outcome], object] | None = None,
-        on_sending: Callable[[int, RunRequest], object] | None = None,
-        on_submitted: Callable[[int, RunRequest, str], object] | None = None,
-    ) -> SyncRunMany:
-        """Fan runs out; a blocking iterator of `Outcome` as they end. See `ZapierClient.run_many`.
-
-        `requests` is read lazily on the loop thread (keep its ``next()`` quick), and the
-        hooks are called there too.
-        """
-        refuse_in_event_loop("run_many")
-        session = self._session()
-        client = session.client
-        job = session.call_sync(
-            lambda: client.run_many(
-                requests,
-                concurrency=concurrency,
-                progress=progress,
-                on_sending=on_sending,
-                on_submitted=on_submitted,
-            )
-        )
-        return SyncRunMany(session, job)
-
-    def gather(
-        self,
-        requests: Iterable[RunRequest | Mapping[str, Any]],
-        *,
-        concurrency: int = 50,
-        progress: Callable[[Outcome], object] | None = None,
-    ) -> list[Outcome]:
-        """Run them all and return every outcome in input order; see `ZapierClient.gather`."""
-        return self._call(lambda c: c.gather(requests, concurrency=concurrency, progress=progress))
 
     # --- metrics ----------------------------------------------------------------------------
 
@@ -542,88 +657,53 @@ class SyncZapierClient:
         """Stop calling `listener`; returns whether it was registered."""
         return self._call_sync(lambda c: c.remove_listener(listener))
 
-    # --- discovery --------------------------------------------------------------------------
 
-    def list_actions(
-        self, app: str, action_type: str | None = None, *, max_rate_limit_wait: Wait = _DEFAULT
-    ) -> list[Action]:
-        """An app's actions, each with a fresh id; see `ZapierClient.list_actions`."""
-        kwargs: dict[str, Any] = {}
-        _put_wait(kwargs, max_rate_limit_wait)
-        return self._call(lambda c: c.list_actions(app, action_type, **kwargs))
+class SyncAuthView(_SyncRuns):
+    """A `SyncZapierClient`'s methods sent with another credential (`with_auth`).
 
-    def find_action(
-        self,
-        app: str,
-        action_key: str,
-        *,
-        action_type: str | None = "WRITE",
-        max_rate_limit_wait: Wait = _DEFAULT,
-    ) -> Action:
-        """Look up an action by its stable key; see `ZapierClient.find_action`."""
-        kwargs: dict[str, Any] = {"action_type": action_type}
-        _put_wait(kwargs, max_rate_limit_wait)
-        return self._call(lambda c: c.find_action(app, action_key, **kwargs))
+    The blocking twin of `AuthView`: it shares its client's loop thread, transport, poller,
+    metrics, limiter and lifecycle; its requests carry its own token and spend its own budget.
+    It costs no thread, no task and no I/O, needs no closing, and ends with its client (and,
+    after a fork, follows the child's fresh client).
+    """
 
-    def action_inputs(
-        self,
-        action_id: str,
-        *,
-        authentication: str | None,
-        inputs: Mapping[str, Any] | None = None,
-        max_rate_limit_wait: Wait = _DEFAULT,
-    ) -> list[InputItem]:
-        """An action's input fields; see `ZapierClient.action_inputs`."""
-        kwargs: dict[str, Any] = {"authentication": authentication, "inputs": inputs}
-        _put_wait(kwargs, max_rate_limit_wait)
-        return self._call(lambda c: c.action_inputs(action_id, **kwargs))
+    __slots__ = ("_auth", "_cached", "_client", "stored_actions")
 
-    def action_choices(
-        self,
-        action_id: str,
-        input_id: str,
-        *,
-        authentication: str | None,
-        inputs: Mapping[str, Any] | None = None,
-        page: int | None = None,
-        max_rate_limit_wait: Wait = _DEFAULT,
-    ) -> ChoicePage:
-        """One page of a SELECT field's values; see `ZapierClient.action_choices`."""
-        kwargs: dict[str, Any] = {"authentication": authentication, "inputs": inputs, "page": page}
-        _put_wait(kwargs, max_rate_limit_wait)
-        return self._call(lambda c: c.action_choices(action_id, input_id, **kwargs))
+    def __init__(self, client: SyncZapierClient, auth: AuthProvider) -> None:
+        if not isinstance(auth, AuthProvider):
+            raise errors.InvalidRequestError(
+                "must be an auth provider such as zapier_async.BearerToken('...')", "auth"
+            )
+        self._client = client
+        self._auth = auth
+        self._cached: tuple[ZapierClient, RunsView] | None = None
+        self.stored_actions = SyncStoredActions(self)
 
-    def action_outputs(
-        self,
-        action_id: str,
-        *,
-        authentication: str | None,
-        inputs: Mapping[str, Any] | None = None,
-        fetch_live_samples: bool = False,
-        max_rate_limit_wait: Wait = _DEFAULT,
-    ) -> list[OutputField]:
-        """The fields an action's results have; see `ZapierClient.action_outputs`."""
-        kwargs: dict[str, Any] = {
-            "authentication": authentication,
-            "inputs": inputs,
-            "fetch_live_samples": fetch_live_samples,
-        }
-        _put_wait(kwargs, max_rate_limit_wait)
-        return self._call(lambda c: c.action_outputs(action_id, **kwargs))
+    def _session(self) -> Session:
+        return self._client._session()
 
-    def list_connections(
-        self, app: str, *, page_size: int = 100, max_rate_limit_wait: Wait = _DEFAULT
-    ) -> SyncIterator[Connection]:
-        """Every connection the user owns for `app`, as a blocking iterator (page by page)."""
-        kwargs: dict[str, Any] = {"page_size": page_size}
-        _put_wait(kwargs, max_rate_limit_wait)
-        return self._iterate(lambda c: c.list_connections(app, **kwargs))
+    def _view(self, client: ZapierClient) -> RunsView:
+        cached = self._cached
+        if cached is None or cached[0] is not client:  # a new client after a fork
+            cached = self._cached = (client, client.with_auth(self._auth))
+        return cached[1]
 
-    def find_connection(self, app: str, *, max_rate_limit_wait: Wait = _DEFAULT) -> Connection:
-        """The user's first usable connection to `app`; see `ZapierClient.find_connection`."""
-        kwargs: dict[str, Any] = {}
-        _put_wait(kwargs, max_rate_limit_wait)
-        return self._call(lambda c: c.find_connection(app, **kwargs))
+    @property
+    def auth(self) -> AuthProvider:
+        """The auth provider this view sends with."""
+        return self._auth
+
+    @property
+    def closed(self) -> bool:
+        """True once its client is closed."""
+        return self._client.closed
+
+    def with_auth(self, auth: AuthProvider) -> SyncAuthView:
+        """A view of the same client with yet another credential."""
+        return SyncAuthView(self._client, auth)
+
+    def __repr__(self) -> str:
+        return f"<SyncAuthView of {self._client!r} auth={self._auth!r}>"
 
 
 def _put_wait(kwargs: dict[str, Any], max_rate_limit_wait: Wait) -> None:
