@@ -46,7 +46,7 @@ from ._wire import (
     validate_id,
     validate_inputs,
 )
-from .models import StoredAction, _converter
+from .models import StoredAction, converter
 
 __all__ = [
     "CallbackPolling",
@@ -280,7 +280,7 @@ def _stored_from(data: Any, response: Response, request: Request) -> StoredActio
     record = dict(data)
     record.pop("type", None)  # ``"stored_action"``: the kind of record, not a field of it
     try:
-        return _converter.structure(record, StoredAction)
+        return converter.structure(record, StoredAction)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
         raise decode_error(
             f"stored action does not match the documented shape: {describe_cattrs(exc)}",

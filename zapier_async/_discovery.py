@@ -56,8 +56,8 @@ from .models import (
     InfoField,
     InputField,
     OutputField,
-    _converter,
-    _field_kind,
+    converter,
+    field_kind,
     slugify,
 )
 
@@ -355,7 +355,7 @@ def _structure_all(
     for item in items:
         try:
             cls = kind(item) if callable(kind) and not isinstance(kind, type) else kind
-            out.append(_converter.structure(item, cls))
+            out.append(converter.structure(item, cls))
         except (cattrs.BaseValidationError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise decode_error(
                 f"response item does not match the documented shape: {describe_cattrs(exc)}",
@@ -373,7 +373,7 @@ def parse_actions(response: Response, request: Request) -> list[Action]:
 def _item_kind(item: Any) -> type[InputItem]:
     if not isinstance(item, Mapping):
         raise TypeError("each input field must be an object")
-    return _field_kind(item)
+    return field_kind(item)
 
 
 def parse_input_fields(response: Response, request: Request) -> list[InputItem]:

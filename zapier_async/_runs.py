@@ -62,7 +62,7 @@ from ._wire import (
     unwrap_data,
     validate_id,
 )
-from .models import Run, RunStatus, _converter
+from .models import Run, RunStatus, converter
 
 __all__ = [
     "MAX_CALLBACK_URL",
@@ -392,7 +392,7 @@ def parse_run(response: Response, request: Request, *, run_id: str) -> Run:
         # A run's errors are server text a `RunFailedError` shows: no secret echoed in them.
         data["errors"] = redact_value(data["errors"])
     try:
-        run = _converter.structure(data, Run)
+        run = converter.structure(data, Run)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
         raise decode_error(
             f"run body does not match the documented shape: {describe_cattrs(exc)}",

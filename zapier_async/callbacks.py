@@ -69,7 +69,7 @@ from aiohttp import web
 
 from ._clock import Clock, SystemClock
 from .errors import ZapierError
-from .models import Run, _converter
+from .models import Run, converter
 
 if TYPE_CHECKING:
     from ._client import ZapierClient
@@ -362,7 +362,7 @@ def parse_callback(body: bytes) -> Run:
         raise CallbackBodyError("no status")
     data.setdefault("errors", [])
     try:
-        return _converter.structure(data, Run)
+        return converter.structure(data, Run)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
         raise CallbackBodyError(f"does not match the documented shape ({exc})") from None
 

@@ -1,6 +1,6 @@
 """Public data models: frozen, slotted attrs values, and the one private cattrs converter.
 
-Every model is built from Zapier's JSON by `_converter` (production: unknown keys ignored) so
+Every model is built from Zapier's JSON by `converter` (production: unknown keys ignored) so
 that API additions never break a running client. Tests also structure each recorded sample
 with a strict converter (`_make_converter(strict=True)`), so API drift shows in CI.
 
@@ -616,7 +616,7 @@ def _structure_optional_enum(cls: type[_E]) -> Any:
     return structure
 
 
-def _field_kind(item: Mapping[str, Any]) -> type[InputField | InfoField | Fieldset]:
+def field_kind(item: Mapping[str, Any]) -> type[InputField | InfoField | Fieldset]:
     kind = item.get("type")
     if kind == "fieldset" or isinstance(item.get("fields"), list):
         return Fieldset
@@ -719,7 +719,7 @@ def _register_discovery_hooks(conv: cattrs.Converter, *, strict: bool) -> None:
         for item in value:
             if not isinstance(item, Mapping):
                 raise TypeError("each field must be an object")
-            if _field_kind(item) is InfoField:
+            if field_kind(item) is InfoField:
                 out.append(conv.structure(item, InfoField))
             else:
                 out.append(conv.structure(item, InputField))
@@ -770,4 +770,6 @@ def _register_stored_action_hook(conv: cattrs.Converter, *, strict: bool) -> Non
     )
 
 
-_converter = _make_converter()
+converter = _make_converter()
+"""The one cattrs converter every model is built with (package-internal: not in `__all__`)."""
+_converter = converter  # the name tests and older code import
