@@ -173,6 +173,7 @@ REFERENCED = (
     "zapier_async.testing",
     "zapier_async.redis",
     "zapier_async.journal",
+    "zapier_async.celery",
     "zapier_async.otel",
     "zapier_async.prometheus",
 )
