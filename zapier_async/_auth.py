@@ -391,16 +391,21 @@ def _expires_in(value: object, default: float) -> float:
 
 
 class _Entry:
-    """A cached token; registered for redaction while the entry lives."""
+    """A cached token. In a cache of many keys it is registered for redaction in a
+    `SecretSet` of its own, which leaves the registry with the entry."""
 
     __slots__ = ("expires_at", "refresh_at", "secrets", "token")
 
-    def __init__(self, token: str, expires_at: float, refresh_at: float) -> None:
+    def __init__(
+        self, token: str, expires_at: float, refresh_at: float, *, own_secrets: bool
+    ) -> None:
         self.token = token
         self.expires_at = expires_at
         self.refresh_at = refresh_at
-        self.secrets = SecretSet(recent=0)
-        self.secrets.set("token", token)
+        self.secrets: SecretSet | None = None
+        if own_secrets:
+            self.secrets = SecretSet(recent=0)
+            self.secrets.set("token", token)
 
     def __repr__(self) -> str:
         return f"<_Entry expires_at={self.expires_at} token=<redacted>>"
@@ -423,11 +428,13 @@ class _TokenCache:
     leaves the redaction registry with its entry (see `_redact`).
     """
 
-    __slots__ = ("_entries", "_flights", "_margin", "evicted", "max_entries", "secrets")
+    __slots__ = ("_entries", "_flights", "_margin", "_single", "evicted", "max_entries", "secrets")
 
-    def __init__(self, margin: float, max_entries: int = 1) -> None:
+    def __init__(self, margin: float, max_entries: int | None = None) -> None:
         self._margin = margin
-        self.max_entries = max_entries
+        # No cap: one key only (client credentials), whose token lives in `secrets`.
+        self._single = max_entries is None
+        self.max_entries = 1 if max_entries is None else max_entries
         self.evicted = 0
         self._entries: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
         self._flights: dict[Hashable, asyncio.Future[str]] = {}
@@ -473,14 +480,22 @@ class _TokenCache:
         # Refresh ahead of expiry by the margin, but never sooner than half-way through a
         # short-lived token's life (else a 60 s margin would refetch a 60 s token every time).
         margin = min(self._margin, lifetime / 2)
-        self._put(key, _Entry(issued.access_token, now + lifetime, now + lifetime - margin), now)
+        # A one-key cache (client credentials) registers its token in its own set (the
+        # token it replaces becomes a recent one); a many-key cache, in the entry's.
+        single = self._single
+        entry = _Entry(
+            issued.access_token, now + lifetime, now + lifetime - margin, own_secrets=not single
+        )
+        if single:
+            self.secrets.set(("token", key), issued.access_token)
+        self._put(key, entry, now)
         flight.set_result(issued.access_token)
         return issued.access_token
 
     def _put(self, key: Hashable, entry: _Entry, now: float) -> None:
         entries = self._entries
         old = entries.pop(key, None)
-        if old is not None:
+        if old is not None and old.secrets is not None:
             self.secrets.add_recent(old.token)
         entries[key] = entry
         # Expired tokens at the least-recently-used end go first (amortised O(1)), then
