@@ -41,9 +41,6 @@ MAX_LINES = 800
 KNOWN_LONG = {"zapier_async._auth": 814}
 # Every edge that lies on an import cycle (TYPE_CHECKING and function-local imports included).
 KNOWN_CYCLE_EDGES = {
-    # `_transport.default_user_agent` imports `__version__` from the package root, which
-    # imports everything: it pulls 13 modules into one strongly connected component.
-    ("zapier_async._transport", "zapier_async"),
     ("zapier_async", "zapier_async._bulk"),
     ("zapier_async", "zapier_async._client"),
     ("zapier_async", "zapier_async._metrics"),
@@ -387,11 +384,6 @@ def test_no_new_import_cycle():
     assert not new, f"imports that close a new cycle: {_describe(new)}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime cycle zapier_async <-> _transport (function-local `from . import "
-    "__version__` in _transport.default_user_agent), which pulls 13 modules into one component",
-)
 def test_no_import_cycle_at_runtime():
     # Top-level and function-local imports: what issue 17's "done" names.
     graph = import_graph(type_checking=False)

@@ -33,6 +33,7 @@ from ._stored import StoredActions
 from ._sync import SyncAuthView, SyncClientOptions, SyncStoredActions, SyncZapierClient
 from ._sync_handles import SyncIterator, SyncRunHandle, SyncRunMany
 from ._transport import AiohttpTransport, Transport
+from ._version import __version__
 from ._views import AuthView
 from .errors import (
     ActionNotFoundError,
@@ -71,8 +72,6 @@ from .models import (
     StoredAction,
     ValueType,
 )
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "DEFAULT_RUN_STORE_TTL",

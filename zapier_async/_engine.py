@@ -38,7 +38,7 @@ import logging
 import math
 import random
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -50,6 +50,7 @@ from . import errors
 from ._auth import AuthContext, AuthProvider
 from ._backoff import PollPolicy, RetryPolicy, cap_hint
 from ._handle import RunHandle
+from ._idempotency import KeyedCreates
 from ._limiter import Priority
 from ._limits import estimate_wait_of, pressure_of
 from ._pipeline import (
@@ -106,9 +107,6 @@ _FATAL_POLL_ERRORS = (
 
 _UNLEARNT_READS: Final = 2
 """Reads admission control counts for a run of an action with no plan yet."""
-
-# A create that failed with one of these provably made no run (see `_not_sent`).
-_NOT_SENT_STATUSES: Final = frozenset({400, 401, 403, 404, 409, 422, 429, 503})
 
 
 class Engine:
@@ -169,10 +167,8 @@ class Engine:
         # The client's own credential spends the limiter's default bucket (id None).
         self.own = Credential(auth, None)
         self._credentials: collections.OrderedDict[int, Credential] = collections.OrderedDict()
-        # Run-store writes that must happen whoever waits for them (see `_record`).
-        self._background: set[asyncio.Task[object]] = set()
-        # Creates in progress per idempotency key, in this process (see `_create_once`).
-        self._keyed_creates: dict[str, asyncio.Future[RunHandle]] = {}
+        # Creates under an idempotency key, and the run-store writes they leave behind.
+        self.keyed = KeyedCreates(self)
         # Admission control (see `_admit`): reads promised to admitted runs, per read bucket,
         # and each such run's (bucket, reads left); callers waiting for a probe's answer.
         self._owed: collections.Counter[Hashable] = collections.Counter()
@@ -240,8 +236,8 @@ class Engine:
         self._closed = True
         try:
             await self.pipeline.drain()
-            if self._background:
-                await asyncio.wait(set(self._background), timeout=self._request_timeout)
+            if self.keyed.background:
+                await asyncio.wait(set(self.keyed.background), timeout=self._request_timeout)
         finally:
             await self.poller.aclose()
             for handle in list(self.handles.values()):
@@ -373,7 +369,7 @@ class Engine:
 
         With `idempotency_key` (needs a run store), the store decides first: a recorded run
         is resumed, a key left ``sending`` raises `OutcomeUnknownError`, and only a fresh
-        claim sends (see `_create_once`).
+        claim sends (see `_idempotency.KeyedCreates`).
         """
         created = partial(
             self._created,
@@ -399,7 +395,7 @@ class Engine:
             max_wait = max(until - self.clock.monotonic(), 0.0)
         try:
             if idempotency_key is not None:
-                handle = await self._create_once(
+                handle = await self.keyed.create_once(
                     idempotency_key, request, created, priority, max_wait, auth
                 )
             else:
@@ -580,120 +576,6 @@ class Engine:
                 extra={"run_id": handle.id, "action": request.poll_key},
             )
         return handle
-
-    async def _create_once(
-        self,
-        key: str,
-        request: proto.Request,
-        created: Callable[..., RunHandle],
-        priority: Priority,
-        max_wait: float | None,
-        auth: Credential | None,
-    ) -> RunHandle:
-        """A create under an idempotency key: at most one per key, whoever calls.
-
-        Concurrent calls with one key in this process share the first one's outcome; across
-        processes the store's atomic `begin` decides. The run is recorded by a task the
-        engine owns, so a caller cancelled after the answer still leaves it recorded; a
-        create that provably made no run frees the key (`RunStore.fail`).
-        """
-        store = self.run_store
-        if store is None:
-            raise errors.InvalidRequestError(
-                "needs a run store: ZapierClient(run_store=MemoryRunStore()) or RedisRunStore",
-                "idempotency_key",
-            )
-        while True:
-            running = self._keyed_creates.get(key)
-            if running is None:
-                break
-            try:
-                return await asyncio.shield(running)
-            except errors.OutcomeUnknownError:
-                raise
-            except Exception:
-                continue  # it made no run: the key is free again, claim it ourselves
-        done: asyncio.Future[RunHandle] = asyncio.get_running_loop().create_future()
-        self._keyed_creates[key] = done
-        try:
-            handle = await self._claim_and_create(
-                store, key, request, created, priority, max_wait, auth
-            )
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                exc = errors.InvalidRequestError("the caller that held the key was cancelled")
-            done.set_exception(exc)
-            raise
-        else:
-            done.set_result(handle)
-            return handle
-        finally:
-            done.exception() if done.done() and not done.cancelled() else None
-            if self._keyed_creates.get(key) is done:
-                del self._keyed_creates[key]
-
-    async def _claim_and_create(
-        self,
-        store: RunStore,
-        key: str,
-        request: proto.Request,
-        created: Callable[..., RunHandle],
-        priority: Priority,
-        max_wait: float | None,
-        auth: Credential | None,
-    ) -> RunHandle:
-        claim = await store.begin(key)
-        if claim.state == "resume":
-            assert claim.continuation_token is not None
-            return self.resume(claim.continuation_token, auth=auth)
-        if claim.state != "send":
-            raise errors.OutcomeUnknownError(
-                f"idempotency key {key!r} is held by a create of {claim.owner or 'unknown owner'}"
-                " that never recorded its run (it may still be sending, or its process died)",
-                request.describe(),
-                "not sent again under this key",
-            )
-
-        def accepted(response: proto.Response) -> RunHandle:
-            handle = created(response, orphaned=True)
-            self._record(store, key, handle)
-            return handle
-
-        hooks = CreateHooks(accepted, lambda: self._spawn(store.fail(key)))
-        try:
-            response = await self.send(
-                request, priority=priority, max_wait=max_wait, auth=auth, orphan=hooks
-            )
-            handle = created(response)
-        except asyncio.CancelledError:
-            if not hooks.on_wire:
-                self._spawn(store.fail(key))  # cancelled before the send: nothing went out
-            raise
-        except errors.ZapierError as exc:
-            self.metrics.error(exc)
-            if _not_sent(exc):
-                await asyncio.shield(self._spawn(store.fail(key)))
-            raise
-        await asyncio.shield(self._record(store, key, handle))
-        return handle
-
-    def _record(self, store: RunStore, key: str, handle: RunHandle) -> asyncio.Task[object]:
-        return self._spawn(store.record(key, handle.id, handle.continuation_token()))
-
-    def _spawn(self, write: object) -> asyncio.Task[object]:
-        """Run a store write in a task the engine owns (finished even if its caller leaves)."""
-        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(write)  # type: ignore[arg-type]
-        self._background.add(task)
-        task.add_done_callback(self._written)
-        return task
-
-    def _written(self, task: asyncio.Task[object]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning(
-                "the run store could not be written: %r; the key stays 'sending'",
-                task.exception(),
-            )
 
     # --- tracking -----------------------------------------------------------------------------
 
@@ -905,20 +787,6 @@ class Engine:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-def _not_sent(exc: errors.ZapierError) -> bool:
-    """Whether a create that failed with `exc` provably made no run (its key may be freed)."""
-    if isinstance(exc, errors.OutcomeUnknownError):
-        return False
-    if isinstance(exc, errors.TransportError):
-        return exc.sent is False or exc.kind == "connect"
-    if isinstance(exc, errors.APIError):
-        return exc.status in _NOT_SENT_STATUSES
-    # Refused before the wire: RateLimitedError, InvalidRequestError, an auth failure.
-    return isinstance(
-        exc, (errors.RateLimitedError, errors.InvalidRequestError, errors.UnexpectedError)
-    )
 
 
 def _throttle_hint(run: Run) -> float | None:

@@ -38,6 +38,7 @@ import aiohttp
 from . import errors
 from ._protocol import Request, Response
 from ._redact import SecretSet
+from ._version import __version__
 
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "AiohttpTransport", "Transport", "default_user_agent"]
 
@@ -49,9 +50,6 @@ a run that echoes its inputs fits, far below what would hurt a worker."""
 @functools.cache
 def default_user_agent() -> str:
     """``zapier-async/<version> python/<x.y> aiohttp/<x.y>``."""
-    # Imported here, not at module level: the package's __init__ imports this module.
-    from . import __version__
-
     python = ".".join(platform.python_version_tuple()[:2])
     aiohttp_version = ".".join(aiohttp.__version__.split(".")[:2])
     return f"zapier-async/{__version__} python/{python} aiohttp/{aiohttp_version}"

@@ -88,7 +88,7 @@ class _Attempt:
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 

@@ -45,18 +45,14 @@ bucket, whatever its priority, fails at once with ``RateLimitedError(reason=
 "max_server_wait")``, waiters included. ``record`` answers "froze" at once, from this
 process's view (its own 503 streak).
 
-**Local waiting.** Each process keeps a heap of waiters per bucket, ``(priority, arrival)``,
-and ONE task that does every round trip: it commits changes, grants whoever may go, and
-sleeps until the earliest time a budget named, a ``max_wait`` deadline or an event (a slot
-asked for, an answer recorded); while another process has slots in flight, at most
-``poll_interval``. A waiter cancelled locally leaves the heap; a grant that raced with its
-cancellation is given back (``ungrant``).
+**Local waiting.** Each process keeps a heap of waiters per bucket and ONE task that does
+every round trip (commit, grant, sleep until a budget's time, a deadline or an event; while
+another process has slots in flight, at most ``poll_interval``). A waiter cancelled locally
+leaves the heap; a grant that raced with its cancellation is given back (``ungrant``).
 
-**Losing Redis.** A Redis error (connection refused, timeout) logs a warning and switches
-the process to an in-memory `Limiter` with a conservative a-priori ``fallback_rate`` (it also
-learns from the response headers): never to unlimited sending. Waiters are moved to it. Every
-``reconnect_interval`` seconds a ``PING`` is tried; on success new requests go through Redis
-again.
+**Losing Redis.** A Redis error logs a warning and moves the process, waiters included, to
+an in-memory `Limiter` at a conservative ``fallback_rate`` (never unlimited); every
+``reconnect_interval`` a ``PING`` is tried, and on success requests use Redis again.
 """
 
 from __future__ import annotations
@@ -81,13 +77,7 @@ from zapier_async._clock import Clock, SystemClock
 from zapier_async._closing import AsyncCloseable
 from zapier_async._limiter import Limiter
 from zapier_async._limiter import Slot as _LocalSlot
-from zapier_async._limits import (
-    USE_DEFAULT,
-    LimiterStats,
-    Pressure,
-    _Default,
-    _WaitLog,
-)
+from zapier_async._limits import USE_DEFAULT, LimiterStats, Pressure, _Default, _WaitLog
 from zapier_async._ratelimit import (
     DEFAULT_COOLDOWN,
     DEFAULT_MAX_SERVER_WAIT,
@@ -116,8 +106,7 @@ _FIRST: Final = 1 << 62
 """Subtracted from the sequence number of a ``first`` waiter (as in `Limiter.slot`)."""
 
 _EARLY: Final = 1e-6
-"""A grant due this close is due now: times on the shared clock are epoch seconds (about
-0.2 us apart in a float), and a wake-up a hair early would cost a round trip for nothing."""
+"""A grant due this close is due now (epoch-second floats are ~0.2 us apart)."""
 
 _MAX_ATTEMPTS: Final = 100
 """Commits tried in a row before the task lets other buckets go first."""
