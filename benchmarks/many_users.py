@@ -22,7 +22,8 @@ Three scenarios, each printing its targets as PASS / MISS (with by how much and 
     within 10% + 256 KB of hour 3), with evicted limiter buckets, tokens and metrics
     counted and printed.
 
-Run: ``python -m benchmarks.many_users [mixed|scale|day|all] [--quick]``. Only 127.0.0.1 is
+Run: ``python -m benchmarks.many_users [mixed|scale|day|all] [--quick] [--polls=N]``
+(``--polls`` sets the client's ``max_concurrent_polls`` for ``mixed``). Only 127.0.0.1 is
 contacted. `--quick` runs small sizes (the tests run smaller ones still:
 ``tests/test_many_users.py``).
 """
@@ -152,15 +153,21 @@ async def _emulator(**config: Any) -> AsyncIterator[_Child]:
 # --- (a) light users beside a heavy one -------------------------------------------------------
 
 
-async def mixed(*, light_users: int = 200, runs_each: int = 5, heavy_runs: int = 100) -> bool:
-    """Scenario (a); returns whether every target holds."""
+async def mixed(
+    *, light_users: int = 200, runs_each: int = 5, heavy_runs: int = 100, **client_options: Any
+) -> bool:
+    """Scenario (a); returns whether every target holds (`client_options` go to the client,
+    e.g. ``max_concurrent_polls``)."""
     print(f"\n(a) {light_users} light users x {runs_each} runs + 1 heavy user x {heavy_runs}")
     limit, window = 40, 5.0
     physical = (2 * heavy_runs - limit) / (limit / window)
     async with (
         _emulator(durations=[0.2, 1.5], heavy_budget=[limit, window]) as emu,
         za.ZapierClient(
-            auth=za.BearerToken("partner-token"), base_url=emu.url, max_rate_limit_wait=None
+            auth=za.BearerToken("partner-token"),
+            base_url=emu.url,
+            max_rate_limit_wait=None,
+            **client_options,
         ) as client,
     ):
         latencies: list[float] = []
@@ -196,10 +203,11 @@ async def mixed(*, light_users: int = 200, runs_each: int = 5, heavy_runs: int =
     by_token = stats["rate_limited_by_token"]
     light_429 = sum(n for token, n in by_token.items() if token.startswith(LIGHT_PREFIX))
     heavy_429 = by_token.get(HEAVY, 0)
-    p95 = percentile(latencies, 0.95)
+    p95 = percentile(latencies, 95)
     print(
-        f"    light runs {len(latencies)}: p50 {percentile(latencies, 0.5):.2f} s, p95 "
-        f"{p95:.2f} s, max {max(latencies):.2f} s; light 429s {light_429}; heavy "
+        f"    light runs {len(latencies)}: p50 {percentile(latencies, 50):.2f} s, p95 "
+        f"{p95:.2f} s, p99 {percentile(latencies, 99):.2f} s, max {max(latencies):.2f} s; "
+        f"light 429s {light_429}; heavy "
         f"{heavy_time:.2f} s ({heavy_time / physical:.3f}x of {physical:.1f} s), heavy "
         f"429s {heavy_429}; requests {stats['requests']}, wall {total:.1f} s"
     )
@@ -497,7 +505,9 @@ async def main(argv: list[str]) -> int:
     names = [a for a in argv if not a.startswith("-")] or ["all"]
     ok = True
     if names[0] in ("mixed", "all"):
-        ok &= await mixed(light_users=40 if quick else 200)
+        polls = [int(a.split("=", 1)[1]) for a in argv if a.startswith("--polls=")]
+        options = {"max_concurrent_polls": polls[0]} if polls else {}
+        ok &= await mixed(light_users=40 if quick else 200, **options)
     if names[0] in ("scale", "all"):
         ok &= await scale(users=1_000 if quick else 10_000)
     if names[0] in ("day", "all"):
