@@ -66,6 +66,9 @@ class Workload:
     align: str = "first"
     seed: int = 1
     interval: float = 0.5  # the hand-written loop's sleep
+    # The limiter's remaining estimate over the server's truth (a live estimate can be off by
+    # a request or two: which answers it has counted, the probe's, the reserve's rounding).
+    remaining_skew: int = 0
 
     def minimum(self, k: int = 2) -> float:
         lo, hi = self.durations
@@ -232,6 +235,8 @@ class _Limiter:
         limited = math.isfinite(w.limit)
         known = limited and self.known
         remaining = self.server.remaining(now) if known else None
+        if remaining is not None:
+            remaining += w.remaining_skew
         ends = self.server.window_end(now) + _PRECISION if known else None
         if not self.known:
             free = math.inf if self.in_flight else now  # the probe's answer comes first

@@ -117,18 +117,30 @@ class BudgetPrice:
     level: float = 0.0
 
     @staticmethod
-    def binds(pressure: PressureLike | None, in_flight: int) -> bool:
-        """Whether one more request now would take the place of another one."""
+    def binds(pressure: PressureLike | None, in_flight: int, per_run: float = 1.0) -> bool:
+        """Whether one more request now would take the place of another one.
+
+        `per_run`: the requests each run in flight (and each request on the wire, which may
+        be a create bringing one more) is counted for: 1 for runs with a plan; more for
+        runs polled at a slack cadence, so that a window holding one poll per run in flight
+        and not one more (where the first wave of a job sits) reads as binding.
+        """
         if pressure is None:
             return False
         if sum(pressure.waiting_by_priority) > 0:
             return True
         remaining = pressure.remaining_estimate
-        return remaining is not None and remaining <= in_flight + pressure.in_flight
+        if remaining is None:
+            return False
+        if per_run == 1.0:
+            return remaining <= in_flight + pressure.in_flight
+        return remaining <= per_run * (in_flight + pressure.in_flight)
 
-    def update(self, pressure: PressureLike | None, in_flight: int) -> tuple[int, bool]:
+    def update(
+        self, pressure: PressureLike | None, in_flight: int, per_run: float = 1.0
+    ) -> tuple[int, bool]:
         """Sample the budget once: the price level (0 = slack), and whether it binds now."""
-        binds = self.binds(pressure, in_flight)
+        binds = self.binds(pressure, in_flight, per_run)
         if binds:
             self.level += self.rise * (1.0 - self.level)
         else:

@@ -330,6 +330,9 @@ class AdaptivePolling:
         censored_share: The first plan of an action waits until runs still going are at
             most this share of those seen (a plan of the short runs of a burst alone would
             poll the long ones at the short ones' pace).
+        cold_polls: Requests a run with no plan yet is counted for when deciding whether
+            the budget binds (see `zapier_async._cadence.BudgetPrice.binds`): the slack cold
+            cadence spends about two polls on a run.
     """
 
     policy: PollPolicy = attrs.field(factory=PollPolicy)
@@ -350,6 +353,7 @@ class AdaptivePolling:
     at_once_below: float = 0.01
     censored_share: float = 0.25
     tail: float = 0.02
+    cold_polls: float = 2.0
     _actions: dict[str, _Action] = attrs.field(init=False, factory=dict)
     _records: weakref.WeakKeyDictionary[RunHandle, PollRecord] = attrs.field(
         init=False, factory=weakref.WeakKeyDictionary
@@ -650,7 +654,13 @@ class AdaptivePolling:
             options = self._options(state)
             slots = len(state.pending) + pressure.waiting_by_priority[2]
             return best_level(options, mean=state.mean, slots=slots, rate=rate)
-        level, binds = self.price.update(pressure, len(state.pending))
+        # A run with no plan yet is polled at the hand-written loop's pace while the budget
+        # is slack: about `cold_polls` polls each, which the window must cover for the runs
+        # in flight and those the creates on the wire bring (one each would make "binds" a
+        # knife edge the first wave of a job sits on exactly: a window holding one poll per
+        # run in flight and not one more).
+        per_run = self.cold_polls if cold else 1.0
+        level, binds = self.price.update(pressure, len(state.pending), per_run)
         return self.price.levels - 1 if cold and binds else level
 
     def _options(self, state: _Action) -> list[tuple[float, float]]:
