@@ -564,6 +564,7 @@ async def test_on_wait_hook_and_info_log(caplog: pytest.LogCaptureFixture) -> No
         assert records[0].name == "zapier_async"
         assert "3.0s" in records[0].getMessage()
         assert "frozen" in records[0].getMessage()
+        assert "a poll request waited" in records[0].getMessage()
 
         slow.release(200, {})  # the probe after the freeze: answered, no budget headers
         await settle()

@@ -331,21 +331,23 @@ class _WaitLog:
                 logger.exception("on_wait hook failed")
 
     def _log(self, priority: Priority, waited: float, reason: str, now: float) -> None:
-        args = (priority.name.lower(), waited, reason)
+        # "an interactive request", "a poll request", "a bulk request".
+        name = priority.name.lower()
+        args = (f"{'an' if name[0] in 'aeiou' else 'a'} {name}", waited, reason)
         if priority is Priority.INTERACTIVE:
-            logger.info("rate limit: a %s request waited %.1fs (%s)", *args)
+            logger.info("rate limit: %s request waited %.1fs (%s)", *args)
             return
         since = self._since
         if since is None:
             self._since = now
             logger.info(
-                "rate limit: a %s request waited %.1fs (%s); further background waits are "
+                "rate limit: %s request waited %.1fs (%s); further background waits are "
                 "summarised every %.0fs",
                 *args,
                 LOG_SUMMARY_EVERY,
             )
             return
-        logger.debug("rate limit: a %s request waited %.1fs (%s)", *args)
+        logger.debug("rate limit: %s request waited %.1fs (%s)", *args)
         self._quiet += 1
         self._quiet_max = max(self._quiet_max, waited)
         if now - since >= LOG_SUMMARY_EVERY:

@@ -124,7 +124,7 @@ class BucketStore:
             try:
                 return load(bucket.state, self._config)
             except StateError as exc:
-                logger.warning("zapier_async: unreadable limiter state in Redis (%s)", exc)
+                logger.warning("unreadable limiter state in Redis (%s)", exc)
         return Budget(self._config), {}
 
     def _take(self, bucket: Bucket, state: str, epoch: str, version: str) -> None:

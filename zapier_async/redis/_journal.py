@@ -384,7 +384,7 @@ class RunJournal(AsyncCloseable):
 
     async def _record_quietly(self, key: str, run_id: str) -> None:
         if not await self.record(key, run_id):
-            logger.error("zapier_async: key %r already holds another run than %s", key, run_id)
+            logger.error("key %r already holds another run than %s", key, run_id)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
@@ -397,7 +397,7 @@ class RunJournal(AsyncCloseable):
         self._pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error(
-                "zapier_async: journalling a run id failed; its key stays 'sending' "
+                "journalling a run id failed; its key stays 'sending' "
                 "(outcome unknown if delivered again)",
                 exc_info=task.exception(),
             )

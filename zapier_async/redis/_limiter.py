@@ -794,7 +794,7 @@ class RedisLimiter(AsyncCloseable):
                     finally:
                         self._store.io -= 1
                     self._degraded = False
-                    logger.warning("zapier_async: Redis is reachable again; sharing the budget")
+                    logger.warning("Redis is reachable again; sharing the budget")
                     continue
                 now = self._local()
                 while self._due and self._due[0][0] <= now:
@@ -870,7 +870,7 @@ class RedisLimiter(AsyncCloseable):
             bucket.budget = None
         self._dirty.clear()
         logger.warning(
-            "zapier_async: Redis unreachable (%s); pacing locally at %d requests per %.1fs",
+            "Redis unreachable (%s); pacing locally at %d requests per %.1fs",
             exc,
             *self._fallback_rate,
         )

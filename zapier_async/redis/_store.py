@@ -185,5 +185,5 @@ def _claim(key: str, reply: Any) -> Claim:
         )
     except (KeyError, ValueError, IndexError, TypeError):
         # Unreadable: a create may have been sent, so it can only be "unknown".
-        logger.warning("zapier_async: the run store's record of %r is unreadable", key)
+        logger.warning("the run store's record of %r is unreadable", key)
         return Claim(key=key, state="unknown")
