@@ -398,3 +398,84 @@ async def test_fake_clock_call_later_fires_on_advance_and_can_be_called_off():
     await clock.advance(0.5)
     assert calls == ["now", "kept"]
     assert clock.sleepers == 0
+
+
+class BucketScript:
+    """Polls of runs named ``heavy-*`` wait for their budget (a gate); others answer at once."""
+
+    def __init__(self, poller_ref: Callable[[], Poller]) -> None:
+        self.poller_ref = poller_ref
+        self.gate = asyncio.Event()
+        self.waiting = 0
+        self.light_done: list[str] = []
+
+    async def __call__(self, handle: RunHandle) -> None:
+        if handle.id.startswith("heavy"):
+            self.waiting += 1
+            await self.gate.wait()
+            self.waiting -= 1
+        else:
+            self.light_done.append(handle.id)
+        handle._update(Run(id=handle.id, status=RunStatus.SUCCESS))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("per_bucket", [True, False])
+async def test_one_buckets_waiting_polls_do_not_hold_back_another_buckets(clock, per_bucket):
+    # Issue 16: the heavy user's polls all wait at the limiter for its own budget; with a cap
+    # per bucket the light users' polls still start at once, without it they queue behind.
+    poller: Poller
+    script = BucketScript(lambda: poller)
+    poller = Poller(
+        clock=clock,
+        poll=script,
+        max_concurrent_polls=4,
+        bucket_of=(lambda h: h.id.split("-")[0]) if per_bucket else None,
+    )
+    try:
+        heavy = [track(poller, clock, f"heavy-{i}", 0.0) for i in range(10)]
+        await settle()
+        assert script.waiting == 4  # the heavy bucket's cap
+        light = [track(poller, clock, f"light-{i}", 0.5) for i in range(6)]
+        await clock.advance(1.0)
+        await settle()
+        if per_bucket:
+            assert sorted(script.light_done) == sorted(h.id for h in light)
+            assert all(h.done() for h in light)
+        else:
+            assert script.light_done == []  # stuck behind the heavy polls
+        assert poller.in_flight == 4  # the heavy bucket's waiting polls only
+        script.gate.set()
+        await until(lambda: all(h.done() for h in heavy + light))
+        await settle()
+        assert poller.in_flight == 0
+    finally:
+        await poller.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_parked_handle_starts_when_its_bucket_frees_a_slot(clock):
+    poller: Poller
+    script = BucketScript(lambda: poller)
+    poller = Poller(
+        clock=clock, poll=script, max_concurrent_polls=2, bucket_of=lambda h: h.id.split("-")[0]
+    )
+    try:
+        heavy = [track(poller, clock, f"heavy-{i}", 0.0) for i in range(5)]
+        await clock.advance(0.1)
+        await settle()
+        assert script.waiting == 2
+        assert poller.in_flight == 2  # the others are parked, not running
+        script.gate.set()
+        await until(lambda: all(h.done() for h in heavy))
+        assert poller.polls_started == 5
+    finally:
+        await poller.aclose()
+
+
+def test_the_total_cap_cannot_be_under_the_per_bucket_cap(clock):
+    async def poll(handle: RunHandle) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="max_total_polls"):
+        Poller(clock=clock, poll=poll, max_concurrent_polls=8, max_total_polls=4)

@@ -18,6 +18,13 @@ loops:
 Handles that someone awaits jump the ready queue (and their requests get the limiter's
 interactive priority), so runs a web request is waiting on are not stuck behind a bulk job.
 
+With ``bucket_of`` (the engine passes each run's rate-limit bucket: its credential), the cap
+is per bucket, under a larger total: a poll waiting at the limiter for its own bucket's budget
+holds one of its bucket's slots, never another user's. A handle whose bucket is full waits in
+that bucket's parked queue and goes back to the front of the ready queue when one of its
+bucket's polls ends, so one heavy user's polls, all waiting for its budget, cannot keep the
+light users' polls from starting (issue #16).
+
 The runner starts lazily on the first timer and exits when the heap and the ready queue are
 empty and nothing is in flight, so an idle client holds no task at all. Cancelled timers are
 dropped lazily when they reach the top of the heap (O(log n) per operation, nothing per tick).
@@ -30,7 +37,7 @@ import collections
 import heapq
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +92,11 @@ class Poller:
             it). It should not raise; if it does (a bug), the poller logs it and fails the
             handle with `UnexpectedError`, so no awaiter hangs on a handle nobody polls.
         max_concurrent_polls: Upper bound on poll requests in flight at once (8, as the
-            client's default).
+            client's default); per bucket when `bucket_of` is given.
+        bucket_of: The rate-limit bucket a handle's polls spend (e.g. its credential's); None
+            puts every handle in one bucket.
+        max_total_polls: Upper bound on polls in flight over all buckets; by default
+            `max_concurrent_polls` without `bucket_of`, 32 times it with.
     """
 
     def __init__(
@@ -94,12 +105,25 @@ class Poller:
         clock: Clock,
         poll: Callable[[RunHandle], Awaitable[None]],
         max_concurrent_polls: int = 8,
+        bucket_of: Callable[[RunHandle], Hashable] | None = None,
+        max_total_polls: int | None = None,
     ) -> None:
         if max_concurrent_polls < 1:
             raise ValueError("max_concurrent_polls must be at least 1")
+        if max_total_polls is None:
+            max_total_polls = max_concurrent_polls * (1 if bucket_of is None else 32)
+        if max_total_polls < max_concurrent_polls:
+            raise ValueError("max_total_polls must be at least max_concurrent_polls")
         self._clock = clock
         self._poll = poll
-        self._max = max_concurrent_polls
+        self._per_bucket_max = max_concurrent_polls
+        self._max = max_total_polls
+        self._bucket_of = bucket_of
+        # Polls in flight per bucket, each poll task's bucket, and handles due whose bucket
+        # was full (back to the ready queue when one of the bucket's polls ends).
+        self._busy: collections.Counter[Hashable] = collections.Counter()
+        self._task_bucket: dict[asyncio.Task[None], Hashable] = {}
+        self._parked: dict[Hashable, collections.deque[RunHandle]] = {}
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._ready: collections.deque[RunHandle] = collections.deque()
@@ -127,10 +151,12 @@ class Poller:
             and not self._urgent
             and not self._ready
         ):
-            # Due now and a poll slot is free: start it here, without a trip through the
-            # heap and the runner (an instant action's runs are all polled this way).
-            self._start(asyncio.get_running_loop(), handle)
-            return
+            bucket = self._bucket(handle)
+            if self._busy[bucket] < self._per_bucket_max:
+                # Due now and a poll slot is free: start it here, without a trip through the
+                # heap and the runner (an instant action's runs are all polled this way).
+                self._start(asyncio.get_running_loop(), handle, bucket)
+                return
         timer = Timer(self._clock.monotonic() + max(0.0, delay), handle=handle)
         handle.timer = timer
         self._push(timer)
@@ -237,17 +263,28 @@ class Poller:
                 except Exception:  # a bug in a callback must not stop every run's polling
                     logger.exception("timer callback failed")
 
+    def _bucket(self, handle: RunHandle) -> Hashable:
+        return None if self._bucket_of is None else self._bucket_of(handle)
+
     def _start_ready(self) -> None:
         loop = asyncio.get_running_loop()
         while len(self._inflight) < self._max and (self._urgent or self._ready):
             handle = (self._urgent or self._ready).popleft()
             if handle.done() or handle.timer is not None:
                 continue  # finished, cancelled or rescheduled meanwhile
-            self._start(loop, handle)
+            bucket = self._bucket(handle)
+            if self._busy[bucket] >= self._per_bucket_max:
+                # Its bucket is full (its polls wait for that bucket's budget): park it, so
+                # that handles of other buckets behind it start now.
+                self._parked.setdefault(bucket, collections.deque()).append(handle)
+                continue
+            self._start(loop, handle, bucket)
 
-    def _start(self, loop: asyncio.AbstractEventLoop, handle: RunHandle) -> None:
+    def _start(self, loop: asyncio.AbstractEventLoop, handle: RunHandle, bucket: Hashable) -> None:
         task = loop.create_task(self._poll_one(handle), name=POLL_TASK_NAME)
         self._inflight.add(task)
+        self._busy[bucket] += 1
+        self._task_bucket[task] = bucket
         task.add_done_callback(self._poll_done)
         self.polls_started += 1
 
@@ -274,6 +311,19 @@ class Poller:
 
     def _poll_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        bucket = self._task_bucket.pop(task, None)
+        left = self._busy[bucket] - 1
+        if left > 0:
+            self._busy[bucket] = left
+        else:
+            del self._busy[bucket]
+        parked = self._parked.get(bucket)
+        if parked:
+            # One of its bucket's slots is free: its longest-parked handle goes first.
+            handle = parked.popleft()
+            (self._urgent if handle.awaited else self._ready).appendleft(handle)
+            if not parked:
+                del self._parked[bucket]
         if not self._closed and (self._ready or self._urgent or not self._inflight):
             # A slot freed up for a waiting poll, or the runner may now exit idle; otherwise
             # the runner's own timer is still right and waking it would be a wasted turn.
@@ -289,6 +339,7 @@ class Poller:
         self._heap.clear()
         self._ready.clear()
         self._urgent.clear()
+        self._parked.clear()
         tasks = list(self._inflight)
         if self._runner is not None:
             tasks.append(self._runner)
