@@ -181,8 +181,7 @@ async def test_a_job_stopped_midway_resumes_with_a_new_client_without_a_duplicat
 
 
 async def gather(stream: za.RunMany) -> list[za.Outcome]:
-    """The outcomes in input order (`ZapierClient.run_many` takes ``journal=`` once
-    `_client` forwards it; until then the job is built as `RunMany` directly)."""
+    """The outcomes of a job built as `RunMany` directly, in input order."""
     got: list[za.Outcome] = []
     async with stream:
         await _collect(stream, got)
@@ -226,6 +225,30 @@ async def test_a_journal_that_cannot_be_written_keeps_the_create_from_being_sent
             with Broken(tmp_path / "j") as journal:
                 outcomes = await gather(za.RunMany(client, requests(3), journal=journal))
         assert [type(o.error) for o in outcomes] == [OSError] * 3
+        assert fake.stats.runs_created == 0
+
+
+@pytest.mark.asyncio
+async def test_a_refusing_before_send_hook_gives_the_slot_back_and_counts_no_request(tmp_path):
+    # The hook runs after the limiter granted the slot: the grant must be undone, not
+    # completed as a send (which would spend the budget and count a request never sent).
+    class Broken(FileJournal):
+        def sending(self, key: Any) -> None:
+            raise OSError("disk full")
+
+    async with FakeZapier(record_requests=False) as fake:
+        async with za.ZapierClient(auth=za.BearerToken("t"), base_url=fake.url) as client:
+            limiter = client.limiter
+            assert isinstance(limiter, za.Limiter)
+            with Broken(tmp_path / "j") as journal:
+                outcomes = await client.gather(requests(3), journal=journal)
+            stats = limiter.snapshot()
+            metrics = client.metrics()
+        assert [type(o.error) for o in outcomes] == [OSError] * 3
+        assert stats.in_flight == 0
+        assert stats.grants == 0  # every grant was given back unused
+        assert stats.responses == 0
+        assert sum(metrics.requests_by_endpoint.values()) == 0
         assert fake.stats.runs_created == 0
 
 

@@ -72,7 +72,6 @@ from . import errors
 from ._closing import AsyncCloseable
 from ._guards import bind_callback_url
 from ._limiter import Priority
-from ._metrics import BEFORE_CREATE_SENT
 from .journal import Journal, JournalKey, JournalState
 from .models import Run
 
@@ -385,7 +384,6 @@ class _Job:
                 self.journal.sending(live.key)
             live.sent = True
 
-        token = BEFORE_CREATE_SENT.set(sending)
         try:
             handle = await self.engine.create(
                 wire,
@@ -393,6 +391,7 @@ class _Job:
                 max_wait=None,
                 auth=self.credential,
                 callback_token=callback_token,
+                before_send=sending,
             )
         except _Refused:
             live.sent = False
@@ -402,8 +401,6 @@ class _Job:
             if isinstance(exc, _JOB_WIDE_REFUSALS):
                 self._stop_sending(exc)
             return Outcome(index=index, request=request, error=exc)
-        finally:
-            BEFORE_CREATE_SENT.reset(token)
         live.run_id = run_id = handle.id
         if self.on_submitted is not None:
             try:

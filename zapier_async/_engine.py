@@ -38,7 +38,7 @@ import logging
 import math
 import random
 import weakref
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -353,6 +353,7 @@ class Engine:
         callback_token: str | None = None,
         idempotency_key: str | None = None,
         deadline: float | None = None,
+        before_send: Callable[[], object] | None = None,
     ) -> RunHandle:
         """Send a run-creating request and track the run it created.
 
@@ -370,6 +371,9 @@ class Engine:
         With `idempotency_key` (needs a run store), the store decides first: a recorded run
         is resumed, a key left ``sending`` raises `OutcomeUnknownError`, and only a fresh
         claim sends (see `_idempotency.KeyedCreates`).
+
+        `before_send` is called right before each attempt goes on the wire (see
+        `CreateHooks.sending`); if it raises, nothing is sent and the exception is raised.
         """
         created = partial(
             self._created,
@@ -396,10 +400,10 @@ class Engine:
         try:
             if idempotency_key is not None:
                 handle = await self.keyed.create_once(
-                    idempotency_key, request, created, priority, max_wait, auth
+                    idempotency_key, request, created, priority, max_wait, auth, before_send
                 )
             else:
-                hooks = CreateHooks(partial(created, orphaned=True))
+                hooks = CreateHooks(partial(created, orphaned=True), sending=before_send)
                 try:
                     response = await self.send(
                         request, priority=priority, max_wait=max_wait, auth=auth, orphan=hooks

@@ -74,6 +74,7 @@ class KeyedCreates:
         priority: Priority,
         max_wait: float | None,
         auth: Credential | None,
+        before_send: Callable[[], object] | None = None,
     ) -> RunHandle:
         """A create under an idempotency key: at most one per key, whoever calls.
 
@@ -102,7 +103,7 @@ class KeyedCreates:
         self._running[key] = done
         try:
             handle = await self._claim_and_create(
-                store, key, request, created, priority, max_wait, auth
+                store, key, request, created, priority, max_wait, auth, before_send
             )
         except BaseException as exc:
             if not isinstance(exc, Exception):
@@ -126,6 +127,7 @@ class KeyedCreates:
         priority: Priority,
         max_wait: float | None,
         auth: Credential | None,
+        before_send: Callable[[], object] | None,
     ) -> RunHandle:
         claim = await store.begin(key)
         if claim.state == "resume":
@@ -144,7 +146,7 @@ class KeyedCreates:
             self._record(store, key, handle)
             return handle
 
-        hooks = CreateHooks(accepted, lambda: self._spawn(store.fail(key)))
+        hooks = CreateHooks(accepted, lambda: self._spawn(store.fail(key)), before_send)
         try:
             response = await self._engine.send(
                 request, priority=priority, max_wait=max_wait, auth=auth, orphan=hooks

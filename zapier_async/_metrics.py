@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import contextvars
 import logging
 import math
 import random
@@ -103,12 +102,6 @@ _RUN_READS: Final = frozenset(
 # value is replaced: anything that looks like a credential.
 _DROPPED_QUERY: Final = frozenset({"zapier_async_token"})
 _SECRET_HINTS: Final = ("token", "secret", "password", "key", "auth", "signature", "client_id")
-
-# Set by `run_many` around one submission: called right before a run-creating request goes on
-# the wire (after the rate limiter granted its slot), so a caller can journal "maybe sent".
-BEFORE_CREATE_SENT: contextvars.ContextVar[Callable[[], object] | None] = contextvars.ContextVar(
-    "zapier_async_before_create_sent", default=None
-)
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -915,12 +908,7 @@ def error_code(exc: BaseException) -> str:
 
 
 class MeteredTransport:
-    """Wraps the client's transport: counts every exchange, feeds the event hooks.
-
-    It also calls the `BEFORE_CREATE_SENT` hook of the current context right before a
-    run-creating request goes out, which is how `run_many` journals "this create may have
-    reached Zapier" at the last moment it is still known not to have.
-    """
+    """Wraps the client's transport: counts every exchange, feeds the event hooks."""
 
     __slots__ = ("_clock", "_recorder", "inner")
 
@@ -937,10 +925,6 @@ class MeteredTransport:
         headers: Mapping[str, str],
         timeout: float | None,
     ) -> Response:
-        if request.creates_run:
-            hook = BEFORE_CREATE_SENT.get()
-            if hook is not None:
-                hook()  # may raise (e.g. the journal cannot be written): nothing is sent
         recorder = self._recorder
         recorder.request_sent(request)
         started = self._clock.monotonic() if recorder.listeners else 0.0

@@ -158,15 +158,23 @@ class CreateHooks:
         accepted: Takes the 2xx answer (see `Orphan`).
         refused: Called when the create provably made no run (never sent, refused).
         on_wire: Set once the slot was granted and the exchange belongs to the pipeline.
+        sending: Called right before each attempt goes on the wire (after the limiter
+            granted its slot), so a caller can journal "this create may have reached
+            Zapier" at the last moment it is known not to have. If it raises, nothing is
+            sent, the slot is given back unused, and the exception reaches the caller.
     """
 
-    __slots__ = ("accepted", "on_wire", "refused")
+    __slots__ = ("accepted", "on_wire", "refused", "sending")
 
     def __init__(
-        self, accepted: Orphan | None = None, refused: Callable[[], object] | None = None
+        self,
+        accepted: Orphan | None = None,
+        refused: Callable[[], object] | None = None,
+        sending: Callable[[], object] | None = None,
     ) -> None:
         self.accepted = accepted
         self.refused = refused
+        self.sending = sending
         self.on_wire = False
 
 
@@ -553,7 +561,7 @@ class SendPipeline:
         wire = _Wire()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[proto.Response | None] = loop.create_future()
-        task = loop.create_task(self._exchange(request, headers, stack, slot, wire))
+        task = loop.create_task(self._exchange(request, headers, stack, slot, wire, hooks.sending))
         task.set_name(CREATE_TASK_NAME)
         self.wire_tasks.add(task)
         task.add_done_callback(partial(self._exchange_done, waiter, request, hooks))
@@ -577,6 +585,7 @@ class SendPipeline:
         stack: contextlib.AsyncExitStack,
         slot: SlotLike,
         wire: _Wire,
+        sending: Callable[[], object] | None,
     ) -> proto.Response | None:
         """The exchange of `_send_on_wire`, in the pipeline's task; None if it was not sent."""
         async with stack:
@@ -586,6 +595,12 @@ class SendPipeline:
                 # aclose() waits for creates on the wire; one that was not sent yet is
                 # refused, so none is cut off by the transport closing under it.
                 raise errors.InvalidRequestError("the client is closed; nothing was sent")
+            if sending is not None:
+                try:
+                    sending()  # e.g. a journal's "maybe sent" line
+                except BaseException:
+                    _give_back(slot)  # nothing was sent: the grant is not a send
+                    raise
             try:
                 response = await self._transport.send(
                     request,
@@ -787,6 +802,17 @@ def _call(hook: Callable[[], object] | None) -> None:
         hook()
     except Exception:
         logger.exception("a create's refusal hook failed")
+
+
+def _give_back(slot: SlotLike) -> None:
+    """Return a granted slot whose request was not sent: not counted as a send.
+
+    A slot of this package's limiters (`_limits._OneShotSlot`) gives its token back; a
+    slot of another limiter is released at the end of its ``async with`` block as usual.
+    """
+    undo = getattr(slot, "_undo", None)
+    if callable(undo):
+        undo()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from ._runstore import RunStore
     from ._transport import Transport
     from ._views import RunsView
+    from .journal import Journal
     from .models import Action, ChoicePage, Connection, OutputField, StoredAction
 
 __all__ = ["LOOP_THREAD_NAME", "SyncAuthView", "SyncClientOptions", "SyncIterator",
@@ -372,11 +373,12 @@ class _SyncRuns:
         progress: Callable[[Outcome], object] | None = None,
         on_sending: Callable[[int, RunRequest], object] | None = None,
         on_submitted: Callable[[int, RunRequest, str], object] | None = None,
+        journal: Journal | None = None,
     ) -> SyncRunMany:
         """Fan runs out; a blocking iterator of `Outcome` as they end. See `ZapierClient.run_many`.
 
         `requests` is read lazily on the loop thread (keep its ``next()`` quick), and the
-        hooks are called there too.
+        hooks (and the `journal`'s writes) are called there too.
         """
         refuse_in_event_loop("run_many")
         session = self._session()
@@ -388,6 +390,7 @@ class _SyncRuns:
                 progress=progress,
                 on_sending=on_sending,
                 on_submitted=on_submitted,
+                journal=journal,
             )
         )
         return SyncRunMany(session, job)
@@ -398,9 +401,14 @@ class _SyncRuns:
         *,
         concurrency: int = 50,
         progress: Callable[[Outcome], object] | None = None,
+        journal: Journal | None = None,
     ) -> list[Outcome]:
         """Run them all and return every outcome in input order; see `ZapierClient.gather`."""
-        return self._call(lambda c: c.gather(requests, concurrency=concurrency, progress=progress))
+        return self._call(
+            lambda c: c.gather(
+                requests, concurrency=concurrency, progress=progress, journal=journal
+            )
+        )
 
     # --- discovery --------------------------------------------------------------------------
 

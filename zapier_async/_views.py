@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._bulk import Outcome, RunMany, RunRequest
     from ._client import ZapierClient
     from ._handle import RunHandle
+    from .journal import Journal
 
 __all__ = ["AuthView", "RunsView"]
 
@@ -305,38 +306,8 @@ class RunsView:
 
     # --- what _bulk still calls (thin aliases until it calls the engine: see _engine) -----------
 
-    @property
-    def _allow_loopback_callback(self) -> bool:
-        return self._engine.allow_loopback_callback
-
-    @property
-    def _max_wait(self) -> float | None:
-        return self._engine.max_wait
-
     def _ensure_open(self) -> None:
         self._engine.ensure_open()
-
-    async def _submit(
-        self,
-        request: proto.Request,
-        priority: Priority,
-        max_rate_limit_wait: float | Unset | None,
-        *,
-        kind: proto.RunKind = "action_run",
-        stored_action_id: str | None = None,
-        callback: bool = False,
-        callback_token: str | None = None,
-    ) -> RunHandle:
-        return await self._engine.create(
-            request,
-            priority=priority,
-            max_wait=self._engine.cap(max_rate_limit_wait),
-            auth=self._credential,
-            kind=kind,
-            stored_action_id=stored_action_id,
-            callback=callback,
-            callback_token=callback_token,
-        )
 
     async def _send(
         self, request: proto.Request, *, priority: Priority, max_wait: float | None
@@ -367,6 +338,7 @@ class RunsView:
         progress: Callable[[Outcome], object] | None = None,
         on_sending: Callable[[int, RunRequest], object] | None = None,
         on_submitted: Callable[[int, RunRequest, str], object] | None = None,
+        journal: Journal | None = None,
     ) -> RunMany:
         """Fan runs out, at most `concurrency` live at once; iterate outcomes as they end.
 
@@ -392,6 +364,13 @@ class RunsView:
                 is sent and the item's outcome carries the exception.
             on_submitted: Journal hook ``(index, request, run_id)``, called as soon as Zapier
                 accepted the run (exceptions are logged).
+            journal: A `zapier_async.journal.Journal` (e.g. ``FileJournal(path)``) that makes
+                the job resumable: each item needs a str or int ``key``; "sending" is
+                journaled right before its create goes on the wire (if that write raises,
+                nothing is sent), its run id once accepted, and its outcome when handed
+                over. A job run again with the same journal skips items handed over, follows
+                accepted runs by their token, and reports items that may have been sent as
+                `OutcomeUnknownError` instead of sending them again.
 
         Returns:
             An async iterator (and async context manager) of `Outcome`, in completion order.
@@ -406,6 +385,7 @@ class RunsView:
             progress=progress,
             on_sending=on_sending,
             on_submitted=on_submitted,
+            journal=journal,
         )
 
     async def gather(
@@ -415,6 +395,7 @@ class RunsView:
         *,
         concurrency: int = 50,
         progress: Callable[[Outcome], object] | None = None,
+        journal: Journal | None = None,
     ) -> list[Outcome]:
         """Like `run_many`, but wait for every outcome and return them in input order.
 
@@ -424,11 +405,15 @@ class RunsView:
             requests: As for `run_many`.
             concurrency: Runs submitted and not yet ended, at most.
             progress: Called with each outcome as it arrives.
+            journal: As for `run_many` (items handed over by an earlier invocation are
+                skipped, so fewer outcomes than items then come back).
 
         Returns:
             One `Outcome` per input item, in input order.
         """
-        async with self.run_many(requests, concurrency=concurrency, progress=progress) as outcomes:
+        async with self.run_many(
+            requests, concurrency=concurrency, progress=progress, journal=journal
+        ) as outcomes:
             collected = [outcome async for outcome in outcomes]
         collected.sort(key=lambda outcome: outcome.index)
         return collected
