@@ -38,7 +38,7 @@ MAX_LINES = 800
 # --- today's figures (the ratchets); lower them when the code improves --------------------
 
 # Modules over MAX_LINES, measured with this file (non-blank lines).
-KNOWN_LONG = {"zapier_async._auth": 814}
+KNOWN_LONG: dict[str, int] = {}
 # Every edge that lies on an import cycle (TYPE_CHECKING and function-local imports included).
 KNOWN_CYCLE_EDGES = {
     ("zapier_async", "zapier_async._bulk"),
@@ -96,7 +96,7 @@ KNOWN_CYCLE_EDGES = {
 }
 # Private names imported across modules: 19 in the library, 70 in the emulator (testing/).
 MAX_PRIVATE_CROSSINGS = 89
-ROOT_ALL_SIZE = 75
+ROOT_ALL_SIZE = 78  # + AuthView, SyncAuthView, CredentialMetrics (issue 16)
 CLIENT_KEYWORDS = 22
 
 
