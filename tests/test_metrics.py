@@ -12,7 +12,7 @@ from _util import client_for
 
 import zapier_async as za
 from zapier_async import errors
-from zapier_async._metrics import RESERVOIR_SIZE, _Recorder, percentile
+from zapier_async._metrics import RESERVOIR_SIZE, Recorder, percentile
 from zapier_async.testing import FakeClock, FakeZapier
 
 
@@ -143,7 +143,7 @@ async def test_outcome_unknown_and_lost_runs_are_counted(fake):
 
 def test_latency_memory_is_bounded_and_percentiles_are_close():
     clock = FakeClock()
-    recorder = _Recorder(clock)
+    recorder = Recorder(clock)
     for i in range(50_000):
         recorder._sample(i / 50_000)
     assert len(recorder._reservoir) == RESERVOIR_SIZE
@@ -182,7 +182,7 @@ def test_latency_buckets_are_cumulative_and_reported_waits_reach_events():
     from zapier_async._protocol import Request, Response
 
     clock = FakeClock()
-    recorder = _Recorder(clock)
+    recorder = Recorder(clock)
     for value in (0.05, 0.3, 0.3, 7.0, 10_000.0):
         recorder._sample(value)
     m = recorder.snapshot(in_flight=0, limiter=za.Limiter(clock=clock).snapshot())

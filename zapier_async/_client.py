@@ -27,7 +27,7 @@ from ._engine import MAX_ORPHANS, UNSET, Engine, Unset
 from ._guards import GuardedTransport, check_base_url
 from ._handle import RunHandle
 from ._limiter import Limiter, LimiterLike, Priority
-from ._metrics import EventListener, MeteredTransport, Metrics, _Recorder
+from ._metrics import EventListener, MeteredTransport, Metrics, Recorder
 from ._ratelimit import DEFAULT_MAX_SERVER_WAIT, check_max_server_wait
 from ._runstore import RunStore
 from ._transport import AiohttpTransport, Transport
@@ -169,7 +169,7 @@ class ZapierClient(AsyncCloseable, RunsView):
         self._base_url = check_base_url(base_url)
         clock = clock if clock is not None else SystemClock()
         raw: Transport = transport if transport is not None else AiohttpTransport(session)
-        metrics = _Recorder(clock)
+        metrics = Recorder(clock)
         if on_event is not None:
             metrics.listeners.append(on_event)
         if limiter is not None and (rate_limit is not None or on_rate_limited is not None):
@@ -393,7 +393,7 @@ class ZapierClient(AsyncCloseable, RunsView):
         return self._engine.pipeline
 
     @property
-    def _metrics(self) -> _Recorder:
+    def _metrics(self) -> Recorder:
         return self._engine.metrics
 
     @property

@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from ._cadence import PressureLike
     from ._clock import Clock
     from ._limiter import LimiterLike
-    from ._metrics import _Recorder
+    from ._metrics import Recorder
     from ._runstore import RunStore
     from ._transport import Transport
 
@@ -125,7 +125,7 @@ class Engine:
         retry_policy: RetryPolicy,
         poll_policy: PollPolicy,
         rng: random.Random,
-        metrics: _Recorder,
+        metrics: Recorder,
         max_server_wait: float,
         max_wait: float | None,
         max_concurrent_polls: int,

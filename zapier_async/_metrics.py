@@ -2,14 +2,15 @@
 
 Theory of operation
 -------------------
-The client owns one `_Recorder`. The hot path only bumps a few integers in dicts (a request
+The client owns one `Recorder`. The hot path only bumps a few integers in dicts (a request
 by endpoint, a response by status, a run started or ended) and, for latency, keeps a bounded
 reservoir sample (Vitter's algorithm R, 1,024 values), the exact maximum, sum and count: so
 memory stays constant however long the client lives, and `ZapierClient.metrics()` derives
 percentiles from the reservoir when asked. Latencies are also counted in fixed buckets
 (`LATENCY_BUCKETS`), which is what a Prometheus histogram needs.
 
-Events (`RequestEvent`, `RetryEvent`, `RateLimitEvent`, `RunEvent`) are small frozen values
+Events (`RequestEvent`, `RetryEvent`, `RateLimitEvent`, `RunEvent`, defined in `_events`
+and re-exported here) are small frozen values
 handed to listeners (`ZapierClient(on_event=...)`, `client.add_listener(...)`), so users can
 wire logging, Prometheus or OpenTelemetry without this library depending on any of them. An
 event is only built when at least one listener exists, and a listener that raises is logged
@@ -17,7 +18,7 @@ and skipped: a metrics bug must never break a run.
 
 Cardinality stays bounded: nothing is labelled per end user by default. Per-credential run
 figures (`CredentialMetrics`: runs started, succeeded, failed, lost, latency) are kept only
-when asked (`_Recorder.track_credentials(limit)`), for the `limit` most recently used
+when asked (`Recorder.track_credentials(limit)`), for the `limit` most recently used
 credentials, and read on demand (`credential_metrics(bucket_id)`); the number evicted is
 counted, so a worker cycling through 100,000 users keeps a table of constant size.
 
@@ -40,13 +41,21 @@ import logging
 import math
 import random
 import weakref
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Final, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
 
 from . import errors
+from ._events import (
+    Event,
+    EventListener,
+    RateLimitEvent,
+    RequestEvent,
+    RetryEvent,
+    RunEvent,
+)
 from ._protocol import Request, Response, parse_created_run
 from .models import Run, RunStatus
 
@@ -102,123 +111,6 @@ _RUN_READS: Final = frozenset(
 # value is replaced: anything that looks like a credential.
 _DROPPED_QUERY: Final = frozenset({"zapier_async_token"})
 _SECRET_HINTS: Final = ("token", "secret", "password", "key", "auth", "signature", "client_id")
-
-
-# --- events ----------------------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class RequestEvent:
-    """One HTTP exchange ended (an answer or a transport failure).
-
-    Attributes:
-        endpoint: A stable label, e.g. ``"action_runs.create"`` or ``"action_runs.get"``.
-        method: The HTTP method.
-        status: The HTTP status, or None when there was no answer.
-        elapsed: Seconds from sending to the answer (or the failure).
-        error: The transport failure's kind (``"connect"``, ``"timeout"``, ``"reset"``, ...),
-            or None when there was an answer.
-        request_id: Shared by every send of one request (its retries); unique per client.
-        resend_count: 0 for the first send of a request, 1 for its first re-send, ...
-        url: The URL sent to, without credentials or secret query parameters.
-        run_id: The run this request reads, or (for a create that was answered with 2xx)
-            the run it created; else None.
-        action: The action of that run, when this client knows it.
-        creates_run: True for a request that creates a run.
-        limiter_wait: Seconds this send waited for the rate limiter, when the client
-            reported it (`_Recorder.limiter_waited`); else None.
-    """
-
-    endpoint: str
-    method: str
-    status: int | None
-    elapsed: float
-    error: str | None = None
-    request_id: int = 0
-    resend_count: int = 0
-    url: str | None = None
-    run_id: str | None = None
-    action: str | None = None
-    creates_run: bool = False
-    limiter_wait: float | None = None
-
-
-@attrs.frozen(kw_only=True)
-class RetryEvent:
-    """A request failed and is being sent again.
-
-    Attributes:
-        endpoint: The request's endpoint label.
-        attempt: The attempt that failed (1 for the first).
-        reason: ``"HTTP 502"``, ``"transport: connect"``, ... .
-        paced: True when the retry waits for the rate limiter (after a 429 or a 503 with
-            ``Retry-After``) rather than a backoff delay.
-        request_id: The `RequestEvent.request_id` of the request sent again.
-    """
-
-    endpoint: str
-    attempt: int
-    reason: str
-    paced: bool
-    request_id: int = 0
-
-
-@attrs.frozen(kw_only=True)
-class RateLimitEvent:
-    """Zapier refused a request for the rate budget: a 429, or a 503 with ``Retry-After``.
-
-    The whole shared limiter freezes until the hinted time (waits for the limiter are
-    reported by ``ZapierClient(on_rate_limited=...)`` and counted in `Metrics`).
-
-    Attributes:
-        endpoint: The refused request's endpoint label.
-        status: 429 or 503.
-        retry_after: ``Retry-After`` in seconds when it was a number, else None.
-    """
-
-    endpoint: str
-    status: int
-    retry_after: float | None
-
-
-@attrs.frozen(kw_only=True)
-class RunEvent:
-    """A run changed state as this client saw it.
-
-    Attributes:
-        kind: ``"started"`` (Zapier accepted the create), ``"status"`` (a new non-terminal
-            status), ``"ended"`` (a terminal status), or ``"lost"`` (the run could no longer
-            be read, e.g. 404 after Zapier's retention).
-        run_id: The run id.
-        status: The latest status.
-        latency: For ``"ended"``: seconds from the submission to the outcome, when this
-            client submitted the run; else None.
-        error_codes: For an ended run, the ``code`` of each of its errors; for a lost run,
-            the error's code.
-        action: The run's action (what it was created with), when known.
-        polls: Reads of the run so far (a read re-sent after a failure counts once).
-        limiter_wait: Seconds the run's requests waited for the rate limiter, summed, when
-            the client reported such waits; else None.
-        age: Seconds since the run's submission (the create call), when this client
-            submitted it; else None.
-    """
-
-    kind: Literal["started", "status", "ended", "lost"]
-    run_id: str
-    status: RunStatus
-    latency: float | None = None
-    error_codes: tuple[str, ...] = ()
-    action: str | None = None
-    polls: int = 0
-    limiter_wait: float | None = None
-    age: float | None = None
-
-
-Event = RequestEvent | RetryEvent | RateLimitEvent | RunEvent
-"""Any event a listener receives."""
-
-EventListener = Callable[[Event], object]
-"""A callable that receives events; its return value is ignored, exceptions are logged."""
 
 
 # --- the snapshot ----------------------------------------------------------------------------
@@ -476,7 +368,7 @@ DEFAULT_TRACKED_CREDENTIALS: Final = 1000
 """Credentials `track_credentials` keeps figures for by default (least recently used go)."""
 
 
-class _Recorder:
+class Recorder:
     """The client's mutable counters and its listeners (see the module docstring)."""
 
     __slots__ = (
@@ -912,7 +804,7 @@ class MeteredTransport:
 
     __slots__ = ("_clock", "_recorder", "inner")
 
-    def __init__(self, inner: Transport, recorder: _Recorder, clock: Clock) -> None:
+    def __init__(self, inner: Transport, recorder: Recorder, clock: Clock) -> None:
         self.inner = inner
         self._recorder = recorder
         self._clock = clock
@@ -940,3 +832,7 @@ class MeteredTransport:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+_Recorder = Recorder
+"""The former name of `Recorder` (kept for code that imported it)."""

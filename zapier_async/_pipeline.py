@@ -58,7 +58,7 @@ from ._ratelimit import (
 if TYPE_CHECKING:
     import random
 
-    from ._metrics import _Recorder
+    from ._metrics import Recorder
     from ._transport import Transport
 
 __all__ = [
@@ -233,7 +233,7 @@ class SendPipeline:
         request_timeout: float,
         retry_policy: RetryPolicy,
         rng: random.Random,
-        metrics: _Recorder,
+        metrics: Recorder,
         max_server_wait: float,
         is_closed: Callable[[], bool],
         check_loop: Callable[[], None],
