@@ -51,6 +51,12 @@ otherwise settles at the client's own latency (each observation's upper end is w
 answer arrived). A server hint (a
 throttled run's ``delay``) always wins.
 
+While the budget binds, an unlearnt run is polled once late instead (four times the
+policy's first interval, then doubling), and that first poll learns from its answers: a
+stochastic approximation of a high quantile of the durations (`_learn_cold`), moved 1%
+earlier by each such poll that found its run ended and 20% later by each that found it still
+going (about one in twenty misses), never later than the cadence's own first poll.
+
 **Re-planning** costs O(candidates^2) (about half a millisecond), so it is not done per run:
 every `replan_every` new observations at first, then twice as seldom after each plan (up to
 every `window / 2` observations); a run that outlived its plan (the action got slower) brings the
@@ -336,6 +342,9 @@ class AdaptivePolling:
         cold_polls: Requests a run with no plan yet is counted for when deciding whether
             the budget binds (see `zapier_async._cadence.BudgetPrice.binds`): the slack cold
             cadence spends about two polls on a run.
+        cold_down: The factor on the bound cold first poll for each such poll that found
+            its run ended (no later than the current one).
+        cold_up: The factor on it for each one that found its run still going.
     """
 
     policy: PollPolicy = attrs.field(factory=PollPolicy)
