@@ -156,3 +156,34 @@ async def test_run_many_and_stored_actions_on_a_view_use_its_token():
         )
         run = await (await view.stored_actions.run(created.id, inputs=DONE))
         assert run.status is za.RunStatus.SUCCESS
+
+
+@pytest.mark.asyncio
+async def test_a_view_reads_its_own_figures_when_the_client_tracks_credentials():
+    async with FakeZapier(seed=1) as fake:
+        async with client_for(fake) as untracked:
+            view = untracked.with_auth(za.BearerToken("user-a"))
+            await (await view.run("core:x", authentication=None, inputs=DONE))
+            assert view.metrics() is None  # off by default: nothing labelled per user
+        with pytest.raises(errors.InvalidRequestError) as bad:
+            client_for(fake, track_credentials=-1)
+        assert bad.value.field == "track_credentials"
+        async with client_for(fake, track_credentials=2) as client:
+            a, b, c = (client.with_auth(za.BearerToken(f"user-{n}")) for n in "abc")
+            for view in (a, a, b):
+                await (await view.run("core:x", authentication=None, inputs=DONE))
+            figures = a.metrics()
+            assert figures is not None
+            assert (figures.bucket_id, figures.runs_started, figures.runs_succeeded) == (
+                a.bucket_id,
+                2,
+                2,
+            )
+            assert figures.latency_mean is not None
+            b_figures = b.metrics()
+            assert b_figures is not None
+            assert b_figures.runs_started == 1
+            await (await c.run("core:x", authentication=None, inputs=DONE))  # evicts a
+            evicted = a.metrics()
+            assert evicted is not None
+            assert (evicted.runs_started, evicted.tracked, evicted.evicted) == (0, 2, 1)

@@ -116,6 +116,9 @@ class ZapierClient(AsyncCloseable, RunsView):
         run_store: Where `run(..., idempotency_key=...)` records each key's run
             (`MemoryRunStore`, ``zapier_async.redis.RedisRunStore``): a second call with the
             same key resumes the run instead of creating another.
+        track_credentials: Keep run figures per credential (`CredentialMetrics`, read with
+            `AuthView.metrics()`) for this many most recently used credentials; 0 (default)
+            keeps none, so nothing is labelled per end user.
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class ZapierClient(AsyncCloseable, RunsView):
         allow_insecure_callback_url_for_testing: bool = False,
         bucket_key: Callable[[Hashable, str], Hashable] | None = None,
         run_store: RunStore | None = None,
+        track_credentials: int = 0,
     ) -> None:
         if not isinstance(auth, AuthProvider):
             raise errors.InvalidRequestError(
@@ -164,6 +168,12 @@ class ZapierClient(AsyncCloseable, RunsView):
             raise errors.InvalidRequestError(
                 "must be a run store such as zapier_async.MemoryRunStore()", "run_store"
             )
+        if (
+            isinstance(track_credentials, bool)
+            or not isinstance(track_credentials, int)
+            or track_credentials < 0
+        ):
+            raise errors.InvalidRequestError("must be an integer >= 0", "track_credentials")
         max_server_wait = check_max_server_wait(max_server_wait)
         self._auth = auth
         self._base_url = check_base_url(base_url)
@@ -172,6 +182,8 @@ class ZapierClient(AsyncCloseable, RunsView):
         metrics = Recorder(clock)
         if on_event is not None:
             metrics.listeners.append(on_event)
+        if track_credentials > 0:
+            metrics.track_credentials(track_credentials)
         if limiter is not None and (rate_limit is not None or on_rate_limited is not None):
             raise errors.InvalidRequestError(
                 "rate_limit and on_rate_limited configure the client's own limiter; "
@@ -190,7 +202,6 @@ class ZapierClient(AsyncCloseable, RunsView):
             )
         self._engine = Engine(
             auth=auth,
-            # Guarded inside the meter: a journal hook the meter calls may raise its own error.
             transport=MeteredTransport(GuardedTransport(raw), metrics, clock),
             limiter=limiter,
             owns_limiter=own_limiter,

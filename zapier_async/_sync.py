@@ -95,6 +95,7 @@ class SyncClientOptions(TypedDict, total=False):
     allow_insecure_callback_url_for_testing: bool
     bucket_key: Callable[[Hashable, str], Hashable] | None
     run_store: RunStore | None
+    track_credentials: int
 
 
 class _Default(enum.Enum):

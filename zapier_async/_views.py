@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._bulk import Outcome, RunMany, RunRequest
     from ._client import ZapierClient
     from ._handle import RunHandle
+    from ._metrics import CredentialMetrics
     from .journal import Journal
 
 __all__ = ["AuthView", "RunsView"]
@@ -685,6 +686,13 @@ class AuthView(RunsView):
     def closed(self) -> bool:
         """True once its client is closed."""
         return self._engine.closed
+
+    def metrics(self) -> CredentialMetrics | None:
+        """This credential's run figures, or None unless the client tracks credentials
+        (``ZapierClient(track_credentials=N)``). A credential evicted from the N most
+        recently used (or not used yet) reads as zeros."""
+        assert self._credential is not None
+        return self._engine.metrics.credential_metrics(self._credential.bucket_id)
 
     def with_auth(self, auth: AuthProvider) -> AuthView:
         """A view of the same client with yet another credential."""
