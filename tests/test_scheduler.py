@@ -479,3 +479,29 @@ def test_the_total_cap_cannot_be_under_the_per_bucket_cap(clock):
 
     with pytest.raises(ValueError, match="max_total_polls"):
         Poller(clock=clock, poll=poll, max_concurrent_polls=8, max_total_polls=4)
+
+
+@pytest.mark.asyncio
+async def test_a_parked_handle_rescheduled_meanwhile_does_not_strand_the_others(clock):
+    # Parked handles are started from their bucket's queue whenever it has a free slot; one
+    # that was rescheduled (or ended) while parked is skipped without losing the slot.
+    poller: Poller
+    script = BucketScript(lambda: poller)
+    poller = Poller(
+        clock=clock, poll=script, max_concurrent_polls=1, bucket_of=lambda h: h.id.split("-")[0]
+    )
+    try:
+        first = track(poller, clock, "heavy-0", 0.0)
+        await settle()
+        parked = [track(poller, clock, f"heavy-{i}", 0.0) for i in (1, 2, 3)]
+        await clock.advance(0.1)
+        await settle()
+        assert poller.in_flight == 1
+        poller.schedule(parked[0], 50.0)  # rescheduled while parked
+        script.gate.set()
+        await until(lambda: first.done() and parked[1].done() and parked[2].done())
+        assert not parked[0].done()  # its own timer has not fired yet
+        await clock.advance(50.0)
+        await until(parked[0].done)
+    finally:
+        await poller.aclose()

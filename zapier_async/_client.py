@@ -76,6 +76,9 @@ class ZapierClient(AsyncCloseable, RunsView):
             the event loop responsive with thousands of runs in flight (fewer objects
             promoted into CPython's oldest GC generation; see `benchmarks/results.md`).
             Parked long-polls count against it: raise it to long-poll many runs at once.
+            The cap is per credential (the client's own and each `with_auth` view's), under
+            a total of 32 times it, so one user's polls waiting for that user's budget never
+            hold back another user's.
         max_poll_failures: Consecutive failed polls (after retries) before a handle fails with
             the last error. A poll that fails in a way the client did not foresee (the auth
             provider raised `OSError`, a caller-owned session was closed) counts as a failed

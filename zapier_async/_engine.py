@@ -158,8 +158,13 @@ class Engine:
         self._closed = False
         # The event loop of the first use: the pool, the poller and the limiter belong to it.
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Polls are capped per credential (its rate-limit buckets), under a larger total: one
+        # user's polls waiting for that user's budget never hold back another user's.
         self.poller = Poller(
-            clock=clock, poll=self._poll, max_concurrent_polls=max_concurrent_polls
+            clock=clock,
+            poll=self._poll,
+            max_concurrent_polls=max_concurrent_polls,
+            bucket_of=_credential_of,
         )
         self.handles: weakref.WeakValueDictionary[str, RunHandle] = weakref.WeakValueDictionary()
         # Runs Zapier created for callers cancelled while their create was on the wire.
@@ -791,6 +796,12 @@ class Engine:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _credential_of(handle: RunHandle) -> Hashable:
+    """The poller's bucket of a handle: its credential's bucket id (None: the client's own)."""
+    credential = handle.credential
+    return credential.bucket_id if isinstance(credential, Credential) else None
 
 
 def _throttle_hint(run: Run) -> float | None:

@@ -268,6 +268,20 @@ class Poller:
 
     def _start_ready(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._parked:
+            # A bucket with a free slot starts its parked handles first (awaited ones lead).
+            for bucket in list(self._parked):
+                parked = self._parked[bucket]
+                while (
+                    parked
+                    and self._busy[bucket] < self._per_bucket_max
+                    and len(self._inflight) < self._max
+                ):
+                    handle = parked.popleft()
+                    if not handle.done() and handle.timer is None:
+                        self._start(loop, handle, bucket)
+                if not parked:
+                    del self._parked[bucket]
         while len(self._inflight) < self._max and (self._urgent or self._ready):
             handle = (self._urgent or self._ready).popleft()
             if handle.done() or handle.timer is not None:
@@ -276,7 +290,11 @@ class Poller:
             if self._busy[bucket] >= self._per_bucket_max:
                 # Its bucket is full (its polls wait for that bucket's budget): park it, so
                 # that handles of other buckets behind it start now.
-                self._parked.setdefault(bucket, collections.deque()).append(handle)
+                queue = self._parked.setdefault(bucket, collections.deque())
+                if handle.awaited:
+                    queue.appendleft(handle)
+                else:
+                    queue.append(handle)
                 continue
             self._start(loop, handle, bucket)
 
@@ -317,16 +335,12 @@ class Poller:
             self._busy[bucket] = left
         else:
             del self._busy[bucket]
-        parked = self._parked.get(bucket)
-        if parked:
-            # One of its bucket's slots is free: its longest-parked handle goes first.
-            handle = parked.popleft()
-            (self._urgent if handle.awaited else self._ready).appendleft(handle)
-            if not parked:
-                del self._parked[bucket]
-        if not self._closed and (self._ready or self._urgent or not self._inflight):
-            # A slot freed up for a waiting poll, or the runner may now exit idle; otherwise
-            # the runner's own timer is still right and waking it would be a wasted turn.
+        if not self._closed and (
+            self._ready or self._urgent or bucket in self._parked or not self._inflight
+        ):
+            # A slot freed up for a waiting (or parked) poll, or the runner may now exit
+            # idle; otherwise the runner's own timer is still right and waking it would be a
+            # wasted turn.
             self._wake()
 
     # --- shutdown -------------------------------------------------------------------------
