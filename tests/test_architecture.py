@@ -94,10 +94,10 @@ KNOWN_CYCLE_EDGES = {
     ("zapier_async.redis._limiter", "zapier_async.redis._line"),
     ("zapier_async.redis._line", "zapier_async.redis._limiter"),
 }
-# Private names imported across modules: 19 in the library, 70 in the emulator (testing/).
-MAX_PRIVATE_CROSSINGS = 89
+# Private names imported across modules: none in the library, 70 in the emulator (testing/).
+MAX_PRIVATE_CROSSINGS = 70
 ROOT_ALL_SIZE = 78  # + AuthView, SyncAuthView, CredentialMetrics (issue 16)
-CLIENT_KEYWORDS = 22
+CLIENT_KEYWORDS = 23  # + track_credentials (issue 16)
 
 
 # --- the measurements -----------------------------------------------------------------------
@@ -368,10 +368,6 @@ def test_no_module_grows_over_800_lines_beyond_the_known_ones():
     assert grown == {}, f"over {MAX_LINES} non-blank lines (or longer than measured): {grown}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_auth.py has 814 non-blank lines (redis/_limiter.py: 1,036 at 898c0da, being split)",
-)
 def test_no_module_over_800_lines():
     assert long_modules() == {}
 
@@ -413,12 +409,6 @@ def test_private_names_crossing_modules_do_not_grow():
     assert len(private) <= MAX_PRIVATE_CROSSINGS, f"{len(private)} crossings:\n{listing}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="19 private names cross library modules: models._converter (4 importers), "
-    "models._field_kind, _metrics._Recorder (3), _limits._Default/_WaitLog/_BaseWaiter/"
-    "_OneShotSlot (9, to _limiter and redis), _budget._Learnt/_Window (to redis._codec)",
-)
 def test_no_private_name_crosses_library_modules():
     _, private = measured()
     library = [p for p in private if not p[0].startswith(f"{PACKAGE}.testing")]

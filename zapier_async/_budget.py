@@ -270,7 +270,7 @@ class BudgetView:
     period: float | None = None
 
 
-class _Window:
+class BudgetWindow:
     """What the answers of one server-side window said."""
 
     __slots__ = (
@@ -361,11 +361,11 @@ class Budget:
         self._mode = OPEN if config.rate is not None else PROBE
         self._probe_out = False
         self._probe_since = -math.inf
-        self._window: _Window | None = None
-        self._prev_window: _Window | None = None
+        self._window: BudgetWindow | None = None
+        self._prev_window: BudgetWindow | None = None
         self._period: float | None = None  # longest window seen (the largest Reset)
         # Learnt boundary (see _calibrate): offsets and scores of the references, or None.
-        self._learnt: _Learnt | None = None
+        self._learnt: LearntBoundary | None = None
         self._frozen_until: float | None = None
         self._refused_at: float | None = None  # named time of a freeze past the cap
         self._streak = 0  # 503 answers in a row
@@ -598,13 +598,13 @@ class Budget:
         self._mode = PROBE
         self._probe_since = now
 
-    def _available(self, w: _Window) -> int:
+    def _available(self, w: BudgetWindow) -> int:
         # Two lower bounds (see "Budget" in the module docs); the better one holds.
         answered = w.arrived_min[-1] - self.in_flight - w.ignored
         available = max(w.anchor - self.granted, answered)
         return min(available, w.limit) if w.limit is not None else available
 
-    def _reserve(self, w: _Window) -> int:
+    def _reserve(self, w: BudgetWindow) -> int:
         """Requests background work leaves to INTERACTIVE ones (``spend_window``)."""
         share = self._config.interactive_reserve
         if share <= 0:
@@ -676,7 +676,7 @@ class Budget:
         w.last_member_sent = max(w.last_member_sent, sent)
         return False
 
-    def _is_newer(self, w: _Window, completions: int, remaining: int, lo: float) -> bool:
+    def _is_newer(self, w: BudgetWindow, completions: int, remaining: int, lo: float) -> bool:
         """Whether an answer provably comes from a window after ``w``."""
         if lo > w.hi:
             return True  # it says its window ends after ``w`` certainly ended
@@ -695,21 +695,23 @@ class Budget:
         bounds: tuple[float, float, float],
         beyond_at: float | None,
     ) -> None:
-        self._window = _Window(limit, anchor, sent, self.completed, remaining, bounds, beyond_at)
+        self._window = BudgetWindow(
+            limit, anchor, sent, self.completed, remaining, bounds, beyond_at
+        )
         self._prev_window = None
         self._mode = WINDOW
         self._tat = now
 
-    def _calibrate(self, old: _Window, turned_by: float) -> None:
+    def _calibrate(self, old: BudgetWindow, turned_by: float) -> None:
         """Learn where windows end from how ``old`` ended (``boundary="learn"`` only)."""
         if self._config.boundary != "learn":
             return
         if self._learnt is None:
-            self._learnt = _Learnt()
+            self._learnt = LearntBoundary()
         drift = _CALIBRATION_DRIFT * (self._period or 0.0)
         self._learnt.calibrate(old, turned_by, drift)
 
-    def _ladder(self, w: _Window) -> tuple[float, float, bool]:
+    def _ladder(self, w: BudgetWindow) -> tuple[float, float, bool]:
         """Where the window's end is expected, ``lo <= start <= end <= hi``, and whether that
         is learnt (False: only the sound bounds are known)."""
         if self._learnt is None:
@@ -722,11 +724,11 @@ class Budget:
         end = min(max(end, start + max(self._token_time(w), 2 * self._rtt)), w.hi)
         return start, end, True
 
-    def _token_time(self, w: _Window) -> float:
+    def _token_time(self, w: BudgetWindow) -> float:
         """Seconds of window per request of the limit."""
         return (self._period or 0.0) / (w.limit or 1)
 
-    def _plan(self, w: _Window) -> tuple[float, tuple[float, ...]]:
+    def _plan(self, w: BudgetWindow) -> tuple[float, tuple[float, ...]]:
         """When regular spending stops, and when the boundary probes go.
 
         Probes are only planned when the end of the window is uncertain by more than the
@@ -762,7 +764,7 @@ class Budget:
         count = max(base, min(round(math.sqrt(width / token_time)), w.limit // 10))
         return start, tuple(start + width * (i + 1) / count for i in range(count))
 
-    def _gap(self, w: _Window, now: float) -> float:
+    def _gap(self, w: BudgetWindow, now: float) -> float:
         """The pacing gap now: what is left before the boundary, spread until it."""
         if self._config.spend_window:
             return 0.0
@@ -773,7 +775,7 @@ class Budget:
         return pace_interval(spendable, start - now)
 
 
-class _Learnt:
+class LearntBoundary:
     """Where windows end relative to two references, learnt from the windows seen.
 
     ``first``: the send time of the window's first request (a window that starts with its
@@ -794,14 +796,14 @@ class _Learnt:
 
     @staticmethod
     def _predict(
-        w: _Window, ref: float | None, offset: tuple[float, float] | None
+        w: BudgetWindow, ref: float | None, offset: tuple[float, float] | None
     ) -> tuple[float, float] | None:
         if ref is None or offset is None:
             return None
         start, end = max(ref + offset[0], w.lo), min(ref + offset[1], w.hi)
         return (start, end) if start <= end else None  # contradicts the bounds: not this one
 
-    def expect(self, w: _Window) -> tuple[float, float] | None:
+    def expect(self, w: BudgetWindow) -> tuple[float, float] | None:
         """Where the better reference puts the end of ``w``; None: nothing learnt."""
         first = self._predict(w, w.first_sent, self.first)
         hi = self._predict(w, w.hi, self.hi)
@@ -814,7 +816,7 @@ class _Learnt:
             return hi
         return min(first[0], hi[0]), max(first[1], hi[1])  # no clear winner: cover both
 
-    def calibrate(self, old: _Window, turned_by: float, drift: float) -> None:
+    def calibrate(self, old: BudgetWindow, turned_by: float, drift: float) -> None:
         """``old`` ended after its last known member was sent, by ``turned_by``."""
         low = old.last_member_sent
         high = max(turned_by, low)

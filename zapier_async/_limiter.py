@@ -67,14 +67,14 @@ from ._closing import AsyncCloseable
 from ._limits import LOG_SUMMARY_EVERY as LOG_SUMMARY_EVERY
 from ._limits import LOG_WAIT_OVER as LOG_WAIT_OVER
 from ._limits import USE_DEFAULT as USE_DEFAULT
+from ._limits import BaseWaiter as BaseWaiter
+from ._limits import DefaultMarker as DefaultMarker
 from ._limits import LimiterLike as LimiterLike
 from ._limits import LimiterStats as LimiterStats
+from ._limits import OneShotSlot as OneShotSlot
 from ._limits import Pressure as Pressure
 from ._limits import SlotLike as SlotLike
-from ._limits import _BaseWaiter as _BaseWaiter
-from ._limits import _Default as _Default
-from ._limits import _OneShotSlot as _OneShotSlot
-from ._limits import _WaitLog
+from ._limits import WaitLog
 from ._ratelimit import DEFAULT_COOLDOWN, DEFAULT_MAX_SERVER_WAIT
 from .errors import InvalidRequestError, LimiterClosedError, RateLimitedError
 
@@ -103,7 +103,7 @@ _EVICT_SCAN: Final = 8
 """Buckets looked at per new or used bucket when forgetting idle ones (amortised O(1))."""
 
 
-class Slot(_OneShotSlot):
+class Slot(OneShotSlot):
     """Permission to send one request; hand its response back with `record`."""
 
     __slots__ = ("_bucket", "_budget", "_grant")
@@ -128,7 +128,7 @@ class Slot(_OneShotSlot):
         )
 
 
-class _Waiter(_BaseWaiter[Slot]):
+class _Waiter(BaseWaiter[Slot]):
     __slots__ = ("bucket", "reason", "seq")
 
     def __init__(
@@ -178,7 +178,7 @@ class _SlotRequest:
         self,
         limiter: Limiter,
         priority: Priority,
-        max_wait: float | _Default | None,
+        max_wait: float | DefaultMarker | None,
         key: Hashable,
         first: bool = False,
     ) -> None:
@@ -275,7 +275,7 @@ class Limiter(AsyncCloseable):
         )
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._max_wait = max_wait
-        self._waits = _WaitLog(on_wait)
+        self._waits = WaitLog(on_wait)
         self._max_buckets = max_buckets
         self._bucket_idle = bucket_idle
         self._closed = False
@@ -315,7 +315,7 @@ class Limiter(AsyncCloseable):
         self,
         priority: Priority = Priority.INTERACTIVE,
         *,
-        max_wait: float | _Default | None = USE_DEFAULT,
+        max_wait: float | DefaultMarker | None = USE_DEFAULT,
         key: Hashable = None,
         first: bool = False,
     ) -> contextlib.AbstractAsyncContextManager[Slot]:
@@ -554,13 +554,13 @@ class Limiter(AsyncCloseable):
     async def _acquire(
         self,
         priority: Priority,
-        max_wait: float | _Default | None,
+        max_wait: float | DefaultMarker | None,
         key: Hashable,
         first: bool = False,
     ) -> Slot:
         if self._closed:
             raise LimiterClosedError("the rate limiter is closed")
-        limit = self._max_wait if isinstance(max_wait, _Default) else max_wait
+        limit = self._max_wait if isinstance(max_wait, DefaultMarker) else max_wait
         now = self._clock.monotonic()
         bucket = self._bucket(key, now)
         budget = bucket.budget

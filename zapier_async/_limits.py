@@ -37,11 +37,11 @@ INFO only the first one and then one summary line at most this often (seconds): 
 paced by the budget waits on almost every request, and a line each would drown the log."""
 
 
-class _Default(enum.Enum):
+class DefaultMarker(enum.Enum):
     TOKEN = enum.auto()
 
 
-USE_DEFAULT: Final = _Default.TOKEN
+USE_DEFAULT: Final = DefaultMarker.TOKEN
 """Sentinel for `Limiter.slot`'s ``max_wait``: use the limiter's default."""
 
 
@@ -137,7 +137,7 @@ class _SlotOwner(Protocol):
     def _ungrant(self, slot: Any) -> None: ...
 
 
-class _OneShotSlot:
+class OneShotSlot:
     """The contract every limiter's slot keeps: its outcome is reported exactly once.
 
     `record()` with the response, else `_release()` at the end of the ``async with`` block
@@ -206,7 +206,7 @@ class _OneShotSlot:
 _S = TypeVar("_S")
 
 
-class _BaseWaiter(Generic[_S]):
+class BaseWaiter(Generic[_S]):
     """A caller waiting for a slot: what every limiter's waiting line keeps of it."""
 
     __slots__ = ("alive", "deadline", "enqueued_at", "fut", "priority")
@@ -251,7 +251,7 @@ class LimiterLike(Protocol):
         self,
         priority: Priority = Priority.INTERACTIVE,
         *,
-        max_wait: float | _Default | None = USE_DEFAULT,
+        max_wait: float | DefaultMarker | None = USE_DEFAULT,
     ) -> contextlib.AbstractAsyncContextManager[SlotLike]:
         """Wait for permission to send one request."""
         ...
@@ -273,7 +273,7 @@ def slot_for(
     limiter: LimiterLike,
     priority: Priority,
     *,
-    max_wait: float | _Default | None = USE_DEFAULT,
+    max_wait: float | DefaultMarker | None = USE_DEFAULT,
     key: Hashable = None,
     first: bool = False,
 ) -> contextlib.AbstractAsyncContextManager[SlotLike]:
@@ -304,7 +304,7 @@ def estimate_wait_of(
     return None if method is None else method(priority, n, key)
 
 
-class _WaitLog:
+class WaitLog:
     """Counts the waits of a limiter, calls its ``on_wait`` hook, and logs long waits:
     interactive ones at INFO, background ones summarised (see `LOG_SUMMARY_EVERY`)."""
 

@@ -807,7 +807,7 @@ def _call(hook: Callable[[], object] | None) -> None:
 def _give_back(slot: SlotLike) -> None:
     """Return a granted slot whose request was not sent: not counted as a send.
 
-    A slot of this package's limiters (`_limits._OneShotSlot`) gives its token back; a
+    A slot of this package's limiters (`_limits.OneShotSlot`) gives its token back; a
     slot of another limiter is released at the end of its ``async with`` block as usual.
     """
     undo = getattr(slot, "_undo", None)

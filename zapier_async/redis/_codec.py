@@ -13,7 +13,7 @@ import collections
 import json
 from typing import Any, Final
 
-from zapier_async._budget import Budget, BudgetConfig, _Learnt, _Window
+from zapier_async._budget import Budget, BudgetConfig, BudgetWindow, LearntBoundary
 
 __all__ = ["FORMAT", "InFlight", "StateError", "dump", "load"]
 
@@ -23,7 +23,7 @@ FORMAT: Final = 1
 InFlight = dict[str, list[Any]]
 """Slot id -> ``[sent, completions, probe, lease expiry]`` (times on the shared clock)."""
 
-_RECORDS: Final[dict[str, type]] = {"W": _Window, "L": _Learnt}
+_RECORDS: Final[dict[str, type]] = {"W": BudgetWindow, "L": LearntBoundary}
 _NAMES: Final = {cls: name for name, cls in _RECORDS.items()}
 _SKIP: Final = frozenset({"_config"})
 

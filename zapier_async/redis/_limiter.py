@@ -77,7 +77,7 @@ from zapier_async._clock import Clock, SystemClock
 from zapier_async._closing import AsyncCloseable
 from zapier_async._limiter import Limiter
 from zapier_async._limiter import Slot as _LocalSlot
-from zapier_async._limits import USE_DEFAULT, LimiterStats, Pressure, _Default, _WaitLog
+from zapier_async._limits import USE_DEFAULT, DefaultMarker, LimiterStats, Pressure, WaitLog
 from zapier_async._ratelimit import (
     DEFAULT_COOLDOWN,
     DEFAULT_MAX_SERVER_WAIT,
@@ -234,7 +234,7 @@ class RedisLimiter(AsyncCloseable):
         self._fallback: Limiter | None = None
         self._degraded = False
 
-        self._waits = _WaitLog(on_wait)
+        self._waits = WaitLog(on_wait)
         self._n_grants = 0
         self._n_immediate = 0
         self._n_rejected = 0
@@ -253,7 +253,7 @@ class RedisLimiter(AsyncCloseable):
         self,
         priority: Priority = Priority.INTERACTIVE,
         *,
-        max_wait: float | _Default | None = USE_DEFAULT,
+        max_wait: float | DefaultMarker | None = USE_DEFAULT,
         key: Hashable = None,
         first: bool = False,
     ) -> contextlib.AbstractAsyncContextManager[RedisSlot | _LocalSlot]:

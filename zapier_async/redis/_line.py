@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 from zapier_async._budget import Budget, Priority
 from zapier_async._clock import Clock
 from zapier_async._limiter import Slot as _LocalSlot
-from zapier_async._limits import _BaseWaiter, _Default, _OneShotSlot
+from zapier_async._limits import BaseWaiter, DefaultMarker, OneShotSlot
 
 from ._codec import InFlight
 from ._scripts import text
@@ -69,7 +69,7 @@ class SharedClock:
             self._rtt, self._at = rtt, received
 
 
-class RedisSlot(_OneShotSlot):
+class RedisSlot(OneShotSlot):
     """Permission to send one request; hand its response back with `record`.
 
     The same contract as `zapier_async.Slot`: call ``record(status, headers)`` once, as soon
@@ -104,7 +104,7 @@ class RedisSlot(_OneShotSlot):
         return f"RedisSlot(priority={self.priority.name}, probe={self.probe})"
 
 
-class Waiter(_BaseWaiter[RedisSlot | None]):
+class Waiter(BaseWaiter[RedisSlot | None]):
     """A local caller waiting for a grant (None: Redis was lost, go local)."""
 
     __slots__ = ("bucket", "seq")
@@ -181,7 +181,7 @@ class SlotRequest:
         self,
         limiter: RedisLimiter,
         priority: Priority,
-        max_wait: float | _Default | None,
+        max_wait: float | DefaultMarker | None,
         key: Hashable,
         first: bool,
     ) -> None:
@@ -195,7 +195,9 @@ class SlotRequest:
 
     async def __aenter__(self) -> RedisSlot | _LocalSlot:
         limiter = self._limiter
-        max_wait = limiter._max_wait if isinstance(self._max_wait, _Default) else self._max_wait
+        max_wait = (
+            limiter._max_wait if isinstance(self._max_wait, DefaultMarker) else self._max_wait
+        )
         slot = await limiter._acquire(self._priority, max_wait, self._key, self._first)
         if slot is not None:
             self._slot = slot
