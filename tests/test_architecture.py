@@ -40,60 +40,7 @@ MAX_LINES = 800
 # Modules over MAX_LINES, measured with this file (non-blank lines).
 KNOWN_LONG: dict[str, int] = {}
 # Every edge that lies on an import cycle (TYPE_CHECKING and function-local imports included).
-KNOWN_CYCLE_EDGES = {
-    ("zapier_async", "zapier_async._bulk"),
-    ("zapier_async", "zapier_async._client"),
-    ("zapier_async", "zapier_async._metrics"),
-    ("zapier_async", "zapier_async._stored"),
-    ("zapier_async", "zapier_async._sync"),
-    ("zapier_async", "zapier_async._sync_handles"),
-    ("zapier_async", "zapier_async._transport"),
-    ("zapier_async._bulk", "zapier_async._engine"),
-    ("zapier_async._bulk", "zapier_async._guards"),
-    ("zapier_async._bulk", "zapier_async._metrics"),
-    ("zapier_async._bulk", "zapier_async._pipeline"),
-    ("zapier_async._bulk", "zapier_async._views"),
-    ("zapier_async._client", "zapier_async._engine"),
-    ("zapier_async._client", "zapier_async._guards"),
-    ("zapier_async._client", "zapier_async._metrics"),
-    ("zapier_async._client", "zapier_async._pipeline"),
-    ("zapier_async._client", "zapier_async._transport"),
-    ("zapier_async._client", "zapier_async._views"),
-    ("zapier_async._engine", "zapier_async._metrics"),
-    ("zapier_async._engine", "zapier_async._pipeline"),
-    ("zapier_async._engine", "zapier_async._transport"),
-    ("zapier_async._guards", "zapier_async._transport"),
-    ("zapier_async._metrics", "zapier_async._transport"),
-    ("zapier_async._pipeline", "zapier_async._guards"),
-    ("zapier_async._pipeline", "zapier_async._metrics"),
-    ("zapier_async._pipeline", "zapier_async._transport"),
-    ("zapier_async._stored", "zapier_async._engine"),
-    ("zapier_async._stored", "zapier_async._guards"),
-    ("zapier_async._stored", "zapier_async._pipeline"),
-    ("zapier_async._sync", "zapier_async._bulk"),
-    ("zapier_async._sync", "zapier_async._client"),
-    ("zapier_async._sync", "zapier_async._metrics"),
-    ("zapier_async._sync", "zapier_async._sync_handles"),
-    ("zapier_async._sync", "zapier_async._sync_loop"),
-    ("zapier_async._sync", "zapier_async._transport"),
-    ("zapier_async._sync_handles", "zapier_async._bulk"),
-    ("zapier_async._sync_handles", "zapier_async._sync_loop"),
-    ("zapier_async._sync_loop", "zapier_async._client"),
-    ("zapier_async._views", "zapier_async._bulk"),
-    ("zapier_async._views", "zapier_async._client"),
-    ("zapier_async._views", "zapier_async._engine"),
-    ("zapier_async._views", "zapier_async._guards"),
-    ("zapier_async._views", "zapier_async._pipeline"),
-    ("zapier_async._views", "zapier_async._stored"),
-    # RunHandle and Poller name each other's types (TYPE_CHECKING on both sides).
-    ("zapier_async._handle", "zapier_async._scheduler"),
-    ("zapier_async._scheduler", "zapier_async._handle"),
-    # The Redis limiter being split (issue 17 item 1): `_line` names `RedisLimiter`'s type.
-    ("zapier_async.redis._buckets", "zapier_async.redis._line"),
-    ("zapier_async.redis._limiter", "zapier_async.redis._buckets"),
-    ("zapier_async.redis._limiter", "zapier_async.redis._line"),
-    ("zapier_async.redis._line", "zapier_async.redis._limiter"),
-}
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()  # no cycle left, TYPE_CHECKING included
 # Private names imported across modules: none in the library, 70 in the emulator (testing/).
 MAX_PRIVATE_CROSSINGS = 70
 ROOT_ALL_SIZE = 78  # + AuthView, SyncAuthView, CredentialMetrics (issue 16)
@@ -386,12 +333,6 @@ def test_no_import_cycle_at_runtime():
     assert components(graph) == [], _describe(cycle_edges(graph))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="3 components with TYPE_CHECKING imports: the root + 12 façade/shell modules "
-    "(through _transport -> zapier_async; without that edge: _bulk/_client/_views), "
-    "_handle <-> _scheduler, redis._buckets/_limiter/_line",
-)
 def test_no_import_cycle():
     graph = import_graph()
     assert components(graph) == [], _describe(cycle_edges(graph))

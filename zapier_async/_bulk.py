@@ -63,7 +63,7 @@ from collections.abc import (
     Iterator,
     Mapping,
 )
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
 
 import attrs
 
@@ -79,7 +79,6 @@ if TYPE_CHECKING:
     from ._engine import Engine
     from ._handle import RunHandle
     from ._pipeline import Credential
-    from ._views import RunsView
 
 __all__ = ["Outcome", "RunMany", "RunRequest"]
 
@@ -546,6 +545,13 @@ class _Job:
             out.append(Outcome(index=index, request=request, error=error, run_id=live.run_id))
         out.sort(key=lambda o: o.index)
         return out
+
+
+class RunsView(Protocol):
+    """What a job needs of the client or view it runs for (`_views.RunsView` is one)."""
+
+    _engine: Engine
+    _credential: Credential | None
 
 
 def _target(view: RunsView) -> tuple[Engine, Credential | None]:

@@ -10,14 +10,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import errors
 from ._protocol import RunLocator, encode_continuation_token
 from .models import Run, RunStatus
 
 if TYPE_CHECKING:
-    from ._scheduler import Poller
+    from ._clock import Clock
+
+
+class _Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Poller(Protocol):
+    """What a handle needs of the poller that reads it (`_scheduler.Poller` is one)."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def call_later(
+        self, delay: float, callback: Callable[..., object], *args: Any
+    ) -> _Cancellable: ...
+
+    def forget(self, handle: RunHandle) -> None: ...
+
 
 __all__ = ["RunHandle"]
 

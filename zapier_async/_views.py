@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
     from ._auth import AuthProvider
     from ._bulk import Outcome, RunMany, RunRequest
-    from ._client import ZapierClient
     from ._handle import RunHandle
     from ._metrics import CredentialMetrics
     from .journal import Journal
@@ -380,7 +379,7 @@ class RunsView:
 
         self._engine.ensure_open()
         return RunMany(
-            cast("ZapierClient", self),  # _bulk calls only what every view has
+            self,
             requests,
             concurrency=concurrency,
             progress=progress,

@@ -7,22 +7,39 @@ import asyncio
 import collections
 import contextlib
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from zapier_async._budget import Budget, Priority
 from zapier_async._clock import Clock
+from zapier_async._limiter import Limiter
 from zapier_async._limiter import Slot as _LocalSlot
 from zapier_async._limits import BaseWaiter, DefaultMarker, OneShotSlot
 
 from ._codec import InFlight
 from ._scripts import text
 
-if TYPE_CHECKING:
-    from ._limiter import RedisLimiter
-
 __all__ = ["Bucket", "Op", "RedisSlot", "SharedClock", "SlotRequest", "Waiter"]
+
+
+class RedisLimiter(Protocol):
+    """What slots need of the limiter that granted them (`_limiter.RedisLimiter` is one)."""
+
+    _max_wait: float | None
+
+    async def _acquire(
+        self, priority: Priority, max_wait: float | None, key: Hashable, first: bool = False
+    ) -> RedisSlot | None: ...
+
+    def _fallback_limiter(self) -> Limiter: ...
+
+    def _complete(
+        self, slot: RedisSlot, status: int | None, headers: Mapping[str, str]
+    ) -> None: ...
+
+    def _ungrant(self, slot: RedisSlot) -> None: ...
+
 
 _OFFSET_REFRESH: Final = 30.0
 """Seconds after which a slower round trip's clock offset is taken anyway (drift)."""
