@@ -681,3 +681,38 @@ def test_with_auth_returns_a_blocking_view_that_sends_with_its_own_token(serve):
     assert a.closed
     with pytest.raises(za.InvalidRequestError):
         a.get_run(run.id)
+
+
+def test_discovery_by_name_deadline_and_inputs_check_block_too(serve):
+    fake = serve()
+    with sync_client(fake) as client:
+        assert client.find_app("slack").id == FAKE_APP_ID
+        with client.list_apps("slack") as apps:
+            assert {a.title for a in apps} == {"Slack", "Slack Legacy"}
+        with client.list_connections(FAKE_APP_ID, expired=False) as connections:
+            assert [c.id for c in connections] == ["conn_ok"]
+        with pytest.raises(za.errors.InvalidInputsError) as info:
+            client.run(
+                app="Slack",
+                action_key="send_message",
+                authentication="conn_ok",
+                inputs={"channel": "c1"},
+                validate_inputs=True,
+            )
+        assert info.value.missing == ["text"]
+        handle = client.run(
+            app="Slack",
+            action_key="send_message",
+            authentication="conn_ok",
+            inputs={"channel": "c1", "text": "hi"},
+            validate_inputs=True,
+            timeout=10.0,
+        )
+        assert handle.result().status is za.RunStatus.SUCCESS  # waits until the deadline
+        one_off = client.run_action(
+            selected_api="SlackCLIAPI@1.2.3",
+            action_key="send_message",
+            action_type="write",
+            timeout=10.0,
+        )
+        assert one_off.result().status is za.RunStatus.SUCCESS

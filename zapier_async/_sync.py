@@ -44,7 +44,7 @@ from .models import Run
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Hashable
+    from collections.abc import Hashable, Sequence
 
     from typing_extensions import Unpack
 
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from ._transport import Transport
     from ._views import RunsView
     from .journal import Journal
-    from .models import Action, ChoicePage, Connection, OutputField, StoredAction
+    from .models import Action, App, ChoicePage, Connection, OutputField, StoredAction
 
 __all__ = ["LOOP_THREAD_NAME", "SyncAuthView", "SyncClientOptions", "SyncIterator",
            "SyncRunHandle", "SyncRunMany", "SyncStoredActions", "SyncZapierClient"]  # fmt: skip
@@ -285,6 +285,8 @@ class _SyncRuns:
         callback_url: str | None = None,
         max_rate_limit_wait: Wait = _DEFAULT,
         idempotency_key: str | None = None,
+        timeout: float | None = None,
+        validate_inputs: bool = False,
     ) -> SyncRunHandle:
         """Start an action run and return its handle once Zapier accepted it.
 
@@ -293,6 +295,9 @@ class _SyncRuns:
         Args:
             idempotency_key: Passed to `ZapierClient.run` (needs a ``run_store``): a second
                 call with the same key resumes the first run instead of creating one.
+            timeout: One deadline for the whole run (budget wait, create and result); the
+                handle's `result()` without a timeout waits until it.
+            validate_inputs: Check `inputs` against the action's fields first.
 
         Raises:
             InvalidRequestError: Bad input (nothing was sent), or `idempotency_key` with a
@@ -305,6 +310,8 @@ class _SyncRuns:
             "authentication": authentication,
             "inputs": inputs,
             "callback_url": callback_url,
+            "timeout": timeout,
+            "validate_inputs": validate_inputs,
         }
         _put_wait(kwargs, max_rate_limit_wait)
         if idempotency_key is not None:
@@ -328,6 +335,8 @@ class _SyncRuns:
         page: str | int | None = None,
         callback_url: str | None = None,
         max_rate_limit_wait: Wait = _DEFAULT,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
     ) -> SyncRunHandle:
         """Start a one-off Actions API run; see `ZapierClient.run_action`."""
         kwargs: dict[str, Any] = {
@@ -338,6 +347,8 @@ class _SyncRuns:
             "connection_id": connection_id,
             "page": page,
             "callback_url": callback_url,
+            "idempotency_key": idempotency_key,
+            "timeout": timeout,
         }
         _put_wait(kwargs, max_rate_limit_wait)
         return self._call_handle(lambda c: c.run_action(**kwargs))
@@ -480,11 +491,36 @@ class _SyncRuns:
         _put_wait(kwargs, max_rate_limit_wait)
         return self._call(lambda c: c.action_outputs(action_id, **kwargs))
 
+    def list_apps(
+        self,
+        query: str | None = None,
+        *,
+        category: str | None = None,
+        ids: Sequence[str] | None = None,
+        page_size: int = 100,
+        max_rate_limit_wait: Wait = _DEFAULT,
+    ) -> SyncIterator[App]:
+        """Apps in Zapier's catalogue, as a blocking iterator; see `ZapierClient.list_apps`."""
+        kwargs: dict[str, Any] = {"category": category, "ids": ids, "page_size": page_size}
+        _put_wait(kwargs, max_rate_limit_wait)
+        return self._iterate(lambda c: c.list_apps(query, **kwargs))
+
+    def find_app(self, name: str, *, max_rate_limit_wait: Wait = _DEFAULT) -> App:
+        """The app whose title or slug is `name`; see `ZapierClient.find_app`."""
+        kwargs: dict[str, Any] = {}
+        _put_wait(kwargs, max_rate_limit_wait)
+        return self._call(lambda c: c.find_app(name, **kwargs))
+
     def list_connections(
-        self, app: str, *, page_size: int = 100, max_rate_limit_wait: Wait = _DEFAULT
+        self,
+        app: str,
+        *,
+        page_size: int = 100,
+        expired: bool | None = None,
+        max_rate_limit_wait: Wait = _DEFAULT,
     ) -> SyncIterator[Connection]:
         """Every connection the user owns for `app`, as a blocking iterator (page by page)."""
-        kwargs: dict[str, Any] = {"page_size": page_size}
+        kwargs: dict[str, Any] = {"page_size": page_size, "expired": expired}
         _put_wait(kwargs, max_rate_limit_wait)
         return self._iterate(lambda c: c.list_connections(app, **kwargs))
 
