@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -183,6 +184,10 @@ class World:
         assert len(missing) <= unknown, f"runs on the server nobody was told about: {missing}"
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(za.__file__)) + os.sep
+_TESTING_DIR = os.path.join(_PACKAGE_DIR, "testing") + os.sep
+
+
 def _our_tasks() -> list[asyncio.Task[Any]]:
     """Live tasks running the client's code (not the emulator's or the test's)."""
     out = []
@@ -190,8 +195,10 @@ def _our_tasks() -> list[asyncio.Task[Any]]:
         if task.done() or task is asyncio.current_task():
             continue
         code = getattr(task.get_coro(), "cr_code", None)
-        filename = code.co_filename if code is not None else ""
-        ours = "zapier_async" in filename and "testing" not in filename
+        filename = os.path.abspath(code.co_filename) if code is not None else ""
+        # The package's own files, wherever the checkout lives (its path may itself contain
+        # "zapier_async"), but not the emulator's.
+        ours = filename.startswith(_PACKAGE_DIR) and not filename.startswith(_TESTING_DIR)
         if ours or task.get_name().startswith("zapier_async"):
             out.append(task)
     return out

@@ -168,7 +168,7 @@ def open_private(path: Path, flags: int) -> int:
     return fd
 
 
-def _complete_lines(path: Path) -> Iterator[str]:
+def complete_lines(path: Path) -> Iterator[str]:
     """The complete (newline-terminated) lines of `path`; a torn last line is cut off."""
     with path.open("rb+") as fh:
         data_end = fh.seek(0, os.SEEK_END)
@@ -288,7 +288,7 @@ class FileJournal:
         Opens the file first (so the lock is held while a torn last line is cut off).
         """
         self.open()
-        for text in _complete_lines(self.path):
+        for text in complete_lines(self.path):
             try:
                 entry = json.loads(text)
             except ValueError:

@@ -55,7 +55,13 @@ import anyio
 from zapier_async import errors
 from zapier_async._bulk import Outcome, RunMany, RunRequest
 from zapier_async._client import ZapierClient
-from zapier_async.journal import FileJournal, JournalExistsError, JournalLockedError, open_private
+from zapier_async.journal import (
+    FileJournal,
+    JournalExistsError,
+    JournalLockedError,
+    complete_lines,
+    open_private,
+)
 from zapier_async.models import Run, RunStatus
 
 from ._common import (
@@ -75,29 +81,9 @@ from ._output import NoProgress, ProgressBar, make_progress, metrics_rows, write
 
 
 def _read_complete_lines(path: Path) -> Iterator[str]:
-    """The complete (newline-terminated) lines of `path`; a torn last line is cut off."""
-    if not path.exists():
-        return
-    with path.open("rb+") as fh:
-        data_end = fh.seek(0, os.SEEK_END)
-        if data_end:
-            # Find the end of the last complete line, reading backwards in blocks.
-            pos = data_end
-            keep = 0
-            while pos > 0:
-                step = min(65536, pos)
-                pos -= step
-                fh.seek(pos)
-                block = fh.read(step)
-                nl = block.rfind(b"\n")
-                if nl >= 0:
-                    keep = pos + nl + 1
-                    break
-            if keep != data_end:
-                fh.truncate(keep)  # a line torn by a crash: it never happened
-        fh.seek(0)
-        for raw in fh:
-            yield raw.decode("utf-8", errors="replace")
+    """The complete lines of `path` (none if it is missing); a torn last line is cut off."""
+    if path.exists():
+        yield from complete_lines(path)
 
 
 class _Flags:
