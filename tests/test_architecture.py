@@ -6,7 +6,8 @@ Figures over the whole `zapier_async` package, subpackages included:
 - import cycles in the AST import graph. Function-local imports count (issue 17), and so do
   imports under ``if TYPE_CHECKING:``: a type annotation is a dependency a reader must follow,
   and every module is counted, the emulator (``testing/``) included. The runtime-only graph
-  (top-level and function-local imports) is measured too, in its own test, so neither figure hides the other;
+  (top-level and function-local imports) is measured too, in its own test, so neither figure
+  hides the other;
 - private names (one leading underscore) one module imports from another (``from m import
   _x``, or ``m._x`` on an imported module);
 - the root ``__all__`` and ``ZapierClient.__init__``'s keyword arguments.
