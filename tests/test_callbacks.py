@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from _util import until
 from aiohttp import web  # noqa: TID251 (the receiver is an aiohttp.web app)
 
@@ -20,24 +18,6 @@ from zapier_async.callbacks import (
     parse_callback,
 )
 from zapier_async.testing import FakeClock, FakeZapier
-
-
-@pytest_asyncio.fixture
-async def serve() -> AsyncIterator[Any]:
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 def client_for(fake: FakeZapier, clock: FakeClock, **kwargs: Any) -> za.ZapierClient:
@@ -68,7 +48,7 @@ async def settle_and_advance(clock: FakeClock, fake: FakeZapier, done: Any) -> N
 
 
 @pytest.mark.asyncio
-async def test_acceptance_1000_runs_resolve_with_5_percent_lost_callbacks(serve):
+async def test_acceptance_1000_runs_resolve_with_5_percent_lost_callbacks(served):
     clock = FakeClock()
     async with FakeZapier(clock=clock, seed=5, durations=(0.5, 3.0), record_requests=False) as fake:
         fake.actions.callback_loss_rate = 0.05
@@ -77,7 +57,7 @@ async def test_acceptance_1000_runs_resolve_with_5_percent_lost_callbacks(serve)
         async with client_for(fake, clock) as client:
             verifier = CallbackVerifier(jwks_url=fake.jwks_url, clock=clock)
             receiver = CallbackReceiver(client, verifier)
-            url = await serve(receiver.app()) + "/zapier/callback"
+            url = await served(receiver.app()) + "/zapier/callback"
             handles: list[za.RunHandle] = []
             for start in range(0, 1000, 100):
                 handles += await asyncio.gather(
@@ -106,7 +86,7 @@ async def test_acceptance_1000_runs_resolve_with_5_percent_lost_callbacks(serve)
 
 
 @pytest.mark.asyncio
-async def test_duplicate_deliveries_are_ignored_and_runs_resolve_on_the_callback(serve):
+async def test_duplicate_deliveries_are_ignored_and_runs_resolve_on_the_callback(served):
     clock = FakeClock()
     async with FakeZapier(clock=clock, seed=2, durations=1.0) as fake:
         fake.actions.callback_duplicate_rate = 1.0
@@ -114,7 +94,7 @@ async def test_duplicate_deliveries_are_ignored_and_runs_resolve_on_the_callback
             receiver = CallbackReceiver(
                 client, CallbackVerifier(jwks_url=fake.jwks_url, clock=clock)
             )
-            url = await serve(receiver.app()) + "/zapier/callback"
+            url = await served(receiver.app()) + "/zapier/callback"
             handles = [
                 await client.run_action(
                     selected_api="A@1", action_key="k", action_type="write", callback_url=url
@@ -140,7 +120,7 @@ async def fake_stored_run(client: za.ZapierClient, url: str) -> za.RunHandle:
 
 
 @pytest.mark.asyncio
-async def test_callbacks_are_retried_on_5xx_up_to_three_attempts(serve):
+async def test_callbacks_are_retried_on_5xx_up_to_three_attempts(served):
     clock = FakeClock()
     answers = [500, 503, 200]
 
@@ -149,7 +129,7 @@ async def test_callbacks_are_retried_on_5xx_up_to_three_attempts(serve):
 
     app = web.Application()
     app.router.add_post("/cb", flaky)
-    url = await serve(app) + "/cb"
+    url = await served(app) + "/cb"
     async with FakeZapier(clock=clock, durations=0.5) as fake, client_for(fake, clock) as client:
         handle = await client.run("core:x", authentication=None, callback_url=url)
         await settle_and_advance(
@@ -185,11 +165,13 @@ async def test_verifier_rejects_forgeries_and_rate_limits_jwks_refreshes():
 
 
 @pytest.mark.asyncio
-async def test_receiver_answers_401_for_bad_signatures_and_unknown_runs_400_for_bad_bodies(serve):
+async def test_receiver_answers_401_for_bad_signatures_and_unknown_runs_400_for_bad_bodies(
+    served,
+):
     clock = FakeClock()
     async with FakeZapier(clock=clock) as fake, client_for(fake, clock) as client:
         receiver = CallbackReceiver(client, CallbackVerifier(jwks_url=fake.jwks_url, clock=clock))
-        url = await serve(receiver.app())
+        url = await served(receiver.app())
         import aiohttp  # noqa: TID251
 
         good = fake.actions.sign()

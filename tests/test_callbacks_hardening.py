@@ -41,24 +41,6 @@ from zapier_async.testing import FakeClock, FakeZapier
 
 
 @pytest_asyncio.fixture
-async def serve() -> AsyncIterator[Any]:
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
-@pytest_asyncio.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
@@ -148,14 +130,14 @@ async def create_with_callback(
 
 @pytest.mark.asyncio
 async def test_receiver_passes_the_url_token_and_refuses_a_mismatch_like_a_bad_signature(
-    serve, http, caplog
+    served, http, caplog
 ):
     clock = FakeClock()
     async with FakeZapier(clock=clock) as fake:
         client = _TokenClient({"run-a": "token-a", "run-b": "token-b"})
         verifier = CallbackVerifier(jwks_url=fake.jwks_url, clock=clock)
         receiver = CallbackReceiver(client, verifier)  # type: ignore[arg-type]
-        url = await serve(receiver.app()) + "/zapier/callback"
+        url = await served(receiver.app()) + "/zapier/callback"
         good = fake.actions.sign() or ""
 
         async def post(query: str, body: bytes, signature: str | None = good) -> tuple[int, str]:
@@ -192,7 +174,7 @@ async def test_receiver_passes_the_url_token_and_refuses_a_mismatch_like_a_bad_s
 
 
 @pytest.mark.asyncio
-async def test_a_duplicate_with_a_wrong_token_is_refused_not_acknowledged(serve, http):
+async def test_a_duplicate_with_a_wrong_token_is_refused_not_acknowledged(served, http):
     clock = FakeClock()
     async with FakeZapier(clock=clock) as fake:
         client = _TokenClient({"run-a": "token-a"})
@@ -200,7 +182,7 @@ async def test_a_duplicate_with_a_wrong_token_is_refused_not_acknowledged(serve,
             client,  # type: ignore[arg-type]
             CallbackVerifier(jwks_url=fake.jwks_url, clock=clock),
         )
-        url = await serve(receiver.app()) + "/zapier/callback"
+        url = await served(receiver.app()) + "/zapier/callback"
         headers = {SIGNATURE_HEADER: fake.actions.sign() or ""}
         statuses = []
         for query in ("?zapier_async_token=token-a", "?zapier_async_token=nope", ""):
@@ -211,10 +193,10 @@ async def test_a_duplicate_with_a_wrong_token_is_refused_not_acknowledged(serve,
 
 
 @pytest.mark.asyncio
-async def test_the_emulator_posts_callbacks_to_the_exact_url_it_got(serve, http):
+async def test_the_emulator_posts_callbacks_to_the_exact_url_it_got(served, http):
     clock = FakeClock()
     app, captured = capture_app(None)
-    base = await serve(app)
+    base = await served(app)
     # Escapes a URL library would normalise (%2F, %7E, %41) must reach the receiver as sent.
     url = base + "/cb?zapier_async_token=Ab_-9%2F%7E&x=%41+b"
     async with FakeZapier(clock=clock, durations=1.0) as fake:
@@ -240,14 +222,14 @@ def client_for(fake: FakeZapier, clock: FakeClock) -> za.ZapierClient:
 
 
 @pytest.mark.asyncio
-async def test_a_replayed_signature_with_a_forged_body_does_not_resolve_another_run(serve, http):
+async def test_a_replayed_signature_with_a_forged_body_does_not_resolve_another_run(served, http):
     """End to end: real client, emulator callbacks, receiver; the attacker holds run A's
     genuine signed callback (signature, URL, body) and targets run B."""
     clock = FakeClock()
     async with FakeZapier(clock=clock) as fake, client_for(fake, clock) as client:
         receiver = CallbackReceiver(client, CallbackVerifier(jwks_url=fake.jwks_url, clock=clock))
         app, captured = capture_app(receiver)
-        base = await serve(app)
+        base = await served(app)
         run_a = await client.run(
             "core:x",
             authentication=None,
@@ -311,7 +293,7 @@ async def test_a_key_rotated_seconds_after_the_last_fetch_is_accepted_after_one_
 
 @pytest.mark.asyncio
 async def test_a_rotation_during_the_refresh_interval_is_retried_with_503_then_accepted(
-    serve, http
+    served, http
 ):
     """The emulator rotates its key right after the verifier fetched: the first callback with
     the new key is answered 503 (Zapier retries 5xx, not 4xx) and the retry is accepted."""
@@ -321,7 +303,7 @@ async def test_a_rotation_during_the_refresh_interval_is_retried_with_503_then_a
         verifier = CallbackVerifier(jwks_url=fake.jwks_url, clock=clock, min_refresh_interval=10.0)
         client = _AcceptingClient()
         receiver = CallbackReceiver(client, verifier)  # type: ignore[arg-type]
-        url = await serve(receiver.app()) + "/zapier/callback"
+        url = await served(receiver.app()) + "/zapier/callback"
         await verifier.verify(fake.actions.sign())  # keys fetched at t=0
         run_id = await create_with_callback(http, fake, url, duration=1.0)
         await clock.advance(0.5)
@@ -392,7 +374,7 @@ async def test_an_unknown_kid_after_a_fresh_refetch_is_refused_for_good():
 
 
 @pytest.mark.asyncio
-async def test_an_unreachable_jwks_is_answered_503_so_zapier_retries(serve, http):
+async def test_an_unreachable_jwks_is_answered_503_so_zapier_retries(served, http):
     clock = FakeClock()
     async with FakeZapier(clock=clock) as fake:
         failures = [OSError("connection refused")]
@@ -405,7 +387,7 @@ async def test_an_unreachable_jwks_is_answered_503_so_zapier_retries(serve, http
         verifier = CallbackVerifier(clock=clock, fetch=fetch)
         client = _AcceptingClient()
         receiver = CallbackReceiver(client, verifier)  # type: ignore[arg-type]
-        url = await serve(receiver.app()) + "/zapier/callback"
+        url = await served(receiver.app()) + "/zapier/callback"
         with pytest.raises(CallbackKeysUnavailableError) as info:
             await verifier.verify(fake.actions.sign())
         assert isinstance(info.value, CallbackSignatureError)  # old handlers still refuse it

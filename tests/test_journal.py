@@ -6,14 +6,12 @@ import asyncio
 import json
 import random
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from _util import eventually
-from aiohttp import web  # noqa: TID251 (the callback receiver is an aiohttp.web app)
 
 import zapier_async as za
 from zapier_async import errors
@@ -255,26 +253,8 @@ async def test_a_refusing_before_send_hook_gives_the_slot_back_and_counts_no_req
 # --- run_many with callback URLs ------------------------------------------------------------
 
 
-@pytest_asyncio.fixture
-async def serve() -> AsyncIterator[Any]:
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
 @pytest.mark.asyncio
-async def test_bulk_runs_with_a_callback_url_are_resolved_by_their_callbacks(serve):
+async def test_bulk_runs_with_a_callback_url_are_resolved_by_their_callbacks(served):
     n = 30
     clock = FakeClock()
     async with FakeZapier(clock=clock, seed=4, durations=1.0, record_requests=False) as fake:
@@ -287,7 +267,7 @@ async def test_bulk_runs_with_a_callback_url_are_resolved_by_their_callbacks(ser
             receiver = CallbackReceiver(
                 client, CallbackVerifier(jwks_url=fake.jwks_url, clock=clock)
             )
-            url = await serve(receiver.app()) + "/zapier/callback"
+            url = await served(receiver.app()) + "/zapier/callback"
             task = asyncio.create_task(client.gather(requests(n, callback_url=url), concurrency=n))
             await drive(clock, task.done, below=45.0)  # before any safety-net poll
             outcomes = task.result()
