@@ -478,7 +478,13 @@ def _discovery_calls(client: za.ZapierClient) -> list[tuple[str, str, Callable[[
         async for _ in client.list_connections(FAKE_APP_ID):
             break
 
+    async def first_app() -> None:
+        async for _ in client.list_apps("slack"):
+            break
+
     return [
+        ("GET", "/v2/apps", lambda: client.find_app("Slack")),
+        ("GET", "/v2/apps", first_app),
         ("GET", "/v2/actions", lambda: client.list_actions(FAKE_APP_ID)),
         ("GET", "/v2/actions", lambda: client.find_action(FAKE_APP_ID, "send_message")),
         ("GET", "/v2/authentications", lambda: client.find_connection(FAKE_APP_ID)),
