@@ -578,6 +578,36 @@ def test_keyboard_interrupt_in_result_leaves_the_loop_thread_running(serve):
         assert client.run("core:x", authentication=None).wait(timeout=0) is False
 
 
+def test_an_interrupt_while_the_call_is_being_handed_to_the_loop_still_cancels_it(serve):
+    # The portal hands the task to the loop and only then returns its future: an interrupt
+    # that lands in between (the task may already be running) must still cancel the call.
+    # Before the fix the task went on forever (the handle stayed awaited) and nothing could
+    # cancel it: CI hit this with a real SIGINT.
+    fake = serve(**FOREVER)
+    with sync_client(fake) as client:
+        handle = client.run("core:x", authentication=None)
+        session = client._session()
+        portal = session.portal
+        real = portal.start_task_soon
+
+        def start_then_interrupt(*args: Any, **kwargs: Any) -> Any:
+            real(*args, **kwargs)
+            until(lambda: handle.async_handle.awaited)  # the task runs on the loop
+            raise KeyboardInterrupt
+
+        portal.start_task_soon = start_then_interrupt  # type: ignore[method-assign]
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                handle.result()
+        finally:
+            del portal.start_task_soon
+        until(lambda: not handle.async_handle.awaited)
+        assert not handle.done()
+        assert session.futures == set()
+        fake.complete(handle.id)
+        assert handle.result(timeout=10).status is za.RunStatus.SUCCESS
+
+
 def _child(client: SyncZapierClient, done_id: str) -> None:
     # Runs in the forked child: the parent's loop thread does not exist here.
     assert loop_threads() == []

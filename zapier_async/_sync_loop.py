@@ -13,6 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from . import errors
@@ -117,24 +118,24 @@ class Session:
 
     def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``await fn()`` on the loop; block the calling thread until it is done."""
-        try:
-            future = self.portal.start_task_soon(fn)
-        except RuntimeError:  # the portal stopped: the client was closed meanwhile
-            raise errors.InvalidRequestError(CLOSED_MESSAGE) from None
-        return self._wait(future)
+        return self._call(fn)
 
     def call_sync(self, fn: Callable[[], T]) -> T:
         """Run ``fn()`` on the loop (it touches loop-owned state); block until it is done."""
-        try:
-            future = self.portal.start_task_soon(_plain, fn)
-        except RuntimeError:
-            raise errors.InvalidRequestError(CLOSED_MESSAGE) from None
-        return self._wait(future)
+        return self._call(lambda: _plain(fn))
 
-    def _wait(self, future: concurrent.futures.Future[T]) -> T:
-        self.futures.add(future)
+    def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        # The caller owns the future before anything is scheduled: an interrupt that lands
+        # anywhere from here on (even while the portal is still handing the task to the loop,
+        # which may already be running it) finds a future to cancel, and the task sees it.
+        outer: concurrent.futures.Future[T] = concurrent.futures.Future()
         try:
-            return future.result()
+            self.futures.add(outer)
+            try:
+                self.portal.start_task_soon(_relay, fn, outer)
+            except RuntimeError:  # the portal stopped: the client was closed meanwhile
+                raise errors.InvalidRequestError(CLOSED_MESSAGE) from None
+            return outer.result()
         except concurrent.futures.CancelledError:
             # Only close() cancels a future that the caller still waits on.
             raise errors.InvalidRequestError(
@@ -143,11 +144,10 @@ class Session:
         except BaseException:
             # Interrupted while waiting (KeyboardInterrupt, ...): cancel only this call, on
             # the loop, as an ordinary cancellation; the loop thread goes on.
-            if not future.done():
-                future.cancel()
+            outer.cancel()
             raise
         finally:
-            self.futures.discard(future)
+            self.futures.discard(outer)
 
     def close_soon(self, closeable: Any) -> None:
         """From any thread, without waiting: schedule ``await closeable.aclose()`` on the loop."""
@@ -165,3 +165,29 @@ class Session:
 async def _plain(fn: Callable[[], T]) -> T:
     # Returned as is: the portal would await an awaitable result (a RunHandle is one).
     return fn()
+
+
+async def _relay(fn: Callable[[], Awaitable[T]], outer: concurrent.futures.Future[T]) -> None:
+    """On the loop: ``await fn()`` into the caller's `outer`, cancelled when `outer` is."""
+    loop = asyncio.get_running_loop()
+    with anyio.CancelScope() as scope:
+
+        def on_done(f: concurrent.futures.Future[T]) -> None:
+            if f.cancelled():
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to stop
+                    loop.call_soon_threadsafe(scope.cancel)
+
+        outer.add_done_callback(on_done)  # runs at once if the caller already gave up
+        try:
+            result = await fn()
+        except asyncio.CancelledError:
+            outer.cancel()  # the caller gave up, or the loop is stopping (client closed)
+            raise
+        except BaseException as exc:
+            if outer.set_running_or_notify_cancel():
+                outer.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if outer.set_running_or_notify_cancel():
+            outer.set_result(result)
