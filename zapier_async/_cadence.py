@@ -71,8 +71,8 @@ class PressureLike(Protocol):
 class PollRecord:
     """One run's polling record, owned by the planner (none of it is public API).
 
-    Replaces ``RunHandle.poll_plan``, ``pending_at`` and ``poll_skew``; ``poll_key`` is
-    still written to the handle too, where metrics and logs read it.
+    The handle keeps only ``poll_key`` (metrics and logs read it there), its poll counters
+    and its timer (the poller's).
 
     Attributes:
         key: The action the run belongs to (its learnt durations), or None.

@@ -69,12 +69,9 @@ class RunHandle:
         "created_at",
         "credential",
         "deadline",
-        "pending_at",
         "poll_attempts",
         "poll_failures",
         "poll_key",
-        "poll_plan",
-        "poll_skew",
         "submitted_at",
         "timer",
         "via_callback",
@@ -101,11 +98,9 @@ class RunHandle:
         self.poll_attempts = 0
         self.poll_failures = 0
         self.timer: object | None = None
-        # Adaptive polling (owned by `_polling.AdaptivePolling`).
+        # The action whose learnt durations plan its polls (written by the planner, which
+        # keeps the rest of the run's polling record in `_cadence.PollRecord`).
         self.poll_key: str | None = None
-        self.poll_plan: tuple[float, ...] | None = None
-        self.pending_at = 0.0
-        self.poll_skew = 0
         # When the create was sent (owned by `_metrics`, for the run's latency).
         self.submitted_at: float | None = None
         # Created with a callback_url: polled at the safety-net cadence (see `_actions`).
