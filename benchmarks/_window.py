@@ -53,6 +53,10 @@ class WindowFront:
         self.rate_limited = 0
         self.rate_limited_after_first_answer = 0
         self.first_answer_at: float | None = None  # epoch seconds
+        # Per window, in order: [start (epoch), creates admitted, polls admitted, others
+        # admitted, refused]: what a client left unspent shows here.
+        self.windows: list[list[float]] = []
+        self.log: list[tuple[float, str, bool]] = []  # (epoch, endpoint, admitted)
         self._session: aiohttp.ClientSession | None = None
 
     def stats(self) -> dict[str, Any]:
@@ -62,11 +66,13 @@ class WindowFront:
             "rate_limited": self.rate_limited,
             "rate_limited_after_first_answer": self.rate_limited_after_first_answer,
             "first_answer_at": self.first_answer_at,
+            "windows": [list(w) for w in self.windows],
+            "log": self.log,
             "window_end": self.window_end if math.isfinite(self.window_end) else None,
             "now": time.time(),
         }
 
-    def _admit(self, now: float) -> tuple[bool, int, float]:
+    def _admit(self, now: float, endpoint: str) -> tuple[bool, int, float]:
         """(allowed, remaining, reset epoch) for a request arriving at `now` (epoch)."""
         if now >= self.window_end:
             if self.align == "aligned":
@@ -74,9 +80,13 @@ class WindowFront:
             else:
                 self.window_end = now + self.window
             self.used = 0
+            self.windows.append([now, 0, 0, 0, 0])
         self.used += 1
+        counts = self.windows[-1]
         if self.used > self.limit:
+            counts[4] += 1
             return False, 0, self.window_end
+        counts[("create", "poll", "other").index(endpoint) + 1] += 1
         return True, self.limit - self.used, self.window_end
 
     @staticmethod
@@ -92,7 +102,8 @@ class WindowFront:
         self.requests += 1
         endpoint = self._endpoint(request)
         self.by_endpoint[endpoint] += 1
-        allowed, remaining, reset = self._admit(now)
+        allowed, remaining, reset = self._admit(now, endpoint)
+        self.log.append((now, endpoint, allowed))
         headers = {
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(remaining),

@@ -284,7 +284,20 @@ def _bulk_figures(
         "429s_late": front["rate_limited_after_first_answer"],
         "lag": statistics.fmean(lags) if lags else float("nan"),
         "errors": errors,
+        "windows": front.get("windows", []),
     }
+
+
+def window_use(windows: Sequence[Sequence[float]]) -> str:
+    """Requests admitted per window, ``creates+polls`` (``/r`` refused), from the first."""
+    if not windows:
+        return "-"
+    t0 = windows[0][0]
+    parts = []
+    for start, creates, polls, others, refused in windows:
+        used = f"{int(creates)}+{int(polls)}" + (f"+{int(others)}" if others else "")
+        parts.append(f"@{start - t0:.1f}s {used}" + (f" /{int(refused)}r" if refused else ""))
+    return ", ".join(parts)
 
 
 def _bulk_targets(w: Bulk, align: str, lib: dict[str, Any], hand: dict[str, Any]) -> list[Target]:
@@ -542,7 +555,8 @@ async def measure(
                 report.targets += _bulk_targets(w, align, lib, hand)
                 print(
                     f"  [{align}] {w.label}: library {lib['wall']:.1f} s, "
-                    f"hand-written {hand['wall']:.1f} s",
+                    f"hand-written {hand['wall']:.1f} s\n"
+                    f"    library's windows (creates+polls): {window_use(lib['windows'])}",
                     flush=True,
                 )
     if via_note:
