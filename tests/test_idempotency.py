@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -12,8 +13,8 @@ from _util import client_for, eventually
 
 import zapier_async as za
 from zapier_async import errors
-from zapier_async._runstore import MemoryRunStore
-from zapier_async.testing import FakeZapier
+from zapier_async._runstore import Claim, MemoryRunStore
+from zapier_async.testing import FakeClock, FakeZapier
 
 DONE = {"__fake__": {"results": [{"ok": True}]}}
 
@@ -159,3 +160,174 @@ async def test_views_and_stored_actions_take_idempotency_keys(fake):
         b = await client.stored_actions.run(created.id, inputs=DONE, idempotency_key="s")
         assert a.id == b.id
     assert fake.stats.runs_created == 2
+
+
+# --- the key is claimed only once the limiter granted the create its slot -----------------
+
+
+class SpyStore(MemoryRunStore):
+    """A `MemoryRunStore` that lists the writes made to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    async def begin(self, key: str) -> Claim:
+        self.writes.append("begin")
+        return await super().begin(key)
+
+    async def fail(self, key: str) -> bool:
+        self.writes.append("fail")
+        return await super().fail(key)
+
+
+@pytest_asyncio.fixture
+async def spawn() -> AsyncIterator[Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]]:
+    """Start calls as tasks; any still running when the test ends (it failed) is cancelled."""
+    started: list[asyncio.Task[Any]] = []
+
+    def start(call: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        started.append(asyncio.create_task(call))
+        return started[-1]
+
+    yield start
+    for task in started:
+        task.cancel()
+    await asyncio.gather(*started, return_exceptions=True)
+
+
+def frozen_client(fake: FakeZapier, store: object, clock: FakeClock) -> za.ZapierClient:
+    """A client on `clock` whose limiter holds every request back for 30 s."""
+    client = client_for(fake, run_store=store, clock=clock, max_rate_limit_wait=None)
+    client.limiter.freeze(30.0)
+    return client
+
+
+@pytest.mark.asyncio
+async def test_a_create_waiting_for_the_budget_leaves_its_key_unclaimed(fake, store, spawn):
+    clock = FakeClock()
+    async with frozen_client(fake, store, clock) as client:
+        task = spawn(client.run("core:x", authentication=None, inputs=DONE, idempotency_key="k"))
+        await eventually(lambda: client.limiter.waiting == 1)
+        # A process killed now leaves nothing behind: a redelivery would send.
+        assert await store.get("k") is None
+        await clock.advance(30.0)
+        handle = await task
+        claim = await store.get("k")
+        assert claim is not None
+        assert claim.state == "resume"
+        assert claim.run_id == handle.id
+    assert fake.stats.runs_created == 1
+
+
+@pytest.mark.asyncio
+async def test_a_create_cancelled_while_waiting_for_the_budget_never_writes_its_key(fake, spawn):
+    store, clock = SpyStore(), FakeClock()
+    async with frozen_client(fake, store, clock) as client:
+        task = spawn(client.run("core:x", authentication=None, idempotency_key="k"))
+        await eventually(lambda: client.limiter.waiting == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert client.limiter.waiting == 0
+        assert store.writes == []  # nothing to undo, so nothing a SIGKILL could leave
+        assert await store.get("k") is None
+    assert fake.stats.requests == 0
+
+
+@pytest.mark.asyncio
+async def test_a_create_waiting_for_the_budget_does_not_block_another_process(fake, store, spawn):
+    """A redelivery sends while the first delivery waits; the first then resumes its run."""
+    clock = FakeClock()
+    async with (
+        frozen_client(fake, store, clock) as waiting,
+        client_for(fake, run_store=store) as other,
+    ):
+        first = spawn(waiting.run("core:x", authentication=None, inputs=DONE, idempotency_key="k"))
+        await eventually(lambda: waiting.limiter.waiting == 1)
+        sent = await other.run("core:x", authentication=None, inputs=DONE, idempotency_key="k")
+        await clock.advance(30.0)
+        resumed = await first  # its claim found the run recorded: resumed, not sent
+        assert resumed.id == sent.id
+        assert waiting.limiter.in_flight == 0
+        stats = waiting.limiter.snapshot()
+        # The create waited, then gave its grant back unspent: any grant left is a read of
+        # the resumed run, granted at once.
+        assert stats.waits == 1
+        assert stats.grants == stats.immediate
+    assert fake.stats.requests_by_endpoint["create"] == 1
+
+
+@pytest.mark.asyncio
+async def test_two_processes_waiting_with_one_key_make_one_create(fake, store, spawn):
+    clock = FakeClock()
+    async with (
+        frozen_client(fake, store, clock) as a,
+        frozen_client(fake, store, clock) as b,
+    ):
+        calls = [
+            spawn(c.run("core:x", authentication=None, inputs=DONE, idempotency_key="k"))
+            for c in (a, b, a, b)
+        ]
+        await eventually(lambda: a.limiter.waiting == 1 and b.limiter.waiting == 1)
+        assert await store.get("k") is None
+        await clock.advance(30.0)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    handles = [o for o in outcomes if isinstance(o, za.RunHandle)]
+    assert handles
+    assert {h.id for h in handles} == {handles[0].id}
+    # The loser's claim found the key held (or already recorded): never sent.
+    assert all(isinstance(o, (za.RunHandle, errors.OutcomeUnknownError)) for o in outcomes)
+    assert fake.stats.requests_by_endpoint["create"] == 1
+    assert fake.stats.runs_created == 1
+
+
+@pytest.mark.asyncio
+async def test_a_create_refused_with_429_frees_its_key_while_it_waits_to_retry(spawn):
+    store, clock = MemoryRunStore(), FakeClock()
+    async with FakeZapier(seed=1, clock=clock, rate_limit=(1, 60.0)) as fake:
+        async with client_for(fake, clock=clock) as spender:
+            await spender.run("core:x", authentication=None)  # the window's one request
+        # A client whose limiter has not seen the window spent: its create gets a 429.
+        async with client_for(fake, run_store=store, clock=clock, max_rate_limit_wait=None) as c:
+            task = spawn(c.run("core:x", authentication=None, inputs=DONE, idempotency_key="k"))
+            await eventually(lambda: fake.stats.rate_limited == 1 and c.limiter.waiting == 1)
+            assert await store.get("k") is None
+            await clock.advance(60.0)
+            handle = await task
+            claim = await store.get("k")
+            assert claim is not None
+            assert claim.run_id == handle.id
+        assert fake.stats.runs_created == 2
+
+
+class GatedStore(SpyStore):
+    """A `SpyStore` whose `begin` answers only once `gate` is set (a slow Redis)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.claiming = asyncio.Event()
+
+    async def begin(self, key: str) -> Claim:
+        claim = await super().begin(key)
+        self.claiming.set()
+        await self.gate.wait()
+        return claim
+
+
+@pytest.mark.asyncio
+async def test_a_caller_cancelled_while_its_key_is_claimed_sends_nothing_and_frees_it(fake, spawn):
+    store = GatedStore()
+    async with client_for(fake, run_store=store) as client:
+        task = spawn(client.run("core:x", authentication=None, idempotency_key="k"))
+        await store.claiming.wait()  # the slot is granted; the claim is on its way
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        store.gate.set()
+        await eventually(lambda: store.writes == ["begin", "fail"])
+        assert await store.get("k") is None
+        assert client.limiter.in_flight == 0
+        assert client.limiter.snapshot().grants == 0  # the slot went back unspent
+    assert fake.stats.requests_by_endpoint["create"] == 0

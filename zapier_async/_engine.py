@@ -373,9 +373,9 @@ class Engine:
         `callback_url` but without a token (`callback=True`) is tracked at the safety-net
         cadence but takes no callback.
 
-        With `idempotency_key` (needs a run store), the store decides first: a recorded run
-        is resumed, a key left ``sending`` raises `OutcomeUnknownError`, and only a fresh
-        claim sends (see `_idempotency.KeyedCreates`).
+        With `idempotency_key` (needs a run store), the store decides: a recorded run is
+        resumed, a key left ``sending`` raises `OutcomeUnknownError`, and a free key is
+        claimed once the slot is granted, right before the send (see `_idempotency`).
 
         `before_send` is called right before each attempt goes on the wire (see
         `CreateHooks.sending`); if it raises, nothing is sent and the exception is raised.

@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
@@ -162,19 +162,27 @@ class CreateHooks:
             granted its slot), so a caller can journal "this create may have reached
             Zapier" at the last moment it is known not to have. If it raises, nothing is
             sent, the slot is given back unused, and the exception reaches the caller.
+        claim: Awaited before `sending`, in the exchange's task (an idempotency key is
+            claimed in its run store only once the slot is granted). If it raises, nothing
+            is sent, the slot is given back unused, and the exception reaches the caller;
+            a caller that left meanwhile gets nothing sent and `refused` called.
+            `refused` is also called before a create's attempt that provably made no run
+            is retried, so the next attempt claims afresh.
     """
 
-    __slots__ = ("accepted", "on_wire", "refused", "sending")
+    __slots__ = ("accepted", "claim", "on_wire", "refused", "sending")
 
     def __init__(
         self,
         accepted: Orphan | None = None,
         refused: Callable[[], object] | None = None,
         sending: Callable[[], object] | None = None,
+        claim: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.accepted = accepted
         self.refused = refused
         self.sending = sending
+        self.claim = claim
         self.on_wire = False
 
 
@@ -431,6 +439,8 @@ class SendPipeline:
                     # A refused token was not a request Zapier acted on: safe to re-send once.
                     reauthorised = True
                     attempt -= 1
+                    if not request.idempotent:
+                        _call(hooks.refused)  # no run made: no claim held through the wait
                     continue
                 retry_after = parse_retry_after(
                     response.header("retry-after"), now=self._clock.time()
@@ -491,6 +501,8 @@ class SendPipeline:
                     )
                 # After a 429 the limiter froze the whole bucket until the hinted time; the
                 # next slot() waits for it (or raises RateLimitedError past the cap).
+                if not request.idempotent:
+                    _call(hooks.refused)  # no run made: no claim held through the wait
                 continue
             if response is not None:
                 if credential is None:
@@ -561,7 +573,7 @@ class SendPipeline:
         wire = _Wire()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[proto.Response | None] = loop.create_future()
-        task = loop.create_task(self._exchange(request, headers, stack, slot, wire, hooks.sending))
+        task = loop.create_task(self._exchange(request, headers, stack, slot, wire, hooks))
         task.set_name(CREATE_TASK_NAME)
         self.wire_tasks.add(task)
         task.add_done_callback(partial(self._exchange_done, waiter, request, hooks))
@@ -585,7 +597,7 @@ class SendPipeline:
         stack: contextlib.AsyncExitStack,
         slot: SlotLike,
         wire: _Wire,
-        sending: Callable[[], object] | None,
+        hooks: CreateHooks,
     ) -> proto.Response | None:
         """The exchange of `_send_on_wire`, in the pipeline's task; None if it was not sent."""
         async with stack:
@@ -595,12 +607,17 @@ class SendPipeline:
                 # aclose() waits for creates on the wire; one that was not sent yet is
                 # refused, so none is cut off by the transport closing under it.
                 raise errors.InvalidRequestError("the client is closed; nothing was sent")
-            if sending is not None:
-                try:
-                    sending()  # e.g. a journal's "maybe sent" line
-                except BaseException:
-                    _give_back(slot)  # nothing was sent: the grant is not a send
-                    raise
+            try:
+                if hooks.claim is not None:
+                    await hooks.claim()  # e.g. an idempotency key's "sending" in its store
+                    if wire.abandoned:
+                        _give_back(slot)
+                        return None  # the caller left meanwhile: not sent, `refused` frees
+                if hooks.sending is not None:
+                    hooks.sending()  # e.g. a journal's "maybe sent" line
+            except BaseException:
+                _give_back(slot)  # nothing was sent: the grant is not a send
+                raise
             try:
                 response = await self._transport.send(
                     request,

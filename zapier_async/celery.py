@@ -14,8 +14,10 @@ another. A key left *sending* by a worker that died with the create on the wire 
 told apart from one that never went out: the task fails with
 `zapier_async.errors.OutcomeUnknownError` (state ``FAILURE``, the exception in the result
 backend) and nothing is re-sent. Do not retry that error automatically; check in Zapier, or
-alert a person. (The key is *sending* from before the create's wait for the shared budget,
-so a worker killed during that wait also leaves it *unknown*, although nothing went out.)
+alert a person. (The key becomes *sending* only once the shared budget granted the create
+its slot, right before it goes on the wire: a worker killed, or a task cancelled or refused
+with `zapier_async.errors.RateLimitedError`, while waiting for the budget leaves the key
+free, and the redelivery sends.)
 
 Every worker process has one `zapier_async.SyncZapierClient`, built lazily on its first task
 (in the pool child, after the prefork pool forked it) from what `configure` recorded on the
