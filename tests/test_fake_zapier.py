@@ -698,6 +698,23 @@ async def test_slow_fault_before_create_is_dropped_if_the_client_is_gone(http):
 
 
 @pytest.mark.asyncio
+async def test_release_delayed_lets_a_held_request_go_on_now(http):
+    async with FakeZapier(slow_delay=3600.0) as fake:
+        assert fake.release_delayed() == 0
+        fake.inject("slow", endpoint="create")
+        answer = asyncio.ensure_future(create(http, fake))
+        for _ in range(100_000):  # until the server holds it (event-loop turns, not time)
+            if fake.stats.faults["slow"] == 1:
+                break
+            await asyncio.sleep(0)
+        assert fake.stats.runs_created == 0  # held before processing
+        assert not answer.done()
+        assert fake.release_delayed() == 1
+        assert (await asyncio.wait_for(answer, 10)).status == 200
+        assert fake.stats.runs_created == 1
+
+
+@pytest.mark.asyncio
 async def test_slow_fault_delays_a_real_answer(http):
     async with FakeZapier(slow_delay=0.1) as fake:
         fake.inject("slow")
@@ -713,6 +730,61 @@ async def test_latency_delays_every_answer(http):
         started = time.monotonic()
         assert (await create(http, fake)).status == 200
         assert time.monotonic() - started >= 0.05
+
+
+@pytest.mark.asyncio
+async def test_rate_limited_fault_answers_429_unprocessed_with_the_budget_headers(http):
+    clock = FakeClock()
+    async with FakeZapier(clock=clock, rate_limit=(10, 60.0), fault_retry_after=7) as fake:
+        fake.inject("rate_limited", endpoint="create")
+        refused = await create(http, fake)
+        assert_jsonapi_error(refused, 429, "throttled")
+        assert refused.headers["Retry-After"] == "7"
+        limit, remaining, reset = limit_headers(refused)
+        assert (limit, remaining) == ("10", "0")  # the headers agree with the refusal
+        assert int(reset) == WALL_START + 60
+        stats = fake.stats
+        assert stats.runs_created == 0
+        assert stats.faults["rate_limited"] == 1
+        assert stats.rate_limited == 0  # the limiter's own refusals only
+        assert stats.responses_by_status == {429: 1}
+        accepted = await create(http, fake)  # count=1: the next create goes through
+        assert accepted.status == 200
+        assert limit_headers(accepted)[:2] == ("10", "8")  # the refused one counted
+        assert fake.stats.runs_created == 1
+
+
+@pytest.mark.asyncio
+async def test_rate_limited_fault_without_a_rate_limit_or_a_retry_after(http):
+    async with FakeZapier(clock=FakeClock()) as fake:
+        fake.inject("rate_limited")  # any endpoint
+        refused = await create(http, fake)
+        assert refused.status == 429
+        assert refused.headers["Retry-After"] == "1"  # fault_retry_after's default
+        assert not any(h.startswith("X-RateLimit") for h in refused.headers)
+    async with FakeZapier(clock=FakeClock(), fault_retry_after=None) as fake:
+        fake.inject("rate_limited", endpoint="create")
+        refused = await create(http, fake)
+        assert refused.status == 429
+        assert "Retry-After" not in refused.headers
+
+
+@pytest.mark.asyncio
+async def test_rate_limited_is_drawn_only_when_asked_for_and_never_after_a_create(http):
+    assert "rate_limited" not in FakeZapier().faults  # the default set is unchanged
+    assert "slow" not in FakeZapier().faults
+    async with FakeZapier(
+        clock=FakeClock(), fault_rate=1.0, faults={"rate_limited"}, fault_after_create=1.0
+    ) as fake:
+        statuses = [(await create(http, fake, spec_body(i))).status for i in range(5)]
+        assert statuses == [429] * 5
+        assert fake.stats.runs_created == 0
+        assert fake.stats.faults["rate_limited"] == 5
+
+
+def limit_headers(answer: Answer) -> tuple[str, str, str]:
+    h = answer.headers
+    return h["X-RateLimit-Limit"], h["X-RateLimit-Remaining"], h["X-RateLimit-Reset"]
 
 
 @pytest.mark.parametrize(("after", "runs"), [(1.0, 10), (0.0, 0)])
@@ -763,6 +835,8 @@ async def test_inject_validates_its_arguments():
         fake.inject("500", endpoint="token")
     with pytest.raises(ValueError, match="after_create"):
         fake.inject("500", endpoint="poll", after_create=True)
+    with pytest.raises(ValueError, match="after_create"):  # a 429 promises nothing was done
+        fake.inject("rate_limited", endpoint="create", after_create=True)
 
 
 # ------------------------------------------------------------------------------ truth
@@ -814,7 +888,9 @@ async def test_stats_snapshot(http):
         assert stats.rate_limited == 0
         assert stats.faults["502"] == 1
         assert sum(stats.faults.values()) == 1
-        assert set(stats.faults) == {"500", "502", "503", "504", "reset", "non_json", "slow"}
+        assert set(stats.faults) == {
+            *("500", "502", "503", "504", "reset", "non_json", "slow", "rate_limited")
+        }
         # A snapshot: it does not move, and it cannot be changed.
         await poll(http, fake, run_id)
         assert stats.polls == 2

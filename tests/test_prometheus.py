@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 from _util import client_for
 
@@ -32,12 +34,14 @@ def test_scrape_of_a_demo_workload_matches_metrics():
     # One loop for the workload; the scrape happens outside it, like a scraping thread.
     import asyncio
 
-    async def workload() -> tuple[za.ZapierClient, list[str]]:
+    async def workload() -> tuple[za.ZapierClient, list[str], Mapping[str, int]]:
         async with (
-            FakeZapier(seed=9, durations=0.05) as fake,
+            # Retry-After: 0 on the injected 429, so its retry waits for nothing.
+            FakeZapier(seed=9, durations=0.05, fault_retry_after=0) as fake,
             client_for(fake, max_rate_limit_wait=None) as client,
         ):
             fake.inject("502", endpoint="poll")
+            fake.inject("rate_limited", endpoint="create")  # one 429, retried
             requests = [
                 za.RunRequest(action="core:send", authentication=None, inputs={"n": n})
                 for n in range(4)
@@ -53,9 +57,9 @@ def test_scrape_of_a_demo_workload_matches_metrics():
             assert sum(o.error is None for o in outcomes) == 4
             with pytest.raises(errors.BadRequestError):
                 await client.run("core:x", authentication=None, inputs={"__fake__": {"status": 1}})
-        return client, [o.run.id for o in outcomes if o.run is not None]
+        return client, [o.run.id for o in outcomes if o.run is not None], fake.stats.faults
 
-    client, ids = asyncio.run(workload())
+    client, ids, faults = asyncio.run(workload())
     registry = CollectorRegistry()
     registry.register(ZapierCollector(client, namespace="zapier", const_labels={"app": "demo"}))
     got = scrape(registry)
@@ -99,7 +103,8 @@ def test_scrape_of_a_demo_workload_matches_metrics():
     assert responses == expected
     assert ("action_runs.get", 502) in responses
     assert ("action_runs.create", 400) in responses
-    assert value("zapier_rate_limited_total") == m.rate_limited
+    assert value("zapier_rate_limited_total") == m.rate_limited == faults["rate_limited"] == 1
+    assert ("action_runs.create", 429) in responses
     assert value("zapier_retries_total") == m.retries
     assert value("zapier_transport_errors_total") == m.transport_errors
     assert value("zapier_limiter_waits_total") == m.limiter_waits

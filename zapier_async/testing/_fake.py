@@ -174,9 +174,16 @@ class FakeZapier:
       silently retries an idempotent request (GET) once after such a disconnect, so a single
       reset on a poll is invisible to it; inject `count=2` to make it show.
     - `"non_json"`: HTTP `non_json_status` with an HTML body.
-    - `"slow"`: the answer waits `slow_delay` seconds (real time). Before processing, the
-      request is processed after the delay only if the client is still connected; after
-      processing, the run exists and the real answer is merely late.
+    - `"slow"`: the answer waits `slow_delay` seconds (real time), or until
+      `release_delayed()`. Before processing, the request is processed after the delay only
+      if the client is still connected; after processing, the run exists and the real
+      answer is merely late.
+    - `"rate_limited"`: HTTP 429 (`throttled`), as the rate limiter refuses a request, with
+      `Retry-After: fault_retry_after` (none when that is None) and, when `rate_limit` is
+      set, the `X-RateLimit-*` headers with `Remaining: 0`. The request is not processed
+      and does not count in `stats.rate_limited` (only in `stats.faults`). It never comes
+      after a create (a 429 promises the request was not processed): `inject` refuses
+      `after_create=True` with it. Not in the default `faults`.
 
     On a create, a fault happens after the run was created with probability
     `fault_after_create` (or when injected with `after_create=True`): the run exists but
@@ -239,13 +246,15 @@ class FakeZapier:
         retry_after_format: `Retry-After` as `"seconds"` (integer, rounded up) or
             `"http-date"`.
         fault_rate: Probability that a request is hit by a fault drawn from `faults`.
-        faults: The kinds `fault_rate` draws from. Default: all but `"slow"`.
+        faults: The kinds `fault_rate` draws from. Default: all but `"slow"` and
+            `"rate_limited"` (429s come from `rate_limit`; add the kind to draw them too).
         fault_after_create: Probability that a fault drawn for a create happens after the
             run was created.
-        fault_retry_after: `Retry-After` seconds on a 503 fault that refused a request, or
-            None for no header.
+        fault_retry_after: `Retry-After` seconds on a 503 fault that refused a request and
+            on a `"rate_limited"` fault, or None for no header.
         non_json_status: The HTTP status of a `"non_json"` fault.
-        slow_delay: Seconds a `"slow"` fault delays the answer.
+        slow_delay: Seconds a `"slow"` fault delays the answer (`release_delayed()` ends
+            the delay earlier).
         record_requests: Keep every request in `requests` (turn off for long benchmarks).
         auth_server: The token endpoint (`POST /oauth/token/`, see `FakeAuthServer`): accepted
             client credentials, partner JWT keys, `token_lifetime`. Issued tokens are accepted
@@ -494,9 +503,24 @@ class FakeZapier:
 
         Raises:
             ValueError: Unknown kind or endpoint, `count < 1`, or `after_create` without
-                `endpoint="create"`.
+                `endpoint="create"` or with `"rate_limited"`.
         """
         self._injected.append(_plan(kind, count, endpoint, after_create))
+
+    def release_delayed(self) -> int:
+        """End now every delay a request is held by (a `"slow"` fault, `latency`).
+
+        Each held request goes on as if its delay had passed: one held before processing
+        is processed if its client is still connected, and answered. With a long
+        `slow_delay`, a test holds requests at the server and chooses when they go on.
+
+        Returns:
+            How many delays were ended.
+        """
+        waiters = [waiter for waiter in self._sleepers if not waiter.done()]
+        for waiter in waiters:
+            _resolve(waiter, True)
+        return len(waiters)
 
     @property
     def stats(self) -> FakeStats:
@@ -621,6 +645,9 @@ class FakeZapier:
             reply = _throttled(admission, self.clock.monotonic())
         else:
             reply = await self._serve(exchange, handler)
+            if reply is not None and reply.status == 429 and admission is not None:
+                # A "rate_limited" fault: the budget headers agree with the refusal.
+                admission = attrs.evolve(admission, remaining=0)
         if reply is None:
             return web.Response()  # the connection is gone; this is never sent
         delay = _sample(self._rng, self.latency)
@@ -657,6 +684,16 @@ class FakeZapier:
         if kind == "reset":
             _drop(request)
             return None
+        if kind == "rate_limited":
+            retry_after = self.fault_retry_after
+            retry_at = None if retry_after is None else self.clock.monotonic() + retry_after
+            return _error(
+                429,
+                "throttled",
+                "Throttled",
+                f"Request was throttled. Expected available in {retry_after or 0} seconds.",
+                retry_at=retry_at,
+            )
         if kind == "non_json":
             status = self.non_json_status
             page = f"<html><body><h1>{status}</h1><p>upstream trouble</p></body></html>"

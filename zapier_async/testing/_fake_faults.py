@@ -16,13 +16,17 @@ from zapier_async.testing._fake_wire import ENDPOINTS
 
 __all__ = ["DEFAULT_FAULTS", "FAULT_KINDS", "FaultKind"]
 
-FaultKind = Literal["500", "502", "503", "504", "reset", "non_json", "slow"]
+FaultKind = Literal["500", "502", "503", "504", "reset", "non_json", "slow", "rate_limited"]
 """What an injected fault does; see `FakeZapier`."""
 
 FAULT_KINDS: Final[frozenset[str]] = frozenset(
-    {"500", "502", "503", "504", "reset", "non_json", "slow"}
+    {"500", "502", "503", "504", "reset", "non_json", "slow", "rate_limited"}
 )
-DEFAULT_FAULTS: Final[frozenset[str]] = FAULT_KINDS - {"slow"}
+# Not drawn at random unless asked for: "slow" holds a request for real seconds, and 429s are
+# the business of `rate_limit` (a 429 drawn at random would also move every seeded draw).
+DEFAULT_FAULTS: Final[frozenset[str]] = FAULT_KINDS - {"slow", "rate_limited"}
+# Kinds that never happen after a create was processed: a 429 promises it was not.
+_BEFORE_ONLY: Final[frozenset[str]] = frozenset({"rate_limited"})
 
 _GATEWAY_ERRORS: Final[Mapping[str, tuple[int, str, str, str]]] = {
     "500": (500, "error", "APIException", "A server error occurred."),
@@ -59,6 +63,8 @@ def _plan(kind: str, count: int, endpoint: str | None, after_create: bool) -> _P
         raise ValueError(f"endpoint must be None or one of {ENDPOINTS}, got {endpoint!r}")
     if after_create and endpoint != "create":
         raise ValueError('after_create=True needs endpoint="create"')
+    if after_create and kind in _BEFORE_ONLY:
+        raise ValueError(f"{kind!r} refuses a request unprocessed: it takes no after_create")
     return _PlannedFault(kind, count, endpoint, after_create)
 
 
@@ -82,5 +88,5 @@ def _draw(
     if fault_rate > 0 and faults and rng.random() < fault_rate:
         kind = rng.choice(sorted(faults))  # sorted: set order varies by run
         after = endpoint == "create" and rng.random() < fault_after_create
-        return kind, after
+        return kind, after and kind not in _BEFORE_ONLY
     return None

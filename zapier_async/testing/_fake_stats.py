@@ -23,7 +23,8 @@ class FakeStats:
             and `"other"` (unrouted paths and wrong methods).
         responses_by_status: Responses sent, by HTTP status. A dropped connection (`reset`
             fault, or a `slow` request whose client gave up) is not a response.
-        rate_limited: Requests refused with 429 by the rate limiter.
+        rate_limited: Requests refused with 429 by the rate limiter (a `"rate_limited"`
+            fault counts in `faults` instead).
         faults: Faults that hit a request, by kind; has every kind, zero or not.
         runs_created: Runs created.
         duplicate_submissions: Accepted creates whose `data` (canonical JSON, sorted keys)
