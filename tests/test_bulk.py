@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from _util import client_for, until
+from _util import client_for, eventually, until
 
 import zapier_async as za
 from zapier_async import errors
 from zapier_async._bulk import WORKER_TASK_NAME
-from zapier_async.testing import FakeZapier
+from zapier_async.journal import JournalState
+from zapier_async.testing import FakeClock, FakeZapier
 
 
 def request(i: int, **inputs: Any) -> za.RunRequest:
@@ -304,3 +305,106 @@ def test_run_many_refuses_an_object_that_is_not_a_client_or_view():
     with pytest.raises(errors.InvalidRequestError) as caught:
         RunMany(object(), [])  # type: ignore[arg-type]
     assert caught.value.field == "client"
+
+
+class RecordingJournal:
+    """A `Journal` that keeps in memory what `run_many` told it."""
+
+    def __init__(self) -> None:
+        self.sent: set[Any] = set()
+        self.accepted: dict[Any, str] = {}
+        self.tokens: dict[Any, str | None] = {}
+
+    def load(self) -> JournalState:
+        return JournalState()
+
+    def sending(self, key: Any) -> None:
+        self.sent.add(key)
+
+    def submitted(self, key: Any, run_id: str, token: str | None) -> None:
+        self.accepted[key] = run_id
+        self.tokens[key] = token
+
+    def finished(self, key: Any, *, ok: bool, run_id: str | None, error: str | None) -> None:
+        raise AssertionError("no outcome was handed over")
+
+
+@pytest.mark.asyncio
+async def test_creates_on_the_wire_when_the_job_stops_are_reported_by_run_id_once_accepted():
+    # Three creates are held at the emulator (a long "slow" fault, released by the test),
+    # two are accepted at once, two items wait for a slot the client's budget does not give:
+    # the job is closed then. The held creates finish in the client's tasks (orphaned runs);
+    # `unfinished()` must say "outcome unknown" while they are on the wire and give their run
+    # ids once accepted, so a retry of what it calls "not sent" duplicates nothing.
+    items = [request(i, __fake__={"duration": 3600}) for i in range(12)]
+    clock = FakeClock()  # no poll is due unless the test moves it
+    async with FakeZapier(seed=3, slow_delay=3600.0, record_requests=False) as fake:
+        fake.inject("slow", endpoint="create", count=3)  # held before processing
+        limiter = za.Limiter(
+            clock=clock, rate=(5, 3600.0), spend_window=True, interactive_reserve=0
+        )
+        async with client_for(fake, clock=clock, limiter=limiter) as client:
+            submitted: list[str] = []
+            journal = RecordingJournal()
+            job = client.run_many(
+                iter(items),
+                concurrency=7,
+                on_submitted=lambda i, r, run_id: submitted.append(run_id),
+                journal=journal,
+            )
+            consumer = asyncio.create_task(anext(job))
+            await until(lambda: fake.stats.faults["slow"] == 3 and len(submitted) == 2)
+            await until(lambda: job.taken == 7)
+            consumer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await consumer
+            await job.aclose()
+            assert live_workers() == 0
+
+            on_the_wire = job.unfinished()
+            assert len(on_the_wire) == 7
+            unknown = [o for o in on_the_wire if isinstance(o.error, errors.OutcomeUnknownError)]
+            assert len(unknown) == 3
+            assert all(o.run_id is None for o in unknown)
+            accepted = {o.run_id for o in on_the_wire if o.run_id is not None}
+            assert accepted == {r.id for r in fake.runs()}
+            assert len(accepted) == 2
+
+            assert fake.release_delayed() == 3
+            await eventually(lambda: len(client.orphaned_runs) == 3)
+            assert fake.stats.runs_created == 5
+            unfinished = job.unfinished()
+            assert [o.index for o in unfinished] == [o.index for o in on_the_wire]
+            by_id = {o.run_id: o for o in unfinished if o.run_id is not None}
+            # Every run Zapier accepted is reported by its id, the orphaned ones included.
+            assert set(by_id) == {r.id for r in fake.runs()}
+            assert {h.id for h in client.orphaned_runs} <= set(by_id)
+            for run_id, outcome in by_id.items():
+                assert isinstance(outcome.error, errors.RunDetachedError)
+                assert fake.run(run_id).inputs["i"] == outcome.key  # the right item's run
+                assert client.resume(run_id) is not None  # still followed by the client
+            # The hook and the journal learnt the late ids too (a resumed job follows them).
+            assert sorted(submitted) == sorted(by_id)
+            assert journal.accepted == {o.key: o.run_id for o in by_id.values()}
+            assert journal.sent == set(journal.accepted)  # the five creates that went out
+            for key, token in journal.tokens.items():  # resumable from the journal
+                assert token is not None
+                assert client.resume(token).id == journal.accepted[key]
+            not_sent = [o for o in unfinished if o.run_id is None]
+            assert len(not_sent) == 2
+            assert all(isinstance(o.error, errors.InvalidRequestError) for o in not_sent)
+        # A later invocation retries what was never sent: the unfinished items not sent,
+        # and the items never taken from the input. Nothing is created twice.
+        retry = [o.request for o in not_sent] + items[job.taken :]
+        async with client_for(fake) as client:
+            outcomes = [
+                o
+                async for o in client.run_many(
+                    retry, concurrency=4, on_submitted=lambda i, r, run_id: fake.complete(run_id)
+                )
+            ]
+            assert len(outcomes) == 7
+            assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
+    assert fake.stats.runs_created == 12
+    assert fake.stats.duplicate_submissions == 0
+    assert sorted(r.inputs["i"] for r in fake.runs()) == list(range(12))
