@@ -284,14 +284,21 @@ async def test_two_processes_waiting_with_one_key_make_one_create(fake, store, s
 
 @pytest.mark.asyncio
 async def test_a_create_refused_with_429_frees_its_key_while_it_waits_to_retry(spawn):
-    store, clock = MemoryRunStore(), FakeClock()
+    store, clock = SpyStore(), FakeClock()
     async with FakeZapier(seed=1, clock=clock, rate_limit=(1, 60.0)) as fake:
         async with client_for(fake, clock=clock) as spender:
             await spender.run("core:x", authentication=None)  # the window's one request
         # A client whose limiter has not seen the window spent: its create gets a 429.
         async with client_for(fake, run_store=store, clock=clock, max_rate_limit_wait=None) as c:
             task = spawn(c.run("core:x", authentication=None, inputs=DONE, idempotency_key="k"))
-            await eventually(lambda: fake.stats.rate_limited == 1 and c.limiter.waiting == 1)
+            # The key is freed by a write the client's own task makes: wait for that write.
+            await eventually(
+                lambda: (
+                    fake.stats.rate_limited == 1
+                    and c.limiter.waiting == 1
+                    and store.writes == ["begin", "fail"]
+                )
+            )
             assert await store.get("k") is None
             await clock.advance(60.0)
             handle = await task

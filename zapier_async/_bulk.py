@@ -22,10 +22,10 @@ outcome-unknown, so nothing Zapier accepted is lost and nothing is sent twice.
 
 A create on the wire when the job stops is not cut off: it finishes in the client's own task
 and, if Zapier accepted it, the client follows the run and lists it in
-`ZapierClient.orphaned_runs`. The job watches that task (the one ``before_send`` ran in, which
-is the one whose result is the answer): once the answer names the run, the item's entry in
-`unfinished()` turns from outcome-unknown into that run id, and ``on_submitted`` and the
-journal's ``submitted`` are called for it as for any accepted run, late as it is. A caller
+`ZapierClient.orphaned_runs`. The engine hands that run to the job (``on_orphan``): the
+item's entry in `unfinished()` turns from outcome-unknown into that run id, and
+``on_submitted`` and the journal's ``submitted`` are called for it as for any accepted run,
+late as it is. A caller
 who persists `unfinished()` should wait for `ZapierClient.orphaned_runs` (or close the
 client, which waits for creates on the wire) if it wants ids rather than outcome-unknown.
 
@@ -236,7 +236,7 @@ class Outcome:
 class _Live:
     """An item taken from the input whose outcome was not handed to the consumer yet."""
 
-    __slots__ = ("item", "key", "request", "run_id", "sent", "wire")
+    __slots__ = ("item", "key", "request", "run_id", "sent")
 
     def __init__(self, item: object) -> None:
         self.item = item
@@ -244,9 +244,6 @@ class _Live:
         self.run_id: str | None = None
         self.sent = False  # the create may have reached Zapier
         self.key: JournalKey | None = None  # journaled under this key (journal= only)
-        # The client's task that sent the latest attempt of the create (before_send runs in
-        # it, and its result is the answer): watched if the job stops while it is on the wire.
-        self.wire: asyncio.Task[Any] | None = None
 
 
 class _Job:
@@ -384,14 +381,9 @@ class _Job:
         if self.refusal is not None:
             return Outcome(index=index, request=request, error=copy.copy(self.refusal))
 
-        worker = asyncio.current_task()
-
         def sending() -> None:
             if self.refusal is not None:
                 raise _Refused  # nothing was sent; the limiter's slot is released unused
-            task = asyncio.current_task()
-            if task is not worker:  # sent from the client's task, which outlives a cancel
-                live.wire = task
             if live.sent:
                 return  # a re-send (after a connect error or a 429): journaled already
             if self.on_sending is not None:
@@ -409,14 +401,12 @@ class _Job:
                 auth=self.credential,
                 callback_token=callback_token,
                 before_send=sending,
+                on_orphan=partial(self._orphan_accepted, index, request, live),
             )
         except _Refused:
             live.sent = False
             assert self.refusal is not None
             return Outcome(index=index, request=request, error=copy.copy(self.refusal))
-        except asyncio.CancelledError:
-            self._watch_orphan(index, request, live, wire)
-            raise
         except Exception as exc:
             if isinstance(exc, _JOB_WIDE_REFUSALS):
                 self._stop_sending(exc)
@@ -439,41 +429,12 @@ class _Job:
             except Exception:
                 logger.exception("the journal could not record run %s", run_id)
 
-    def _watch_orphan(
-        self, index: int, request: RunRequest, live: _Live, wire: proto.Request
+    def _orphan_accepted(
+        self, index: int, request: RunRequest, live: _Live, handle: RunHandle
     ) -> None:
-        """The job stopped while the item's create was on the wire: learn its run id when the
-        client's task that sent it gets the answer (see "A create on the wire" above)."""
-        task = live.wire
-        if not live.sent or task is None:
-            return
-        answered = partial(self._orphan_answered, index, request, live, wire)
-        if task.done():
-            answered(task)  # the answer was in: the client took the run already
-        else:
-            # Runs after the pipeline's own callback, which tracks the run (orphaned_runs).
-            task.add_done_callback(answered)
-
-    def _orphan_answered(
-        self,
-        index: int,
-        request: RunRequest,
-        live: _Live,
-        wire: proto.Request,
-        task: asyncio.Task[Any],
-    ) -> None:
-        """The answer to a create whose worker was cancelled: its run id, if it names one."""
-        if task.cancelled() or task.exception() is not None or live.run_id is not None:
-            return  # no answer: the outcome stays unknown
-        response = task.result()
-        if not isinstance(response, proto.Response) or not 200 <= response.status < 300:
-            return  # refused, or not sent: reported as outcome unknown all the same
-        try:
-            run_id = proto.parse_created_run(response, wire)
-        except errors.ZapierError:
-            return  # the client could not tell the id either (it logged it)
-        handle = next((h for h in reversed(self.engine.orphans) if h.id == run_id), None)
-        if handle is not None:
+        """Zapier accepted the create of an item whose worker was cancelled while it was on
+        the wire (see "A create on the wire" above): the item is reported by its run id."""
+        if live.run_id is None:
             self._submitted(index, request, live, handle)
 
     async def _follow(self, index: int, request: RunRequest, handle: RunHandle) -> Outcome:

@@ -359,6 +359,7 @@ class Engine:
         idempotency_key: str | None = None,
         deadline: float | None = None,
         before_send: Callable[[], object] | None = None,
+        on_orphan: Callable[[RunHandle], object] | None = None,
     ) -> RunHandle:
         """Send a run-creating request and track the run it created.
 
@@ -379,6 +380,10 @@ class Engine:
 
         `before_send` is called right before each attempt goes on the wire (see
         `CreateHooks.sending`); if it raises, nothing is sent and the exception is raised.
+
+        `on_orphan` is called with the handle of a run created for a caller that was
+        cancelled while its create was on the wire (it is in `orphaned_runs`), so the caller's
+        owner (a bulk job) learns the id of the run it gave up on.
         """
         created = partial(
             self._created,
@@ -389,6 +394,7 @@ class Engine:
             callback=callback,
             callback_token=callback_token,
             submitted_at=self.clock.monotonic(),
+            on_orphan=on_orphan,
         )
         promise: list[Any] | None = None
         if priority is Priority.INTERACTIVE and (deadline is not None or max_wait is not None):
@@ -534,11 +540,12 @@ class Engine:
         callback_token: str | None,
         submitted_at: float,
         orphaned: bool = False,
+        on_orphan: Callable[[RunHandle], object] | None = None,
     ) -> RunHandle:
         """Track the run a 2xx answer to a create names, and announce it ("started").
 
         `orphaned`: its caller was cancelled while the create was on the wire (see
-        `orphaned_runs`); the run is followed all the same, and logged.
+        `orphaned_runs`); the run is followed all the same, logged, and given to `on_orphan`.
 
         Raises:
             OutcomeUnknownError: The answer names no usable run id.
@@ -584,6 +591,11 @@ class Engine:
                 "the client was closed" if self._closed else "it is followed to its end",
                 extra={"run_id": handle.id, "action": request.poll_key},
             )
+            if on_orphan is not None:
+                try:
+                    on_orphan(handle)
+                except Exception:
+                    logger.exception("on_orphan failed for run %s", handle.id)
         return handle
 
     # --- tracking -----------------------------------------------------------------------------
