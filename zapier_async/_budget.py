@@ -515,6 +515,27 @@ class Budget:
                 return max(earliest, probe)
         return max(earliest, w.hi)
 
+    def spare(self, now: float) -> tuple[int, float, int] | None:
+        """Requests the window holds that background work may spend, from when nothing else
+        is entitled to them, and which window that is: ``(count, at, window)`` (``window``
+        tells windows apart); None when no window is known or nothing is left beyond the
+        boundary probes. Call after `advance`.
+
+        With ``spend_window`` the interactive reserve is released to background work just
+        before the window may end (``at``); whatever is still unspent then expires with the
+        window, so optional work (a read ahead of its plan) costs nothing there. Without
+        ``spend_window`` the budget is paced to its end: nothing is spare.
+        """
+        if not self._config.spend_window or self._mode != WINDOW or self._frozen_until:
+            return None
+        w = self._window
+        assert w is not None
+        start, probes = self._plan(w)
+        spendable = self._available(w) - len(probes)
+        if spendable <= 0:
+            return None
+        return spendable, start - max(4 * self._rtt, self._token_time(w)), w.opened_at
+
     def estimate(
         self, now: float, position: int, priority: Priority = Priority.INTERACTIVE
     ) -> float:

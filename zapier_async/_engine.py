@@ -64,6 +64,7 @@ from ._pipeline import (
 from ._polling import AdaptivePolling
 from ._ratelimit import parse_retry_after
 from ._scheduler import Poller
+from ._spare import SpareReads
 from .models import Run, RunStatus
 
 if TYPE_CHECKING:
@@ -167,6 +168,8 @@ class Engine:
             bucket_of=_credential_of,
         )
         self.handles: weakref.WeakValueDictionary[str, RunHandle] = weakref.WeakValueDictionary()
+        # Reads ahead of plan on budget a window would lose (see `_spare`).
+        self.spare = SpareReads(limiter, self.poller, self._polling, clock.monotonic)
         # Runs Zapier created for callers cancelled while their create was on the wire.
         self.orphans: collections.deque[RunHandle] = collections.deque(maxlen=MAX_ORPHANS)
         # The client's own credential spends the limiter's default bucket (id None).
@@ -244,6 +247,7 @@ class Engine:
             if self.keyed.background:
                 await asyncio.wait(set(self.keyed.background), timeout=self._request_timeout)
         finally:
+            self.spare.close()
             await self.poller.aclose()
             for handle in list(self.handles.values()):
                 if not handle.done():
@@ -622,11 +626,11 @@ class Engine:
             handle.via_callback = True
             if first_delay is None:
                 first_delay = self._callback_polling.delay(0, self._rng)
+        bucket = self.read_key(locator, auth)
         if first_delay is None:
-            first_delay = self._polling.first_delay(
-                handle, poll_key, self._rng, bucket=self.read_key(locator, auth)
-            )
+            first_delay = self._polling.first_delay(handle, poll_key, self._rng, bucket=bucket)
         self.poller.schedule(handle, first_delay)
+        self.spare.follow(handle, bucket)
         return handle
 
     def resume(
@@ -748,6 +752,7 @@ class Engine:
         previous = handle.status
         handle._update(run)
         self.metrics.run_read(handle, previous, run)
+        self.spare.read(handle)
         elapsed = answered_at - handle.created_at
         if handle.done():
             # When the read was granted, not asked for: a wait for the budget is not duration.

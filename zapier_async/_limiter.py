@@ -408,6 +408,18 @@ class Limiter(AsyncCloseable):
         ahead = bucket.ahead(priority) if bucket is not None else 0
         return budget.estimate(now, ahead + max(n, 1), Priority(priority))
 
+    def spare(self, key: Hashable = None) -> tuple[int, float, int] | None:
+        """Requests of a key's window that nobody waits for and that background work may
+        spend from ``at`` on (monotonic), and the window's identity: ``(count, at,
+        window)``, or None (see `Budget.spare`).
+        Read-only; with ``spend_window`` only (the client's own limiter)."""
+        bucket, budget, now = self._look(key)
+        found = budget.spare(now)
+        if found is None:
+            return None
+        count = found[0] - (bucket.waiting() if bucket is not None else 0)
+        return (count, found[1], found[2]) if count > 0 else None
+
     @property
     def max_server_wait(self) -> float:
         """The cap on any server-dictated wait, in seconds."""

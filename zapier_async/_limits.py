@@ -24,6 +24,7 @@ __all__ = [
     "estimate_wait_of",
     "pressure_of",
     "slot_for",
+    "spare_of",
 ]
 
 logger = logging.getLogger("zapier_async")
@@ -294,6 +295,12 @@ def pressure_of(
     """``limiter.pressure(key)``, or None for a limiter that cannot tell."""
     method = getattr(limiter, "pressure", None)
     return None if method is None else method(key, priority=priority)
+
+
+def spare_of(limiter: LimiterLike, key: Hashable = None) -> tuple[int, float, int] | None:
+    """``limiter.spare(key)``, or None for a limiter that cannot tell (nothing is spare)."""
+    method = getattr(limiter, "spare", None)
+    return None if method is None else method(key)
 
 
 def estimate_wait_of(

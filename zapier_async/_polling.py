@@ -235,6 +235,21 @@ def _trim(
     return bounds, masses
 
 
+def _cdf(bounds: list[float], masses: list[float], t: float) -> float:
+    """F(t) of a cell distribution (mass uniform within each finite cell)."""
+    total = 0.0
+    for i, m in enumerate(masses):
+        lo, hi = bounds[i], bounds[i + 1]
+        if t >= hi:
+            total += m
+        elif t > lo and math.isfinite(hi):
+            total += m * (t - lo) / (hi - lo)
+            break
+        else:
+            break
+    return min(total, 1.0)
+
+
 def expect(
     bounds: list[float], masses: list[float], plan: tuple[float, ...] | list[float]
 ) -> tuple[float, float, float]:
@@ -642,6 +657,28 @@ class AdaptivePolling:
         if self.pressure is None and self.pressure_of is None:
             return expect(*(state.estimate or ([0.0, 1.0], [1.0])), state.plan)[0]
         return self._options(state)[level][0]
+
+    def chance_ended(self, handle: RunHandle, elapsed: float) -> float | None:
+        """How likely the run has ended by `elapsed` seconds after its create, given that
+        its last poll found it still going (from its action's estimate; mass uniform within
+        a cell). None: nothing is learnt of its action yet."""
+        record = self._records.get(handle)
+        state = self._actions.get(record.key) if record and record.key else None
+        if record is None or state is None or state.estimate is None:
+            return None
+        bounds, masses = state.estimate
+        before = _cdf(bounds, masses, record.pending_at)
+        if before >= 1.0:
+            return 1.0
+        return max(_cdf(bounds, masses, elapsed) - before, 0.0) / (1.0 - before)
+
+    def polled_early(self, handle: RunHandle) -> None:
+        """The run is read ahead of its plan (on budget that would expire unspent): its
+        answer teaches the estimate, but not the bound cold cadence (whose rule is about
+        polls sent when it planned them)."""
+        record = self._records.get(handle)
+        if record is not None and record.plan is None and handle.poll_attempts == 0:
+            record.skew = 1
 
     def record(self, handle: RunHandle) -> PollRecord | None:
         """The planner's record of a run, or None (for tests and debugging)."""
