@@ -13,7 +13,7 @@ from _util import client_for, eventually
 
 import zapier_async as za
 from zapier_async import errors
-from zapier_async._runstore import Claim, MemoryRunStore
+from zapier_async._runstore import Claim, MemoryRunStore, RunStore
 from zapier_async.testing import FakeClock, FakeZapier
 
 DONE = {"__fake__": {"results": [{"ok": True}]}}
@@ -42,10 +42,7 @@ async def test_a_second_call_with_the_same_key_resumes_the_same_run(fake, store)
         again = await client.run("core:x", authentication=None, inputs=DONE, idempotency_key="k")
         assert again.id == first.id
         assert (await again).status is za.RunStatus.SUCCESS
-        claim = await store.get("k")
-        assert claim is not None
-        assert claim.state == "resume"
-        assert claim.run_id == first.id
+        await assert_recorded(store, "k", first.id)
     assert fake.stats.runs_created == 1
 
 
@@ -165,6 +162,14 @@ async def test_views_and_stored_actions_take_idempotency_keys(fake):
 # --- the key is claimed only once the limiter granted the create its slot -----------------
 
 
+async def assert_recorded(store: RunStore, key: str, run_id: str) -> None:
+    """The store holds `key` as done: later calls resume run `run_id`."""
+    claim = await store.get(key)
+    assert claim is not None
+    assert claim.state == "resume"
+    assert claim.run_id == run_id
+
+
 class SpyStore(MemoryRunStore):
     """A `MemoryRunStore` that lists the writes made to it."""
 
@@ -213,10 +218,7 @@ async def test_a_create_waiting_for_the_budget_leaves_its_key_unclaimed(fake, st
         assert await store.get("k") is None
         await clock.advance(30.0)
         handle = await task
-        claim = await store.get("k")
-        assert claim is not None
-        assert claim.state == "resume"
-        assert claim.run_id == handle.id
+        await assert_recorded(store, "k", handle.id)
     assert fake.stats.runs_created == 1
 
 
@@ -302,9 +304,7 @@ async def test_a_create_refused_with_429_frees_its_key_while_it_waits_to_retry(s
             assert await store.get("k") is None
             await clock.advance(60.0)
             handle = await task
-            claim = await store.get("k")
-            assert claim is not None
-            assert claim.run_id == handle.id
+            await assert_recorded(store, "k", handle.id)
         assert fake.stats.runs_created == 2
 
 
