@@ -214,7 +214,7 @@ def test_a_bucket_whose_runs_ended_is_forgotten() -> None:
     assert [t for t in poller.timers if not t.cancelled]
     for run in runs:
         run._done = True
-        spare.read(run)  # type: ignore[arg-type]
+        spare.read(run, "user")  # type: ignore[arg-type]
     assert spare._runs == {}
     assert spare._armed == {}  # its timer is cancelled with it
     assert not [t for t in poller.timers if not t.cancelled]

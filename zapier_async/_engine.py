@@ -712,13 +712,14 @@ class Engine:
         handle.poll_attempts += 1
         sent_at = self.clock.monotonic()
         credential = handle.credential
+        auth = credential if isinstance(credential, Credential) else None
         timing = SendTiming()
         try:
             response = await self.send(
                 request,
                 priority=priority,
                 max_wait=None,
-                auth=credential if isinstance(credential, Credential) else None,
+                auth=auth,
                 timing=timing,
                 first=first,
             )
@@ -752,7 +753,7 @@ class Engine:
         previous = handle.status
         handle._update(run)
         self.metrics.run_read(handle, previous, run)
-        self.spare.read(handle)
+        self.spare.read(handle, self.read_key(handle.locator, auth))
         elapsed = answered_at - handle.created_at
         if handle.done():
             # When the read was granted, not asked for: a wait for the budget is not duration.

@@ -29,7 +29,6 @@ leaves this idle. Pure bookkeeping plus one timer per bucket with runs; no task 
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Protocol
 
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SpareReads"]
 
-_NONE = object()
 _SWEEP_EVERY = 1024  # follows between two sweeps of buckets left with no runs
 
 
@@ -93,12 +91,12 @@ class SpareReads:
         self._monotonic = monotonic
         self.min_chance = min_chance
         self.unlearnt_chance = unlearnt_chance
-        self._runs: dict[Hashable, weakref.WeakSet[RunHandle]] = {}
+        # The runs being followed, per bucket. Plain sets (a weak set costs kilobytes per
+        # user when thousands of users have a run each): ended runs leave at their last read,
+        # when their bucket's spare budget is handed out, or at the next sweep.
+        self._runs: dict[Hashable, set[RunHandle]] = {}
         self._armed: dict[Hashable, tuple[int, _Timer]] = {}  # (window, its timer)
         self._spent: dict[Hashable, int] = {}  # the window whose spare was offered, per bucket
-        self._bucket_of: weakref.WeakKeyDictionary[RunHandle, Hashable] = (
-            weakref.WeakKeyDictionary()
-        )
         self._follows = 0
         self.reads = 0  # runs read early (for metrics and tests)
 
@@ -106,22 +104,15 @@ class SpareReads:
         """`handle`'s reads spend `bucket`: it may be read early on that bucket's spare."""
         runs = self._runs.get(bucket)
         if runs is None:
-            runs = self._runs[bucket] = weakref.WeakSet()
+            runs = self._runs[bucket] = set()
         runs.add(handle)
-        self._bucket_of[handle] = bucket
         self._follows += 1
         if self._follows % _SWEEP_EVERY == 0:
-            # Buckets whose runs all went without a last read here (ended by a callback,
-            # dropped by their owner) are forgotten: memory stays bounded over days.
-            for key in [k for k, v in self._runs.items() if not v]:
-                self._forget(key)
+            self._sweep()
         self.check(bucket)
 
-    def read(self, handle: RunHandle) -> None:
-        """A read of `handle` was answered: look at its bucket's budget again."""
-        bucket = self._bucket_of.get(handle, _NONE)
-        if bucket is _NONE:
-            return
+    def read(self, handle: RunHandle, bucket: Hashable) -> None:
+        """A read of `handle` (spending `bucket`) was answered: look at the budget again."""
         if handle.done():
             runs = self._runs.get(bucket)
             if runs is not None:
@@ -152,6 +143,14 @@ class SpareReads:
             self._disarm(bucket)
         self._runs.clear()
 
+    def _sweep(self) -> None:
+        """Drop runs that ended without a last read here (a callback, a detach) and the
+        buckets left with none: memory stays bounded over days."""
+        for bucket, runs in list(self._runs.items()):
+            runs.difference_update([h for h in runs if h.done()])
+            if not runs:
+                self._forget(bucket)
+
     def _forget(self, bucket: Hashable) -> None:
         self._runs.pop(bucket, None)
         self._spent.pop(bucket, None)
@@ -178,9 +177,12 @@ class SpareReads:
             return
         self._spent[bucket] = window
         ranked: list[tuple[float, float, RunHandle]] = []
-        for handle in runs:
-            if handle.done() or handle.timer is None:
-                continue  # ended, or a read is on its way
+        for handle in list(runs):
+            if handle.done():
+                runs.discard(handle)
+                continue
+            if handle.timer is None:
+                continue  # a read is on its way
             elapsed = now - handle.created_at
             chance = self._planner.chance_ended(handle, elapsed)
             if chance is None:
