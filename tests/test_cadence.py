@@ -10,9 +10,10 @@ import attrs
 import pytest
 
 from tests import cadence_sim as sim
-from zapier_async._backoff import PollPolicy
-from zapier_async._cadence import BudgetPrice, best_level, window_rate
+from zapier_async._backoff import PollPolicy, RetryPolicy
+from zapier_async._cadence import BudgetPrice, ReadCadence, best_level, window_rate
 from zapier_async._polling import AdaptivePolling, expect
+from zapier_async._runs import CallbackPolling, LongPoll
 
 
 @attrs.frozen
@@ -385,3 +386,91 @@ def test_expect_polls_lag_and_mean_of_a_plan() -> None:
     assert mean == pytest.approx(0.5)
     polls, lag, _ = expect(bounds, masses, (1.0,))
     assert (polls, lag) == (pytest.approx(1.0), pytest.approx(0.5))
+
+
+# --- ReadCadence: the one place that decides when a run is read next ---------------------------
+
+
+class _Planner:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def first_delay(self, handle: Any, key: str | None, rng: Any, *, bucket: Any = None) -> float:
+        self.calls.append(("first", key, bucket))
+        return 1.5
+
+    def next_delay(
+        self, handle: Any, attempt: int, elapsed: float, rng: Any, *, hint: float | None
+    ) -> float:
+        self.calls.append(("next", attempt, elapsed, hint))
+        return 2.5
+
+
+def _reads(**kwargs: Any) -> tuple[ReadCadence, _Planner]:
+    planner = _Planner()
+    options: dict[str, Any] = {
+        "planner": planner,
+        "callback": CallbackPolling(first_delay=45.0, interval=120.0, jitter=0.0),
+        "long_poll": LongPoll(wait_seconds=20.0, early_pause=1.0),
+        "retry": RetryPolicy(base=1.0, cap=8.0),
+        "max_failures": 3,
+    }
+    options.update(kwargs)
+    return ReadCadence(**options), planner
+
+
+def test_read_cadence_first_read_is_the_safety_net_or_the_plan() -> None:
+    reads, planner = _reads()
+    rng = random.Random(1)
+    assert reads.first(_Handle(), "a", rng, bucket="user", callback=True) == 45.0
+    assert planner.calls == []
+    assert reads.first(_Handle(), "a", rng, bucket="user", callback=False) == 1.5
+    assert planner.calls == [("first", "a", "user")]
+
+
+def test_read_cadence_long_polls_only_actions_api_runs_without_a_callback() -> None:
+    reads, _ = _reads()
+    assert reads.long_polls("actions_v1", callback=False) is reads.long_poll
+    assert reads.long_polls("actions_v1", callback=True) is None
+    assert reads.long_polls("action_run", callback=False) is None
+    assert _reads(long_poll=None)[0].long_polls("actions_v1", callback=False) is None
+
+
+def test_read_cadence_after_a_read_that_found_the_run_going() -> None:
+    reads, planner = _reads()
+    rng = random.Random(1)
+    common: dict[str, Any] = {"elapsed": 3.0, "rng": rng, "retry_after": None}
+    # The callback's safety net, whatever the plan says.
+    got = reads.after_read(
+        _Handle(), attempt=1, hint=None, callback=True, long_polled=False, read_took=0.1, **common
+    )
+    assert got == 120.0
+    # A long poll's early 202: pause (Retry-After, else early_pause); a full wait: at once.
+    early = {"attempt": 1, "callback": False, "long_polled": True, "read_took": 2.0}
+    assert reads.after_read(_Handle(), hint=None, **early, **common) == 1.0
+    assert reads.after_read(_Handle(), hint=None, **{**early, "read_took": 19.0}, **common) == 0
+    with_retry_after = {**common, "retry_after": 4.0}
+    assert reads.after_read(_Handle(), hint=None, **early, **with_retry_after) == 4.0
+    assert reads.after_read(_Handle(), hint=7.0, **early, **common) == 7.0  # the hint wins
+    # Otherwise the plan, given the hint to weigh.
+    assert (
+        reads.after_read(
+            _Handle(),
+            attempt=2,
+            hint=0.5,
+            callback=False,
+            long_polled=False,
+            read_took=0.1,
+            **common,
+        )
+        == 2.5
+    )
+    assert planner.calls == [("next", 2, 3.0, 0.5)]
+
+
+def test_read_cadence_retries_a_failed_read_until_the_failures_allowed() -> None:
+    reads, _ = _reads()
+    rng = random.Random(1)
+    delays = [reads.after_failure(n, rng) for n in (1, 2)]
+    assert all(d is not None and 0.0 <= d <= 8.0 for d in delays)
+    assert reads.after_failure(3, rng) is None  # given up at max_failures

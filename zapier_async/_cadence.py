@@ -40,6 +40,12 @@ not sent, and when a job's requests fill its last window exactly each costs a wh
 The feedback above remains for limiters that do not report them and for runs with no plan
 yet.
 
+**When a run is read next** is decided in one place, `ReadCadence`: the first read (the
+callback safety net, or the planner), whether a read is a long poll, the next read after an
+answer that found the run still going (the safety net, the long poll's rule, or the
+planner's plan, a server's hint winning), and the next read after a failed one (the retry
+policy, up to the failures allowed). The engine only sends the reads and reports answers.
+
 Pure: no clock, no I/O.
 """
 
@@ -47,11 +53,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
-__all__ = ["BudgetPrice", "PollRecord", "PressureLike", "best_level", "window_rate"]
+from ._backoff import RetryPolicy, SupportsRandom
+from ._runs import CallbackPolling, LongPoll
+
+__all__ = [
+    "BudgetPrice",
+    "PollRecord",
+    "PressureLike",
+    "ReadCadence",
+    "best_level",
+    "window_rate",
+]
 
 
 class PressureLike(Protocol):
@@ -205,3 +221,98 @@ def best_level(
         if tp > best_tp * (1.0 + 1e-9):
             best, best_tp = i, tp
     return best
+
+
+class Planner(Protocol):
+    """The learnt plans `ReadCadence` follows (`zapier_async._polling.AdaptivePolling`)."""
+
+    def first_delay(
+        self, handle: Any, key: str | None, rng: SupportsRandom, *, bucket: Hashable = None
+    ) -> float: ...
+
+    def next_delay(
+        self,
+        handle: Any,
+        attempt: int,
+        elapsed: float,
+        rng: SupportsRandom,
+        *,
+        hint: float | None,
+    ) -> float: ...
+
+
+@attrs.define(kw_only=True, eq=False)
+class ReadCadence:
+    """When a run is read next: the one place that decides it (see the module docstring).
+
+    Args:
+        planner: Plans the reads of polled runs from their action's learnt durations.
+        callback: The safety-net cadence of runs that take a completion callback.
+        long_poll: Long-poll reads of Actions API runs, or None.
+        retry: The backoff after a failed read.
+        max_failures: Consecutive failed reads after which a run is given up.
+    """
+
+    planner: Planner
+    callback: CallbackPolling
+    long_poll: LongPoll | None
+    retry: RetryPolicy
+    max_failures: int
+
+    def first(
+        self,
+        handle: Any,
+        key: str | None,
+        rng: SupportsRandom,
+        *,
+        bucket: Hashable,
+        callback: bool,
+    ) -> float:
+        """The delay before a new run's first read."""
+        if callback:
+            return self.callback.delay(0, rng)
+        return self.planner.first_delay(handle, key, rng, bucket=bucket)
+
+    def long_polls(self, kind: str, *, callback: bool) -> LongPoll | None:
+        """The long poll a read of a run of `kind` makes, or None for a plain read."""
+        if self.long_poll is not None and kind == "actions_v1" and not callback:
+            return self.long_poll
+        return None
+
+    def after_read(
+        self,
+        handle: Any,
+        *,
+        attempt: int,
+        elapsed: float,
+        rng: SupportsRandom,
+        hint: float | None,
+        callback: bool,
+        long_polled: bool,
+        read_took: float,
+        retry_after: float | None,
+    ) -> float:
+        """The delay before the next read of a run a read found still going.
+
+        Args:
+            attempt: Reads made so far (the next one's number).
+            elapsed: Seconds since the create's answer.
+            hint: A server's hint (a throttled run's ``delay``), capped; it wins.
+            callback: The run takes a completion callback: reads are a safety net.
+            long_polled: That read was a long poll.
+            read_took: Seconds that read took (a long poll's early 202).
+            retry_after: Its ``Retry-After``, if any.
+        """
+        if callback:
+            return self.callback.delay(attempt, rng)
+        if long_polled and self.long_poll is not None:
+            delay = self.long_poll.next_delay(elapsed=read_took, retry_after=retry_after)
+            return delay if hint is None else max(delay, hint)
+        return self.planner.next_delay(handle, attempt, elapsed, rng, hint=hint)
+
+    def after_failure(self, failures: int, rng: SupportsRandom) -> float | None:
+        """The delay before reading again after `failures` failed reads in a row; None: give
+        the run up."""
+        if failures >= self.max_failures:
+            return None
+        return self.retry.delay(failures, rng)

@@ -49,6 +49,7 @@ from . import _protocol as proto
 from . import errors
 from ._auth import AuthContext, AuthProvider
 from ._backoff import PollPolicy, RetryPolicy, cap_hint
+from ._cadence import ReadCadence
 from ._handle import RunHandle
 from ._idempotency import KeyedCreates
 from ._limiter import Priority
@@ -148,14 +149,18 @@ class Engine:
         self.run_store = run_store
         self._owns_limiter = owns_limiter
         self._request_timeout = request_timeout
-        self._retry_policy = retry_policy
         self._poll_policy = poll_policy
         # Polls are priced by the live budget of the bucket each run's reads spend.
         self._polling = AdaptivePolling(policy=poll_policy, pressure_of=self._pressure)
         self._rng = rng
-        self._max_poll_failures = max_poll_failures
-        self._long_poll = long_poll
-        self._callback_polling = callback_polling
+        # When each run is read next: one place decides (see `_cadence.ReadCadence`).
+        self.cadence = ReadCadence(
+            planner=self._polling,
+            callback=callback_polling,
+            long_poll=long_poll,
+            retry=retry_policy,
+            max_failures=max_poll_failures,
+        )
         self._closed = False
         # The event loop of the first use: the pool, the poller and the limiter belong to it.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -621,14 +626,13 @@ class Engine:
         if callback_token is not None:
             handle._callback_token = callback_token
             callback = True
-        if callback:
-            # The callback resolves it; polls are only the safety net (`CallbackPolling`).
-            handle.via_callback = True
-            if first_delay is None:
-                first_delay = self._callback_polling.delay(0, self._rng)
+        # With a callback, reads are only the safety net (`CallbackPolling`).
+        handle.via_callback = callback
         bucket = self.read_key(locator, auth)
         if first_delay is None:
-            first_delay = self._polling.first_delay(handle, poll_key, self._rng, bucket=bucket)
+            first_delay = self.cadence.first(
+                handle, poll_key, self._rng, bucket=bucket, callback=callback
+            )
         self.poller.schedule(handle, first_delay)
         self.spare.follow(handle, bucket)
         return handle
@@ -697,8 +701,8 @@ class Engine:
         if handle.done():
             return
         locator = handle.locator
-        long_poll = self._long_poll
-        if long_poll is not None and locator.kind == "actions_v1" and not handle.via_callback:
+        long_poll = self.cadence.long_polls(locator.kind, callback=handle.via_callback)
+        if long_poll is not None:
             request = actions.poll_request(locator, long_poll=long_poll)
         else:
             request = proto.poll_request(locator)
@@ -761,19 +765,22 @@ class Engine:
             return
         # A server's hint is capped once, here, for every way of reading the run.
         hint = cap_hint(_throttle_hint(run), min(self._poll_policy.max_hint, self.max_server_wait))
-        if handle.via_callback:
-            delay = self._callback_polling.delay(attempt + 1, self._rng)
-        elif request.long_poll is not None and long_poll is not None:
-            delay = long_poll.next_delay(
-                elapsed=self.clock.monotonic() - sent_at,
-                retry_after=parse_retry_after(
-                    response.header("retry-after"), now=self.clock.time()
-                ),
-            )
-            if hint is not None:
-                delay = max(delay, hint)
-        else:
-            delay = self._polling.next_delay(handle, attempt + 1, elapsed, self._rng, hint=hint)
+        long_polled = request.long_poll is not None
+        delay = self.cadence.after_read(
+            handle,
+            attempt=attempt + 1,
+            elapsed=elapsed,
+            rng=self._rng,
+            hint=hint,
+            callback=handle.via_callback,
+            long_polled=long_polled,
+            read_took=self.clock.monotonic() - sent_at,
+            retry_after=(
+                parse_retry_after(response.header("retry-after"), now=self.clock.time())
+                if long_polled
+                else None
+            ),
+        )
         self.poller.schedule(handle, delay)
 
     def _poll_failed(self, handle: RunHandle, request: proto.Request, exc: Exception) -> None:
@@ -788,7 +795,8 @@ class Engine:
             error.__cause__ = exc
         self.metrics.error(error)
         handle.poll_failures += 1
-        if handle.poll_failures >= self._max_poll_failures:
+        delay = self.cadence.after_failure(handle.poll_failures, self._rng)
+        if delay is None:
             self.metrics.run_lost(handle, error)
             logger.warning(
                 "giving up on run %s after %d failed reads: %s",
@@ -799,7 +807,6 @@ class Engine:
             )
             handle._finish(error)
             return
-        delay = self._retry_policy.delay(handle.poll_failures, self._rng)
         # Transient, and retried: not a WARNING (the give-up above is one).
         logger.info(
             "reading run %s failed (%s); trying again in %.1fs",
