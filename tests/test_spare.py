@@ -182,6 +182,27 @@ def test_budget_spare_is_what_background_work_may_spend_from_the_reserve_release
     assert Budget(BudgetConfig(spend_window=True)).spare(0.0) is None  # nothing known
 
 
+def test_nothing_is_spare_for_ten_minutes_after_a_429() -> None:
+    # A 429 says others spend this budget too: what looks left is not ours to read ahead on.
+    budget = Budget(BudgetConfig(spend_window=True))
+    grant = budget.grant(0.0)
+    budget.complete(grant, 200, window_headers(100, 99, 10.0), now=0.01, wall=1000.01)
+    assert budget.spare(0.01) is not None
+    grant = budget.grant(0.02)
+    refused = {**window_headers(100, 0, 9.9), "Retry-After": "1"}
+    budget.complete(grant, 429, refused, now=0.1, wall=1000.1)
+    budget.advance(1.2)  # the freeze is over: a probe, then a window again
+    grant = budget.grant(1.2)
+    budget.complete(grant, 200, window_headers(100, 50, 8.8), now=1.21, wall=1001.21)
+    budget.advance(1.21)
+    assert budget.spare(1.21) is None
+    later = 0.1 + 600.0 + 0.5  # ten minutes after the 429 (more than ten 10 s windows)
+    budget.advance(later)
+    grant = budget.grant(later)
+    budget.complete(grant, 200, window_headers(100, 99, 10.0), now=later + 0.01, wall=1600.6)
+    assert budget.spare(later + 0.01) is not None
+
+
 # --- end to end -------------------------------------------------------------------------
 
 

@@ -138,6 +138,11 @@ _SCORE_MARGIN: Final = 0.2
 _CALIBRATION_DRIFT: Final = 0.01
 """Per window, the learnt boundary offset is widened by this share of the window length."""
 
+_SHARED_WINDOWS: Final = 10
+_SHARED_FOR: Final = 600.0
+"""After a 429, nothing is spare for `_SHARED_WINDOWS` windows or `_SHARED_FOR` seconds,
+whichever is longer (see `Budget.spare`): others spend that budget too."""
+
 PROBE: Final = "probe"
 OPEN: Final = "open"
 WINDOW: Final = "window"
@@ -335,6 +340,7 @@ class Budget:
     __slots__ = (
         "_config",
         "_frozen_until",
+        "_last_429",
         "_last_grant",
         "_learnt",
         "_mode",
@@ -369,6 +375,7 @@ class Budget:
         self._frozen_until: float | None = None
         self._refused_at: float | None = None  # named time of a freeze past the cap
         self._streak = 0  # 503 answers in a row
+        self._last_429: float | None = None  # when the server last refused us
         self._tat = -math.inf  # pacing: theoretical time of the next grant
         self._last_grant = -math.inf
         self._rtt = 0.0  # smoothed time from grant to answer
@@ -423,6 +430,8 @@ class Budget:
         if status is None:
             return _QUIET
         state = RateLimitState.from_headers(headers, now=wall)
+        if status == 429:
+            self._last_429 = now
         self._streak = self._streak + 1 if status == 503 else 0
         wait = server_wait(
             status,
@@ -524,9 +533,17 @@ class Budget:
         With ``spend_window`` the interactive reserve is released to background work just
         before the window may end (``at``); whatever is still unspent then expires with the
         window, so optional work (a read ahead of its plan) costs nothing there. Without
-        ``spend_window`` the budget is paced to its end: nothing is spare.
+        ``spend_window`` the budget is paced to its end: nothing is spare. Nor is it for ten
+        windows or ten minutes after a 429 (the budget is shared with requests not seen here).
         """
         if not self._config.spend_window or self._mode != WINDOW or self._frozen_until:
+            return None
+        last_429 = self._last_429
+        if last_429 is not None and now - last_429 < max(
+            _SHARED_WINDOWS * (self._period or self._config.default_cooldown), _SHARED_FOR
+        ):
+            # Refused lately: others spend this budget too, and what looks left is not ours
+            # to spend on optional reads.
             return None
         w = self._window
         assert w is not None
