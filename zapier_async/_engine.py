@@ -757,7 +757,7 @@ class Engine:
         previous = handle.status
         handle._update(run)
         self.metrics.run_read(handle, previous, run)
-        self.spare.read(handle, self.read_key(handle.locator, auth))
+        self.spare.read(handle, self.pipeline.key_for(request, auth))  # the bucket it spent
         elapsed = answered_at - handle.created_at
         if handle.done():
             # When the read was granted, not asked for: a wait for the budget is not duration.
