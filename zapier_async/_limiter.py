@@ -413,11 +413,15 @@ class Limiter(AsyncCloseable):
         spend from ``at`` on (monotonic), and the window's identity: ``(count, at,
         window)``, or None (see `Budget.spare`).
         Read-only; with ``spend_window`` only (the client's own limiter)."""
-        bucket, budget, now = self._look(key)
-        found = budget.spare(now)
+        bucket = self._find(key)
+        if bucket is None:
+            return None  # an unknown bucket knows no window: nothing is spare
+        now = self._clock.monotonic()
+        bucket.budget.advance(now)
+        found = bucket.budget.spare(now)
         if found is None:
             return None
-        count = found[0] - (bucket.waiting() if bucket is not None else 0)
+        count = found[0] - bucket.waiting()
         return (count, found[1], found[2]) if count > 0 else None
 
     @property
