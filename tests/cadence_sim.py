@@ -44,6 +44,7 @@ from typing import Any
 
 import attrs
 
+from zapier_async._cadence import PollRecord
 from zapier_async._limits import Pressure
 
 __all__ = ["Result", "Workload", "simulate_hand", "simulate_library"]
@@ -310,25 +311,14 @@ class _Run:
         "_done",
         "created_at",
         "ends_at",
-        "pending_at",
-        "poll_attempts",
-        "poll_key",
-        "poll_plan",
-        "poll_skew",
-        "timer",
+        "reads",
     )
 
     def __init__(self, created_at: float, ends_at: float) -> None:
         self.created_at = created_at
         self.ends_at = ends_at
-        self.poll_attempts = 0
-        self.poll_key: str | None = None
-        self.timer: object | None = None
+        self.reads = PollRecord()  # the run's polling record, as on a `RunHandle`
         self._done = False
-        # The fields the planner before issue #15 kept on the handle.
-        self.poll_plan: tuple[float, ...] | None = None
-        self.pending_at = 0.0
-        self.poll_skew = 0
 
     def done(self) -> bool:
         return self._done
@@ -382,11 +372,11 @@ def simulate_library(
 
     def schedule(run: _Run, delay: float) -> None:
         token = object()
-        run.timer = token
+        run.reads.timer = token
 
         def fire() -> None:
-            if run.timer is token and not run.done():
-                run.timer = None
+            if run.reads.timer is token and not run.done():
+                run.reads.timer = None
                 poll(run)
 
         loop.at(loop.now + delay, fire)
@@ -406,8 +396,8 @@ def simulate_library(
 
     def answered(run: _Run, asked: float, sent: float, ended: bool) -> None:
         limiter.answered()
-        attempt = run.poll_attempts
-        run.poll_attempts += 1
+        attempt = run.reads.attempts
+        run.reads.attempts += 1
         planner.round_trip(loop.now - asked)
         elapsed = loop.now - run.created_at
         if ended:

@@ -11,9 +11,10 @@ import pytest
 
 from tests import cadence_sim as sim
 from zapier_async._backoff import PollPolicy, RetryPolicy
-from zapier_async._cadence import BudgetPrice, ReadCadence, best_level, window_rate
+from zapier_async._cadence import BudgetPrice, PollRecord, ReadCadence, best_level, window_rate
+from zapier_async._handle import RunHandle
 from zapier_async._polling import AdaptivePolling, expect
-from zapier_async._runs import CallbackPolling, LongPoll
+from zapier_async._runs import CallbackPolling, LongPoll, RunLocator
 
 
 @attrs.frozen
@@ -33,10 +34,10 @@ class _K:
 
 
 class _Handle:
-    poll_key: str | None
-    poll_attempts = 0
     created_at = 0.0
-    timer = None
+
+    def __init__(self) -> None:
+        self.reads = PollRecord()
 
     def done(self) -> bool:
         return False
@@ -358,7 +359,7 @@ def test_when_the_budget_binds_runs_are_polled_once_when_every_run_seen_had_ende
     for _ in range(8):
         handle = _Handle()
         assert polling.first_delay(handle, "a", random.Random(1)) == longest  # type: ignore[arg-type]
-        assert polling.record(handle).plan == (longest,)  # type: ignore[arg-type,union-attr]
+        assert handle.reads.plan == (longest,)
 
 
 def test_best_level_spends_nothing_on_lag_when_the_budget_binds() -> None:
@@ -474,3 +475,37 @@ def test_read_cadence_retries_a_failed_read_until_the_failures_allowed() -> None
     delays = [reads.after_failure(n, rng) for n in (1, 2)]
     assert all(d is not None and 0.0 <= d <= 8.0 for d in delays)
     assert reads.after_failure(3, rng) is None  # given up at max_failures
+
+
+def test_a_runs_polling_record_is_one_object_on_its_handle_that_the_planner_writes() -> None:
+    policy = PollPolicy(initial=1.0, factor=2.0, jitter=0.0)
+    polling = AdaptivePolling(policy=policy, at_once=False)  # no at-once probe of its own
+    rng = random.Random(1)
+    planned, read_once, resumed = (
+        RunHandle(RunLocator(kind="action_run", run_id=f"r{i}"), None, created_at=0.0)  # type: ignore[arg-type]
+        for i in range(3)
+    )
+    records = [planned.reads, read_once.reads, resumed.reads]
+    # Each handle starts with its own record: nothing read, failed, scheduled or planned.
+    assert len({id(r) for r in records}) == 3
+    assert {(r.key, r.attempts, r.failures, r.timer, r.due) for r in records} == {
+        (None, 0, 0, None, None)
+    }
+    # The planner plans into that record (it keeps no table of its own).
+    first = polling.first_delay(planned, "a", rng, bucket="user-1")
+    polling.first_delay(read_once, "a", rng, bucket="user-1")
+    assert planned.reads is records[0]
+    assert (planned.reads.key, planned.reads.bucket, planned.reads.due) == ("a", "user-1", first)
+    # What the engine counts there is what the planner reads: a read made early before any
+    # other is taken as an at-once probe (not learnt by the bound cold cadence); a read made
+    # early after one read is not.
+    read_once.reads.attempts = 1
+    polling.polled_early(planned)
+    polling.polled_early(read_once)
+    assert (planned.reads.skew, read_once.reads.skew) == (1, 0)
+    # A run whose reads the planner never planned (resumed, read at once) is left alone: its
+    # next read follows the policy by its read count (1 -> 2 s), not shifted by a probe.
+    polling.polled_early(resumed)
+    assert (resumed.reads.skew, resumed.reads.due) == (0, None)
+    assert polling.next_delay(resumed, 1, 0.5, rng, hint=None) == 2.0
+    assert resumed.reads.due is None

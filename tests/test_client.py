@@ -454,7 +454,7 @@ async def test_an_instant_actions_runs_are_polled_at_once_a_slow_ones_after_thre
         # Three at-once polls found their runs going; every run now waits for the
         # policy's 30 s (nothing else is due on the client's clock, which stands at 0).
         assert fake.stats.polls == 3
-        timers = [h.timer for h in slow]
+        timers = [h.reads.timer for h in slow]
         assert all(t is not None and t.when >= 30.0 for t in timers)  # type: ignore[attr-defined]
 
 
@@ -474,17 +474,17 @@ async def test_a_run_resumed_with_callback_is_read_once_then_polled_as_a_safety_
         clock = FakeClock()
         async with client_for(fake, clock=clock, callback_polling=safety_net) as client:
             plain = client.resume(token)
-            await eventually(lambda: plain.poll_attempts == 1 and client._poller.in_flight == 0)
-            plain_next = plain.timer.when  # type: ignore[union-attr]
+            await eventually(lambda: plain.reads.attempts == 1 and client._poller.in_flight == 0)
+            plain_next = plain.reads.timer.when  # type: ignore[union-attr]
             plain.cancel()
             unbound = client.resume(token, callback=True)
-            await eventually(lambda: unbound.poll_attempts == 1 and client._poller.in_flight == 0)
+            await eventually(lambda: unbound.reads.attempts == 1 and client._poller.in_flight == 0)
             # Without its callback token no callback can be accepted: the ordinary cadence.
             assert not unbound.via_callback
-            assert unbound.timer.when < 10.0  # type: ignore[union-attr]
+            assert unbound.reads.timer.when < 10.0  # type: ignore[union-attr]
             unbound.cancel()
             handle = client.resume(token, callback_token=secret)
-            await eventually(lambda: handle.poll_attempts == 1 and client._poller.in_flight == 0)
+            await eventually(lambda: handle.reads.attempts == 1 and client._poller.in_flight == 0)
             assert handle.via_callback
-            assert handle.timer.when == 300.0  # type: ignore[union-attr]  # the safety net
+            assert handle.reads.timer.when == 300.0  # type: ignore[union-attr]  # the safety net
             assert plain_next < 10.0  # without callback=True: the ordinary cadence

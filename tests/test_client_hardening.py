@@ -103,7 +103,7 @@ async def test_an_auth_provider_raising_oserror_fails_the_handle_typed_after_the
             await handle
     assert isinstance(info.value.__cause__, OSError)
     assert "OSError" in str(info.value)
-    assert handle.poll_failures == 3  # retried up to max_poll_failures, then failed
+    assert handle.reads.failures == 3  # retried up to max_poll_failures, then failed
     assert transport.count("action_runs.get") == 0  # the token never came: nothing was sent
 
 
@@ -359,9 +359,9 @@ async def test_a_long_polled_throttled_run_is_read_again_within_the_cap():
         handle = await client.run_action(
             selected_api="A@1", action_key="k", action_type="write", inputs={}
         )
-        await drive(clock, lambda: handle.poll_attempts >= 1 and handle.timer is not None)
+        await drive(clock, lambda: handle.reads.attempts >= 1 and handle.reads.timer is not None)
         assert transport.count("actions_runs.wait") == 1
-        assert handle.timer.when <= 600.0  # type: ignore[union-attr]
+        assert handle.reads.timer.when <= 600.0  # type: ignore[union-attr]
 
 
 @pytest.mark.asyncio
@@ -374,8 +374,8 @@ async def test_max_server_wait_caps_a_throttled_runs_delay_on_the_ordinary_path(
     client, _, clock = scripted(answer, max_server_wait=120.0)
     async with client:
         handle = await client.run("core:x", authentication=None, inputs={})
-        await drive(clock, lambda: handle.poll_attempts >= 1 and handle.timer is not None)
-        assert handle.timer.when <= 121.0  # type: ignore[union-attr]
+        await drive(clock, lambda: handle.reads.attempts >= 1 and handle.reads.timer is not None)
+        assert handle.reads.timer.when <= 121.0  # type: ignore[union-attr]
 
 
 def test_max_server_wait_must_be_positive():

@@ -53,9 +53,9 @@ async def test_a_poll_told_to_wait_past_the_cap_is_rescheduled_without_a_failure
         handle = await client.run("core:x", authentication=None, inputs=DONE)
         # Every read is now told to wait an hour: over max_server_wait (RateLimitedError).
         client.limiter.freeze(3600.0)
-        await eventually(lambda: handle.poll_attempts >= 2, timeout=20.0)
+        await eventually(lambda: handle.reads.attempts >= 2, timeout=20.0)
         assert not handle.done()  # max_poll_failures=1 would have failed it
-        assert handle.poll_failures == 0
+        assert handle.reads.failures == 0
 
 
 @pytest.mark.asyncio

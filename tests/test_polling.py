@@ -10,16 +10,17 @@ import statistics
 import pytest
 
 from zapier_async._backoff import PollPolicy
+from zapier_async._cadence import PollRecord
 from zapier_async._polling import AdaptivePolling, plan_polls, turnbull
 
 
 class _Handle:
-    """Stands in for `RunHandle`: what the planner reads, `poll_key`, and a weakref."""
+    """Stands in for `RunHandle`: what the planner reads, its polling record, and a weakref."""
 
-    poll_key: str | None
-    poll_attempts = 0
     created_at = 0.0
-    timer = None
+
+    def __init__(self) -> None:
+        self.reads = PollRecord()
 
     def done(self) -> bool:
         return False
@@ -192,7 +193,7 @@ def test_runs_in_flight_switch_to_the_first_plan() -> None:
     going = []
     for _ in range(4):
         handle, _ = _fresh(polling)
-        handle.timer = object()  # type: ignore[assignment]  # scheduled, not in flight
+        handle.reads.timer = object()  # scheduled, not in flight
         handle.created_at = 0.9  # created 0.1 s before the observation that makes the plan
         going.append(handle)
     moved: list[tuple[object, float]] = []
@@ -202,7 +203,7 @@ def test_runs_in_flight_switch_to_the_first_plan() -> None:
     plan = polling.plan("a")
     assert plan is not None
     assert {id(h) for h, _ in moved} == {id(h) for h in going}
-    assert all(polling.record(h).plan == plan for h in going)  # type: ignore[arg-type,union-attr]
+    assert all(h.reads.plan == plan for h in going)
     assert all(delay == pytest.approx(plan[0] - 0.1) for _, delay in moved)
 
 

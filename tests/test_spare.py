@@ -17,6 +17,7 @@ from _util import client_for
 
 import zapier_async as za
 from zapier_async._budget import Budget, BudgetConfig, Priority
+from zapier_async._cadence import PollRecord
 from zapier_async._spare import SpareReads
 from zapier_async.testing import FakeClock, FakeZapier
 
@@ -28,8 +29,7 @@ class Run:
         self.created_at = created_at
         self.chance = chance
         self._done = done
-        self.timer: object | None = object()  # waiting for its next poll
-        self.poll_attempts = 0
+        self.reads = PollRecord(timer=object())  # waiting for its next poll
 
     def done(self) -> bool:
         return self._done
@@ -132,7 +132,7 @@ def test_nothing_is_read_early_without_spare_budget_or_while_a_read_is_out() -> 
     assert poller.timers == []  # the limiter cannot tell: nothing armed
     limiter.answer = (3, 1.0, 1)
     spare.check(None)
-    run.timer = None  # its read is on its way when the moment comes
+    run.reads.timer = None  # its read is on its way when the moment comes
     now[0] = 1.0
     poller.fire()
     assert poller.polled == []

@@ -46,6 +46,11 @@ answer that found the run still going (the safety net, the long poll's rule, or 
 planner's plan, a server's hint winning), and the next read after a failed one (the retry
 policy, up to the failures allowed). The engine only sends the reads and reports answers.
 
+**Each run's polling record** (`PollRecord`) lives on its handle, in one slot
+(``handle.reads``): its action, reads sent and failed, the poller's timer and the planner's
+state (plan, price level, when its next read is due). The handle itself keeps its run's
+status and its waiters; the planner keeps no per-run table of its own.
+
 Pure: no clock, no I/O.
 """
 
@@ -83,32 +88,44 @@ class PressureLike(Protocol):
     def in_flight(self) -> int: ...
 
 
-@attrs.define(slots=True, eq=False)
+@attrs.define(slots=True, eq=False, weakref_slot=False)
 class PollRecord:
-    """One run's polling record, owned by the planner (none of it is public API).
+    """One run's polling record: everything about its reads (none of it is public API).
 
-    The handle keeps only ``poll_key`` (metrics and logs read it there), its poll counters
-    and its timer (the poller's).
+    Each `RunHandle` holds its own, created with it, in one slot (``handle.reads``): the
+    handle keeps only its run's status and its waiters. The poller writes the timer, the
+    engine the counters, the planner (`_polling.AdaptivePolling`) the rest; metrics and logs
+    read the key there.
 
     Attributes:
-        key: The action the run belongs to (its learnt durations), or None.
+        key: The action the run belongs to (its learnt durations), or None: set by the
+            planner when it plans the run's first read.
+        attempts: Reads sent so far.
+        failures: Failed reads in a row (reset by an answer).
+        timer: The poller's entry for the next read, or None while one is on its way (or
+            none is planned: the run ended or is no longer followed).
         plan: The poll times (seconds after the create) the run last followed, or None.
         scale: The exploration factor applied to every plan it follows.
         pending_at: Seconds after the create when a poll last found it still going.
         skew: 1 if its first poll was an at-once probe, which the cold cadence ignores.
         level: The price level of its last planning decision (0 = slack).
-        due: Seconds after the create its next poll was planned for.
+        due: Seconds after the create its next poll was planned for; None while the planner
+            has planned none (a run resumed at once, or one read on a callback's safety net,
+            is not the planner's).
         bucket: The limiter key its reads spend (its credential's bucket): the live budget
             its plan is priced by.
     """
 
     key: str | None = None
+    attempts: int = 0
+    failures: int = 0
+    timer: object | None = None
     plan: tuple[float, ...] | None = None
     scale: float = 1.0
     pending_at: float = 0.0
     skew: int = 0
     level: int = 0
-    due: float = 0.0
+    due: float | None = None
     bucket: Hashable = None
 
 

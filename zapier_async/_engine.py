@@ -680,7 +680,7 @@ class Engine:
                 else "its token does not match the one its callback_url was created with"
                 if expected is not None
                 else "the run was not created with a callback_url by this client",
-                extra={"run_id": run.id, "action": handle.poll_key},
+                extra={"run_id": run.id, "action": handle.reads.key},
             )
             return False
         previous = handle.status
@@ -712,8 +712,8 @@ class Engine:
         first = (handle.awaited and handle not in self._bulk_runs) or promise is not None
         priority = Priority.INTERACTIVE if first else Priority.POLL
         self._keep(promise, 1)
-        attempt = handle.poll_attempts
-        handle.poll_attempts += 1
+        attempt = handle.reads.attempts
+        handle.reads.attempts += 1
         sent_at = self.clock.monotonic()
         credential = handle.credential
         auth = credential if isinstance(credential, Credential) else None
@@ -742,14 +742,14 @@ class Engine:
                 handle.id,
                 exc,
                 delay,
-                extra={"run_id": handle.id, "action": handle.poll_key},
+                extra={"run_id": handle.id, "action": handle.reads.key},
             )
             self.poller.schedule(handle, delay)
             return
         except Exception as exc:
             self._poll_failed(handle, request, exc)
             return
-        handle.poll_failures = 0
+        handle.reads.failures = 0
         answered_at = self.clock.monotonic()
         granted_at = sent_at if timing.granted_at is None else timing.granted_at
         # The wire time alone: a wait for the rate budget is not the server's latency.
@@ -794,16 +794,16 @@ class Engine:
             )
             error.__cause__ = exc
         self.metrics.error(error)
-        handle.poll_failures += 1
-        delay = self.cadence.after_failure(handle.poll_failures, self._rng)
+        handle.reads.failures += 1
+        delay = self.cadence.after_failure(handle.reads.failures, self._rng)
         if delay is None:
             self.metrics.run_lost(handle, error)
             logger.warning(
                 "giving up on run %s after %d failed reads: %s",
                 handle.id,
-                handle.poll_failures,
+                handle.reads.failures,
                 error,
-                extra={"run_id": handle.id, "action": handle.poll_key},
+                extra={"run_id": handle.id, "action": handle.reads.key},
             )
             handle._finish(error)
             return
@@ -813,7 +813,7 @@ class Engine:
             handle.id,
             error,
             delay,
-            extra={"run_id": handle.id, "action": handle.poll_key},
+            extra={"run_id": handle.id, "action": handle.reads.key},
         )
         self.poller.schedule(handle, delay)
 

@@ -4,6 +4,10 @@ A handle is passive: the client's single poller (see `_scheduler`) reads the run
 each new state into the handle, so `handle.status` stays live whether or not anyone awaits.
 Awaiting creates a waiter future only for that await; a handle nobody awaits costs no future,
 no task and no timer beyond its one entry in the poller's heap.
+
+The handle keeps its run's status, its latest read and its waiters; everything about how the
+run is read (reads sent and failed, the poller's timer, the planner's plan) is one
+`_cadence.PollRecord` in its ``reads`` slot (the planner keeps no per-run table of its own).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import errors
+from ._cadence import PollRecord
 from ._protocol import RunLocator, encode_continuation_token
 from .models import Run, RunStatus
 
@@ -69,11 +74,8 @@ class RunHandle:
         "created_at",
         "credential",
         "deadline",
-        "poll_attempts",
-        "poll_failures",
-        "poll_key",
+        "reads",
         "submitted_at",
-        "timer",
         "via_callback",
     )
 
@@ -93,14 +95,12 @@ class RunHandle:
         self._waiters: list[asyncio.Future[Run]] = []
         self._listeners: list[asyncio.Queue[object]] = []
         self._callbacks: list[Callable[[RunHandle], object]] = []
-        # Scheduler bookkeeping (owned by the poller; not part of the public API).
+        # Bookkeeping below is not part of the public API.
         self.created_at = created_at
-        self.poll_attempts = 0
-        self.poll_failures = 0
-        self.timer: object | None = None
-        # The action whose learnt durations plan its polls (written by the planner, which
-        # keeps the rest of the run's polling record in `_cadence.PollRecord`).
-        self.poll_key: str | None = None
+        # The run's whole polling record (`_cadence.PollRecord`): its action, reads sent and
+        # failed, the poller's timer and the planner's state. Written by the poller, the
+        # engine and the planner; the handle itself never reads it.
+        self.reads = PollRecord()
         # When the create was sent (owned by `_metrics`, for the run's latency).
         self.submitted_at: float | None = None
         # Created with a callback_url: polled at the safety-net cadence (see `_actions`).

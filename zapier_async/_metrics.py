@@ -526,7 +526,7 @@ class Recorder:
         action: str | None = None
         if run_id is not None:
             handle = self._runs.get(run_id)
-            action = handle.poll_key if handle is not None else None
+            action = handle.reads.key if handle is not None else None
         elif request.creates_run:
             action = request.poll_key
             if response is not None and 200 <= response.status < 300:
@@ -642,7 +642,7 @@ class Recorder:
                     kind="started",
                     run_id=handle.id,
                     status=handle.status,
-                    action=handle.poll_key,
+                    action=handle.reads.key,
                     limiter_wait=wait,
                     age=max(self._clock.monotonic() - submitted_at, 0.0),
                 )
@@ -687,8 +687,8 @@ class Recorder:
                         status=status,
                         latency=latency,
                         error_codes=codes,
-                        action=handle.poll_key,
-                        polls=handle.poll_attempts,
+                        action=handle.reads.key,
+                        polls=handle.reads.attempts,
                         limiter_wait=self._run_waits.pop(handle, None),
                     )
                 )
@@ -698,8 +698,8 @@ class Recorder:
                     kind="status",
                     run_id=handle.id,
                     status=status,
-                    action=handle.poll_key,
-                    polls=handle.poll_attempts,
+                    action=handle.reads.key,
+                    polls=handle.reads.attempts,
                 )
             )
 
@@ -716,8 +716,8 @@ class Recorder:
                     run_id=handle.id,
                     status=handle.status,
                     error_codes=(error_code(exc),),
-                    action=handle.poll_key,
-                    polls=handle.poll_attempts,
+                    action=handle.reads.key,
+                    polls=handle.reads.attempts,
                     limiter_wait=self._run_waits.pop(handle, None),
                 )
             )

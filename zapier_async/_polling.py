@@ -384,9 +384,6 @@ class AdaptivePolling:
     cold_down: float = 0.99
     cold_up: float = 1.2
     _actions: dict[str, _Action] = attrs.field(init=False, factory=dict)
-    _records: weakref.WeakKeyDictionary[RunHandle, PollRecord] = attrs.field(
-        init=False, factory=weakref.WeakKeyDictionary
-    )
     _rtt: float | None = attrs.field(init=False, default=None)
 
     # --- the client's hooks -----------------------------------------------------------------
@@ -399,14 +396,11 @@ class AdaptivePolling:
         *,
         bucket: Hashable = None,
     ) -> float:
-        """The delay before a new run's first poll; remembers `key` on the handle.
+        """The delay before a new run's first poll; plans it in the run's record (`reads`).
 
         `bucket`: the limiter key the run's reads spend (priced through `pressure_of`).
         """
-        delay = self._first_delay(handle, key, rng, bucket)
-        record = self._records.get(handle)
-        if record is not None:
-            record.due = delay
+        delay = handle.reads.due = self._first_delay(handle, key, rng, bucket)
         return delay
 
     def next_delay(
@@ -420,16 +414,16 @@ class AdaptivePolling:
     ) -> float:
         """The delay before the next poll of a run found still going at `elapsed`."""
         delay = self._next_delay(handle, attempt, elapsed, rng, hint=hint)
-        record = self._records.get(handle)
-        if record is not None:
+        record = handle.reads
+        if record.due is not None:  # a run the planner plans
             record.due = elapsed + delay
         return delay
 
     def _first_delay(
         self, handle: RunHandle, key: str | None, rng: SupportsRandom, bucket: Hashable
     ) -> float:
-        handle.poll_key = key
-        record = self._records[handle] = PollRecord(key=key, bucket=bucket)
+        record = handle.reads
+        record.key, record.bucket = key, bucket
         state = self._state(key, create=True) if self.enabled and key is not None else None
         if state is None:
             return self.policy.interval(0, elapsed=0.0, rng=rng)
@@ -477,8 +471,8 @@ class AdaptivePolling:
         *,
         hint: float | None,
     ) -> float:
-        record = self._records.get(handle)
-        if record is None:
+        record = handle.reads
+        if record.due is None:  # its first read was not the planner's
             return next_poll_delay(self.policy, attempt, elapsed, rng, hint=hint)
         record.pending_at = elapsed
         state = self._state(record.key) if self.enabled else None
@@ -541,9 +535,9 @@ class AdaptivePolling:
             at-once poll found it ended; and, when this observation made the action's first
             plan, the unlearnt runs still going, which switch to the plan.
         """
-        record = self._records.get(handle)
-        key = record.key if record is not None else None
-        if not self.enabled or record is None or key is None:
+        record = handle.reads
+        key, due = record.key, record.due
+        if not self.enabled or due is None or key is None:
             return []
         end = elapsed if seen_at is None else min(max(seen_at, record.pending_at), elapsed)
         lo, hi = _quantise(record.pending_at), _quantise(end)
@@ -557,18 +551,17 @@ class AdaptivePolling:
             state.probing.discard(handle)
             state.at_once_hits += 1
             for h in state.deferred:
-                other = self._records.get(h)
-                if not h.done() and h.poll_attempts == 0 and other is not None:
-                    other.skew = 1
+                if not h.done() and h.reads.attempts == 0:
+                    h.reads.skew = 1
                     state.probing.add(h)
                     moved.append((h, 0.0))
             state.deferred.clear()
-        if seen_at is not None and end > record.due + max(0.05, 0.25 * record.due):
+        if seen_at is not None and end > due + max(0.05, 0.25 * due):
             # The poll waited for the rate budget: "ended before the wait was over" says
             # little, and such samples would teach the plan the limiter's wait.
             return moved
         if record.plan is None and not record.skew and record.level > 0 and lo == 0.0:
-            self._learn_cold(state, record.due, ended=True)
+            self._learn_cold(state, due, ended=True)
         if len(state.samples) == state.samples.maxlen and state.samples[0][0] == 0.0:
             state.first_hits -= 1
         state.samples.append((lo, hi))
@@ -586,9 +579,8 @@ class AdaptivePolling:
             # them the first runs to end, the shortest, would look like the whole story.
             censored = []
             for h in itertools.islice(state.pending, self.window):
-                r = self._records.get(h)
-                if r is not None and r.pending_at > 0.0:
-                    censored.append((_quantise(r.pending_at), math.inf))
+                if h.reads.pending_at > 0.0:
+                    censored.append((_quantise(h.reads.pending_at), math.inf))
             if state.plan is None and len(censored) > self.censored_share * (
                 len(censored) + len(state.samples)
             ):
@@ -618,11 +610,11 @@ class AdaptivePolling:
         rescheduled = {id(h) for h, _ in moved}
         level = self.price.current()
         for h in state.pending:
-            record = self._records.get(h)
-            if h.done() or record is None or record.plan is not None or id(h) in rescheduled:
+            record = h.reads
+            if h.done() or record.plan is not None or id(h) in rescheduled:
                 continue
             plan = record.plan = self._plan_for(state, record, level)
-            if h.timer is None:
+            if record.timer is None:
                 continue  # a poll is in flight: its answer reschedules it by the plan
             age = now - h.created_at
             for t in plan:
@@ -662,9 +654,9 @@ class AdaptivePolling:
         """How likely the run has ended by `elapsed` seconds after its create, given that
         its last poll found it still going (from its action's estimate; mass uniform within
         a cell). None: nothing is learnt of its action yet."""
-        record = self._records.get(handle)
-        state = self._actions.get(record.key) if record and record.key else None
-        if record is None or state is None or state.estimate is None:
+        record = handle.reads
+        state = self._actions.get(record.key) if record.key else None
+        if state is None or state.estimate is None:
             return None
         bounds, masses = state.estimate
         before = _cdf(bounds, masses, record.pending_at)
@@ -676,13 +668,9 @@ class AdaptivePolling:
         """The run is read ahead of its plan (on budget that would expire unspent): its
         answer teaches the estimate, but not the bound cold cadence (whose rule is about
         polls sent when it planned them)."""
-        record = self._records.get(handle)
-        if record is not None and record.plan is None and handle.poll_attempts == 0:
+        record = handle.reads
+        if record.due is not None and record.plan is None and record.attempts == 0:
             record.skew = 1
-
-    def record(self, handle: RunHandle) -> PollRecord | None:
-        """The planner's record of a run, or None (for tests and debugging)."""
-        return self._records.get(handle)
 
     def level(self) -> int:
         """The current price level: 0 while the budget is slack (see `_cadence`)."""

@@ -158,7 +158,7 @@ class Poller:
                 self._start(asyncio.get_running_loop(), handle, bucket)
                 return
         timer = Timer(self._clock.monotonic() + max(0.0, delay), handle=handle)
-        handle.timer = timer
+        handle.reads.timer = timer
         self._push(timer)
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Timer:
@@ -187,10 +187,11 @@ class Poller:
         return self._runner is not None and not self._runner.done()
 
     def _cancel_timer(self, handle: RunHandle) -> None:
-        timer = handle.timer
+        reads = handle.reads
+        timer = reads.timer
         if isinstance(timer, Timer):
             timer.cancel()
-        handle.timer = None
+        reads.timer = None
 
     def _push(self, timer: Timer) -> None:
         if self._closed:
@@ -254,7 +255,7 @@ class Poller:
                 continue
             if timer.handle is not None:
                 handle = timer.handle
-                handle.timer = None
+                handle.reads.timer = None
                 if not handle.done():
                     (self._urgent if handle.awaited else self._ready).append(handle)
             elif timer.callback is not None:
@@ -278,13 +279,13 @@ class Poller:
                     and len(self._inflight) < self._max
                 ):
                     handle = parked.popleft()
-                    if not handle.done() and handle.timer is None:
+                    if not handle.done() and handle.reads.timer is None:
                         self._start(loop, handle, bucket)
                 if not parked:
                     del self._parked[bucket]
         while len(self._inflight) < self._max and (self._urgent or self._ready):
             handle = (self._urgent or self._ready).popleft()
-            if handle.done() or handle.timer is not None:
+            if handle.done() or handle.reads.timer is not None:
                 continue  # finished, cancelled or rescheduled meanwhile
             bucket = self._bucket(handle)
             if self._busy[bucket] >= self._per_bucket_max:
@@ -317,7 +318,7 @@ class Poller:
             logger.exception(
                 "unexpected error while polling run %s; the handle fails",
                 handle.id,
-                extra={"run_id": handle.id, "action": handle.poll_key},
+                extra={"run_id": handle.id, "action": handle.reads.key},
             )
             if not handle.done():
                 failure = errors.UnexpectedError(

@@ -181,7 +181,7 @@ class SpareReads:
             if handle.done():
                 runs.discard(handle)
                 continue
-            if handle.timer is None:
+            if handle.reads.timer is None:
                 continue  # a read is on its way
             elapsed = now - handle.created_at
             chance = self._planner.chance_ended(handle, elapsed)
