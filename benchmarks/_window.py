@@ -9,6 +9,10 @@ the emulator (run with no limit of its own) and offer both kinds of fixed window
 - ``"aligned"``: windows are aligned on the wall clock (epoch seconds), ``[k * window,
   (k + 1) * window)``, whoever comes first.
 
+``"first-ms"`` and ``"aligned-ms"`` are the same windows with ``X-RateLimit-Reset`` written to
+the millisecond (``1764504000.123``): a diagnostic server whose window end a client can know,
+to tell what the end's uncertainty costs from everything else.
+
 Every request counts, refused ones included. Every response carries ``X-RateLimit-Limit``,
 ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (epoch seconds, rounded up, as
 documented); a refused request gets 429 with ``Retry-After`` (whole seconds, rounded up) and
@@ -31,7 +35,7 @@ from aiohttp import web  # noqa: TID251
 
 __all__ = ["WindowFront"]
 
-Align = Literal["first", "aligned"]
+Align = Literal["first", "aligned", "first-ms", "aligned-ms"]
 _FORWARD = ("Authorization", "Content-Type", "Accept")
 _BACK = ("Content-Type", "Retry-After")
 
@@ -40,12 +44,13 @@ class WindowFront:
     """`limit` requests per `window` seconds in front of `upstream` (see the module doc)."""
 
     def __init__(self, upstream: str, *, limit: int, window: float, align: Align) -> None:
-        if align not in ("first", "aligned"):
-            raise ValueError(f"align must be 'first' or 'aligned', got {align!r}")
+        if align not in ("first", "aligned", "first-ms", "aligned-ms"):
+            raise ValueError(f"align must be 'first' or 'aligned' (+ '-ms'), got {align!r}")
         self.upstream = upstream
         self.limit = limit
         self.window = window
-        self.align = align
+        self.align = align.removesuffix("-ms")
+        self.precise = align.endswith("-ms")  # Reset to the millisecond, not whole seconds
         self.window_end = -math.inf  # epoch seconds
         self.used = 0
         self.requests = 0
@@ -107,7 +112,9 @@ class WindowFront:
         headers = {
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(remaining),
-            "X-RateLimit-Reset": str(math.ceil(reset)),
+            "X-RateLimit-Reset": (
+                f"{math.ceil(reset * 1000) / 1000:.3f}" if self.precise else str(math.ceil(reset))
+            ),
         }
         if not allowed:
             self.rate_limited += 1

@@ -651,7 +651,11 @@ async def measure(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.budget", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
-    parser.add_argument("--windows", default=None, help="first,aligned (quick: first)")
+    parser.add_argument(
+        "--windows",
+        default=None,
+        help="first,aligned (quick: first); first-ms, aligned-ms: Reset to the millisecond",
+    )
     parser.add_argument("--only", default=None, help="bulk,slack,cold,web (quick: no slack)")
     parser.add_argument(
         "--workloads", default=None, help="bulk workloads: w300,w1000,short,w120,cb300"
