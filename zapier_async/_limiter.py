@@ -55,15 +55,16 @@ import collections
 import contextlib
 import heapq
 import itertools
-import logging
-import math
 from collections.abc import Callable, Hashable, Mapping
 from types import TracebackType
-from typing import Any, Final
+from typing import Final
 
 from ._budget import Budget, BudgetConfig, Grant, Priority
 from ._clock import Clock, SystemClock
 from ._closing import AsyncCloseable
+from ._limits import DEFAULT_BUCKET_IDLE as DEFAULT_BUCKET_IDLE
+from ._limits import DEFAULT_MAX_BUCKETS as DEFAULT_MAX_BUCKETS
+from ._limits import FIRST, LimiterCounts, check_limiter_args, first_deadline, pressure_from
 from ._limits import LOG_SUMMARY_EVERY as LOG_SUMMARY_EVERY
 from ._limits import LOG_WAIT_OVER as LOG_WAIT_OVER
 from ._limits import USE_DEFAULT as USE_DEFAULT
@@ -74,9 +75,8 @@ from ._limits import LimiterStats as LimiterStats
 from ._limits import OneShotSlot as OneShotSlot
 from ._limits import Pressure as Pressure
 from ._limits import SlotLike as SlotLike
-from ._limits import WaitLog
 from ._ratelimit import DEFAULT_COOLDOWN, DEFAULT_MAX_SERVER_WAIT
-from .errors import InvalidRequestError, LimiterClosedError, RateLimitedError
+from .errors import LimiterClosedError, RateLimitedError
 
 __all__ = [
     "Limiter",
@@ -87,17 +87,6 @@ __all__ = [
     "Slot",
     "SlotLike",
 ]
-
-logger = logging.getLogger("zapier_async")
-
-DEFAULT_MAX_BUCKETS: Final = 10_000
-"""Buckets kept at most (least recently used idle ones are forgotten past it)."""
-
-DEFAULT_BUCKET_IDLE: Final = 900.0
-"""Seconds after which an idle bucket is forgotten (three Actions API windows)."""
-
-_FIRST: Final = 1 << 62
-"""Subtracted from the sequence number of a ``first`` waiter (see `Limiter.slot`)."""
 
 _EVICT_SCAN: Final = 8
 """Buckets looked at per new or used bucket when forgetting idle ones (amortised O(1))."""
@@ -260,12 +249,7 @@ class Limiter(AsyncCloseable):
         max_buckets: int = DEFAULT_MAX_BUCKETS,
         bucket_idle: float = DEFAULT_BUCKET_IDLE,
     ) -> None:
-        if max_wait is not None and not max_wait >= 0:
-            raise InvalidRequestError(f"must be >= 0 or None, got {max_wait!r}", "max_wait")
-        if isinstance(max_buckets, bool) or not isinstance(max_buckets, int) or max_buckets < 1:
-            raise InvalidRequestError(f"must be an int >= 1, got {max_buckets!r}", "max_buckets")
-        if not (math.isfinite(bucket_idle) and bucket_idle > 0):
-            raise InvalidRequestError(f"must be > 0, got {bucket_idle!r}", "bucket_idle")
+        check_limiter_args(max_wait, max_buckets, bucket_idle=bucket_idle)
         self._config = BudgetConfig.checked(
             rate=rate,
             default_cooldown=default_cooldown,
@@ -275,7 +259,7 @@ class Limiter(AsyncCloseable):
         )
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._max_wait = max_wait
-        self._waits = WaitLog(on_wait)
+        self._counts = LimiterCounts(on_wait)
         self._max_buckets = max_buckets
         self._bucket_idle = bucket_idle
         self._closed = False
@@ -296,18 +280,6 @@ class Limiter(AsyncCloseable):
         self._wake_pending = False
         self._dispatching = False
         self._again: list[_Bucket] = []
-
-        # Statistics.
-        self._n_grants = 0
-        self._n_immediate = 0
-        self._n_rejected = 0
-        self._n_expired = 0
-        self._n_cancelled = 0
-        self._n_responses = 0
-        self._n_429 = 0
-        self._n_freezes = 0
-        self._n_windows = 0
-        self._n_evictions = 0
 
     # ------------------------------------------------------------------ public surface
 
@@ -358,8 +330,11 @@ class Limiter(AsyncCloseable):
         """
         now = self._clock.monotonic()
         bucket = self._bucket(key, now)
-        answer = bucket.budget.freeze(seconds, now=now, wall=self._clock.time())
-        self._note_freeze(answer.wait, answer.extended, "freeze() called")
+        wall = self._clock.time()
+        answer = bucket.budget.freeze(seconds, now=now, wall=wall)
+        self._counts.freeze(
+            answer.wait, answer.extended, "freeze() called", cap=self.max_server_wait, wall=wall
+        )
         self._dispatch(bucket)
 
     def pressure(self, key: Hashable = None, *, priority: Priority = Priority.POLL) -> Pressure:
@@ -373,18 +348,11 @@ class Limiter(AsyncCloseable):
             A frozen `Pressure`.
         """
         bucket, budget, now = self._look(key)
-        view = budget.view(now)
-        live = bucket.live if bucket is not None and bucket.live is not None else [0, 0, 0]
-        return Pressure(
-            waiting_by_priority=(live[0], live[1], live[2]),
+        return pressure_from(
+            budget.view(now),
+            None if bucket is None else bucket.live,
             in_flight=budget.in_flight,
-            remaining_estimate=view.remaining,
-            window_ends_at=view.window_ends_at,
             next_free_at=now + self.estimate_wait(priority, 1, key),
-            frozen_until=view.frozen_until,
-            mode=view.mode,
-            limit=view.limit,
-            period=view.period,
             now=now,
         )
 
@@ -456,29 +424,12 @@ class Limiter(AsyncCloseable):
             A frozen `LimiterStats`.
         """
         now = self._clock.monotonic()
-        view = self._default.budget.view(now)
-        return LimiterStats(
-            mode=view.mode,
-            grants=self._n_grants,
-            immediate=self._n_immediate,
-            waits=self._waits.count,
-            wait_total=self._waits.total,
-            wait_max=self._waits.longest,
-            rejected=self._n_rejected,
-            expired=self._n_expired,
-            cancelled=self._n_cancelled,
-            responses=self._n_responses,
-            rate_limited=self._n_429,
-            freezes=self._n_freezes,
-            windows=self._n_windows,
+        return self._counts.stats(
+            self._default.budget.view(now),
+            now,
             in_flight=self._in_flight,
             waiting=self._live,
-            limit=view.limit,
-            remaining=view.remaining,
-            reset_in=None if view.window_ends_at is None else max(view.window_ends_at - now, 0),
-            frozen_for=None if view.frozen_until is None else view.frozen_until - now,
             buckets=len(self._buckets) + 1,
-            evictions=self._n_evictions,
         )
 
     async def aclose(self) -> None:
@@ -561,7 +512,7 @@ class Limiter(AsyncCloseable):
                 return
             if oldest.live is None and oldest.budget.idle(now):
                 del buckets[oldest.key]
-                self._n_evictions += 1
+                self._counts.evictions += 1
             else:  # busy: look at it again after the others
                 buckets.move_to_end(oldest.key)
 
@@ -583,18 +534,18 @@ class Limiter(AsyncCloseable):
         budget.advance(now)
         refused = budget.refusal(now)
         if refused is not None:
-            self._n_rejected += 1
+            self._counts.rejected += 1
             raise self._refused_error(refused)
         ahead = bucket.ahead(priority)
         if ahead == 0:
             when = budget.next_time(now, priority)
             if when is not None and when <= now:
-                self._n_immediate += 1
+                self._counts.immediate += 1
                 return self._grant(bucket, priority, now, waited=0.0)
 
         estimate = budget.estimate(now, ahead + 1, priority)
         if limit is not None and estimate > limit:
-            self._n_rejected += 1
+            self._counts.rejected += 1
             raise RateLimitedError(estimate, self._clock.time() + estimate)
 
         loop = asyncio.get_running_loop()
@@ -603,7 +554,7 @@ class Limiter(AsyncCloseable):
             priority,
             # The line is ordered by (priority, seq): a `first` waiter sorts before every
             # other one of its priority, FIFO among its kind.
-            next(self._seq) - (_FIRST if first else 0),
+            next(self._seq) - (FIRST if first else 0),
             loop.create_future(),
             now,
             None if limit is None else now + limit,
@@ -626,7 +577,7 @@ class Limiter(AsyncCloseable):
                     fut.result()._undo()
             elif waiter.alive:
                 self._kill(waiter)
-                self._n_cancelled += 1
+                self._counts.cancelled += 1
             self._dispatch(bucket)
             raise
 
@@ -649,12 +600,12 @@ class Limiter(AsyncCloseable):
 
     def _grant(self, bucket: _Bucket, priority: Priority, now: float, *, waited: float) -> Slot:
         self._in_flight += 1
-        self._n_grants += 1
+        self._counts.grants += 1
         return Slot(self, bucket, priority, bucket.budget.grant(now), waited)
 
     def _ungrant(self, slot: Slot) -> None:
         self._in_flight -= 1
-        self._n_grants -= 1
+        self._counts.grants -= 1
         slot._budget.ungrant(slot._grant)
         self._dispatch(slot._bucket)
 
@@ -665,35 +616,19 @@ class Limiter(AsyncCloseable):
         bucket = slot._bucket
         if self._closed:
             status = None
+        wall, counts = self._clock.time(), self._counts
         answer = slot._budget.complete(
-            slot._grant, status, headers, now=self._clock.monotonic(), wall=self._clock.time()
+            slot._grant, status, headers, now=self._clock.monotonic(), wall=wall
         )
         if status is not None:
-            self._n_responses += 1
-            self._n_429 += status == 429
-            self._n_windows += answer.opened
+            counts.responses += 1
+            counts.rate_limited += status == 429
+            counts.windows += answer.opened
             if answer.wait is not None:
                 slot.froze = True
-                self._note_freeze(answer.wait, answer.extended, f"HTTP {status}")
+                cap, why = self.max_server_wait, f"HTTP {status}"
+                counts.freeze(answer.wait, answer.extended, why, cap=cap, wall=wall)
         self._dispatch(bucket)
-
-    def _note_freeze(self, wait: Any, extended: bool, why: str) -> None:
-        if wait is None:
-            return
-        if extended:
-            self._n_freezes += 1
-            if not wait.over_cap:
-                logger.info("rate limit: holding all requests for %.1fs (%s)", wait.hold, why)
-        if wait.over_cap:
-            logger.warning(
-                "rate limit: the server asked for a wait of %.0fs (%s), longer than "
-                "max_server_wait (%.0fs): requests fail with RateLimitedError for %.0fs, "
-                "then one probes again",
-                wait.retry_at - self._clock.time(),
-                why,
-                self._config.max_server_wait,
-                wait.hold,
-            )
 
     def _refused_error(self, retry_at: float) -> RateLimitedError:
         return RateLimitedError(
@@ -731,7 +666,7 @@ class Limiter(AsyncCloseable):
                 waiter = self._pop(bucket)
                 if waiter is None:
                     break
-                self._n_rejected += 1
+                self._counts.rejected += 1
                 waiter.fut.set_exception(self._refused_error(refused))
         while bucket.heap:
             waiter = self._peek(bucket)
@@ -778,7 +713,7 @@ class Limiter(AsyncCloseable):
             return False
         if waiter.alive:
             self._kill(waiter)
-        self._n_cancelled += 1
+        self._counts.cancelled += 1
         return True
 
     def _schedule(self, bucket: _Bucket, now: float) -> None:
@@ -792,7 +727,7 @@ class Limiter(AsyncCloseable):
         bucket.due = due
 
     def _note_wait(self, waiter: _Waiter, waited: float) -> None:
-        self._waits.note(waiter.priority, waited, waiter.reason, self._clock.monotonic())
+        self._counts.waits.note(waiter.priority, waited, waiter.reason, self._clock.monotonic())
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -804,7 +739,7 @@ class Limiter(AsyncCloseable):
             self._kill(waiter)
             if self._gone(waiter):
                 continue
-            self._n_expired += 1
+            self._counts.expired += 1
             estimate = bucket.budget.estimate(now, position, waiter.priority)
             waiter.fut.set_exception(RateLimitedError(estimate, self._clock.time() + estimate))
 
@@ -819,12 +754,7 @@ class Limiter(AsyncCloseable):
                 due = when
                 break
             heapq.heappop(self._due)  # stale: the bucket's due time moved or nobody waits
-        while self._deadlines and not self._deadlines[0][2].alive:
-            heapq.heappop(self._deadlines)
-        if self._deadlines:
-            deadline = self._deadlines[0][0]
-            due = deadline if due is None else min(due, deadline)
-        return due
+        return first_deadline(self._deadlines, due)
 
     def _tick(self) -> None:
         """The timer's turn: dispatch every bucket that is due, expire waiters."""

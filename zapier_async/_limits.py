@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import heapq
 import logging
-from collections.abc import Callable, Hashable, Mapping
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import attrs
 
-from ._budget import Priority
+from ._budget import BudgetView, Priority
+from ._ratelimit import ServerWait
+from .errors import InvalidRequestError
 
 __all__ = [
     "USE_DEFAULT",
@@ -28,6 +32,16 @@ __all__ = [
 ]
 
 logger = logging.getLogger("zapier_async")
+
+DEFAULT_MAX_BUCKETS: Final = 10_000
+"""Buckets a limiter keeps at most (least recently used idle ones are forgotten past it)."""
+
+DEFAULT_BUCKET_IDLE: Final = 900.0
+"""Seconds after which an idle bucket is forgotten (three Actions API windows)."""
+
+FIRST: Final = 1 << 62
+"""Subtracted from the sequence number of a ``first`` waiter (see `Limiter.slot`): a line is
+ordered by ``(priority, seq)``, so it goes before every other one of its priority."""
 
 LOG_WAIT_OVER: Final = 1.0
 """Waits longer than this many seconds are logged at INFO (background ones summarised)."""
@@ -224,6 +238,146 @@ class BaseWaiter(Generic[_S]):
         self.enqueued_at = enqueued_at
         self.deadline = deadline
         self.alive = True
+
+
+_W = TypeVar("_W", bound=BaseWaiter[Any])
+
+
+def first_deadline(deadlines: list[tuple[float, int, _W]], due: float | None) -> float | None:
+    """The earlier of ``due`` and the first deadline of a live waiter in the heap
+    ``deadlines`` (the dead ones on top leave it)."""
+    while deadlines and not deadlines[0][2].alive:
+        heapq.heappop(deadlines)
+    if deadlines:
+        deadline = deadlines[0][0]
+        due = deadline if due is None else min(due, deadline)
+    return due
+
+
+def check_limiter_args(max_wait: float | None, max_buckets: int, **positive: float) -> None:
+    """Check the arguments every limiter takes.
+
+    Raises:
+        InvalidRequestError: ``max_wait`` is under 0, ``max_buckets`` is not an int >= 1, or
+            a value of ``positive`` is not a finite number > 0.
+    """
+    if max_wait is not None and not max_wait >= 0:
+        raise InvalidRequestError(f"must be >= 0 or None, got {max_wait!r}", "max_wait")
+    if isinstance(max_buckets, bool) or not isinstance(max_buckets, int) or max_buckets < 1:
+        raise InvalidRequestError(f"must be an int >= 1, got {max_buckets!r}", "max_buckets")
+    for field, value in positive.items():
+        if not (math.isfinite(value) and value > 0):
+            raise InvalidRequestError(f"must be > 0, got {value!r}", field)
+
+
+def pressure_from(
+    view: BudgetView,
+    live: Sequence[int] | None,
+    *,
+    in_flight: int,
+    next_free_at: float,
+    now: float,
+    shift: float = 0.0,
+) -> Pressure:
+    """A key's `Pressure` from its budget's view and its line's live waiters per priority
+    (None: no line); the view's times less ``shift`` (the Redis limiter's shared clock is
+    ahead of the local one by it)."""
+    first, poll, bulk = live if live is not None else (0, 0, 0)
+    ends, frozen = view.window_ends_at, view.frozen_until
+    return Pressure(
+        waiting_by_priority=(first, poll, bulk),
+        in_flight=in_flight,
+        remaining_estimate=view.remaining,
+        window_ends_at=None if ends is None else ends - shift,
+        next_free_at=next_free_at,
+        frozen_until=None if frozen is None else frozen - shift,
+        mode=view.mode,
+        limit=view.limit,
+        period=view.period,
+        now=now,
+    )
+
+
+class LimiterCounts:
+    """A limiter's counters (each is described in `LimiterStats`) and its waits: what every
+    limiter counts, its `LimiterStats` and the log lines of its freezes."""
+
+    __slots__ = (
+        "cancelled",
+        "evictions",
+        "expired",
+        "freezes",
+        "grants",
+        "immediate",
+        "rate_limited",
+        "rejected",
+        "responses",
+        "waits",
+        "windows",
+    )
+
+    def __init__(self, on_wait: Callable[[float, Priority], None] | None) -> None:
+        self.waits = WaitLog(on_wait)
+        self.grants = self.immediate = self.rejected = self.expired = self.cancelled = 0
+        self.responses = self.rate_limited = self.freezes = self.windows = self.evictions = 0
+
+    def stats(
+        self,
+        view: BudgetView,
+        now: float,
+        *,
+        in_flight: int,
+        waiting: int,
+        buckets: int,
+        mode: str | None = None,
+    ) -> LimiterStats:
+        """The counters beside a bucket's view at ``now`` (the view's time base)."""
+        ends, frozen, waits = view.window_ends_at, view.frozen_until, self.waits
+        return LimiterStats(
+            mode=mode or view.mode,
+            grants=self.grants,
+            immediate=self.immediate,
+            waits=waits.count,
+            wait_total=waits.total,
+            wait_max=waits.longest,
+            rejected=self.rejected,
+            expired=self.expired,
+            cancelled=self.cancelled,
+            responses=self.responses,
+            rate_limited=self.rate_limited,
+            freezes=self.freezes,
+            windows=self.windows,
+            in_flight=in_flight,
+            waiting=waiting,
+            limit=view.limit,
+            remaining=view.remaining,
+            reset_in=None if ends is None else max(ends - now, 0),
+            frozen_for=None if frozen is None else frozen - now,
+            buckets=buckets,
+            evictions=self.evictions,
+        )
+
+    def freeze(
+        self, wait: ServerWait | None, extended: bool, why: str, *, cap: float, wall: float
+    ) -> None:
+        """Count and log the freeze an answer or `freeze` asked for (None: it asked for
+        none); ``cap`` is ``max_server_wait``, ``wall`` the time now on the wall clock."""
+        if wait is None:
+            return
+        if extended:
+            self.freezes += 1
+            if not wait.over_cap:
+                logger.info("rate limit: holding all requests for %.1fs (%s)", wait.hold, why)
+        if wait.over_cap:
+            logger.warning(
+                "rate limit: the server asked for a wait of %.0fs (%s), longer than "
+                "max_server_wait (%.0fs): requests fail with RateLimitedError for %.0fs, "
+                "then one probes again",
+                wait.retry_at - wall,
+                why,
+                cap,
+                wait.hold,
+            )
 
 
 class SlotLike(Protocol):

@@ -67,7 +67,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, Final
+from typing import Final
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -77,7 +77,19 @@ from zapier_async._clock import Clock, SystemClock
 from zapier_async._closing import AsyncCloseable
 from zapier_async._limiter import Limiter
 from zapier_async._limiter import Slot as _LocalSlot
-from zapier_async._limits import USE_DEFAULT, DefaultMarker, LimiterStats, Pressure, WaitLog
+from zapier_async._limits import (
+    DEFAULT_BUCKET_IDLE,
+    DEFAULT_MAX_BUCKETS,
+    FIRST,
+    USE_DEFAULT,
+    DefaultMarker,
+    LimiterCounts,
+    LimiterStats,
+    Pressure,
+    check_limiter_args,
+    first_deadline,
+    pressure_from,
+)
 from zapier_async._ratelimit import (
     DEFAULT_COOLDOWN,
     DEFAULT_MAX_SERVER_WAIT,
@@ -96,23 +108,11 @@ logger = logging.getLogger("zapier_async")
 
 _TASK_NAME: Final = "zapier_async.redis_limiter"
 
-DEFAULT_MAX_BUCKETS: Final = 10_000
-"""Buckets this process keeps a copy of at most (idle ones are read again when used)."""
-
-DEFAULT_BUCKET_IDLE: Final = 900.0
-"""Seconds after which an idle bucket expires in Redis and is forgotten locally."""
-
-_FIRST: Final = 1 << 62
-"""Subtracted from the sequence number of a ``first`` waiter (as in `Limiter.slot`)."""
-
 _EARLY: Final = 1e-6
 """A grant due this close is due now (epoch-second floats are ~0.2 us apart)."""
 
 _MAX_ATTEMPTS: Final = 100
 """Commits tried in a row before the task lets other buckets go first."""
-
-_OFFSET_REFRESH: Final = 30.0
-"""Seconds after which a slower round trip's clock offset is taken anyway (drift)."""
 
 _HEADER_PREFIXES: Final = ("x-ratelimit", "ratelimit", "retry-after")
 
@@ -173,19 +173,13 @@ class RedisLimiter(AsyncCloseable):
         clock: Clock | None = None,
         on_wait: Callable[[float, Priority], None] | None = None,
     ) -> None:
-        if not (math.isfinite(lease) and lease > 0):
-            raise InvalidRequestError(f"must be > 0, got {lease!r}", "lease")
-        if max_wait is not None and not max_wait >= 0:
-            raise InvalidRequestError(f"must be >= 0 or None, got {max_wait!r}", "max_wait")
-        for field, value in (("poll_interval", poll_interval), ("bucket_idle", bucket_idle)):
-            if not (math.isfinite(value) and value > 0):
-                raise InvalidRequestError(f"must be > 0, got {value!r}", field)
+        check_limiter_args(
+            max_wait, max_buckets, lease=lease, poll_interval=poll_interval, bucket_idle=bucket_idle
+        )
         if not reconnect_interval > 0:
             raise InvalidRequestError(
                 f"must be > 0, got {reconnect_interval!r}", "reconnect_interval"
             )
-        if isinstance(max_buckets, bool) or not isinstance(max_buckets, int) or max_buckets < 1:
-            raise InvalidRequestError(f"must be an int >= 1, got {max_buckets!r}", "max_buckets")
         self._config = BudgetConfig.checked(
             rate=None,
             default_cooldown=default_period,
@@ -234,18 +228,7 @@ class RedisLimiter(AsyncCloseable):
         self._fallback: Limiter | None = None
         self._degraded = False
 
-        self._waits = WaitLog(on_wait)
-        self._n_grants = 0
-        self._n_immediate = 0
-        self._n_rejected = 0
-        self._n_expired = 0
-        self._n_cancelled = 0
-        self._n_responses = 0
-        self._n_429 = 0
-        self._n_freezes = 0
-        self._n_windows = 0
-        self._n_evictions = 0
-        self._n_degraded = 0
+        self._counts = LimiterCounts(on_wait)
 
     # ------------------------------------------------------------------ public surface
 
@@ -302,20 +285,14 @@ class RedisLimiter(AsyncCloseable):
         """
         bucket = self._find(key)
         budget = self._store.view(bucket)
-        now = self._shared()
-        view = budget.view(now)
-        live = bucket.live if bucket is not None else [0, 0, 0]
-        return Pressure(
-            waiting_by_priority=(live[0], live[1], live[2]),
+        now, local = self._shared(), self._local()
+        return pressure_from(
+            budget.view(now),
+            None if bucket is None else bucket.live,
             in_flight=budget.in_flight,
-            remaining_estimate=view.remaining,
-            window_ends_at=self._local_of(view.window_ends_at),
-            next_free_at=self._local() + self.estimate_wait(priority, 1, key),
-            frozen_until=self._local_of(view.frozen_until),
-            mode=view.mode,
-            limit=view.limit,
-            period=view.period,
-            now=self._local(),
+            next_free_at=local + self.estimate_wait(priority, 1, key),
+            now=local,
+            shift=now - local,
         )
 
     def estimate_wait(self, priority: Priority, n: int = 1, key: Hashable = None) -> float:
@@ -375,29 +352,13 @@ class RedisLimiter(AsyncCloseable):
             A frozen `LimiterStats`; ``mode`` is ``"degraded"`` while Redis is unreachable.
         """
         now = self._shared()
-        view = self._store.view(self._default).view(now)
-        return LimiterStats(
-            mode="degraded" if self._degraded else view.mode,
-            grants=self._n_grants,
-            immediate=self._n_immediate,
-            waits=self._waits.count,
-            wait_total=self._waits.total,
-            wait_max=self._waits.longest,
-            rejected=self._n_rejected,
-            expired=self._n_expired,
-            cancelled=self._n_cancelled,
-            responses=self._n_responses,
-            rate_limited=self._n_429,
-            freezes=self._n_freezes,
-            windows=self._n_windows,
+        return self._counts.stats(
+            self._store.view(self._default).view(now),
+            now,
             in_flight=self.in_flight,
             waiting=self.waiting,
-            limit=view.limit,
-            remaining=view.remaining,
-            reset_in=None if view.window_ends_at is None else max(view.window_ends_at - now, 0),
-            frozen_for=None if view.frozen_until is None else view.frozen_until - now,
             buckets=len(self._buckets) + 1,
-            evictions=self._n_evictions,
+            mode="degraded" if self._degraded else None,
         )
 
     async def aclose(self) -> None:
@@ -499,7 +460,7 @@ class RedisLimiter(AsyncCloseable):
                 continue
             del self._buckets[oldest.key]
             self._dirty.pop(oldest, None)
-            self._n_evictions += 1
+            self._counts.evictions += 1
 
     # ------------------------------------------------------------------ acquiring
 
@@ -518,18 +479,18 @@ class RedisLimiter(AsyncCloseable):
             budget.advance(now)
             refused = budget.refusal(now)
             if refused is not None:
-                self._n_rejected += 1
+                self._counts.rejected += 1
                 raise self._refused_error(refused)
             if max_wait is not None and bucket.state:
                 ahead = sum(bucket.live[: int(priority) + 1])
                 estimate = budget.estimate(now, ahead + 1, priority)
                 if estimate > max_wait:
-                    self._n_rejected += 1
+                    self._counts.rejected += 1
                     raise RateLimitedError(estimate, self._clock.time() + estimate)
         loop = asyncio.get_running_loop()
         local = self._local()
         deadline = None if max_wait is None else local + max_wait
-        seq = next(self._seq) - (_FIRST if first else 0)  # heap order: (priority, seq)
+        seq = next(self._seq) - (FIRST if first else 0)  # heap order: (priority, seq)
         waiter = Waiter(bucket, priority, seq, loop.create_future(), local, deadline)
         heapq.heappush(bucket.heap, (int(priority), waiter.seq, waiter))
         bucket.live[priority] += 1
@@ -548,7 +509,7 @@ class RedisLimiter(AsyncCloseable):
                         slot._undo()
             elif waiter.alive:
                 self._kill(waiter)
-                self._n_cancelled += 1
+                self._counts.cancelled += 1
             raise
 
     def _kill(self, waiter: Waiter) -> None:
@@ -592,8 +553,8 @@ class RedisLimiter(AsyncCloseable):
         bucket.mine -= 1
         kept: dict[str, str] = {}
         if status is not None:
-            self._n_responses += 1
-            self._n_429 += status == 429
+            self._counts.responses += 1
+            self._counts.rate_limited += status == 429
             kept = {k: v for k, v in headers.items() if k.lower().startswith(_HEADER_PREFIXES)}
             wall = self._clock.time()
             bucket.streak = bucket.streak + 1 if status == 503 else 0
@@ -610,7 +571,7 @@ class RedisLimiter(AsyncCloseable):
 
     def _ungrant(self, slot: RedisSlot) -> None:
         self._in_flight -= 1
-        self._n_grants -= 1
+        self._counts.grants -= 1
         slot._bucket.mine -= 1
         self._post(slot._bucket, ("undo", slot._id, slot._epoch, None, {}, self._local()))
 
@@ -619,27 +580,10 @@ class RedisLimiter(AsyncCloseable):
         now = self._shared_of(op[5])
         answer = apply(budget, in_flight, epoch, op, now, self._config.default_cooldown)
         if answer is not None:
-            self._n_windows += answer.opened
+            self._counts.windows += answer.opened
             why = "freeze() called" if op[0] == "freeze" else f"HTTP {op[3]}"
-            self._note_freeze(answer.wait, answer.extended, why)
-
-    def _note_freeze(self, wait: Any, extended: bool, why: str) -> None:
-        if wait is None:
-            return
-        if extended:
-            self._n_freezes += 1
-            if not wait.over_cap:
-                logger.info(
-                    "rate limit: holding all requests for %.1fs (%s, shared)", wait.hold, why
-                )
-        if wait.over_cap:
-            logger.warning(
-                "rate limit: the server asked for a wait longer than max_server_wait (%.0fs) "
-                "(%s): requests fail with RateLimitedError for %.0fs, then one probes again",
-                self._config.max_server_wait,
-                why,
-                wait.hold,
-            )
+            cap = self._config.max_server_wait
+            self._counts.freeze(answer.wait, answer.extended, f"{why}, shared", cap=cap, wall=now)
 
     def _refused_error(self, retry_at: float) -> RateLimitedError:
         retry_in = max(retry_at - self._shared(), 0.0)
@@ -719,7 +663,7 @@ class RedisLimiter(AsyncCloseable):
             elif waiter.fut.done():  # its caller gave up; its handler has not run yet
                 heapq.heappop(bucket.heap)
                 self._kill(waiter)
-                self._n_cancelled += 1
+                self._counts.cancelled += 1
             else:
                 return waiter
         return None
@@ -739,15 +683,15 @@ class RedisLimiter(AsyncCloseable):
             )
             self._in_flight += 1
             bucket.mine += 1
-            self._n_grants += 1
+            self._counts.grants += 1
             if not waiter.alive or waiter.fut.done():
                 slot._undo()  # its caller left during the round trip: give it back
                 continue
             self._kill(waiter)
             if slot.waited > 0.001:
-                self._waits.note(waiter.priority, slot.waited, "shared", now)
+                self._counts.waits.note(waiter.priority, slot.waited, "shared", now)
             else:
-                self._n_immediate += 1
+                self._counts.immediate += 1
             waiter.fut.set_result(slot)
 
     def _refuse(self, bucket: Bucket, retry_at: float) -> None:
@@ -755,7 +699,7 @@ class RedisLimiter(AsyncCloseable):
         while (waiter := self._peek(bucket)) is not None:
             heapq.heappop(bucket.heap)
             self._kill(waiter)
-            self._n_rejected += 1
+            self._counts.rejected += 1
             waiter.fut.set_exception(self._refused_error(retry_at))
 
     def _schedule(self, bucket: Bucket) -> None:
@@ -822,12 +766,7 @@ class RedisLimiter(AsyncCloseable):
                 due = when
                 break
             heapq.heappop(self._due)
-        while self._deadlines and not self._deadlines[0][2].alive:
-            heapq.heappop(self._deadlines)
-        if self._deadlines:
-            deadline = self._deadlines[0][0]
-            due = deadline if due is None else min(due, deadline)
-        return due
+        return first_deadline(self._deadlines, due)
 
     async def _sleep(self, until: float | None) -> None:
         """Sleep until ``until`` (local time; None: until woken) or a local event."""
@@ -855,7 +794,7 @@ class RedisLimiter(AsyncCloseable):
                 heapq.heappush(self._deadlines, (now, waiter.seq, waiter))
                 return  # decide on what Redis says first
             self._kill(waiter)
-            self._n_expired += 1
+            self._counts.expired += 1
             budget = self._store.view(bucket)
             shared = self._shared()
             estimate = budget.estimate(shared, 1 + sum(bucket.live[: waiter.priority + 1]))
@@ -863,7 +802,6 @@ class RedisLimiter(AsyncCloseable):
 
     def _degrade(self, exc: BaseException) -> None:
         self._degraded = True
-        self._n_degraded += 1
         for bucket in self._all():
             bucket.ops.clear()  # their leases expire in Redis
             bucket.state = None
