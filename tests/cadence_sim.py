@@ -21,8 +21,9 @@ The model:
   `reserve` of the limit to INTERACTIVE ones until just before the window may end
   (``interactive_reserve``, released ``max(4 rtt, window / limit)`` before the end);
 - `run_many`: C workers; a worker holds its slot from before its create waits at the limiter
-  until its run is seen ended (Little's law); creates go at BULK, polls of an awaited run
-  (every run of `run_many`: its worker awaits the handle) at INTERACTIVE;
+  until its run is seen ended (Little's law); creates go at BULK, polls at POLL (a bulk
+  job's runs leave the interactive reserve alone) until the job has nothing left to create,
+  then at INTERACTIVE (`Engine.finishing`: what its caller waits for is its last runs);
 - the planner's ``pressure`` callable gets the real `_limits.Pressure` value, filled as
   `Limiter.pressure()` fills it (see `_Limiter.pressure`): times on the simulated clock,
   ``period`` and ``window_ends_at`` as whole-second ``Reset`` values let the budget learn
@@ -347,10 +348,12 @@ def simulate_library(
     durations = iter(_durations(w))
     result = Result(minimum=w.minimum(), runs=w.runs)
     left = [w.runs]
+    exhausted = [False]  # nothing left to create: the job's last reads go at INTERACTIVE
 
     def worker() -> None:
         duration = next(durations, None)
         if duration is None:
+            exhausted[0] = True
             return
 
         queued = loop.now
@@ -392,7 +395,7 @@ def simulate_library(
             result.sends.append((sent, "hit" if ended else "poll"))
             loop.at(sent + rtt, lambda: answered(run, asked, sent, ended))
 
-        limiter.submit(INTERACTIVE, send)
+        limiter.submit(INTERACTIVE if exhausted[0] else POLL, send)
 
     def answered(run: _Run, asked: float, sent: float, ended: bool) -> None:
         limiter.answered()

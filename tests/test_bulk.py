@@ -408,3 +408,30 @@ async def test_creates_on_the_wire_when_the_job_stops_are_reported_by_run_id_onc
     assert fake.stats.runs_created == 12
     assert fake.stats.duplicate_submissions == 0
     assert sorted(r.inputs["i"] for r in fake.runs()) == list(range(12))
+
+
+@pytest.mark.asyncio
+async def test_a_jobs_last_reads_are_not_held_back_until_its_window_ends():
+    # 40 requests per 300 s (Zapier's per-user budget has this shape), of which background
+    # work leaves 4 to awaited calls until the window may end. 19 runs of 1 s, each read
+    # once at 2 s, need 38: the last two reads would wait for the reserve's release, just
+    # before the window ends, 298 s later (36 requests sent by 60 s before the fix). Once
+    # the input is exhausted they are what the job's caller waits for: interactive priority.
+    clock = FakeClock()
+    policy = za.PollPolicy(initial=2.0, factor=1.5, cap=60.0, jitter=0.0)
+    fake = FakeZapier(seed=1, clock=clock, rate_limit=(40, 300.0), durations=1.0)
+    async with fake, client_for(fake, clock=clock, poll_policy=policy) as client:
+        requests = [request(i) for i in range(19)]
+        job = asyncio.ensure_future(_collect(client.run_many(requests, concurrency=50)))
+        while not job.done() and clock.monotonic() < 60.0:
+            await clock.advance(0.25)
+        assert job.done(), f"{fake.stats.requests} requests sent; the rest held back"
+        outcomes = job.result()
+        assert [o.ok for o in outcomes] == [True] * 19, [o.error for o in outcomes]
+        assert fake.stats.runs_created == 19
+        assert fake.stats.rate_limited == 0
+
+
+async def _collect(job: za.RunMany) -> list[za.Outcome]:
+    async with job as outcomes:
+        return [outcome async for outcome in outcomes]

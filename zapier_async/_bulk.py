@@ -29,6 +29,13 @@ late as it is. A caller
 who persists `unfinished()` should wait for `ZapierClient.orphaned_runs` (or close the
 client, which waits for creates on the wire) if it wants ids rather than outcome-unknown.
 
+Its runs' reads are background work (`Priority.POLL`): they leave the rate budget's
+interactive reserve to the client's awaited calls. Once the input is exhausted the job has
+nothing left to create, and what its caller waits for is its last runs: their reads then go
+at interactive priority (`Engine.finishing`), so the reserve does not hold a job's last
+reads until its window ends (five minutes on Zapier's per-user budget; a whole window on a
+job whose requests fill its last window exactly).
+
 For journaling, ``on_sending`` runs right before a create goes on the wire, after the limiter
 granted its slot, and ``on_submitted`` as soon as Zapier returned the run id. A `Journal`
 (``journal=``, e.g. `zapier_async.journal.FileJournal`) uses the same two moments plus the
@@ -236,12 +243,13 @@ class Outcome:
 class _Live:
     """An item taken from the input whose outcome was not handed to the consumer yet."""
 
-    __slots__ = ("item", "key", "request", "run_id", "sent")
+    __slots__ = ("handle", "item", "key", "request", "run_id", "sent")
 
     def __init__(self, item: object) -> None:
         self.item = item
         self.request: RunRequest | None = None
         self.run_id: str | None = None
+        self.handle: RunHandle | None = None
         self.sent = False  # the create may have reached Zapier
         self.key: JournalKey | None = None  # journaled under this key (journal= only)
 
@@ -322,11 +330,11 @@ class _Job:
                         return None
                     item = await anext(self.async_source)
         except (StopIteration, StopAsyncIteration):
-            self.exhausted = True
+            self._drain()
             return None
         except Exception as exc:  # the caller's iterator failed: stop taking, report it
-            self.exhausted = True
             self.input_error = exc
+            self._drain()
             return None
         index = self.next_index
         self.next_index += 1
@@ -414,8 +422,20 @@ class _Job:
         self._submitted(index, request, live, handle)
         return await self._follow(index, request, handle)
 
+    def _drain(self) -> None:
+        """Nothing is left to take: the job's runs are what its caller waits for now."""
+        if self.exhausted:
+            return
+        self.exhausted = True
+        for live in self.live.values():
+            if live.handle is not None:
+                self.engine.finishing(live.handle)
+
     def _submitted(self, index: int, request: RunRequest, live: _Live, handle: RunHandle) -> None:
         """Zapier accepted the item's run: remember its id, tell the hook and the journal."""
+        live.handle = handle
+        if self.exhausted:
+            self.engine.finishing(handle)
         live.run_id = run_id = handle.id
         if self.on_submitted is not None:
             try:

@@ -190,7 +190,8 @@ class Engine:
         )
         self._answer_waiters: list[asyncio.Future[None]] = []
         # Runs a bulk job created (at BULK): awaited by the job, not by a person, so their
-        # reads stay background work (they leave the interactive reserve alone).
+        # reads stay background work (they leave the interactive reserve alone) until the
+        # job has nothing left to create (`finishing`).
         self._bulk_runs: weakref.WeakSet[RunHandle] = weakref.WeakSet()
         self.pipeline = SendPipeline(
             auth=self.own,
@@ -533,6 +534,13 @@ class Engine:
         self._owed[key] -= take
         if self._owed[key] <= 0:
             del self._owed[key]
+
+    def finishing(self, handle: RunHandle) -> None:
+        """The bulk job that created `handle` has nothing left to create: its caller waits
+        for its last runs as for awaited ones, so their reads go at interactive priority
+        (the interactive reserve is not held back from a job's last reads until its window
+        ends: five minutes on Zapier's per-user budget)."""
+        self._bulk_runs.discard(handle)
 
     def _fulfilled(self, handle: RunHandle) -> None:
         self._keep(self._promised.pop(handle, None), 0)
