@@ -6,7 +6,7 @@ Theory of operation: the shared limiter
 Zapier's limits are per account, partner or user, not per process: N workers pacing
 themselves as if alone together spend N times the budget. `RedisLimiter` has the public
 surface of `zapier_async.Limiter` (``slot``, ``freeze``, ``pressure``, ``estimate_wait``,
-``waiting``, ``in_flight``, ``frozen_until``, ``snapshot``, ``aclose``; budgets per key),
+``spare``, ``waiting``, ``in_flight``, ``frozen_until``, ``snapshot``, ``aclose``; budgets per key),
 so ``ZapierClient(limiter=RedisLimiter(redis))`` shares each budget between every process
 pointed at the same Redis and ``name``.
 
@@ -227,6 +227,9 @@ class RedisLimiter(AsyncCloseable):
         self._closed = False
         self._fallback: Limiter | None = None
         self._degraded = False
+        # With spend_window: when each other process was last seen spending a bucket (its
+        # slots in flight in the state), by its id; `spare` shares a window's leftover.
+        self._peers: dict[Bucket, dict[str, float]] = {}
 
         self._counts = LimiterCounts(on_wait)
 
@@ -313,6 +316,41 @@ class RedisLimiter(AsyncCloseable):
             return max(refused - now, 0.0)
         ahead = sum(bucket.live[: int(priority) + 1]) if bucket is not None else 0
         return budget.estimate(now, ahead + max(n, 1), Priority(priority))
+
+    def spare(self, key: Hashable = None) -> tuple[int, float, int] | None:
+        """This process's share of the requests of a key's window that nobody waits for and
+        that background work may spend from ``at`` on (monotonic), and the window's identity:
+        ``(count, at, window)``, or None (see `zapier_async.Limiter.spare`, whose contract
+        this keeps: read-only, from the state last seen in Redis; ``spend_window`` only).
+
+        Every process sharing the window sees the same leftover at the same moment, but only
+        its own waiters. Offered whole to each, N processes would read ahead N times what is
+        left: no 429 (each read still waits for a slot of the shared budget), but the reads
+        not granted before the window ends go into the next one, ahead of planned reads and
+        creates. So the leftover is split evenly between this process and the others seen
+        spending the bucket within the last two window lengths (their slots in flight in the
+        states this process read or wrote); this one's share, rounded up, less its own
+        waiters, is what it offers. Alike workers (a Celery pool, `benchmarks.redis_workers`)
+        then read ahead just what is left; a process seen but with nothing to read leaves its
+        share unspent (early reads lost, nothing worse). Alone, a process gets what
+        `zapier_async.Limiter.spare` would give it.
+        """
+        bucket = self._find(key)
+        if bucket is None or not bucket.state or self._degraded:
+            return None
+        now = self._shared()
+        budget = self._store.view(bucket)
+        budget.advance(now)
+        found = budget.spare(now)
+        if found is None:
+            return None
+        count, at, window = found
+        seen = self._peers.get(bucket, {})
+        horizon = self._local() - 2 * (budget.view(now).period or self._config.default_cooldown)
+        for peer in [peer for peer, at_local in seen.items() if at_local < horizon]:
+            del seen[peer]
+        count = -(-count // (1 + len(seen))) - bucket.waiting()
+        return (count, at - now + self._local(), window) if count > 0 else None
 
     @property
     def max_server_wait(self) -> float:
@@ -460,6 +498,7 @@ class RedisLimiter(AsyncCloseable):
                 continue
             del self._buckets[oldest.key]
             self._dirty.pop(oldest, None)
+            self._peers.pop(oldest, None)
             self._counts.evictions += 1
 
     # ------------------------------------------------------------------ acquiring
@@ -707,10 +746,10 @@ class RedisLimiter(AsyncCloseable):
         due: float | None = None
         waiter = self._peek(bucket)
         budget = self._store.view(bucket) if bucket.state else None
+        others = budget is not None and self._note_peers(bucket)
         if waiter is not None and budget is not None:
             now = self._shared()
             when = budget.next_time(now, waiter.priority)
-            others = any(not slot_id.startswith(self._owner) for slot_id in bucket.in_flight)
             local = self._local()
             if when is not None:
                 due = local + max(when - now, 0.0)
@@ -722,6 +761,14 @@ class RedisLimiter(AsyncCloseable):
         bucket.due = due
         if due is not None:
             heapq.heappush(self._due, (due, next(self._seq), bucket))
+
+    def _note_peers(self, bucket: Bucket) -> bool:
+        """Whether other processes have slots in flight in the bucket's state as seen; with
+        ``spend_window``, when they were seen (`spare` shares the leftover among them)."""
+        others = [i.partition(":")[0] for i in bucket.in_flight if not i.startswith(self._owner)]
+        if others and self._config.spend_window:
+            self._peers.setdefault(bucket, {}).update(dict.fromkeys(others, self._local()))
+        return bool(others)
 
     # ------------------------------------------------------------------ the one task
 
