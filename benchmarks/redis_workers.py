@@ -6,9 +6,19 @@ each running its share of ``--runs`` runs with ``client.run_many`` through a `Re
 on the same Redis. The workers wait at a barrier, so the wall time is from the first worker's
 start to the last worker's end. The emulator counts every request it saw and every 429.
 
-The theoretical minimum is ``requests the emulator saw / (limit / window)``.
+``minimum_s`` is ``requests the emulator saw / (limit / window)``; ``physical_minimum_s`` the
+least any polling client needs, as in `benchmarks.budget`: ``max((2 N - L) / (L / W), N E[d] /
+C)`` (one create and one read per run, the first window free; C the concurrency of all workers
+together), which does not grow with every extra read.
 
-Run: ``python -m benchmarks.redis_workers [--workers 4] [--runs 1000] [--rate 50/2]``
+``--durations LOW,HIGH`` sets how long runs take (emulator), ``--concurrency`` each worker's
+``run_many`` concurrency (default: all its runs at once), ``--spend-window`` the limiters'
+``spend_window`` (then reads ahead of plan on budget a window would lose, `RedisLimiter.spare`;
+``--no-spare`` turns them off, to measure what they earn).
+
+Run: ``python -m benchmarks.redis_workers [--workers 4] [--runs 1000] [--rate 50/2]``; a
+concurrency-bound job: ``--runs 1000 --rate 200/5 --durations 2,8 --concurrency 25
+--spend-window``
 """
 
 from __future__ import annotations
@@ -41,7 +51,9 @@ def redis_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def fake_server(rate: str, seed: int) -> Iterator[tuple[str, dict[str, Any]]]:
+def fake_server(
+    rate: str, seed: int, durations: str = "0,0.05"
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """The emulator in its own process; yields its URL and a dict filled with its stats."""
     proc = subprocess.Popen(
         [
@@ -53,6 +65,8 @@ def fake_server(rate: str, seed: int) -> Iterator[tuple[str, dict[str, Any]]]:
             rate,
             "--seed",
             str(seed),
+            "--durations",
+            durations,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -83,7 +97,11 @@ async def worker_main(args: argparse.Namespace) -> None:
 
     client_redis = aioredis.from_url(args.redis_url, socket_timeout=5)
     try:
-        limiter = RedisLimiter(client_redis, name=args.name, lease=args.lease)
+        limiter = RedisLimiter(
+            client_redis, name=args.name, lease=args.lease, spend_window=args.spend_window
+        )
+        if args.no_spare:
+            limiter.spare = lambda key=None: None  # type: ignore[method-assign]
         async with (
             limiter,
             za.ZapierClient(
@@ -102,7 +120,8 @@ async def worker_main(args: argparse.Namespace) -> None:
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
             started = time.time()
             ok = failed = 0
-            async for outcome in client.run_many(requests, concurrency=max(args.count, 1)):
+            concurrency = args.concurrency or max(args.count, 1)
+            async for outcome in client.run_many(requests, concurrency=concurrency):
                 if outcome.error is None:
                     ok += 1
                 else:
@@ -118,6 +137,7 @@ async def worker_main(args: argparse.Namespace) -> None:
                     "failed": failed,
                     "grants": stats.grants,
                     "rate_limited": stats.rate_limited,
+                    "spare_reads": client._engine.spare.reads,
                 }
             ),
             flush=True,
@@ -133,6 +153,10 @@ def run(
     rate: str = "50/2",
     seed: int = 1,
     redis_url: str | None = None,
+    durations: str = "0,0.05",
+    concurrency: int = 0,
+    spend_window: bool = False,
+    spare: bool = True,
 ) -> dict[str, Any]:
     """Run the scenario; returns the summary printed by `main`."""
     limit, window = rate.split("/")
@@ -140,7 +164,7 @@ def run(
     name = f"bench-{os.getpid()}-{time.time_ns()}"
     with contextlib.ExitStack() as stack:
         url_redis = redis_url or stack.enter_context(redis_server())
-        url, fake_stats = stack.enter_context(fake_server(rate, seed))
+        url, fake_stats = stack.enter_context(fake_server(rate, seed, durations))
         procs = []
         share, extra = divmod(runs, workers)
         offset = 0
@@ -163,6 +187,10 @@ def run(
                         str(offset),
                         "--count",
                         str(count),
+                        "--concurrency",
+                        str(concurrency),
+                        *(["--spend-window"] if spend_window else []),
+                        *([] if spare else ["--no-spare"]),
                     ],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
@@ -188,10 +216,19 @@ def run(
     wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
     seen = fake_stats["requests"]
     minimum = seen / per_second
+    low, _, high = durations.partition(",")
+    mean_duration = (float(low) + float(high or low)) / 2
+    slots = min(concurrency * workers or runs, runs)
+    physical = max((2 * runs - int(limit)) / per_second, runs * mean_duration / slots)
     return {
         "workers": workers,
         "runs": runs,
         "rate": rate,
+        "durations": durations,
+        "concurrency_per_worker": concurrency or None,
+        "spend_window": spend_window,
+        "spare": spare and spend_window,
+        "spare_reads": sum(r["spare_reads"] for r in results),
         "ok": sum(r["ok"] for r in results),
         "failed": sum(r["failed"] for r in results),
         "requests_seen": seen,
@@ -201,6 +238,9 @@ def run(
         "wall_s": round(wall, 3),
         "minimum_s": round(minimum, 3),
         "wall_over_minimum": round(wall / minimum, 4),
+        "physical_minimum_s": round(physical, 3),
+        "wall_over_physical_minimum": round(wall / physical, 4),
+        "requests_per_run": round(seen / max(runs, 1), 3),
     }
 
 
@@ -211,6 +251,10 @@ def main() -> None:
     parser.add_argument("--rate", default="50/2")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--durations", default="0,0.05", metavar="SECONDS|LOW,HIGH")
+    parser.add_argument("--concurrency", type=int, default=0, help="per worker (0: all at once)")
+    parser.add_argument("--spend-window", action="store_true")
+    parser.add_argument("--no-spare", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
@@ -227,6 +271,10 @@ def main() -> None:
         rate=args.rate,
         seed=args.seed,
         redis_url=args.redis_url,
+        durations=args.durations,
+        concurrency=args.concurrency,
+        spend_window=args.spend_window,
+        spare=not args.no_spare,
     )
     print(json.dumps(summary, indent=2))
 
