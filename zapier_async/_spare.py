@@ -23,8 +23,8 @@ So, per bucket (the limiter key a run's reads spend) with runs being followed:
   `min_chance`. They are polled now, at their usual priority; one that is still going goes
   back to its plan.
 
-A limiter that cannot tell its spare budget (the Redis limiter, a user's own, a paced one)
-leaves this idle. Pure bookkeeping plus one timer per bucket with runs; no task of its own.
+A limiter that cannot tell its spare budget (a user's own, a paced one, a `RedisLimiter`
+without ``spend_window``) leaves this idle. Pure bookkeeping plus one timer per bucket with runs; no task of its own.
 """
 
 from __future__ import annotations
