@@ -24,7 +24,8 @@ So, per bucket (the limiter key a run's reads spend) with runs being followed:
   back to its plan.
 
 A limiter that cannot tell its spare budget (a user's own, a paced one, a `RedisLimiter`
-without ``spend_window``) leaves this idle. Pure bookkeeping plus one timer per bucket with runs; no task of its own.
+without ``spend_window``) leaves this idle. Pure bookkeeping plus one timer per bucket with
+runs; no task of its own.
 """
 
 from __future__ import annotations
