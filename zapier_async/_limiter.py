@@ -35,6 +35,10 @@ leaves the heap; a grant that races with the cancellation is given back; one who
 already done when its turn comes (cancelled, or timed out by ``wait_for``, before its task
 could run) is skipped: a slot nobody will use is never counted.
 
+**Lanes.** A request asked with a `Lane` (a bulk job's creates) joins it while it waits:
+when the lane is raised (the job's input is exhausted), its waiters move up their lines,
+counts per priority with them, and their buckets are dispatched again.
+
 **Failing fast.** ``max_wait``: when the estimated wait is longer, `slot` raises
 `RateLimitedError` at once, its ``retry_at`` saying when to come back; when the estimate was
 too hopeful, the waiter fails when ``max_wait`` runs out. When the server dictated a wait
@@ -56,6 +60,7 @@ import contextlib
 import heapq
 import itertools
 from collections.abc import Callable, Hashable, Mapping
+from functools import partial
 from types import TracebackType
 from typing import Final
 
@@ -64,7 +69,17 @@ from ._clock import Clock, SystemClock
 from ._closing import AsyncCloseable
 from ._limits import DEFAULT_BUCKET_IDLE as DEFAULT_BUCKET_IDLE
 from ._limits import DEFAULT_MAX_BUCKETS as DEFAULT_MAX_BUCKETS
-from ._limits import FIRST, LimiterCounts, check_limiter_args, first_deadline, pressure_from
+from ._limits import (
+    FIRST,
+    Lane,
+    LimiterCounts,
+    check_limiter_args,
+    first_deadline,
+    forget_idle,
+    granted,
+    pressure_from,
+    raise_in_line,
+)
 from ._limits import LOG_SUMMARY_EVERY as LOG_SUMMARY_EVERY
 from ._limits import LOG_WAIT_OVER as LOG_WAIT_OVER
 from ._limits import USE_DEFAULT as USE_DEFAULT
@@ -87,9 +102,6 @@ __all__ = [
     "Slot",
     "SlotLike",
 ]
-
-_EVICT_SCAN: Final = 8
-"""Buckets looked at per new or used bucket when forgetting idle ones (amortised O(1))."""
 
 
 class Slot(OneShotSlot):
@@ -161,7 +173,7 @@ class _Bucket:
 class _SlotRequest:
     """The async context manager returned by `Limiter.slot`."""
 
-    __slots__ = ("_first", "_key", "_limiter", "_max_wait", "_priority", "_slot")
+    __slots__ = ("_first", "_key", "_lane", "_limiter", "_max_wait", "_priority", "_slot")
 
     def __init__(
         self,
@@ -170,17 +182,19 @@ class _SlotRequest:
         max_wait: float | DefaultMarker | None,
         key: Hashable,
         first: bool = False,
+        lane: Lane | None = None,
     ) -> None:
         self._limiter = limiter
         self._priority = priority
         self._max_wait = max_wait
         self._key = key
         self._first = first
+        self._lane = lane
         self._slot: Slot | None = None
 
     async def __aenter__(self) -> Slot:
         self._slot = await self._limiter._acquire(
-            self._priority, self._max_wait, self._key, self._first
+            self._priority, self._max_wait, self._key, self._first, self._lane
         )
         return self._slot
 
@@ -234,6 +248,9 @@ class Limiter(AsyncCloseable):
 
     supports_first: Final = True
     """`slot` takes ``first=`` (see `zapier_async._limits.slot_for`)."""
+
+    supports_lanes: Final = True
+    """`slot` takes ``lane=`` (see `zapier_async._limits.Lane`)."""
 
     def __init__(
         self,
@@ -290,6 +307,7 @@ class Limiter(AsyncCloseable):
         max_wait: float | DefaultMarker | None = USE_DEFAULT,
         key: Hashable = None,
         first: bool = False,
+        lane: Lane | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Slot]:
         """Wait for permission to send one request.
 
@@ -305,6 +323,8 @@ class Limiter(AsyncCloseable):
                 None for the default bucket.
             first: Served before the other waiters of its priority (FIFO among such):
                 a read of a run someone awaits goes before new creates of the same priority.
+            lane: Requests whose priority is raised together (`Lane`): asked at the lane's
+                priority once it was raised, and moved up the line while waiting when it is.
 
         Returns:
             An async context manager yielding the `Slot`.
@@ -314,7 +334,7 @@ class Limiter(AsyncCloseable):
                 (raised at once, without waiting), or ``max_wait`` ran out while waiting.
             LimiterClosedError: (on entering) The limiter is or was closed while waiting.
         """
-        return _SlotRequest(self, Priority(priority), max_wait, key, first)
+        return _SlotRequest(self, Priority(priority), max_wait, key, first, lane)
 
     def freeze(self, seconds: float, *, key: Hashable = None) -> None:
         """Stop granting slots of a bucket for ``seconds`` (a ``Retry-After`` seen elsewhere).
@@ -502,19 +522,12 @@ class Limiter(AsyncCloseable):
 
     def _evict(self, now: float, keep: _Bucket) -> None:
         """Forget a few idle buckets: past ``max_buckets``, or unused for ``bucket_idle``."""
-        buckets = self._buckets
-        for _ in range(min(_EVICT_SCAN, len(buckets))):
-            oldest = next(iter(buckets.values()))
-            if oldest is keep:
-                return
-            over = len(buckets) > self._max_buckets
-            if not over and now - oldest.used_at < self._bucket_idle:
-                return
-            if oldest.live is None and oldest.budget.idle(now):
-                del buckets[oldest.key]
-                self._counts.evictions += 1
-            else:  # busy: look at it again after the others
-                buckets.move_to_end(oldest.key)
+
+        def idle(bucket: _Bucket) -> bool:
+            return bucket.live is None and bucket.budget.idle(now)
+
+        gone = forget_idle(self._buckets, now, self._max_buckets, self._bucket_idle, idle, keep)
+        self._counts.evictions += len(gone)
 
     # ------------------------------------------------------------------ acquiring
 
@@ -524,9 +537,12 @@ class Limiter(AsyncCloseable):
         max_wait: float | DefaultMarker | None,
         key: Hashable,
         first: bool = False,
+        lane: Lane | None = None,
     ) -> Slot:
         if self._closed:
             raise LimiterClosedError("the rate limiter is closed")
+        if lane is not None:
+            priority = lane.of(priority)
         limit = self._max_wait if isinstance(max_wait, DefaultMarker) else max_wait
         now = self._clock.monotonic()
         bucket = self._bucket(key, now)
@@ -569,17 +585,23 @@ class Limiter(AsyncCloseable):
         self._live += 1
         self._dispatch(bucket)
         try:
-            return await waiter.fut
+            return await granted(
+                waiter, partial(self._give_up, waiter), lane, bucket, self._promote
+            )
         except BaseException:
-            fut = waiter.fut
-            if fut.done() and not fut.cancelled():
-                if fut.exception() is None:  # granted, but we were cancelled meanwhile
-                    fut.result()._undo()
-            elif waiter.alive:
-                self._kill(waiter)
-                self._counts.cancelled += 1
             self._dispatch(bucket)
             raise
+
+    def _give_up(self, waiter: _Waiter) -> None:
+        """Its caller left while ``waiter`` was in line (cancelled)."""
+        self._kill(waiter)
+        self._counts.cancelled += 1
+
+    def _promote(self, bucket: _Bucket, waiters: list[_Waiter], to: Priority) -> None:
+        """A `Lane` was raised: its ``waiters`` in ``bucket`` move up, and may go now."""
+        heap, live = bucket.heap, bucket.live
+        if heap is not None and live is not None and raise_in_line(heap, live, waiters, to):
+            self._dispatch(bucket)
 
     def _kill(self, waiter: _Waiter) -> None:
         waiter.alive = False

@@ -1,16 +1,18 @@
 """What every limiter shares: the protocols a client needs, the stats and pressure values,
-the one-shot slot contract and the waiter record (the in-memory `Limiter` and the Redis one).
+the one-shot slot contract, the waiter record and its wait, lanes (`Lane`) and forgetting
+idle buckets (the in-memory `Limiter` and the Redis one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import heapq
 import logging
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import attrs
@@ -21,6 +23,7 @@ from .errors import InvalidRequestError
 
 __all__ = [
     "USE_DEFAULT",
+    "Lane",
     "LimiterLike",
     "LimiterStats",
     "Pressure",
@@ -243,6 +246,143 @@ class BaseWaiter(Generic[_S]):
 _W = TypeVar("_W", bound=BaseWaiter[Any])
 
 
+class Lane:
+    """Requests whose priority is raised together, those already waiting for a slot included:
+    a bulk job's creates, which go at INTERACTIVE once the job's input is exhausted.
+
+    Ask each of their slots with it (`slot_for`'s ``lane``). Once `raise_to` raised it, its
+    requests asked later go at the raised priority on any limiter, and a limiter that
+    declares ``supports_lanes`` moves those waiting up its line (their counts per priority,
+    `Pressure` and estimates with them): they may spend what the limiter keeps for that
+    priority, such as ``spend_window``'s interactive reserve.
+    """
+
+    __slots__ = ("_waiting", "priority")
+
+    def __init__(self) -> None:
+        self.priority: Priority | None = None
+        """The priority the lane was raised to; None: its requests go at their own."""
+        # For limiters: waiter -> (its line, the limiter's ``promote(line, waiters, to)``).
+        self._waiting: dict[BaseWaiter[Any], tuple[object, Callable[..., None]]] = {}
+
+    def of(self, priority: Priority) -> Priority:
+        """The priority a request of the lane asked at ``priority`` goes at now."""
+        raised = self.priority
+        return priority if raised is None or raised >= priority else raised
+
+    def raise_to(self, priority: Priority) -> None:
+        """Raise the lane's requests, waiting or to come, to ``priority`` (never lowers it)."""
+        priority = Priority(priority)
+        if self.priority is not None and self.priority <= priority:
+            return
+        self.priority = priority
+        lines: dict[tuple[object, Callable[..., None]], list[BaseWaiter[Any]]] = {}
+        for waiter, owner in self._waiting.items():
+            lines.setdefault(owner, []).append(waiter)
+        for (line, promote), waiters in lines.items():
+            promote(line, waiters, priority)
+
+    def join(self, waiter: BaseWaiter[Any], line: object, promote: Callable[..., None]) -> None:
+        """For limiters: ``waiter``, in ``line``, waits; when the lane is raised,
+        ``promote(line, waiters, priority)`` is called with the lane's waiters in it."""
+        self._waiting[waiter] = (line, promote)
+
+    def leave(self, waiter: BaseWaiter[Any]) -> None:
+        """For limiters: ``waiter`` waits no more (granted, refused, cancelled)."""
+        self._waiting.pop(waiter, None)
+
+
+_G = TypeVar("_G", bound="OneShotSlot | None")
+
+
+async def granted(
+    waiter: BaseWaiter[_G],
+    give_up: Callable[[], None],
+    lane: Lane | None = None,
+    line: object = None,
+    promote: Callable[..., None] | None = None,
+) -> _G:
+    """Wait for ``waiter``'s grant (the slot, or what its future holds), in ``lane``
+    meanwhile (joined with ``line`` and ``promote``: see `Lane.join`). When its caller
+    leaves first (cancelled), a grant that raced with it is given back (`OneShotSlot._undo`),
+    and a waiter still in line is taken out by ``give_up()``; then the exception goes on."""
+    if lane is not None and promote is not None:
+        lane.join(waiter, line, promote)
+    try:
+        return await waiter.fut
+    except BaseException:
+        fut = waiter.fut
+        if fut.done() and not fut.cancelled():
+            if fut.exception() is None and (slot := fut.result()) is not None:
+                slot._undo()  # granted, but its caller was cancelled meanwhile
+        elif waiter.alive:
+            give_up()
+        raise
+    finally:
+        if lane is not None:
+            lane.leave(waiter)
+
+
+def raise_in_line(
+    heap: list[tuple[int, int, _W]], live: list[int], waiters: Iterable[_W], to: Priority
+) -> bool:
+    """Raise a line's live ``waiters`` to priority ``to`` (`Lane.raise_to`): each moves from
+    its count per priority in ``live`` to ``to``'s, and the line's ``heap`` of ``(priority,
+    seq, waiter)`` is sorted again, dead entries dropped (O(n), once per raise of a lane).
+    A waiter alive but out of the heap (a grant being written) just changes priority.
+    Returns whether any moved."""
+    moved = False
+    for waiter in waiters:
+        if waiter.alive and waiter.priority > to:
+            live[waiter.priority] -= 1
+            live[to] += 1
+            waiter.priority = to
+            moved = True
+    if moved:
+        heap[:] = [(int(waiter.priority), seq, waiter) for _, seq, waiter in heap if waiter.alive]
+        heapq.heapify(heap)
+    return moved
+
+
+EVICT_SCAN: Final = 8
+"""Buckets looked at per new or used bucket when forgetting idle ones (amortised O(1))."""
+
+
+class _Kept(Protocol):
+    key: Hashable
+    used_at: float
+
+
+_K = TypeVar("_K", bound=_Kept)
+
+
+def forget_idle(
+    buckets: collections.OrderedDict[Hashable, _K],
+    now: float,
+    max_buckets: int,
+    idle_after: float,
+    idle: Callable[[_K], bool],
+    keep: _K | None = None,
+) -> list[_K]:
+    """Forget a few of a limiter's ``buckets``, least recently used first (`EVICT_SCAN` at
+    most are looked at): while there are more than ``max_buckets``, or one was unused for
+    ``idle_after`` seconds, the oldest goes if ``idle`` says it holds nothing, else it is
+    looked at again after the others. Stops at ``keep``. Returns the buckets forgotten."""
+    gone: list[_K] = []
+    for _ in range(min(EVICT_SCAN, len(buckets))):
+        oldest = next(iter(buckets.values()))
+        if oldest is keep:
+            break
+        if len(buckets) <= max_buckets and now - oldest.used_at < idle_after:
+            break
+        if idle(oldest):
+            del buckets[oldest.key]
+            gone.append(oldest)
+        else:  # busy: look at it again after the others
+            buckets.move_to_end(oldest.key)
+    return gone
+
+
 def first_deadline(deadlines: list[tuple[float, int, _W]], due: float | None) -> float | None:
     """The earlier of ``due`` and the first deadline of a live waiter in the heap
     ``deadlines`` (the dead ones on top leave it)."""
@@ -431,11 +571,18 @@ def slot_for(
     max_wait: float | DefaultMarker | None = USE_DEFAULT,
     key: Hashable = None,
     first: bool = False,
+    lane: Lane | None = None,
 ) -> contextlib.AbstractAsyncContextManager[SlotLike]:
     """A slot of ``key``'s bucket from any limiter: one that does not declare
     ``supports_keys`` has a single bucket, which every key shares; one that does not declare
-    ``supports_first`` serves a ``first`` request in its priority's order."""
+    ``supports_first`` serves a ``first`` request in its priority's order; one that does
+    not declare ``supports_lanes`` serves a request of a ``lane`` at the lane's priority
+    when it is asked (`Lane`), and does not raise it while it waits."""
     extra: dict[str, Any] = {}
+    if lane is not None:
+        priority = lane.of(priority)
+        if getattr(limiter, "supports_lanes", False):
+            extra["lane"] = lane
     if first and getattr(limiter, "supports_first", False):
         extra["first"] = True
     if key is not None and getattr(limiter, "supports_keys", False):

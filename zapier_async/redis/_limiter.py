@@ -67,7 +67,8 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Hashable, Mapping
-from typing import Final
+from functools import partial
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -83,12 +84,16 @@ from zapier_async._limits import (
     FIRST,
     USE_DEFAULT,
     DefaultMarker,
+    Lane,
     LimiterCounts,
     LimiterStats,
     Pressure,
     check_limiter_args,
     first_deadline,
+    forget_idle,
+    granted,
     pressure_from,
+    raise_in_line,
 )
 from zapier_async._ratelimit import (
     DEFAULT_COOLDOWN,
@@ -152,6 +157,9 @@ class RedisLimiter(AsyncCloseable):
 
     supports_first: Final = True
     """`slot` takes ``first=`` (see `zapier_async._limits.slot_for`)."""
+
+    supports_lanes: Final = True
+    """`slot` takes ``lane=`` (see `zapier_async._limits.Lane`)."""
 
     def __init__(
         self,
@@ -242,6 +250,7 @@ class RedisLimiter(AsyncCloseable):
         max_wait: float | DefaultMarker | None = USE_DEFAULT,
         key: Hashable = None,
         first: bool = False,
+        lane: Lane | None = None,
     ) -> contextlib.AbstractAsyncContextManager[RedisSlot | _LocalSlot]:
         """Wait for permission to send one request (see `zapier_async.Limiter.slot`).
 
@@ -252,6 +261,8 @@ class RedisLimiter(AsyncCloseable):
             key: The bucket (what the server limits); None for the default one.
             first: Served before this process's other waiters of its priority (FIFO among
                 such), as `zapier_async.Limiter.slot`'s.
+            lane: Requests raised together, as `zapier_async.Limiter.slot`'s (this
+                process's waiters; not while Redis is unreachable).
 
         Returns:
             An async context manager yielding the slot (a `RedisSlot`, or a local `Slot`
@@ -262,7 +273,8 @@ class RedisLimiter(AsyncCloseable):
                 server dictated one past ``max_server_wait`` (``reason="max_server_wait"``).
             LimiterClosedError: (on entering) The limiter is or was closed while waiting.
         """
-        return SlotRequest(self, Priority(priority), max_wait, key, first)
+        asker = self if lane is None else _InLane(self, lane)
+        return SlotRequest(asker, Priority(priority), max_wait, key, first)
 
     def freeze(self, seconds: float, *, key: Hashable = None) -> None:
         """Stop every process sharing the bucket for ``seconds`` (never shortens a freeze;
@@ -486,25 +498,22 @@ class RedisLimiter(AsyncCloseable):
 
     def _evict(self, now: float) -> None:
         """Forget a few idle local copies: past ``max_buckets``, or unused for a while."""
-        for _ in range(8):
-            if not self._buckets:
-                return
-            oldest = next(iter(self._buckets.values()))
-            over = len(self._buckets) > self._max_buckets
-            if not over and now - oldest.used_at < self._bucket_idle:
-                return
-            if not oldest.idle():
-                self._buckets.move_to_end(oldest.key)
-                continue
-            del self._buckets[oldest.key]
-            self._dirty.pop(oldest, None)
-            self._peers.pop(oldest, None)
+        for gone in forget_idle(
+            self._buckets, now, self._max_buckets, self._bucket_idle, Bucket.idle
+        ):
+            self._dirty.pop(gone, None)
+            self._peers.pop(gone, None)
             self._counts.evictions += 1
 
     # ------------------------------------------------------------------ acquiring
 
     async def _acquire(
-        self, priority: Priority, max_wait: float | None, key: Hashable, first: bool = False
+        self,
+        priority: Priority,
+        max_wait: float | None,
+        key: Hashable,
+        first: bool = False,
+        lane: Lane | None = None,
     ) -> RedisSlot | None:
         if self._closed:
             raise LimiterClosedError("the rate limiter is closed")
@@ -537,19 +546,17 @@ class RedisLimiter(AsyncCloseable):
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, waiter.seq, waiter))
         self._mark(bucket)
-        try:
-            return await waiter.fut
-        except BaseException:
-            fut = waiter.fut
-            if fut.done() and not fut.cancelled():
-                if fut.exception() is None:  # granted, but we were cancelled meanwhile
-                    slot = fut.result()
-                    if slot is not None:
-                        slot._undo()
-            elif waiter.alive:
-                self._kill(waiter)
-                self._counts.cancelled += 1
-            raise
+        return await granted(waiter, partial(self._give_up, waiter), lane, bucket, self._promote)
+
+    def _give_up(self, waiter: Waiter) -> None:
+        """Its caller left while ``waiter`` was in line (cancelled)."""
+        self._kill(waiter)
+        self._counts.cancelled += 1
+
+    def _promote(self, bucket: Bucket, waiters: list[Waiter], to: Priority) -> None:
+        """A `Lane` was raised: its ``waiters`` in ``bucket`` move up (see `raise_in_line`)."""
+        if raise_in_line(bucket.heap, bucket.live, waiters, to):
+            self._mark(bucket)
 
     def _kill(self, waiter: Waiter) -> None:
         waiter.alive = False
@@ -874,6 +881,25 @@ class RedisLimiter(AsyncCloseable):
                     else:
                         waiter.fut.set_exception(exc)
         self._deadlines.clear()
+
+
+class _InLane:
+    """The limiter as the `SlotRequest` of a `Lane`'s request sees it (a `SlotRequest` carries
+    no lane): its ``_acquire`` puts the waiter in the lane; all else is the limiter's."""
+
+    __slots__ = ("_lane", "_limiter")
+
+    def __init__(self, limiter: RedisLimiter, lane: Lane) -> None:
+        self._limiter, self._lane = limiter, lane
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._limiter, name)
+
+    async def _acquire(
+        self, priority: Priority, max_wait: float | None, key: Hashable, first: bool = False
+    ) -> RedisSlot | None:
+        lane = self._lane
+        return await self._limiter._acquire(lane.of(priority), max_wait, key, first, lane)
 
 
 RedisLimiterBackend = RedisLimiter
