@@ -13,6 +13,7 @@ from _util import client_for, eventually, until
 import zapier_async as za
 from zapier_async import errors
 from zapier_async._bulk import WORKER_TASK_NAME
+from zapier_async.callbacks import CallbackReceiver, CallbackVerifier
 from zapier_async.journal import JournalState
 from zapier_async.testing import FakeClock, FakeZapier
 
@@ -435,3 +436,36 @@ async def test_a_jobs_last_reads_are_not_held_back_until_its_window_ends():
 async def _collect(job: za.RunMany) -> list[za.Outcome]:
     async with job as outcomes:
         return [outcome async for outcome in outcomes]
+
+
+@pytest.mark.asyncio
+async def test_a_jobs_last_creates_are_not_held_back_until_its_window_ends(served):
+    # 40 requests per 300 s, of which background work leaves 4 to awaited calls until the
+    # window may end. 38 runs resolved by callback need 38 creates and no read: the input is
+    # exhausted at once (concurrency 50), so every create waits at BULK, and the last ones
+    # would wait for the reserve's release, just before the window ends (37 requests sent by
+    # 60 s before the fix). Once the input is exhausted they are what the job's caller waits
+    # for: the job's lane raises them, while they wait, to interactive priority.
+    clock = FakeClock()
+    fake = FakeZapier(seed=1, clock=clock, rate_limit=(40, 300.0), durations=1.0)
+    polling = za.CallbackPolling(first_delay=240.0, interval=60.0)  # no read before 60 s
+    options = {"allow_insecure_callback_url_for_testing": True, "callback_polling": polling}
+    async with fake, client_for(fake, clock=clock, **options) as client:
+        receiver = CallbackReceiver(client, CallbackVerifier(jwks_url=fake.jwks_url, clock=clock))
+        url = await served(receiver.app()) + "/zapier/callback"
+        requests = [
+            za.RunRequest(action="core:x", authentication=None, inputs={"i": i}, callback_url=url)
+            for i in range(38)
+        ]
+        job = asyncio.ensure_future(_collect(client.run_many(requests, concurrency=50)))
+        while not job.done() and clock.monotonic() < 60.0:
+            await until(lambda: fake.actions.callbacks_in_flight == 0)
+            await clock.advance(0.25)
+        await until(lambda: job.done() or fake.actions.callbacks_in_flight == 0)
+        assert job.done(), f"{fake.stats.requests} requests sent; the rest held back"
+        outcomes = job.result()
+        assert [o.ok for o in outcomes] == [True] * 38, [o.error for o in outcomes]
+        assert fake.stats.runs_created == 38
+        assert fake.stats.polls == 0  # resolved by callbacks: the creates were the tail
+        assert fake.stats.rate_limited == 0
+        assert receiver.stats.delivered == 38

@@ -29,12 +29,14 @@ late as it is. A caller
 who persists `unfinished()` should wait for `ZapierClient.orphaned_runs` (or close the
 client, which waits for creates on the wire) if it wants ids rather than outcome-unknown.
 
-Its runs' reads are background work (`Priority.POLL`): they leave the rate budget's
-interactive reserve to the client's awaited calls. Once the input is exhausted the job has
-nothing left to create, and what its caller waits for is its last runs: their reads then go
-at interactive priority (`Engine.finishing`), so the reserve does not hold a job's last
-reads until its window ends (five minutes on Zapier's per-user budget; a whole window on a
-job whose requests fill its last window exactly).
+Its creates (`Priority.BULK`) and its runs' reads (`Priority.POLL`) are background work:
+they leave the rate budget's interactive reserve to the client's awaited calls. Once the
+input is exhausted the job takes nothing new, and what its caller waits for is its last
+creates and runs: the creates still waiting for a slot, and any it sends after (a retry),
+then go at interactive priority (the job's `Lane`, raised), and so do its runs' reads
+(`Engine.finishing`). The reserve does not hold a job's last requests until their window
+ends (five minutes on Zapier's per-user budget; a whole window on a job whose requests fill
+its last window exactly).
 
 For journaling, ``on_sending`` runs right before a create goes on the wire, after the limiter
 granted its slot, and ``on_submitted`` as soon as Zapier returned the run id. A `Journal`
@@ -89,6 +91,7 @@ from . import errors
 from ._closing import AsyncCloseable
 from ._guards import bind_callback_url
 from ._limiter import Priority
+from ._limits import Lane
 from .journal import Journal, JournalKey, JournalState
 from .models import Run
 
@@ -300,6 +303,7 @@ class _Job:
         self.closed = False
         self.finished = False
         self.refusal: BaseException | None = None  # stops new creates (job-wide refusal)
+        self.lane = Lane()  # the job's creates: raised to INTERACTIVE once it is drained
 
     def start(self) -> None:
         self.started = True
@@ -410,6 +414,7 @@ class _Job:
                 callback_token=callback_token,
                 before_send=sending,
                 on_orphan=partial(self._orphan_accepted, index, request, live),
+                lane=self.lane,
             )
         except _Refused:
             live.sent = False
@@ -423,10 +428,12 @@ class _Job:
         return await self._follow(index, request, handle)
 
     def _drain(self) -> None:
-        """Nothing is left to take: the job's runs are what its caller waits for now."""
+        """Nothing is left to take: the job's creates and runs are what its caller waits
+        for now."""
         if self.exhausted:
             return
         self.exhausted = True
+        self.lane.raise_to(Priority.INTERACTIVE)
         for live in self.live.values():
             if live.handle is not None:
                 self.engine.finishing(live.handle)

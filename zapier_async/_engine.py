@@ -53,7 +53,7 @@ from ._cadence import ReadCadence
 from ._handle import RunHandle
 from ._idempotency import KeyedCreates
 from ._limiter import Priority
-from ._limits import estimate_wait_of, pressure_of
+from ._limits import Lane, estimate_wait_of, pressure_of
 from ._pipeline import (
     BucketKey,
     CreateHooks,
@@ -321,6 +321,7 @@ class Engine:
         orphan: CreateHooks | None = None,
         timing: SendTiming | None = None,
         first: bool = False,
+        lane: Lane | None = None,
     ) -> proto.Response:
         """Send through the limiter with retries (see `SendPipeline.send`)."""
         return await self.pipeline.send(
@@ -331,6 +332,7 @@ class Engine:
             credential=auth,
             timing=timing,
             first=first,
+            lane=lane,
         )
 
     def _pressure(self, key: Hashable) -> PressureLike | None:
@@ -370,6 +372,7 @@ class Engine:
         deadline: float | None = None,
         before_send: Callable[[], object] | None = None,
         on_orphan: Callable[[RunHandle], object] | None = None,
+        lane: Lane | None = None,
     ) -> RunHandle:
         """Send a run-creating request and track the run it created.
 
@@ -394,6 +397,10 @@ class Engine:
         `on_orphan` is called with the handle of a run created for a caller that was
         cancelled while its create was on the wire (it is in `orphaned_runs`), so the caller's
         owner (a bulk job) learns the id of the run it gave up on.
+
+        `lane`: the create's slots are asked in it (a bulk job's creates, raised to
+        INTERACTIVE once its input is exhausted, those waiting for a slot included; see
+        `Lane`). Not with `idempotency_key`.
         """
         created = partial(
             self._created,
@@ -427,7 +434,12 @@ class Engine:
                 hooks = CreateHooks(partial(created, orphaned=True), sending=before_send)
                 try:
                     response = await self.send(
-                        request, priority=priority, max_wait=max_wait, auth=auth, orphan=hooks
+                        request,
+                        priority=priority,
+                        max_wait=max_wait,
+                        auth=auth,
+                        orphan=hooks,
+                        lane=lane,
                     )
                     handle = created(response)
                 except errors.ZapierError as exc:

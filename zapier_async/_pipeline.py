@@ -47,7 +47,7 @@ from ._backoff import RetryBudget, RetryDecision, RetryPolicy, decide_retry, fai
 from ._clock import Clock
 from ._guards import check_token
 from ._limiter import LimiterLike, Priority, SlotLike
-from ._limits import pressure_of, slot_for
+from ._limits import Lane, pressure_of, slot_for
 from ._ratelimit import (
     DEFAULT_COOLDOWN,
     RateLimitState,
@@ -303,6 +303,7 @@ class SendPipeline:
         credential: Credential | None = None,
         timing: SendTiming | None = None,
         first: bool = False,
+        lane: Lane | None = None,
     ) -> proto.Response:
         """Send through the limiter with retries; returns a 2xx response or raises.
 
@@ -327,6 +328,8 @@ class SendPipeline:
                 slot and its answer.
             first: An idempotent request served before the other waiters of its priority
                 (a read of a run someone awaits goes before new creates).
+            lane: Every slot of the request (retries included) is asked in it: raised,
+                it raises the request's priority, while it waits too (`Lane`).
         """
         credential = self._credential if credential is None else credential
         return await self._send(
@@ -338,6 +341,7 @@ class SendPipeline:
             base_url=self._base_url,
             timing=timing,
             first=first,
+            lane=lane,
         )
 
     async def send_unlimited(self, request: proto.Request, base_url: str) -> proto.Response:
@@ -367,6 +371,7 @@ class SendPipeline:
         base_url: str,
         timing: SendTiming | None = None,
         first: bool = False,
+        lane: Lane | None = None,
     ) -> proto.Response:
         """The one retry loop. `credential` None: a token request (no limiter, no token)."""
         self._check_loop()
@@ -391,7 +396,7 @@ class SendPipeline:
                 except errors.TransportError as exc:
                     failure = exc
             elif request.idempotent:
-                async with self._slot(priority, max_wait, key, first=first) as slot:
+                async with self._slot(priority, max_wait, key, first=first, lane=lane) as slot:
                     self._waited(request, slot)
                     if timing is not None:
                         timing.granted_at = self._clock.monotonic()
@@ -419,7 +424,7 @@ class SendPipeline:
             else:
                 try:
                     response = await self._send_on_wire(
-                        request, headers, priority, max_wait, hooks, key
+                        request, headers, priority, max_wait, hooks, key, lane
                     )
                 except errors.TransportError as exc:
                     failure = exc
@@ -514,12 +519,17 @@ class SendPipeline:
             raise failure
 
     def _slot(
-        self, priority: Priority, max_wait: float | None, key: Hashable, *, first: bool = False
+        self,
+        priority: Priority,
+        max_wait: float | None,
+        key: Hashable,
+        *,
+        first: bool = False,
+        lane: Lane | None = None,
     ) -> contextlib.AbstractAsyncContextManager[SlotLike]:
         # Checked once at construction (`_keyed`): a limiter without keys gets no key.
-        if self._keyed:
-            return slot_for(self._limiter, priority, max_wait=max_wait, key=key, first=first)
-        return slot_for(self._limiter, priority, max_wait=max_wait, first=first)
+        key = key if self._keyed else None
+        return slot_for(self._limiter, priority, max_wait=max_wait, key=key, first=first, lane=lane)
 
     def _answered(self) -> None:
         hook = self.on_answer
@@ -557,6 +567,7 @@ class SendPipeline:
         max_wait: float | None,
         hooks: CreateHooks,
         key: Hashable,
+        lane: Lane | None,
     ) -> proto.Response:
         """One exchange of a request that is not idempotent, shielded once its slot is granted.
 
@@ -566,7 +577,7 @@ class SendPipeline:
         once and the answer goes to `hooks`.
         """
         stack = contextlib.AsyncExitStack()
-        slot = await stack.enter_async_context(self._slot(priority, max_wait, key))
+        slot = await stack.enter_async_context(self._slot(priority, max_wait, key, lane=lane))
         self._waited(request, slot)
         # Granted: from here on the request is the client's. No await until the task owns it.
         hooks.on_wire = True
