@@ -13,6 +13,7 @@ import pytest
 aioredis = pytest.importorskip("redis.asyncio", reason="the 'redis' extra is not installed")
 
 from _redis_limiter_state import bucket_name, redis_now, stored  # noqa: E402
+from _util import eventually  # noqa: E402
 from limiter_scenarios import SCENARIOS, WALL_START, Server  # noqa: E402
 
 import zapier_async as za  # noqa: E402
@@ -224,3 +225,19 @@ async def test_throughput_through_four_processes(redis_server, capsys, processes
             f"{trips / sent[0]:.2f} round trips and {conflicts / sent[0]:.2f} conflicts per slot"
         )
     assert sent[0] > 200  # under load on a shared 2-core machine; typically far more
+
+
+@pytest.mark.asyncio
+async def test_a_bucket_just_made_is_not_forgotten_while_the_older_ones_are_busy(rclient):
+    # max_buckets=1 and the one bucket known is busy (a request in flight): the bucket a new
+    # key makes is the least recently used idle one. Forgotten at once, its waiter would be
+    # out of the limiter's sight: closing it would leave that waiter hanging.
+    limiter = RedisLimiter(rclient, name="keep", max_buckets=1)
+    async with limiter.slot(key="busy"):
+        limiter.freeze(600, key="new")
+        waiter = asyncio.ensure_future(limiter.slot(key="new").__aenter__())
+        await eventually(lambda: limiter.waiting == 1)  # Redis answers: real I/O
+        assert limiter.pressure("new").waiting_by_priority == (1, 0, 0)
+        await limiter.aclose()
+        with pytest.raises(za.LimiterClosedError):
+            await asyncio.wait_for(waiter, 5.0)  # a guard against a hang, not a sync

@@ -487,7 +487,7 @@ class RedisLimiter(AsyncCloseable):
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = Bucket(key, self._redis_name(key), now)
-            self._evict(now)
+            self._evict(now, bucket)
         else:
             self._buckets.move_to_end(key)
         bucket.used_at = now
@@ -496,10 +496,11 @@ class RedisLimiter(AsyncCloseable):
     def _all(self) -> list[Bucket]:
         return [self._default, *self._buckets.values()]
 
-    def _evict(self, now: float) -> None:
-        """Forget a few idle local copies: past ``max_buckets``, or unused for a while."""
+    def _evict(self, now: float, keep: Bucket) -> None:
+        """Forget a few idle local copies, never ``keep`` (the one just made for a caller):
+        past ``max_buckets``, or unused for a while."""
         for gone in forget_idle(
-            self._buckets, now, self._max_buckets, self._bucket_idle, Bucket.idle
+            self._buckets, now, self._max_buckets, self._bucket_idle, Bucket.idle, keep
         ):
             self._dirty.pop(gone, None)
             self._peers.pop(gone, None)
