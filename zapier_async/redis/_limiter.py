@@ -68,7 +68,7 @@ import math
 import uuid
 from collections.abc import Callable, Hashable, Mapping
 from functools import partial
-from typing import Any, Final
+from typing import Final
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -273,8 +273,7 @@ class RedisLimiter(AsyncCloseable):
                 server dictated one past ``max_server_wait`` (``reason="max_server_wait"``).
             LimiterClosedError: (on entering) The limiter is or was closed while waiting.
         """
-        asker = self if lane is None else _InLane(self, lane)
-        return SlotRequest(asker, Priority(priority), max_wait, key, first)
+        return SlotRequest(self, Priority(priority), max_wait, key, first, lane)
 
     def freeze(self, seconds: float, *, key: Hashable = None) -> None:
         """Stop every process sharing the bucket for ``seconds`` (never shortens a freeze;
@@ -882,25 +881,6 @@ class RedisLimiter(AsyncCloseable):
                     else:
                         waiter.fut.set_exception(exc)
         self._deadlines.clear()
-
-
-class _InLane:
-    """The limiter as the `SlotRequest` of a `Lane`'s request sees it (a `SlotRequest` carries
-    no lane): its ``_acquire`` puts the waiter in the lane; all else is the limiter's."""
-
-    __slots__ = ("_lane", "_limiter")
-
-    def __init__(self, limiter: RedisLimiter, lane: Lane) -> None:
-        self._limiter, self._lane = limiter, lane
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._limiter, name)
-
-    async def _acquire(
-        self, priority: Priority, max_wait: float | None, key: Hashable, first: bool = False
-    ) -> RedisSlot | None:
-        lane = self._lane
-        return await self._limiter._acquire(lane.of(priority), max_wait, key, first, lane)
 
 
 RedisLimiterBackend = RedisLimiter

@@ -15,7 +15,7 @@ from zapier_async._budget import Budget, Priority
 from zapier_async._clock import Clock
 from zapier_async._limiter import Limiter
 from zapier_async._limiter import Slot as _LocalSlot
-from zapier_async._limits import BaseWaiter, DefaultMarker, OneShotSlot
+from zapier_async._limits import BaseWaiter, DefaultMarker, Lane, OneShotSlot
 
 from ._codec import InFlight
 from ._scripts import text
@@ -29,7 +29,12 @@ class RedisLimiter(Protocol):
     _max_wait: float | None
 
     async def _acquire(
-        self, priority: Priority, max_wait: float | None, key: Hashable, first: bool = False
+        self,
+        priority: Priority,
+        max_wait: float | None,
+        key: Hashable,
+        first: bool = False,
+        lane: Lane | None = None,
     ) -> RedisSlot | None: ...
 
     def _fallback_limiter(self) -> Limiter: ...
@@ -192,7 +197,16 @@ class Bucket:
 class SlotRequest:
     """The async context manager returned by `RedisLimiter.slot`."""
 
-    __slots__ = ("_fallback_cm", "_first", "_key", "_limiter", "_max_wait", "_priority", "_slot")
+    __slots__ = (
+        "_fallback_cm",
+        "_first",
+        "_key",
+        "_lane",
+        "_limiter",
+        "_max_wait",
+        "_priority",
+        "_slot",
+    )
 
     def __init__(
         self,
@@ -201,8 +215,10 @@ class SlotRequest:
         max_wait: float | DefaultMarker | None,
         key: Hashable,
         first: bool,
+        lane: Lane | None = None,
     ) -> None:
         self._first = first
+        self._lane = lane
         self._limiter = limiter
         self._priority = priority
         self._max_wait = max_wait
@@ -215,13 +231,15 @@ class SlotRequest:
         max_wait = (
             limiter._max_wait if isinstance(self._max_wait, DefaultMarker) else self._max_wait
         )
-        slot = await limiter._acquire(self._priority, max_wait, self._key, self._first)
+        lane = self._lane
+        priority = self._priority if lane is None else lane.of(self._priority)
+        slot = await limiter._acquire(priority, max_wait, self._key, self._first, lane)
         if slot is not None:
             self._slot = slot
             return slot
         # Redis is unreachable: this request goes through the local fallback limiter.
         cm = limiter._fallback_limiter().slot(
-            self._priority, max_wait=max_wait, key=self._key, first=self._first
+            priority, max_wait=max_wait, key=self._key, first=self._first
         )
         local = await cm.__aenter__()
         self._fallback_cm = cm
