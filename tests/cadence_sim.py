@@ -23,7 +23,7 @@ The model:
 - `run_many`: C workers; a worker holds its slot from before its create waits at the limiter
   until its run is seen ended (Little's law); creates go at BULK, polls at POLL (a bulk
   job's runs leave the interactive reserve alone) until the job has nothing left to create,
-  then at INTERACTIVE (`Engine.finishing`: what its caller waits for is its last runs);
+  then at INTERACTIVE (its lane raised: what its caller waits for is its last runs);
 - the planner's ``pressure`` callable gets the real `_limits.Pressure` value, filled as
   `Limiter.pressure()` fills it (see `_Limiter.pressure`): times on the simulated clock,
   ``period`` and ``window_ends_at`` as whole-second ``Reset`` values let the budget learn

@@ -469,3 +469,102 @@ async def test_a_jobs_last_creates_are_not_held_back_until_its_window_ends(serve
         assert fake.stats.polls == 0  # resolved by callbacks: the creates were the tail
         assert fake.stats.rate_limited == 0
         assert receiver.stats.delivered == 38
+
+
+def _waiting(client: za.ZapierClient) -> tuple[int, int, int]:
+    """Requests waiting at the client's limiter: (interactive, poll, bulk)."""
+    return client.limiter.pressure().waiting_by_priority
+
+
+@pytest.mark.asyncio
+async def test_a_list_is_known_done_when_its_last_item_is_taken(fake):
+    # Three items, three workers, the budget frozen: every create waits for a slot. A list
+    # says it is done when its last item is taken, so its creates wait at interactive
+    # priority; a generator is known done only when a worker asks for a fourth item (here
+    # none does before a run ends), so its creates stay bulk work.
+    clock = FakeClock()
+    async with client_for(fake, clock=clock) as client:
+        client.limiter.freeze(30.0)
+        as_list = asyncio.ensure_future(
+            _collect(client.run_many([request(i) for i in range(3)], concurrency=3))
+        )
+        await eventually(lambda: _waiting(client) == (3, 0, 0))
+        as_list.cancel()
+        await asyncio.gather(as_list, return_exceptions=True)
+        generated = asyncio.ensure_future(
+            _collect(client.run_many((request(i) for i in range(3)), concurrency=3))
+        )
+        await eventually(lambda: sum(_waiting(client)) == 3)
+        assert _waiting(client) == (0, 0, 3)
+        generated.cancel()
+        await asyncio.gather(generated, return_exceptions=True)
+    assert fake.stats.requests == 0
+
+
+@pytest.mark.asyncio
+async def test_reads_waiting_when_the_input_runs_out_are_raised_with_it():
+    # Two runs of 30 s; their reads wait at the frozen limiter as background work (POLL)
+    # while the input may still bring more. When it runs out, the reads already waiting go
+    # at interactive priority (they used to stay POLL, behind the interactive reserve,
+    # until their window ended).
+    clock = FakeClock()
+    gate = asyncio.Event()
+
+    async def source() -> AsyncIterator[za.RunRequest]:
+        yield request(0)
+        yield request(1)
+        await gate.wait()
+
+    async with (
+        FakeZapier(seed=1, clock=clock, durations=30.0) as server,
+        client_for(server, clock=clock) as client,
+    ):
+        job = asyncio.ensure_future(_collect(client.run_many(source(), concurrency=3)))
+        await eventually(lambda: server.stats.runs_created == 2 and client.limiter.in_flight == 0)
+        client.limiter.freeze(600.0)
+        for _ in range(40):  # let the cadence's next reads come due: they wait for a slot
+            await clock.advance(0.5)
+            if _waiting(client) == (0, 2, 0):
+                break
+        assert _waiting(client) == (0, 2, 0)
+        gate.set()
+        await eventually(lambda: _waiting(client) == (2, 0, 0))
+        job.cancel()
+        await asyncio.gather(job, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_a_jobs_run_resumed_by_a_caller_is_read_as_the_callers():
+    # A job's run is background work; `client.resume(run_id)` hands the same handle to a
+    # caller who awaits it: its reads then go at interactive priority, as any awaited run's.
+    clock = FakeClock()
+    gate = asyncio.Event()
+
+    async def source() -> AsyncIterator[za.RunRequest]:
+        yield request(0)
+        await gate.wait()
+
+    async with (
+        FakeZapier(seed=1, clock=clock, durations=30.0) as server,
+        client_for(server, clock=clock) as client,
+    ):
+        ids: list[str] = []
+        job = asyncio.ensure_future(
+            _collect(
+                client.run_many(
+                    source(), concurrency=2, on_submitted=lambda _i, _r, run_id: ids.append(run_id)
+                )
+            )
+        )
+        await eventually(lambda: bool(ids) and client.limiter.in_flight == 0)
+        client.limiter.freeze(600.0)
+        mine = client.resume(ids[0])
+        waiter = asyncio.ensure_future(mine.result())
+        for _ in range(40):
+            await clock.advance(0.5)
+            if sum(_waiting(client)):
+                break
+        assert _waiting(client) == (1, 0, 0)
+        for task in (waiter, job):
+            task.cancel()
+        await asyncio.gather(waiter, job, return_exceptions=True)

@@ -30,13 +30,13 @@ who persists `unfinished()` should wait for `ZapierClient.orphaned_runs` (or clo
 client, which waits for creates on the wire) if it wants ids rather than outcome-unknown.
 
 Its creates (`Priority.BULK`) and its runs' reads (`Priority.POLL`) are background work:
-they leave the rate budget's interactive reserve to the client's awaited calls. Once the
-input is exhausted the job takes nothing new, and what its caller waits for is its last
-creates and runs: the creates still waiting for a slot, and any it sends after (a retry),
-then go at interactive priority (the job's `Lane`, raised), and so do its runs' reads
-(`Engine.finishing`). The reserve does not hold a job's last requests until their window
-ends (five minutes on Zapier's per-user budget; a whole window on a job whose requests fill
-its last window exactly).
+they leave the rate budget's interactive reserve to the client's awaited calls. Both wait in
+the job's `Lane`. Once the input is exhausted the job takes nothing new, and what its caller
+waits for is its last creates and runs: the lane is raised, so the creates and reads waiting
+for a slot, and any sent after (a retry, a next read), go at interactive priority. The
+reserve does not hold a job's last requests until their window ends (five minutes on
+Zapier's per-user budget; a whole window on a job whose requests fill its last window
+exactly).
 
 For journaling, ``on_sending`` runs right before a create goes on the wire, after the limiter
 granted its slot, and ``on_submitted`` as soon as Zapier returned the run id. A `Journal`
@@ -80,6 +80,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    Sized,
 )
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
@@ -246,13 +247,12 @@ class Outcome:
 class _Live:
     """An item taken from the input whose outcome was not handed to the consumer yet."""
 
-    __slots__ = ("handle", "item", "key", "request", "run_id", "sent")
+    __slots__ = ("item", "key", "request", "run_id", "sent")
 
     def __init__(self, item: object) -> None:
         self.item = item
         self.request: RunRequest | None = None
         self.run_id: str | None = None
-        self.handle: RunHandle | None = None
         self.sent = False  # the create may have reached Zapier
         self.key: JournalKey | None = None  # journaled under this key (journal= only)
 
@@ -282,10 +282,14 @@ class _Job:
         self.journal_live: set[JournalKey] = set()  # keys of items in flight in this job
         self.sync_source: Iterator[Any] | None = None
         self.async_source: AsyncIterator[Any] | None = None
+        self.size: int | None = None
         if isinstance(requests, AsyncIterable):
             self.async_source = aiter(requests)
         elif isinstance(requests, Iterable) and not isinstance(requests, (str, bytes, Mapping)):
             self.sync_source = iter(requests)
+            # A sized input (a list) is known to be done when its last item is taken, before
+            # a worker asks for one more (which waits for a run to end).
+            self.size = len(requests) if isinstance(requests, Sized) else None
         else:
             raise errors.InvalidRequestError(
                 "must be an iterable or async iterable of RunRequest or mappings", "requests"
@@ -334,14 +338,18 @@ class _Job:
                         return None
                     item = await anext(self.async_source)
         except (StopIteration, StopAsyncIteration):
+            self.exhausted = True
             self._drain()
             return None
         except Exception as exc:  # the caller's iterator failed: stop taking, report it
             self.input_error = exc
+            self.exhausted = True
             self._drain()
             return None
         index = self.next_index
         self.next_index += 1
+        if self.size is not None and self.next_index >= self.size:
+            self._drain()  # the last item of a list: nothing new is likely to come
         return index, item
 
     async def _worker(self) -> None:
@@ -429,20 +437,11 @@ class _Job:
 
     def _drain(self) -> None:
         """Nothing is left to take: the job's creates and runs are what its caller waits
-        for now."""
-        if self.exhausted:
-            return
-        self.exhausted = True
-        self.lane.raise_to(Priority.INTERACTIVE)
-        for live in self.live.values():
-            if live.handle is not None:
-                self.engine.finishing(live.handle)
+        for now (its lane is raised: creates and reads, those waiting included)."""
+        self.lane.raise_to(Priority.INTERACTIVE)  # never lowers; once is enough
 
     def _submitted(self, index: int, request: RunRequest, live: _Live, handle: RunHandle) -> None:
         """Zapier accepted the item's run: remember its id, tell the hook and the journal."""
-        live.handle = handle
-        if self.exhausted:
-            self.engine.finishing(handle)
         live.run_id = run_id = handle.id
         if self.on_submitted is not None:
             try:

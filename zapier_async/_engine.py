@@ -189,10 +189,13 @@ class Engine:
             weakref.WeakKeyDictionary()
         )
         self._answer_waiters: list[asyncio.Future[None]] = []
-        # Runs a bulk job created (at BULK): awaited by the job, not by a person, so their
-        # reads stay background work (they leave the interactive reserve alone) until the
-        # job has nothing left to create (`finishing`).
-        self._bulk_runs: weakref.WeakSet[RunHandle] = weakref.WeakSet()
+        # Runs a bulk job created (at BULK), with the job's lane (or None): awaited by the
+        # job, not by a person, so their reads are background work (they leave the
+        # interactive reserve alone) and wait in the job's lane: raised with its creates
+        # once the job's input is exhausted, reads already waiting included.
+        self._bulk_runs: weakref.WeakKeyDictionary[RunHandle, Lane | None] = (
+            weakref.WeakKeyDictionary()
+        )
         self.pipeline = SendPipeline(
             auth=self.own,
             transport=transport,
@@ -450,7 +453,7 @@ class Engine:
             raise
         handle.deadline = deadline
         if priority is Priority.BULK:
-            self._bulk_runs.add(handle)
+            self._bulk_runs[handle] = lane
         if promise is not None and promise[1] and not handle.done():
             self._promised[handle] = promise
             handle.add_done_callback(self._fulfilled)
@@ -546,13 +549,6 @@ class Engine:
         self._owed[key] -= take
         if self._owed[key] <= 0:
             del self._owed[key]
-
-    def finishing(self, handle: RunHandle) -> None:
-        """The bulk job that created `handle` has nothing left to create: its caller waits
-        for its last runs as for awaited ones, so their reads go at interactive priority
-        (the interactive reserve is not held back from a job's last reads until its window
-        ends: five minutes on Zapier's per-user budget)."""
-        self._bulk_runs.discard(handle)
 
     def _fulfilled(self, handle: RunHandle) -> None:
         self._keep(self._promised.pop(handle, None), 0)
@@ -676,6 +672,7 @@ class Engine:
         ):
             if callback_token is not None and existing._callback_token is None:
                 existing._callback_token = callback_token
+            self._bulk_runs.pop(existing, None)  # resumed: its caller's run, not a job's
             return existing
         if callback_token is not None and not (isinstance(callback_token, str) and callback_token):
             raise errors.InvalidRequestError("must be a non-empty string", "callback_token")
@@ -729,7 +726,8 @@ class Engine:
         # A read of a run someone awaits, or was promised reads at admission, goes before
         # new creates: the run already took its create's share of the budget.
         promise = self._promised.get(handle)
-        first = (handle.awaited and handle not in self._bulk_runs) or promise is not None
+        bulk = handle in self._bulk_runs
+        first = (handle.awaited and not bulk) or promise is not None
         priority = Priority.INTERACTIVE if first else Priority.POLL
         self._keep(promise, 1)
         attempt = handle.reads.attempts
@@ -746,6 +744,7 @@ class Engine:
                 auth=auth,
                 timing=timing,
                 first=first,
+                lane=self._bulk_runs.get(handle) if bulk else None,
             )
             run = proto.parse_run(response, request, run_id=handle.id)
         except _FATAL_POLL_ERRORS as exc:
