@@ -15,7 +15,7 @@ from zapier_async._polling import AdaptivePolling, plan_polls, turnbull
 
 
 class _Handle:
-    """Stands in for `RunHandle`: what the planner reads, its polling record, and a weakref."""
+    """Stands in for `RunHandle`: what the planner reads and its polling record."""
 
     created_at = 0.0
 

@@ -81,6 +81,7 @@ async def test_spare_answers_as_the_in_memory_limiter_for_the_same_answers(rclie
         await until(lambda: shared.waiting == 1)
         assert shared.spare("user") is None
         waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
         assert shared.spare("nobody") is None
     await memory.aclose()
 
