@@ -352,7 +352,8 @@ async def test_a_bulk_job_killed_mid_run_resumes_without_losing_or_duplicating(t
     # at the kill can lack a run id.
     run_ids = [r["run_id"] for r in records if r["run_id"]]
     assert len(run_ids) == len(set(run_ids)) == n - len(unknown)
-    assert stats.runs_created in (len(run_ids), len(run_ids) + len(unknown))
+    # Each create on the wire at the kill may or may not have reached the server.
+    assert len(run_ids) <= stats.runs_created <= len(run_ids) + len(unknown)
     assert stats.runs_created - created_at_kill == n - len(done) - len(in_flight) - len(unknown)
     for record in records:
         if record["run_id"]:
