@@ -279,8 +279,14 @@ class Cluster:
                     outcomes[tid] = backend.exception_to_python(meta["result"])
             if len(outcomes) < len(task_ids):
                 if time.monotonic() > deadline:
-                    missing = len(task_ids) - len(outcomes)
-                    raise AssertionError(f"{missing} of {len(task_ids)} tasks have no outcome")
+                    missing = [tid for tid in task_ids if tid not in outcomes]
+                    states = ", ".join(
+                        f"{tid[:8]} {backend.get_task_meta(tid)['status']}" for tid in missing
+                    )
+                    logs = "".join(f"\n--- worker {n} ---\n{self.log(n)}" for n in self.logs)
+                    raise AssertionError(
+                        f"{len(missing)} of {len(task_ids)} tasks have no outcome ({states}){logs}"
+                    )
                 time.sleep(0.05)
         return outcomes
 
