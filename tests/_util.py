@@ -67,3 +67,25 @@ def client_for(fake: FakeZapier, **kwargs: Any) -> za.ZapierClient:
     }
     options.update(kwargs)
     return za.ZapierClient(**options)
+
+
+class UnkeyedLimiter:
+    """A user's own limiter from before keys and lanes: one bucket, no pressure, no estimate;
+    it records the priorities it was asked at."""
+
+    def __init__(self, inner: za.Limiter) -> None:
+        self.inner = inner
+        self.asked: list[za.Priority] = []
+
+    def slot(self, priority: za.Priority = za.Priority.INTERACTIVE, *, max_wait: Any = None) -> Any:
+        self.asked.append(priority)
+        return self.inner.slot(priority, max_wait=max_wait)
+
+    def freeze(self, seconds: float) -> None:
+        self.inner.freeze(seconds)
+
+    def snapshot(self) -> Any:
+        return self.inner.snapshot()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

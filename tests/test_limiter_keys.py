@@ -9,9 +9,10 @@ import tracemalloc
 from collections.abc import Hashable, Mapping
 
 import pytest
+from _util import UnkeyedLimiter
 
 from zapier_async._limiter import Limiter, Priority
-from zapier_async._limits import LimiterStats, estimate_wait_of, pressure_of, slot_for
+from zapier_async._limits import estimate_wait_of, pressure_of, slot_for
 from zapier_async.errors import InvalidRequestError
 from zapier_async.testing import FakeClock
 
@@ -238,32 +239,11 @@ async def test_spend_window_keeps_a_reserve_for_interactive_requests() -> None:
 # ---------------------------------------------------------------------------- any limiter
 
 
-class _Unkeyed:
-    """A limiter from before keys: one bucket, no pressure, no estimate."""
-
-    def __init__(self, inner: Limiter) -> None:
-        self.inner = inner
-        self.asked: list[Priority] = []
-
-    def slot(self, priority: Priority = INTERACTIVE, *, max_wait: object = None) -> object:
-        self.asked.append(priority)
-        return self.inner.slot(priority, max_wait=max_wait)  # type: ignore[arg-type]
-
-    def freeze(self, seconds: float) -> None:
-        self.inner.freeze(seconds)
-
-    def snapshot(self) -> LimiterStats:
-        return self.inner.snapshot()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 @pytest.mark.asyncio
 async def test_helpers_fall_back_for_a_limiter_without_keys() -> None:
     clock = FakeClock()
     async with Limiter(clock=clock) as inner:
-        old = _Unkeyed(inner)
+        old = UnkeyedLimiter(inner)
         async with slot_for(old, POLL, key="user") as slot:  # type: ignore[arg-type]
             slot.record(200, budget(10))
         assert old.asked == [POLL]

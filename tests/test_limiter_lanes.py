@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from _util import until
+from _util import UnkeyedLimiter, until
 
 from zapier_async._limiter import Limiter, Priority
-from zapier_async._limits import Lane, LimiterStats, slot_for
+from zapier_async._limits import Lane, slot_for
 from zapier_async.testing import FakeClock
 
 INTERACTIVE, POLL, BULK = Priority.INTERACTIVE, Priority.POLL, Priority.BULK
@@ -96,27 +96,7 @@ async def test_a_raised_lane_jumps_the_line_and_spends_the_reserve() -> None:
 
 @pytest.mark.asyncio
 async def test_a_limiter_without_lanes_gets_the_raised_priority_for_later_requests() -> None:
-    class Plain:
-        """A user's own limiter: no keys, no lanes."""
-
-        def __init__(self, inner: Limiter) -> None:
-            self.inner = inner
-            self.asked: list[Priority] = []
-
-        def slot(self, priority: Priority = INTERACTIVE, *, max_wait: Any = None) -> Any:
-            self.asked.append(priority)
-            return self.inner.slot(priority, max_wait=max_wait)
-
-        def freeze(self, seconds: float) -> None:
-            self.inner.freeze(seconds)
-
-        def snapshot(self) -> LimiterStats:
-            return self.inner.snapshot()
-
-        async def aclose(self) -> None:
-            await self.inner.aclose()
-
-    limiter = Plain(Limiter(clock=FakeClock()))
+    limiter = UnkeyedLimiter(Limiter(clock=FakeClock()))  # no keys, no lanes
     lane = Lane()
     async with slot_for(limiter, BULK, key=KEY, lane=lane):  # no `key` nor `lane` passed on
         pass
