@@ -111,6 +111,10 @@ _UNLEARNT_READS: Final = 2
 """Reads admission control counts for a run of an action with no plan yet."""
 
 
+_NOT_BULK: Final = object()
+"""`Engine._bulk_runs.get`'s default: the run was not made by a bulk job."""
+
+
 class Engine:
     """Send, create and track for one client and its views (see the module docstring)."""
 
@@ -726,7 +730,8 @@ class Engine:
         # A read of a run someone awaits, or was promised reads at admission, goes before
         # new creates: the run already took its create's share of the budget.
         promise = self._promised.get(handle)
-        bulk = handle in self._bulk_runs
+        lane = self._bulk_runs.get(handle, _NOT_BULK)  # one lookup per read
+        bulk = lane is not _NOT_BULK
         first = (handle.awaited and not bulk) or promise is not None
         priority = Priority.INTERACTIVE if first else Priority.POLL
         self._keep(promise, 1)
@@ -744,7 +749,7 @@ class Engine:
                 auth=auth,
                 timing=timing,
                 first=first,
-                lane=self._bulk_runs.get(handle) if bulk else None,
+                lane=lane if isinstance(lane, Lane) else None,
             )
             run = proto.parse_run(response, request, run_id=handle.id)
         except _FATAL_POLL_ERRORS as exc:
