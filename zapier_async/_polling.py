@@ -307,6 +307,7 @@ class _Action:
     options: list[tuple[float, float]] | None = None
     mean: float = 0.0
     first_hits: int = 0
+    seen: int = 0  # runs observed ended, all told (`samples` keeps the last `window`)
     started: int = 0
     at_once_misses: int = 0
     at_once_hits: int = 0
@@ -565,6 +566,7 @@ class AdaptivePolling:
         if len(state.samples) == state.samples.maxlen and state.samples[0][0] == 0.0:
             state.first_hits -= 1
         state.samples.append((lo, hi))
+        state.seen += 1
         if lo == 0.0:
             state.first_hits += 1
         state.fresh += 1
@@ -581,8 +583,10 @@ class AdaptivePolling:
             for h in itertools.islice(state.pending, self.window):
                 if h.reads.pending_at > 0.0:
                     censored.append((_quantise(h.reads.pending_at), math.inf))
+            # Against every run seen ended, not the `window` kept: with more runs in flight
+            # than a third of it, the gate could never open.
             if state.plan is None and len(censored) > self.censored_share * (
-                len(censored) + len(state.samples)
+                len(censored) + state.seen
             ):
                 return moved  # most of the burst is still going: too early to plan
             state.fresh = 0
