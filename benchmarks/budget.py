@@ -192,12 +192,16 @@ def _lags(rows: list[list[Any]], resolved: dict[str, float]) -> list[float]:
     return [resolved[r[0]] - r[2] for r in rows if r[0] in resolved]
 
 
-async def _library_bulk(w: Bulk, align: str, seed: int) -> dict[str, Any]:
+async def _library_bulk(
+    w: Bulk, align: str, seed: int, rate_window: float | None = None
+) -> dict[str, Any]:
     front = {"limit": w.limit, "window": w.window, "align": align}
     async with emulator(durations=list(w.durations), seed=seed, front=front) as emu:
         resolved: dict[str, float] = {}
         errors: dict[str, int] = {}
         kwargs: dict[str, Any] = {}
+        if rate_window is not None:
+            kwargs["rate_window"] = rate_window
         if w.callbacks:
             kwargs["allow_insecure_callback_url_for_testing"] = True
         async with _client(emu.url, **kwargs) as client:
@@ -300,10 +304,12 @@ def window_use(windows: Sequence[Sequence[float]]) -> str:
     return ", ".join(parts)
 
 
-def _bulk_targets(w: Bulk, align: str, lib: dict[str, Any], hand: dict[str, Any]) -> list[Target]:
+def _bulk_targets(
+    w: Bulk, align: str, lib: dict[str, Any], hand: dict[str, Any], told: str = ""
+) -> list[Target]:
     ratio = lib["wall"] / w.minimum()
     speedup = hand["wall"] / lib["wall"]
-    tag = f"{w.label} [{align}]"
+    tag = f"{w.label} [{align}]{told}"
     out: list[Target] = []
 
     def add(text: str, holds: bool, detail: str) -> None:
@@ -476,6 +482,7 @@ async def measure(
     windows: Sequence[str] = ("first", "aligned"),
     parts: Sequence[str] = ("bulk", "slack", "cold", "web"),
     workloads: Sequence[str] | None = None,
+    rate_window: bool = False,
 ) -> Report:
     bulk = every = QUICK_BULK if quick else FULL_BULK
     if workloads is not None:
@@ -534,7 +541,13 @@ async def measure(
                 if lib["via"] != "run_many":
                     lib_name = f"library ({lib['via']}, see note)"
                     via_note = True
-                for name, r in ((lib_name, lib), (hand_name, hand)):
+                arms = [(lib_name, lib)]
+                if rate_window:
+                    told = await _library_bulk(w, align, seed=1, rate_window=w.window)
+                    told_name = f"library, rate_window={w.window:g}"
+                    arms.append((told_name, told))
+                    report.targets += _bulk_targets(w, align, told, hand, f" ({told_name})")
+                for name, r in (*arms, (hand_name, hand)):
                     report.rows.append(
                         (
                             w.label,
@@ -556,7 +569,11 @@ async def measure(
                 print(
                     f"  [{align}] {w.label}: library {lib['wall']:.1f} s, "
                     f"hand-written {hand['wall']:.1f} s\n"
-                    f"    library's windows (creates+polls): {window_use(lib['windows'])}",
+                    f"    library's windows (creates+polls): {window_use(lib['windows'])}"
+                    + "".join(
+                        f"\n    {name}: {r['wall']:.1f} s, windows {window_use(r['windows'])}"
+                        for name, r in arms[1:]
+                    ),
                     flush=True,
                 )
     if via_note:
@@ -660,6 +677,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--workloads", default=None, help="bulk workloads: w300,w1000,short,w120,cb300"
     )
+    parser.add_argument(
+        "--rate-window",
+        action="store_true",
+        help="bulk jobs also with ZapierClient(rate_window=the front's window length)",
+    )
     args = parser.parse_args(argv)
     only = args.only or ("bulk,cold,web" if args.quick else "bulk,slack,cold,web")
     windows = args.windows or ("first" if args.quick else "first,aligned")
@@ -669,6 +691,7 @@ def main(argv: list[str] | None = None) -> None:
             windows=tuple(x for x in windows.split(",") if x),
             parts=tuple(x for x in only.split(",") if x),
             workloads=None if args.workloads is None else tuple(args.workloads.split(",")),
+            rate_window=args.rate_window,
         )
     )
     print(report.text())

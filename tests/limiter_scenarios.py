@@ -54,6 +54,8 @@ class Scenario:
         windows: Requests to send, in windows' worth: ``(windows - 1/2) * limit``, so that
             the job ends mid-window and a request or two lost per window shows as a little
             delay, not as one more whole window.
+        whole: Send exactly ``windows * limit`` requests instead: the knife edge, where one
+            request lost anywhere costs one more window (`Outcome.windows`).
         processes: Independent limiters spending the one budget.
         callers: Concurrent callers per process.
         latency: One-way latency, seconds; ``jitter`` adds up to that much, at random.
@@ -71,6 +73,7 @@ class Scenario:
     kind: Kind = "first"
     reset: ResetForm = "float"
     windows: int = 20
+    whole: bool = False
     processes: int = 1
     callers: int = 100
     latency: float = 0.005
@@ -83,7 +86,7 @@ class Scenario:
 
     @property
     def requests(self) -> int:
-        return self.windows * self.limit - self.limit // 2
+        return self.windows * self.limit - (0 if self.whole else self.limit // 2)
 
 
 class Server:
@@ -96,6 +99,7 @@ class Server:
         self.log: deque[float] = deque()  # "sliding": send times in the window
         self.ok = 0
         self.refused = 0
+        self.windows = 0  # windows that counted a request
 
     def _window_end(self, now: float) -> float:
         s = self.s
@@ -103,9 +107,11 @@ class Server:
             end = (math.floor((now + WALL_START) / s.window) + 1) * s.window - WALL_START
             if end != self.end:
                 self.end, self.used = end, 0
+                self.windows += 1
             return end
         if now >= self.end:
             self.end, self.used = now + s.window, 0
+            self.windows += 1
         return self.end
 
     def handle(self, now: float) -> tuple[int, dict[str, str]]:
@@ -168,6 +174,7 @@ class Outcome:
     last_sent: float
     minimum: float
     interactive_wait_max: float
+    windows: int = 0
 
     @property
     def ratio(self) -> float:
@@ -253,6 +260,17 @@ SPEND_SCENARIOS: tuple[Scenario, ...] = (
     ),
 )
 """The same with ``spend_window`` (and its interactive reserve)."""
+
+_KNIFE = {"limit": 100, "window": 5.0, "callers": 50, "windows": 6, "whole": True}
+KNIFE_EDGE_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(name="knife-5s-first-ceil", reset="ceil", **_KNIFE),
+    Scenario(name="knife-5s-first-floor", reset="floor", **_KNIFE),
+    Scenario(name="knife-5s-first-epoch", reset="epoch", **_KNIFE),
+    Scenario(name="knife-5s-aligned-epoch", kind="aligned", reset="epoch", **_KNIFE),
+)
+"""Exactly six windows' worth (the budget benchmark's 300-run job: 600 requests, 100 per
+5 s): one request lost at any turn costs a seventh window. With ``spend_window`` and the
+window's length given (``window_length``), each must take six."""
 
 
 # ---------------------------------------------------------------------------- the pure runner
@@ -354,6 +372,7 @@ def simulate(scenario: Scenario, config: BudgetConfig | None = None, *, seed: in
         last_sent=last_sent,
         minimum=physical_minimum(s),
         interactive_wait_max=max(waits, default=0.0),
+        windows=server.windows,
     )
 
 
@@ -458,6 +477,7 @@ async def run_async(
         last_sent=last_sent[0],
         minimum=physical_minimum(s),
         interactive_wait_max=max(waits, default=0.0),
+        windows=server.windows,
     )
 
 

@@ -248,3 +248,36 @@ def test_config_is_validated_with_typed_errors() -> None:
         }
         with pytest.raises(InvalidRequestError):
             BudgetConfig.checked(**args)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- window length
+
+
+def test_a_known_window_length_bounds_the_end_to_the_round_trip() -> None:
+    # Reset "30" in whole seconds puts the end anywhere in [29, 31] s after the answer; a
+    # window of 30 s that counted this request began before its answer arrived (0.01 s).
+    known = Budget(BudgetConfig(window_length=30.0))
+    warm(known, reset="30")
+    assert known.view(0.02).window_ends_at == pytest.approx(30.01)
+    learnt = Budget(BudgetConfig())
+    warm(learnt, reset="30")
+    assert learnt.view(0.02).window_ends_at == pytest.approx(31.01)
+
+
+def test_a_window_length_the_reset_contradicts_is_dropped_for_good() -> None:
+    b = Budget(BudgetConfig(window_length=20.0))
+    warm(b, reset="30")  # the window ends 29 s or more after: not a 20 s window
+    assert b.view(0.02).window_ends_at == pytest.approx(31.01)
+    for g in grants_now(b, 31.5, most=1):  # the next window, Reset agreeing with 20 s now
+        answer(b, g, 200, budget(49, "20"), 31.51)
+    assert b.view(31.52).window_ends_at == pytest.approx(31.51 + 21.0)
+
+
+def test_a_429_drops_the_window_length() -> None:
+    b = Budget(BudgetConfig(window_length=30.0))
+    warm(b, reset="30")
+    (g,) = grants_now(b, 0.02, most=1)
+    answer(b, g, 429, {**budget(0, "30"), "Retry-After": "1"}, 0.03)
+    for g in grants_now(b, 1.1, most=1):
+        answer(b, g, 200, budget(49, "30"), 1.11)
+    assert b.view(1.12).window_ends_at == pytest.approx(32.11)  # Reset's bound alone

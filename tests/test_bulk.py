@@ -568,3 +568,33 @@ async def test_a_jobs_run_resumed_by_a_caller_is_read_as_the_callers():
         for task in (waiter, job):
             task.cancel()
         await asyncio.gather(waiter, job, return_exceptions=True)
+
+
+async def _knife_edge_job(rate_window: float | None) -> tuple[float, int, int]:
+    """20 runs of 1 s against 20 requests per 5 s (windows from their first request): 40
+    requests, exactly two windows. When the job ended, its runs, and the 429s."""
+    clock = FakeClock()
+    fake = FakeZapier(seed=1, clock=clock, rate_limit=(20, 5.0), durations=1.0)
+    async with fake, client_for(fake, clock=clock, rate_window=rate_window) as client:
+        requests = [request(i) for i in range(20)]
+        job = asyncio.ensure_future(_collect(client.run_many(requests, concurrency=50)))
+        while not job.done() and clock.monotonic() < 30.0:
+            await clock.advance(0.05)
+        assert job.done()
+        assert all(o.ok for o in job.result())
+        return clock.monotonic(), fake.stats.runs_created, fake.stats.rate_limited
+
+
+@pytest.mark.asyncio
+async def test_a_known_window_length_turns_the_window_on_time():
+    # The emulator writes Reset in whole epoch seconds: from the headers the end of the
+    # first window is known to a second, so requests are held back for the turn (boundary
+    # probes: a create and reads wait for them, one lands in a third window). Told the
+    # windows' length, the client knows the end to the round trip and holds nothing back:
+    # 20 creates in the first window, 20 reads as the second opens (11.5 s before).
+    known_at, runs, refused = await _knife_edge_job(rate_window=5.0)
+    assert (runs, refused) == (20, 0)
+    assert known_at <= 5.3
+    learnt_at, runs, refused = await _knife_edge_job(rate_window=None)
+    assert (runs, refused) == (20, 0)
+    assert learnt_at >= known_at + 0.5

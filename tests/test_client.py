@@ -408,6 +408,18 @@ def test_limiter_knobs_are_refused_with_a_shared_limiter():
     shared = za.Limiter()
     with pytest.raises(errors.InvalidRequestError, match="shared Limiter"):
         za.ZapierClient(auth=za.BearerToken("t"), limiter=shared, rate_limit=(60, 60.0))
+    with pytest.raises(errors.InvalidRequestError, match="window_length"):
+        za.ZapierClient(auth=za.BearerToken("t"), limiter=shared, rate_window=300.0)
+
+
+@pytest.mark.parametrize("bad", [0, -5.0, math.inf, math.nan, "300", True])
+def test_a_bad_rate_window_is_a_typed_error(bad):
+    with pytest.raises(errors.InvalidRequestError) as info:
+        za.ZapierClient(auth=za.BearerToken("t"), rate_window=bad)
+    assert info.value.field == "rate_window"
+    with pytest.raises(errors.InvalidRequestError) as info:
+        za.Limiter(window_length=bad)
+    assert info.value.field == "window_length"
 
 
 @pytest.mark.asyncio

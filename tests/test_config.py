@@ -40,6 +40,7 @@ def test_every_knob():
             "ZAPIER_MAX_RETRIES": "2",
             "ZAPIER_MAX_RATE_LIMIT_WAIT": "none",
             "ZAPIER_RATE_LIMIT": "150/60",
+            "ZAPIER_RATE_WINDOW": "300",
         }
     )
     assert options["base_url"] == "http://127.0.0.1:8080"
@@ -47,6 +48,7 @@ def test_every_knob():
     assert options["retry_policy"].max_attempts == 3
     assert options["max_rate_limit_wait"] is None
     assert options["rate_limit"] == (150, 60.0)
+    assert options["rate_window"] == 300.0
     assert (
         client_options_from_env(
             {"ZAPIER_TOKEN": "tok-123456789", "ZAPIER_MAX_RATE_LIMIT_WAIT": "0"}
@@ -74,6 +76,8 @@ def test_every_knob():
         ({"ZAPIER_TOKEN": "t-123456789", "ZAPIER_RATE_LIMIT": "150"}, "REQUESTS/SECONDS"),
         ({"ZAPIER_TOKEN": "t-123456789", "ZAPIER_RATE_LIMIT": "0/60"}, "at least one"),
         ({"ZAPIER_TOKEN": "t-123456789", "ZAPIER_RATE_LIMIT": "5/0"}, "positive"),
+        ({"ZAPIER_TOKEN": "t-123456789", "ZAPIER_RATE_WINDOW": "0"}, "positive"),
+        ({"ZAPIER_TOKEN": "t-123456789", "ZAPIER_RATE_WINDOW": "5 min"}, "a number"),
     ],
 )
 def test_bad_environments_are_typed_errors_before_any_client(environ, words):

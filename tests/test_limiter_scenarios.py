@@ -6,6 +6,7 @@ from collections.abc import Hashable
 
 import pytest
 from limiter_scenarios import (
+    KNIFE_EDGE_SCENARIOS,
     SCENARIOS,
     SPEND_SCENARIOS,
     LimiterUnderTest,
@@ -35,6 +36,50 @@ def test_spending_the_window_beats_pacing_on_zapiers_windows(scenario: Scenario)
     spend = simulate(scenario, BudgetConfig(spend_window=True))
     paced = simulate(scenario, BudgetConfig())
     assert spend.ratio < paced.ratio - 0.03
+
+
+@pytest.mark.parametrize("scenario", KNIFE_EDGE_SCENARIOS[:3], ids=lambda s: s.name)
+def test_a_known_window_length_loses_no_request_at_the_turns(scenario: Scenario) -> None:
+    known = simulate(scenario, BudgetConfig(spend_window=True, window_length=scenario.window))
+    assert known.refused == 0
+    assert known.windows == scenario.windows  # every window spent to its last request
+
+
+def test_a_known_window_length_costs_nothing_with_clock_aligned_windows() -> None:
+    # Aligned windows may end before the length after the first request seen in them (the
+    # first one is partial): the length bounds their end from above only, and the learnt
+    # boundary still finds the earlier end. One window more than the minimum either way.
+    scenario = KNIFE_EDGE_SCENARIOS[3]
+    known = simulate(scenario, BudgetConfig(spend_window=True, window_length=scenario.window))
+    learnt = simulate(scenario, BudgetConfig(spend_window=True))
+    assert known.refused == learnt.refused == 0
+    assert known.windows <= learnt.windows
+    assert known.ratio <= learnt.ratio + 0.01
+
+
+@pytest.mark.parametrize("scenario", KNIFE_EDGE_SCENARIOS[:3], ids=lambda s: s.name)
+def test_without_the_length_a_whole_second_reset_costs_a_window(scenario: Scenario) -> None:
+    # What the setting buys: with the end known only to Reset's second, windows that start
+    # at their first request each hold a request back for the turn (or wait out the second).
+    learnt = simulate(scenario, BudgetConfig(spend_window=True))
+    assert learnt.refused == 0
+    assert learnt.windows == scenario.windows + 1
+
+
+@pytest.mark.parametrize(
+    ("declared", "most_429s"),
+    [(2.0, 0), (4.5, 1), (4.99, 1), (5.5, 0), (10.0, 0)],
+    ids=["refuted-by-reset", "short-by-half", "short-by-10ms", "longer", "twice"],
+)
+def test_a_wrong_window_length_costs_at_most_one_429(declared: float, most_429s: int) -> None:
+    # Shorter than the server's by more than Reset's precision: the first answer refutes it.
+    # Shorter by less: one request goes into the old window's end and is refused, and the
+    # length is dropped. Longer: the headers' end is the earlier one, nothing changes.
+    for scenario in KNIFE_EDGE_SCENARIOS:
+        out = simulate(scenario, BudgetConfig(spend_window=True, window_length=declared))
+        assert out.refused <= most_429s, scenario.name
+        assert out.sent == scenario.requests  # (the simulation does not send a refused again)
+        assert out.windows <= scenario.windows + 1 + out.refused, scenario.name
 
 
 class _Keyed:
@@ -67,3 +112,14 @@ async def test_the_limiter_keeps_the_scenarios(scenario: Scenario, keyed: bool) 
             inner._forget_all()
 
     (await run_async(scenario, factory, forget=forget)).check(scenario)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("scenario", KNIFE_EDGE_SCENARIOS[:2], ids=lambda s: s.name)
+async def test_the_limiter_takes_the_window_length(scenario: Scenario) -> None:
+    def factory(clock: object, process: int) -> LimiterUnderTest:
+        return Limiter(clock=clock, spend_window=True, window_length=5.0)  # type: ignore[arg-type]
+
+    out = await run_async(scenario, factory)
+    assert out.refused == 0
+    assert out.windows == scenario.windows

@@ -84,6 +84,23 @@ On Zapier's real windows (60 s, 300 s) the probes and the learning earn between 
 they earn 1.4x to 1.9x. So both run only where the end of the window is uncertain by more
 than 5% of it (``_WORTH_PROBING``): short windows.
 
+**A window's length known beforehand** (``window_length``; ``ZapierClient(rate_window=)``).
+Every window that counted a request began before that request's answer arrived, so with its
+length W known it ends by ``received + W`` (``BudgetWindow.length_hi``, the least over its
+answers): whatever the anchoring (from the first request or on the clock), the end is
+bounded to the round trip, where whole-second ``Reset`` values leave a second. No boundary
+probe is then planned: a token held back for one only delays the work it carries (for a
+job's last requests, by up to the window) or, landing in the next window, is lost; and the
+budget is spent until a few round trips before that end. Where that costs: windows on the
+clock may end earlier than the bound and that earlier end is not searched for. On exactly
+m windows' worth of requests with 5 s windows (the budget benchmark's 300-run job), learnt
+from headers alone every kind of whole-second ``Reset`` takes m + 1 windows; told the length,
+m (``tests/test_limiter_scenarios.py``). The length is dropped for the bucket when an answer
+contradicts it: a ``Reset`` later than ``received + W`` by more than its precision, a request
+sent after the bound still counted in the old window, or any 429. A length shorter than the
+server's by less than ``Reset``'s precision is not caught before such a request, so it can
+cost one 429; one longer than the server's changes nothing (the headers' bound is earlier).
+
 **Freezes.** A 429 freezes the bucket until ``Retry-After``, else ``Reset``, else the
 default cool-down; a 503 only per `zapier_async._ratelimit.pause_after` (one transient 503
 is not a rate signal). Every server-dictated wait is capped at ``max_server_wait``; past
@@ -110,6 +127,7 @@ from ._ratelimit import (
     ServerWait,
     cap_server_wait,
     check_max_server_wait,
+    check_seconds,
     pace_interval,
     server_wait,
 )
@@ -174,6 +192,9 @@ class BudgetConfig:
             request) background requests leave to INTERACTIVE ones until the window may end.
         boundary: ``"learn"`` (probes and learning), ``"steps"`` (probes only) or
             ``"bounds"`` (wait for the latest possible end): see the module docs.
+        window_length: The server's window length in seconds, when known beforehand: each
+            window then ends at most this long after any answer it counted arrived (see
+            "A window's length known beforehand" in the module docs).
     """
 
     rate: tuple[int, float] | None = None
@@ -182,6 +203,7 @@ class BudgetConfig:
     spend_window: bool = False
     interactive_reserve: float = 0.1
     boundary: Literal["learn", "steps", "bounds"] = "learn"
+    window_length: float | None = None
 
     @classmethod
     def checked(
@@ -192,6 +214,7 @@ class BudgetConfig:
         max_server_wait: float,
         spend_window: bool,
         interactive_reserve: float,
+        window_length: float | None = None,
     ) -> BudgetConfig:
         """Settings from a limiter's arguments, validated.
 
@@ -212,6 +235,9 @@ class BudgetConfig:
                 f"must be >= 0 and < 1, got {interactive_reserve!r}", "interactive_reserve"
             )
         return cls(
+            window_length=None
+            if window_length is None
+            else check_seconds(window_length, "window_length"),
             rate=rate,
             default_cooldown=float(default_cooldown),
             max_server_wait=check_max_server_wait(max_server_wait),
@@ -288,6 +314,7 @@ class BudgetWindow:
         "hi",
         "ignored",
         "last_member_sent",
+        "length_hi",
         "limit",
         "lo",
         "opened_at",
@@ -322,6 +349,8 @@ class BudgetWindow:
         # The wall-clock reset named when every answer put it past max_server_wait.
         self.beyond_at = beyond_at
         self.ignored = 0  # answers not taken in (sent before the window was known)
+        # With the window's length known: the end its answers allow by that length alone.
+        self.length_hi: float | None = None
 
     def min_remaining_before(self, completions: int) -> int | None:
         """The lowest Remaining among the first ``completions`` answers (those that arrived
@@ -343,6 +372,7 @@ class Budget:
         "_last_429",
         "_last_grant",
         "_learnt",
+        "_length",
         "_mode",
         "_period",
         "_prev_window",
@@ -372,6 +402,8 @@ class Budget:
         self._period: float | None = None  # longest window seen (the largest Reset)
         # Learnt boundary (see _calibrate): offsets and scores of the references, or None.
         self._learnt: LearntBoundary | None = None
+        # The window length declared in the config, until an answer contradicts it.
+        self._length = config.window_length
         self._frozen_until: float | None = None
         self._refused_at: float | None = None  # named time of a freeze past the cap
         self._streak = 0  # 503 answers in a row
@@ -432,6 +464,9 @@ class Budget:
         state = RateLimitState.from_headers(headers, now=wall)
         if status == 429:
             self._last_429 = now
+            # Refused: the windows are not what the declared length says (or others spend
+            # this budget); from now on only the headers bound their ends.
+            self._length = None
         self._streak = self._streak + 1 if status == 503 else 0
         wait = server_wait(
             status,
@@ -515,7 +550,8 @@ class Budget:
             return max(earliest, self._tat - (burst - 1) * gap)
         if spendable > 0:
             # Past the earliest possible end with budget to spare: spend it until the end.
-            end = probes[-1] if probes else w.hi
+            latest = self._latest_send(w)
+            end = probes[-1] if probes else w.hi if latest is None else latest
             return max(earliest, self._last_grant + max(end - now, 0.0) / available)
         # Only the reserve is left: it goes out as boundary probes, then comes ``hi``. Short
         # of tokens, the last probes are kept: they are the likeliest to find the new window.
@@ -672,6 +708,9 @@ class Budget:
             self._period = max(self._period or 0.0, reset_after + state.reset_precision)
         else:
             lo, hi = sent, now + self._config.default_cooldown  # assume at most a cool-down
+        length_hi = self._length_bound(state, sent, now)
+        if length_hi is not None:
+            hi = max(min(hi, length_hi), lo)
         bounds = (lo, hi, state.reset_precision)
 
         w = self._window
@@ -681,13 +720,19 @@ class Budget:
             prev = self._prev_window
             if prev is not None and self._is_newer(prev, grant.completions, remaining, lo):
                 self._calibrate(prev, now)
+            elif prev is not None and prev.length_hi is not None and sent >= prev.length_hi:
+                # Sent after the end the declared length allowed, and the window had not
+                # turned: the length is wrong for this server.
+                self._length = None
             elif prev is not None and sent < self._probe_since:
                 return False  # a straggler, likely from the window that just ended
             self._open(state.limit, anchor, sent, now, remaining, bounds, beyond_at)
+            self._window_length_hi(length_hi)
             return True
         if self._is_newer(w, grant.completions, remaining, lo):
             self._calibrate(w, now)
             self._open(state.limit or w.limit, anchor, sent, now, remaining, bounds, beyond_at)
+            self._window_length_hi(length_hi)
             return True
         if grant.completions < w.opened_at:
             w.ignored += 1
@@ -707,12 +752,34 @@ class Budget:
         w.precision = max(w.precision, state.reset_precision)
         w.lo = max(w.lo, lo)
         w.hi = max(min(w.hi, hi), w.lo)  # inconsistent bounds: keep the later end
+        if length_hi is not None:
+            w.length_hi = length_hi if w.length_hi is None else min(w.length_hi, length_hi)
         if w.beyond_at is not None:  # past the cap only while every answer says so
             w.beyond_at = None if beyond_at is None else min(w.beyond_at, beyond_at)
         w.arrived.append(self.completed)
         w.arrived_min.append(min(w.arrived_min[-1], remaining))
         w.last_member_sent = max(w.last_member_sent, sent)
         return False
+
+    def _length_bound(self, state: RateLimitState, sent: float, now: float) -> float | None:
+        """The latest end the declared window length allows for this answer's window: it
+        counted the request, so it began before the answer arrived. None when no length is
+        declared, or once an answer contradicted it (its ``Reset`` put the end later than
+        that, by more than the value's precision): a server with longer windows than
+        declared would otherwise be sent into."""
+        length = self._length
+        if length is None:
+            return None
+        if state.reset_after is not None:
+            slack = max(state.reset_precision, 0.005)
+            if sent + state.reset_after - slack > now + length:
+                self._length = None
+                return None
+        return now + length
+
+    def _window_length_hi(self, length_hi: float | None) -> None:
+        if length_hi is not None and self._window is not None:
+            self._window.length_hi = length_hi
 
     def _is_newer(self, w: BudgetWindow, completions: int, remaining: int, lo: float) -> bool:
         """Whether an answer provably comes from a window after ``w``."""
@@ -767,6 +834,24 @@ class Budget:
         return (self._period or 0.0) / (w.limit or 1)
 
     def _plan(self, w: BudgetWindow) -> tuple[float, tuple[float, ...]]:
+        """When regular spending stops, and when the boundary probes go (`_probe_plan`).
+
+        With the window's length known there are none: the end is known from above to the
+        round trip, and a token held back for a probe only delays the work it carries (by
+        up to the window, for a job's last requests) or, landing in the next window, is lost.
+        """
+        if w.length_hi is not None:
+            return w.lo, ()
+        return self._probe_plan(w)
+
+    def _latest_send(self, w: BudgetWindow) -> float | None:
+        """With the window's length known, the latest time a request may be sent and still
+        land in this window (None: no length known)."""
+        if w.length_hi is None:
+            return None
+        return min(w.hi, w.length_hi) - max(_NARROW_RTTS * self._rtt, 0.001)
+
+    def _probe_plan(self, w: BudgetWindow) -> tuple[float, tuple[float, ...]]:
         """When regular spending stops, and when the boundary probes go.
 
         Probes are only planned when the end of the window is uncertain by more than the

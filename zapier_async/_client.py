@@ -28,7 +28,7 @@ from ._guards import GuardedTransport, check_base_url
 from ._handle import RunHandle
 from ._limiter import Limiter, LimiterLike, Priority
 from ._metrics import EventListener, MeteredTransport, Metrics, Recorder
-from ._ratelimit import DEFAULT_MAX_SERVER_WAIT, check_max_server_wait
+from ._ratelimit import DEFAULT_MAX_SERVER_WAIT, check_max_server_wait, check_seconds
 from ._runstore import RunStore
 from ._transport import AiohttpTransport, Transport
 from ._views import AuthView, RunsView
@@ -93,6 +93,13 @@ class ZapierClient(AsyncCloseable, RunsView):
         rate_limit: A budget known beforehand, ``(requests, per_seconds)``, e.g.
             ``(60, 60.0)`` for the Partner API's per-IP limit; without it the limiter learns
             the budget from `X-RateLimit-*` headers. Only for the client's own limiter.
+        rate_window: The length in seconds of the server's rate-limit windows, if known
+            beforehand (Zapier documents 60 s for the Workflow API's budgets, 300 s for the
+            Actions API's 200-per-5-minutes): each window's end is then known to the round
+            trip instead of to the second a whole-second ``X-RateLimit-Reset`` leaves open,
+            so no request is held back at a window's turn (see `Limiter`'s
+            ``window_length``). A length an answer contradicts is dropped. None (default)
+            learns the end from the headers. Only for the client's own limiter.
         on_rate_limited: Called as ``on_rate_limited(seconds, priority)`` whenever a request
             had to wait for the rate budget (waits over a second are also logged: at INFO
             for interactive requests, as a summary a minute for background ones).
@@ -142,6 +149,7 @@ class ZapierClient(AsyncCloseable, RunsView):
         max_server_wait: float = DEFAULT_MAX_SERVER_WAIT,
         rng: random.Random | None = None,
         rate_limit: tuple[int, float] | None = None,
+        rate_window: float | None = None,
         on_rate_limited: Callable[[float, Priority], None] | None = None,
         on_event: EventListener | None = None,
         long_poll: actions.LongPoll | None = None,
@@ -187,16 +195,22 @@ class ZapierClient(AsyncCloseable, RunsView):
             metrics.listeners.append(on_event)
         if track_credentials > 0:
             metrics.track_credentials(track_credentials)
-        if limiter is not None and (rate_limit is not None or on_rate_limited is not None):
+        if limiter is not None and (
+            rate_limit is not None or rate_window is not None or on_rate_limited is not None
+        ):
             raise errors.InvalidRequestError(
-                "rate_limit and on_rate_limited configure the client's own limiter; "
-                "pass them to the shared Limiter instead"
+                "rate_limit, rate_window and on_rate_limited configure the client's own "
+                "limiter; pass them to the shared Limiter instead (rate_window is its "
+                "window_length)"
             )
         own_limiter = limiter is None
+        if rate_window is not None:
+            rate_window = check_seconds(rate_window, "rate_window")
         if limiter is None:
             limiter = Limiter(
                 clock=clock,
                 rate=rate_limit,
+                window_length=rate_window,
                 on_wait=on_rate_limited,
                 max_server_wait=float(max_server_wait),
                 # Its own budget: spend each window as fast as the server allows, down to a

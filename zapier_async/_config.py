@@ -18,6 +18,7 @@ variable                                meaning
 ``ZAPIER_MAX_RETRIES``                  attempts per request after the first (``RetryPolicy``)
 ``ZAPIER_MAX_RATE_LIMIT_WAIT``          seconds a caller may wait for the budget, or ``none``
 ``ZAPIER_RATE_LIMIT``                   a budget known beforehand, ``REQUESTS/SECONDS``
+``ZAPIER_RATE_WINDOW``                  seconds, the server's rate-limit window length
 ======================================  ====================================================
 
 Nothing is read at import time, and the values are checked here, before any client exists:
@@ -81,6 +82,9 @@ def client_options_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     rate = get("RATE_LIMIT")
     if rate is not None:
         options["rate_limit"] = _rate(rate)
+    window = get("RATE_WINDOW")
+    if window is not None:
+        options["rate_window"] = _positive(window, "RATE_WINDOW")
     return options
 
 

@@ -235,6 +235,16 @@ class Limiter(AsyncCloseable):
         interactive_reserve: With ``spend_window``, the share of the limit (at least one
             request) that POLL and BULK requests leave to INTERACTIVE ones until the window
             may end; 0 for none. Below 1.
+        window_length: The length in seconds of the server's rate-limit windows, if known
+            beforehand (Zapier documents a minute for the Workflow API's budgets and five
+            minutes for the Actions API's). Each window then ends at most that long after any
+            request it counted arrived, which pins its end to the round trip instead of the
+            second a whole-second ``X-RateLimit-Reset`` leaves open: no request is held back
+            for the turn. None (the default) learns the end from the headers. A length that
+            an answer contradicts (a ``Reset`` later than it allows, a request sent after the
+            end it allowed still counted in the old window, or any 429) is dropped for that
+            bucket; a length shorter than the server's by less than a second can cost one 429
+            before that. Longer than the server's, it changes nothing.
         max_buckets: Buckets (keys) kept at most; past it the least recently used idle ones
             are forgotten.
         bucket_idle: Seconds after which an idle bucket is forgotten.
@@ -263,6 +273,7 @@ class Limiter(AsyncCloseable):
         max_server_wait: float = DEFAULT_MAX_SERVER_WAIT,
         spend_window: bool = False,
         interactive_reserve: float = 0.1,
+        window_length: float | None = None,
         max_buckets: int = DEFAULT_MAX_BUCKETS,
         bucket_idle: float = DEFAULT_BUCKET_IDLE,
     ) -> None:
@@ -273,6 +284,7 @@ class Limiter(AsyncCloseable):
             max_server_wait=max_server_wait,
             spend_window=spend_window,
             interactive_reserve=interactive_reserve,
+            window_length=window_length,
         )
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._max_wait = max_wait

@@ -60,6 +60,7 @@ __all__ = [
     "ServerWait",
     "cap_server_wait",
     "check_max_server_wait",
+    "check_seconds",
     "pace_interval",
     "parse_reset",
     "parse_retry_after",
@@ -446,7 +447,12 @@ def cap_server_wait(
 
 
 def check_max_server_wait(value: float, field: str = "max_server_wait") -> float:
-    """Validate a ``max_server_wait`` setting.
+    """Validate a ``max_server_wait`` setting (`check_seconds`)."""
+    return check_seconds(value, field)
+
+
+def check_seconds(value: float, field: str) -> float:
+    """Validate a duration setting (``max_server_wait``, a window's length).
 
     Args:
         value: Seconds; finite, above 0 and at most `MAX_DELAY` (a day).

@@ -88,6 +88,7 @@ class SyncClientOptions(TypedDict, total=False):
     max_server_wait: float
     rng: random.Random | None
     rate_limit: tuple[int, float] | None
+    rate_window: float | None
     on_rate_limited: Callable[[float, Priority], None] | None
     on_event: EventListener | None
     long_poll: LongPoll | None
