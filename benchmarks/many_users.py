@@ -22,8 +22,9 @@ Three scenarios, each printing its targets as PASS / MISS (with by how much and 
     within 10% + 256 KB of hour 3), with evicted limiter buckets, tokens and metrics
     counted and printed.
 
-Run: ``python -m benchmarks.many_users [mixed|scale|day|all] [--quick] [--polls=N]``
-(``--polls`` sets the client's ``max_concurrent_polls`` for ``mixed``). Only 127.0.0.1 is
+Run: ``python -m benchmarks.many_users [mixed|scale|day|all] [--quick] [--polls=N]
+[--rate-window=S]`` (``--polls`` sets the client's ``max_concurrent_polls`` for ``mixed``;
+``--rate-window`` its ``rate_window``, the heavy user's 5 s). Only 127.0.0.1 is
 contacted. `--quick` runs small sizes (the tests run smaller ones still:
 ``tests/test_many_users.py``).
 """
@@ -506,7 +507,12 @@ async def main(argv: list[str]) -> int:
     ok = True
     if names[0] in ("mixed", "all"):
         polls = [int(a.split("=", 1)[1]) for a in argv if a.startswith("--polls=")]
-        options = {"max_concurrent_polls": polls[0]} if polls else {}
+        options: dict[str, Any] = {"max_concurrent_polls": polls[0]} if polls else {}
+        # --rate-window=S: the client told the windows' length (the heavy user's is 5 s; the
+        # light users' 300 s windows refute it on their first answer, so they learn theirs).
+        told = [float(a.split("=", 1)[1]) for a in argv if a.startswith("--rate-window=")]
+        if told:
+            options["rate_window"] = told[0]
         ok &= await mixed(light_users=40 if quick else 200, **options)
     if names[0] in ("scale", "all"):
         ok &= await scale(users=1_000 if quick else 10_000)
