@@ -5,7 +5,8 @@ not imported by ``import zapier_async``.
 
 - `RedisLimiter` (``_limiter``): the rate budgets (one per key) of every process, run by
   the in-memory limiter's own rules (`zapier_async._budget.Budget`) on a state kept in Redis
-  (``_buckets``, ``_codec``; the local line and clock in ``_line``).
+  (``_buckets``, ``_codec``; the local line and clock in ``_line``; the other processes
+  sharing a bucket in ``_peers``).
 - `RedisRunStore` (``_store``): idempotent create by key across processes
   (``ZapierClient(run_store=RedisRunStore(redis))``, ``run(..., idempotency_key=...)``).
 - `RunJournal` (``_journal``): journalled bulk jobs and per-item calls over a run store.

@@ -106,6 +106,7 @@ from zapier_async.errors import InvalidRequestError, LimiterClosedError, RateLim
 from ._buckets import BucketStore, apply, expire_leases
 from ._codec import InFlight
 from ._line import Bucket, Op, RedisSlot, SharedClock, SlotRequest, Waiter
+from ._peers import Peers
 
 __all__ = ["RedisLimiter", "RedisLimiterBackend", "RedisSlot"]
 
@@ -235,9 +236,8 @@ class RedisLimiter(AsyncCloseable):
         self._closed = False
         self._fallback: Limiter | None = None
         self._degraded = False
-        # With spend_window: when each other process was last seen spending a bucket (its
-        # slots in flight in the state), by its id; `spare` shares a window's leftover.
-        self._peers: dict[Bucket, dict[str, float]] = {}
+        # The other processes seen spending each bucket (with spend_window: when, by id).
+        self._peers = Peers(self._owner, track=spend_window)
 
         self._counts = LimiterCounts(on_wait)
 
@@ -334,16 +334,9 @@ class RedisLimiter(AsyncCloseable):
         ``(count, at, window)``, or None (see `zapier_async.Limiter.spare`, whose contract
         this keeps: read-only, from the state last seen in Redis; ``spend_window`` only).
 
-        Every process sharing the window sees the same leftover at the same moment, but only
-        its own waiters. Offered whole to each, N processes would read ahead N times what is
-        left: no 429 (each read still waits for a slot of the shared budget), but the reads
-        not granted before the window ends go into the next one, ahead of planned reads and
-        creates. So the leftover is split evenly between this process and the others seen
-        spending the bucket within the last two window lengths (their slots in flight in the
-        states this process read or wrote); this one's share, rounded up, less its own
-        waiters, is what it offers. Alike workers (a Celery pool, `benchmarks.redis_workers`)
-        then read ahead just what is left; a process seen but with nothing to read leaves its
-        share unspent (early reads lost, nothing worse). Alone, a process gets what
+        The leftover is split evenly between this process and the others seen spending the
+        bucket within the last two window lengths, less this one's own waiters (why:
+        `zapier_async.redis._peers`). Alone, a process gets what
         `zapier_async.Limiter.spare` would give it.
         """
         bucket = self._find(key)
@@ -356,11 +349,7 @@ class RedisLimiter(AsyncCloseable):
         if found is None:
             return None
         count, at, window = found
-        seen = self._peers.get(bucket, {})
-        horizon = self._local() - 2 * (budget.view(now).period or self._config.default_cooldown)
-        for peer in [peer for peer, at_local in seen.items() if at_local < horizon]:
-            del seen[peer]
-        count = -(-count // (1 + len(seen))) - bucket.waiting()
+        count = self._peers.share(bucket, count, self._peer_horizon(budget, now))
         return (count, at - now + self._local(), window) if count > 0 else None
 
     @property
@@ -502,7 +491,7 @@ class RedisLimiter(AsyncCloseable):
             self._buckets, now, self._max_buckets, self._bucket_idle, Bucket.idle, keep
         ):
             self._dirty.pop(gone, None)
-            self._peers.pop(gone, None)
+            self._peers.forget(gone)
             self._counts.evictions += 1
 
     # ------------------------------------------------------------------ acquiring
@@ -753,7 +742,9 @@ class RedisLimiter(AsyncCloseable):
         due: float | None = None
         waiter = self._peek(bucket)
         budget = self._store.view(bucket) if bucket.state else None
-        others = budget is not None and self._note_peers(bucket)
+        others = budget is not None and self._peers.note(
+            bucket, self._local(), partial(self._peer_horizon, budget, self._shared())
+        )
         if waiter is not None and budget is not None:
             now = self._shared()
             when = budget.next_time(now, waiter.priority)
@@ -769,13 +760,10 @@ class RedisLimiter(AsyncCloseable):
         if due is not None:
             heapq.heappush(self._due, (due, next(self._seq), bucket))
 
-    def _note_peers(self, bucket: Bucket) -> bool:
-        """Whether other processes have slots in flight in the bucket's state as seen; with
-        ``spend_window``, when they were seen (`spare` shares the leftover among them)."""
-        others = [i.partition(":")[0] for i in bucket.in_flight if not i.startswith(self._owner)]
-        if others and self._config.spend_window:
-            self._peers.setdefault(bucket, {}).update(dict.fromkeys(others, self._local()))
-        return bool(others)
+    def _peer_horizon(self, budget: Budget, now: float) -> float:
+        """Local time before which a process last seen spending a bucket is gone from it:
+        two window lengths ago (`spare` shares a window's leftover among the others)."""
+        return self._local() - 2 * (budget.view(now).period or self._config.default_cooldown)
 
     # ------------------------------------------------------------------ the one task
 
