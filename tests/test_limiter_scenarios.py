@@ -82,6 +82,18 @@ def test_a_wrong_window_length_costs_at_most_one_429(declared: float, most_429s:
         assert out.windows <= scenario.windows + 1 + out.refused, scenario.name
 
 
+@pytest.mark.parametrize(
+    "scenario", [s for s in SPEND_SCENARIOS if s.kind == "sliding"], ids=lambda s: s.name
+)
+def test_a_window_length_told_of_a_sliding_budget_is_dropped(scenario: Scenario) -> None:
+    # A sliding budget has no window end: at the bound only the oldest request has left.
+    # The first request after it finds the budget still spent, and the length is dropped
+    # (once in this scenario's phase, at the cost of one 429; otherwise none).
+    out = simulate(scenario, BudgetConfig(spend_window=True, window_length=scenario.window))
+    assert out.refused <= 1
+    assert out.ratio <= scenario.max_ratio
+
+
 class _Keyed:
     """An adapter: one `Limiter` seen through one of its keys (other keys stay idle)."""
 
