@@ -281,3 +281,13 @@ def test_a_429_drops_the_window_length() -> None:
     for g in grants_now(b, 1.1, most=1):
         answer(b, g, 200, budget(49, "30"), 1.11)
     assert b.view(1.12).window_ends_at == pytest.approx(32.11)  # Reset's bound alone
+
+
+def test_a_window_that_has_not_turned_at_the_lengths_bound_drops_it() -> None:
+    b = Budget(BudgetConfig(window_length=30.0))
+    warm(b, remaining=0, reset="30")  # spent, and over by 30.01 if windows last 30 s
+    (g,) = grants_now(b, 30.02, most=1)
+    answer(b, g, 200, budget(0, "1"), 30.03)  # still counted in the old window: not 30 s
+    (g,) = grants_now(b, 32.1, most=1)
+    answer(b, g, 200, budget(49, "30"), 32.11)
+    assert b.view(32.12).window_ends_at == pytest.approx(32.11 + 31.0)  # Reset's bound alone

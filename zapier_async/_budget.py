@@ -708,22 +708,24 @@ class Budget:
             self._period = max(self._period or 0.0, reset_after + state.reset_precision)
         else:
             lo, hi = sent, now + self._config.default_cooldown  # assume at most a cool-down
+        w = self._window
+        prev = self._prev_window if w is None else None
+        if prev is not None and sent >= (prev.length_hi or math.inf):
+            before = prev.min_remaining_before(grant.completions)
+            if before is not None and remaining <= before and remaining < (state.limit or 0) - 1:
+                # Sent after the end the declared length allowed, and counted as if the
+                # window had not turned: the length is wrong for this server.
+                self._length = None
         length_hi = self._length_bound(state, sent, now)
         if length_hi is not None:
             hi = max(min(hi, length_hi), lo)
         bounds = (lo, hi, state.reset_precision)
 
-        w = self._window
         if w is None:
             if hi <= now:
                 return False  # describes a window that has already ended
-            prev = self._prev_window
             if prev is not None and self._is_newer(prev, grant.completions, remaining, lo):
                 self._calibrate(prev, now)
-            elif prev is not None and prev.length_hi is not None and sent >= prev.length_hi:
-                # Sent after the end the declared length allowed, and the window had not
-                # turned: the length is wrong for this server.
-                self._length = None
             elif prev is not None and sent < self._probe_since:
                 return False  # a straggler, likely from the window that just ended
             self._open(state.limit, anchor, sent, now, remaining, bounds, beyond_at)
