@@ -96,10 +96,13 @@ clock may end earlier than the bound and that earlier end is not searched for. O
 m windows' worth of requests with 5 s windows (the budget benchmark's 300-run job), learnt
 from headers alone every kind of whole-second ``Reset`` takes m + 1 windows; told the length,
 m (``tests/test_limiter_scenarios.py``). The length is dropped for the bucket when an answer
-contradicts it: a ``Reset`` later than ``received + W`` by more than its precision, a request
-sent after the bound still counted in the old window, or any 429. A length shorter than the
-server's by less than ``Reset``'s precision is not caught before such a request, so it can
-cost one 429; one longer than the server's changes nothing (the headers' bound is earlier).
+contradicts it: a ``Reset`` later than ``received + W`` by more than its precision, an answer
+counted in the old window (``Remaining`` not higher) that was sent after the bound or whose
+``Reset`` puts the end past it, or any 429; the window's end is then the headers' again
+(``headers_hi``). A length shorter than the server's by less than ``Reset``'s precision is
+not caught before such a request, so it can cost one 429. One longer than the server's by
+more than that precision changes nothing (the headers' bound is earlier); by less, each turn
+waits up to the excess (the scenario table's 5.5 s for 5 s windows: 1.10x against 1.01x).
 
 **Freezes.** A 429 freezes the bucket until ``Retry-After``, else ``Reset``, else the
 default cool-down; a 503 only per `zapier_async._ratelimit.pause_after` (one transient 503
@@ -311,6 +314,7 @@ class BudgetWindow:
         "arrived_min",
         "beyond_at",
         "first_sent",
+        "headers_hi",
         "hi",
         "ignored",
         "last_member_sent",
@@ -349,8 +353,10 @@ class BudgetWindow:
         # The wall-clock reset named when every answer put it past max_server_wait.
         self.beyond_at = beyond_at
         self.ignored = 0  # answers not taken in (sent before the window was known)
-        # With the window's length known: the end its answers allow by that length alone.
+        # With the window's length known: the end its answers allow by that length alone,
+        # and the end their headers allow (``hi`` is the earlier of the two).
         self.length_hi: float | None = None
+        self.headers_hi = self.hi
 
     def min_remaining_before(self, completions: int) -> int | None:
         """The lowest Remaining among the first ``completions`` answers (those that arrived
@@ -466,7 +472,7 @@ class Budget:
             self._last_429 = now
             # Refused: the windows are not what the declared length says (or others spend
             # this budget); from now on only the headers bound their ends.
-            self._length = None
+            self._drop_length()
         self._streak = self._streak + 1 if status == 503 else 0
         wait = server_wait(
             status,
@@ -710,12 +716,8 @@ class Budget:
             lo, hi = sent, now + self._config.default_cooldown  # assume at most a cool-down
         w = self._window
         prev = self._prev_window if w is None else None
-        if prev is not None and sent >= (prev.length_hi or math.inf):
-            before = prev.min_remaining_before(grant.completions)
-            if before is not None and remaining <= before and remaining < (state.limit or 0) - 1:
-                # Sent after the end the declared length allowed, and counted as if the
-                # window had not turned: the length is wrong for this server.
-                self._length = None
+        contradicted = self._contradicts_length(w or prev, grant, state, lo)
+        headers_hi = hi
         length_hi = self._length_bound(state, sent, now)
         if length_hi is not None:
             hi = max(min(hi, length_hi), lo)
@@ -724,17 +726,19 @@ class Budget:
         if w is None:
             if hi <= now:
                 return False  # describes a window that has already ended
-            if prev is not None and self._is_newer(prev, grant.completions, remaining, lo):
+            if contradicted:
+                pass
+            elif prev is not None and self._is_newer(prev, grant.completions, remaining, lo):
                 self._calibrate(prev, now)
             elif prev is not None and sent < self._probe_since:
                 return False  # a straggler, likely from the window that just ended
             self._open(state.limit, anchor, sent, now, remaining, bounds, beyond_at)
-            self._window_length_hi(length_hi)
+            self._window_length_hi(length_hi, headers_hi)
             return True
         if self._is_newer(w, grant.completions, remaining, lo):
             self._calibrate(w, now)
             self._open(state.limit or w.limit, anchor, sent, now, remaining, bounds, beyond_at)
-            self._window_length_hi(length_hi)
+            self._window_length_hi(length_hi, headers_hi)
             return True
         if grant.completions < w.opened_at:
             w.ignored += 1
@@ -754,6 +758,7 @@ class Budget:
         w.precision = max(w.precision, state.reset_precision)
         w.lo = max(w.lo, lo)
         w.hi = max(min(w.hi, hi), w.lo)  # inconsistent bounds: keep the later end
+        w.headers_hi = max(min(w.headers_hi, headers_hi), w.lo)
         if length_hi is not None:
             w.length_hi = length_hi if w.length_hi is None else min(w.length_hi, length_hi)
         if w.beyond_at is not None:  # past the cap only while every answer says so
@@ -775,13 +780,42 @@ class Budget:
         if state.reset_after is not None:
             slack = max(state.reset_precision, 0.005)
             if sent + state.reset_after - slack > now + length:
-                self._length = None
+                self._drop_length()
                 return None
         return now + length
 
-    def _window_length_hi(self, length_hi: float | None) -> None:
-        if length_hi is not None and self._window is not None:
-            self._window.length_hi = length_hi
+    def _window_length_hi(self, length_hi: float | None, headers_hi: float) -> None:
+        w = self._window
+        if w is not None:
+            w.length_hi = length_hi
+            w.headers_hi = max(headers_hi, w.lo)
+
+    def _contradicts_length(
+        self, w: BudgetWindow | None, grant: Grant, state: RateLimitState, lo: float
+    ) -> bool:
+        """Whether this answer shows the declared length wrong, dropping it if so: counted as
+        in window ``w`` (``Remaining`` not higher than before it was sent) though sent after
+        the end the length allowed ``w``, or with a ``Reset`` whose earliest end is later.
+        ``w``'s end is then the headers' alone, and, turned or not, it teaches nothing."""
+        if w is None or w.length_hi is None or self._length is None:
+            return False
+        assert state.remaining is not None
+        before = w.min_remaining_before(grant.completions)
+        same = before is not None and state.remaining <= before
+        if not same or state.remaining >= (state.limit or w.limit or 0) - 1:
+            return False  # a later window, or not enough answers to tell
+        if grant.sent < w.length_hi and lo <= w.length_hi:
+            return False
+        self._drop_length()
+        return True
+
+    def _drop_length(self) -> None:
+        """Forget the declared length: the windows known end where their headers say."""
+        self._length = None
+        for w in (self._window, self._prev_window):
+            if w is not None and w.length_hi is not None:
+                w.length_hi = None
+                w.hi = w.headers_hi
 
     def _is_newer(self, w: BudgetWindow, completions: int, remaining: int, lo: float) -> bool:
         """Whether an answer provably comes from a window after ``w``."""
@@ -838,20 +872,21 @@ class Budget:
     def _plan(self, w: BudgetWindow) -> tuple[float, tuple[float, ...]]:
         """When regular spending stops, and when the boundary probes go (`_probe_plan`).
 
-        With the window's length known there are none: the end is known from above to the
-        round trip, and a token held back for a probe only delays the work it carries (by
-        up to the window, for a job's last requests) or, landing in the next window, is lost.
+        With the window's length known there are none where it bounds the end: that is known
+        from above to the round trip, and a token held back for a probe only delays the work
+        it carries (by up to the window, for a job's last requests) or, landing in the next
+        window, is lost. (A length longer than the server's bounds nothing: probes as usual.)
         """
-        if w.length_hi is not None:
+        if self._latest_send(w) is not None:
             return w.lo, ()
         return self._probe_plan(w)
 
     def _latest_send(self, w: BudgetWindow) -> float | None:
         """With the window's length known, the latest time a request may be sent and still
         land in this window (None: no length known)."""
-        if w.length_hi is None:
-            return None
-        return min(w.hi, w.length_hi) - max(_NARROW_RTTS * self._rtt, 0.001)
+        if w.length_hi is None or w.length_hi > w.hi:
+            return None  # none known, or the headers bound the end more tightly
+        return w.hi - max(_NARROW_RTTS * self._rtt, 0.001)
 
     def _probe_plan(self, w: BudgetWindow) -> tuple[float, tuple[float, ...]]:
         """When regular spending stops, and when the boundary probes go.

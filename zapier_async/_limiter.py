@@ -244,7 +244,8 @@ class Limiter(AsyncCloseable):
             an answer contradicts (a ``Reset`` later than it allows, a request sent after the
             end it allowed still counted in the old window, or any 429) is dropped for that
             bucket; a length shorter than the server's by less than a second can cost one 429
-            before that. Longer than the server's, it changes nothing.
+            before that. Longer than the server's by over a second, it changes nothing; by
+            less, each window's turn waits up to the excess.
         max_buckets: Buckets (keys) kept at most; past it the least recently used idle ones
             are forgotten.
         bucket_idle: Seconds after which an idle bucket is forgotten.
