@@ -323,8 +323,10 @@ def test_concurrency_and_budget_both_binding_beats_the_hand_written_loop() -> No
     assert ours.wall < hand.wall
     # Known miss (see the report of issue #15): the target is <= 1.35x the minimum and
     # >= 1.15x faster than the hand-written loop; the Little's-law plan choice reaches
-    # 75.4 s = 1.51x (seeds 1-6: 74.0-75.8 s; the bound/slack feedback alone: 81.0 s).
-    assert ours.ratio <= 1.55
+    # 73.3 s = 1.47x priced by the window's learnt length (`WindowLength`; 76.2 s = 1.52x
+    # priced by the limiter's period, a second over the window; the bound/slack feedback
+    # alone: 81.0 s).
+    assert ours.ratio <= 1.5
 
 
 # --- the plan that completes the most runs per second (Little's law) ----------------------

@@ -30,8 +30,9 @@ waiting at the limiter, the level falls and plans buy lag back with polls until 
 binds again; it settles where the two constraints cross, which is where completed runs per
 second peak (``min(R / (1 + polls), C / (duration + lag))``).
 
-When the limiter reports its window (``limit`` and ``period``: `window_rate`), a run with
-a plan is priced by a model instead (`best_level`): of the plans at each level, the one
+When the limiter reports its window (``limit`` and ``period``: `window_rate`; the length
+learnt from how the window's end moves, `WindowLength`, as ``period`` is an upper bound), a
+run with a plan is priced by a model instead (`best_level`): of the plans at each level, the one
 whose expected polls and lag (from the estimate) complete the most runs per second under
 both constraints. One more option than the levels is offered to it: one poll at the latest
 end seen (no tail left to the fallback), which wins when the budget binds for every plan (it
@@ -70,6 +71,7 @@ __all__ = [
     "PollRecord",
     "PressureLike",
     "ReadCadence",
+    "WindowLength",
     "best_level",
     "window_rate",
 ]
@@ -205,6 +207,48 @@ def window_rate(pressure: PressureLike | None) -> float | None:
     if not limit or not period or not math.isfinite(limit) or period <= 0:
         return None
     return float(limit) / float(period)
+
+
+@attrs.define(kw_only=True)
+class WindowLength:
+    """The windows' length as the budget's windows follow one another, per limiter bucket.
+
+    A limiter's ``period`` is what its ``Reset`` values bound: with whole-second ``Reset``
+    the longest one seen plus its precision, a second or more over the truth (6-6.5 s for
+    5 s windows: the rate `window_rate` reads is 17-23% short, and plans were priced for a
+    budget that binds sooner than it does). Each window's end (``window_ends_at``) moves by
+    the true length from one window to the next (more when windows start at the first
+    request after a gap): the median of the last few such steps, never over ``period``, is
+    the length `rate` prices by.
+
+    Args:
+        steps: Steps kept per bucket (the median of them is taken).
+        max_buckets: Buckets remembered (the oldest is forgotten first).
+    """
+
+    steps: int = 5
+    max_buckets: int = 1024
+    _seen: dict[Hashable, tuple[float, tuple[float, ...]]] = attrs.field(init=False, factory=dict)
+
+    def rate(self, bucket: Hashable, pressure: PressureLike | None) -> float | None:
+        """Requests per second the budget of `bucket` allows (see `window_rate`), its
+        window's length learnt from the steps of its end."""
+        rate = window_rate(pressure)
+        end = getattr(pressure, "window_ends_at", None)
+        if rate is None or end is None:
+            return rate
+        limit = float(getattr(pressure, "limit", 0))
+        period = limit / rate
+        last, steps = self._seen.pop(bucket, (None, ()))
+        if last is not None and end - last > 0.5 * period:
+            steps = (*steps[1 - self.steps :], end - last)  # a new window
+        elif len(self._seen) >= self.max_buckets:
+            del self._seen[next(iter(self._seen))]
+        self._seen[bucket] = (end, steps)
+        if not steps:
+            return rate
+        length = sorted(steps)[len(steps) // 2]
+        return limit / min(period, length)
 
 
 def best_level(

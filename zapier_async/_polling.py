@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ._backoff import PollPolicy, SupportsRandom, next_poll_delay
-from ._cadence import BudgetPrice, PollRecord, PressureLike, best_level, window_rate
+from ._cadence import BudgetPrice, PollRecord, PressureLike, WindowLength, best_level
 
 if TYPE_CHECKING:
     from ._handle import RunHandle
@@ -386,6 +386,7 @@ class AdaptivePolling:
     cold_up: float = 1.2
     _actions: dict[str, _Action] = attrs.field(init=False, factory=dict)
     _rtt: float | None = attrs.field(init=False, default=None)
+    _lengths: WindowLength = attrs.field(init=False, factory=WindowLength)
 
     # --- the client's hooks -----------------------------------------------------------------
 
@@ -694,7 +695,7 @@ class AdaptivePolling:
             pressure = self.pressure()
         else:
             return 0
-        rate = window_rate(pressure)
+        rate = self._lengths.rate(record.bucket, pressure)
         if rate is not None and state.plan and not cold:
             # The window is known: the plan that completes the most runs per second.
             assert pressure is not None
