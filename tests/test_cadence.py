@@ -323,10 +323,11 @@ def test_concurrency_and_budget_both_binding_beats_the_hand_written_loop() -> No
     assert ours.wall < hand.wall
     # Known miss (see the report of issue #15): the target is <= 1.35x the minimum and
     # >= 1.15x faster than the hand-written loop; the Little's-law plan choice reaches
-    # 73.3 s = 1.47x priced by the window's learnt length (`WindowLength`; 76.2 s = 1.52x
-    # priced by the limiter's period, a second over the window; the bound/slack feedback
-    # alone: 81.0 s).
-    assert ours.ratio <= 1.5
+    # 72.2 s = 1.44x priced by the window's learnt length (`WindowLength`) with reads
+    # ahead of plan on the windows' spare budget (seeds 1-6: 70.0-72.1 s; without those
+    # reads 73.3 s = 1.47x; priced by the limiter's period, a second over the window,
+    # 76.2 s = 1.52x without them; the bound/slack feedback alone: 81.0 s).
+    assert ours.ratio <= 1.455
 
 
 # --- the plan that completes the most runs per second (Little's law) ----------------------

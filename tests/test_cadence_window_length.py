@@ -46,9 +46,13 @@ def test_budget_and_concurrency_binding_prices_plans_by_the_true_window() -> Non
     # period as the real one does (a second over the window). Priced by that (33 requests/s
     # instead of 40), plans spent 1.50 polls per run at 2.13 s of lag and the job took
     # 1.52x its minimum (seeds 1-3: 1.524, 1.519, 1.512); by the learnt length, 1.70
-    # polls at 1.82 s, 1.46x (1.465, 1.456, 1.465).
+    # polls at 1.82 s, 1.46x (1.465, 1.456, 1.465). Without reads ahead of plan, which
+    # spend most of what stingy plans leave (with them, seeds 1-6: 1.454x -> 1.433x; live
+    # the wall moved as little: see the report of this change).
     results = [
-        sim.simulate_library(attrs.evolve(sim.WORKLOADS["w1000"], seed=s), sim.library())
+        sim.simulate_library(
+            attrs.evolve(sim.WORKLOADS["w1000"], seed=s), sim.library(), spare=False
+        )
         for s in (1, 2, 3)
     ]
     assert statistics.fmean(r.ratio for r in results) <= 1.48
