@@ -45,7 +45,7 @@ KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()  # no cycle left, TYPE_CHECKING 
 # Private names imported across modules: none in the library, 70 in the emulator (testing/).
 MAX_PRIVATE_CROSSINGS = 70
 ROOT_ALL_SIZE = 78  # + AuthView, SyncAuthView, CredentialMetrics (issue 16)
-CLIENT_KEYWORDS = 23  # + track_credentials (issue 16)
+CLIENT_KEYWORDS = 24  # + track_credentials (issue 16), rate_window (issue 15)
 
 
 # --- the measurements -----------------------------------------------------------------------
@@ -288,6 +288,7 @@ PURE_CORE = {
         "_discovery",
         "_ratelimit",
         "_budget",
+        "_windows",
         "_backoff",
         "_cadence",
         "_polling",
