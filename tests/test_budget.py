@@ -259,9 +259,11 @@ def test_a_known_window_length_bounds_the_end_to_the_round_trip() -> None:
     known = Budget(BudgetConfig(window_length=30.0))
     warm(known, reset="30")
     assert known.view(0.02).window_ends_at == pytest.approx(30.01)
+    assert known.view(0.02).period == 30.0  # what the poll planner prices plans by
     learnt = Budget(BudgetConfig())
     warm(learnt, reset="30")
     assert learnt.view(0.02).window_ends_at == pytest.approx(31.01)
+    assert learnt.view(0.02).period == pytest.approx(31.0)  # the longest Reset, + its second
 
 
 def test_a_window_length_the_reset_contradicts_is_dropped_for_good() -> None:

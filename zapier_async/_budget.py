@@ -666,6 +666,8 @@ class Budget:
         headers_hi = hi
         length_hi = self._length_bound(state, sent, now)
         if length_hi is not None:
+            if length_hi <= hi:  # it binds: the window's length, not the longest Reset seen
+                self._period = self._length
             hi = max(min(hi, length_hi), lo)
         bounds = (lo, hi, state.reset_precision)
 
