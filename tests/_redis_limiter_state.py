@@ -32,3 +32,11 @@ async def stored(
 async def redis_now(client: Any) -> float:
     seconds, micros = await client.time()
     return float(seconds) + micros / 1e6
+
+
+def line_name(name: str, key: Hashable = None, prefix: str = "zapier_async:ratelimit") -> str:
+    """The hash of every process's line (waiters per priority) of a bucket."""
+    base = f"{prefix}:{name}:line"
+    if key is None:
+        return base
+    return f"{base}:{hashlib.sha256(repr(key).encode()).hexdigest()[:32]}"

@@ -70,7 +70,8 @@ logger = logging.getLogger("zapier_async")
 
 
 class BucketStore:
-    """Reads and writes of bucket hashes; counts round trips and conflicts.
+    """Reads and writes of bucket hashes; counts round trips and conflicts. Each read and
+    commit also writes this process's line and takes the others' (`_peers`).
 
     Args:
         redis: The client.
@@ -132,37 +133,57 @@ class BucketStore:
         bucket.budget, bucket.in_flight = None, {}  # decoded when needed
         bucket.seen_at = self._clock.monotonic()
 
+    def _line(
+        self, bucket: Bucket, counts: tuple[int, int, int]
+    ) -> tuple[tuple[int, int, int], list[str]]:
+        """This process's line in the bucket and the arguments that write it (`_LINE`)."""
+        now = self._time.now()
+        entry = f"{now!r} {counts[0]} {counts[1]} {counts[2]}"
+        return counts, [self._owner, entry, repr(now - self._lease)]
+
+    def _take_line(self, bucket: Bucket, counts: tuple[int, int, int], others: object) -> None:
+        bucket.published, bucket.published_at = counts, self._clock.monotonic()
+        first, poll, bulk, processes = (int(n) for n in text(others).split())
+        bucket.others, bucket.processes = (first, poll, bulk), processes
+
     async def read(self, bucket: Bucket) -> None:
-        """Take what Redis holds for the bucket."""
+        """Take what Redis holds for the bucket (and write this process's line there)."""
+        counts, line = self._line(bucket, bucket.counts())
+        ttl = str(math.ceil(max(self._bucket_idle, 2 * self._lease) * 1000))
         sent = self._clock.monotonic()
         self.io += 1
         try:
-            reply = await self.read_script(keys=[bucket.name])
+            reply = await self.read_script(keys=[bucket.name, bucket.line], args=[*line, ttl])
         finally:
             self.io -= 1
         self.round_trips += 1
         self._time.note(reply, sent, self._clock.monotonic())
         self._take(bucket, text(reply[2]), text(reply[0]), text(reply[1]))
+        self._take_line(bucket, counts, reply[3])
 
-    async def commit(self, bucket: Bucket, budget: Budget, in_flight: InFlight) -> str | None:
+    async def commit(
+        self, bucket: Bucket, budget: Budget, in_flight: InFlight, line: tuple[int, int, int]
+    ) -> str | None:
         """Write the new state if nobody wrote since it was read; its epoch, or None (then
-        the bucket holds what Redis has)."""
+        the bucket holds what Redis has). ``line``: this process's waiters once it is in."""
         now = self._time.now()
         epoch = bucket.epoch or f"{self._owner}.{next(self._ids)}"
         frozen = budget.view(now).frozen_until
         ttl = max(self._bucket_idle, 2 * self._lease, (frozen or now) - now + self._lease)
         state = dump(budget, in_flight)
+        counts, args = self._line(bucket, line)
         sent = self._clock.monotonic()
         self.io += 1
         try:
             reply = await self.commit_script(
-                keys=[bucket.name, f"{self._once_prefix}{next(self._ids)}"],
+                keys=[bucket.name, bucket.line, f"{self._once_prefix}{next(self._ids)}"],
                 args=[
                     bucket.epoch,
                     bucket.version,
                     state,
                     epoch,
                     str(math.ceil(ttl * 1000)),
+                    *args,
                     self._once_ms,
                 ],
             )
@@ -170,6 +191,7 @@ class BucketStore:
             self.io -= 1
         self.round_trips += 1
         self._time.note(reply, sent, self._clock.monotonic())
+        self._take_line(bucket, counts, reply[4])
         if int(reply[0]) == 1:
             bucket.state, bucket.epoch, bucket.version = state, epoch, text(reply[2])
             bucket.budget, bucket.in_flight = budget, in_flight

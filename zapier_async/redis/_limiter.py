@@ -48,7 +48,8 @@ process's view (its own 503 streak).
 **Local waiting.** Each process keeps a heap of waiters per bucket and ONE task that does
 every round trip (commit, grant, sleep until a budget's time, a deadline or an event; while
 another process has slots in flight, at most ``poll_interval``). A waiter cancelled locally
-leaves the heap; a grant that raced with its cancellation is given back (``ungrant``).
+leaves the heap; a grant that raced with its cancellation is given back (``ungrant``). Its
+`pressure` shows every process's waiters (each writes its own with its round trips: `_peers`).
 
 **Losing Redis.** A Redis error logs a warning and moves the process, waiters included, to
 an in-memory `Limiter` at a conservative ``fallback_rate`` (never unlimited); every
@@ -70,6 +71,7 @@ from collections.abc import Callable, Hashable, Mapping
 from functools import partial
 from typing import Final
 
+import attrs
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -106,7 +108,7 @@ from zapier_async.errors import InvalidRequestError, LimiterClosedError, RateLim
 from ._buckets import BucketStore, apply, expire_leases
 from ._codec import InFlight
 from ._line import Bucket, Op, RedisSlot, SharedClock, SlotRequest, Waiter
-from ._peers import Peers
+from ._peers import Peers, SharedPressure
 
 __all__ = ["RedisLimiter", "RedisLimiterBackend", "RedisSlot"]
 
@@ -223,7 +225,9 @@ class RedisLimiter(AsyncCloseable):
         )
         self._commit_script = self._store.commit_script  # tests stall it by its SHA
 
-        self._default = Bucket(None, f"{self._base}:bucket", self._clock.monotonic())
+        self._default = Bucket(
+            None, f"{self._base}:bucket", f"{self._base}:line", self._clock.monotonic()
+        )
         self._buckets: collections.OrderedDict[Hashable, Bucket] = collections.OrderedDict()
         self._dirty: dict[Bucket, None] = {}  # buckets with something to do now
         self._due: list[tuple[float, int, Bucket]] = []
@@ -290,8 +294,9 @@ class RedisLimiter(AsyncCloseable):
         self._post(bucket, ("freeze", "", "", None, {"s": repr(seconds)}, self._local()))
 
     def pressure(self, key: Hashable = None, *, priority: Priority = Priority.POLL) -> Pressure:
-        """A key's budget as this process last saw it in Redis, and its local line
-        (read-only; times on this process's monotonic clock).
+        """A key's budget and line as this process last saw them in Redis (read-only; times
+        on this process's monotonic clock): waiters of every process sharing the bucket,
+        and their number (a `zapier_async.redis._peers.SharedPressure`).
 
         Args:
             key: The bucket; None for the default one.
@@ -300,14 +305,16 @@ class RedisLimiter(AsyncCloseable):
         bucket = self._find(key)
         budget = self._store.view(bucket)
         now, local = self._shared(), self._local()
-        return pressure_from(
+        line, processes = (None, 1) if bucket is None else bucket.shared(local, self._lease)
+        view = pressure_from(
             budget.view(now),
-            None if bucket is None else bucket.live,
+            line,
             in_flight=budget.in_flight,
             next_free_at=local + self.estimate_wait(priority, 1, key),
             now=local,
             shift=now - local,
         )
+        return SharedPressure(processes=processes, **attrs.asdict(view, recurse=False))
 
     def estimate_wait(self, priority: Priority, n: int = 1, key: Hashable = None) -> float:
         """Seconds until ``n`` more requests of ``priority`` could be sent, behind those of
@@ -460,9 +467,9 @@ class RedisLimiter(AsyncCloseable):
 
     # ------------------------------------------------------------------ buckets
 
-    def _redis_name(self, key: Hashable) -> str:
+    def _new_bucket(self, key: Hashable, now: float) -> Bucket:
         digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
-        return f"{self._base}:bucket:{digest}"
+        return Bucket(key, f"{self._base}:bucket:{digest}", f"{self._base}:line:{digest}", now)
 
     def _find(self, key: Hashable) -> Bucket | None:
         return self._default if key is None else self._buckets.get(key)
@@ -474,7 +481,7 @@ class RedisLimiter(AsyncCloseable):
             return self._default
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = Bucket(key, self._redis_name(key), now)
+            bucket = self._buckets[key] = self._new_bucket(key, now)
             self._evict(now, bucket)
         else:
             self._buckets.move_to_end(key)
@@ -541,6 +548,8 @@ class RedisLimiter(AsyncCloseable):
         """Its caller left while ``waiter`` was in line (cancelled)."""
         self._kill(waiter)
         self._counts.cancelled += 1
+        if not self._closed:
+            self._mark(waiter.bucket)  # its line changed
 
     def _promote(self, bucket: Bucket, waiters: list[Waiter], to: Priority) -> None:
         """A `Lane` was raised: its ``waiters`` in ``bucket`` move up (see `raise_in_line`)."""
@@ -658,16 +667,24 @@ class RedisLimiter(AsyncCloseable):
                     in_flight[slot_id] = [grant.sent, grant.completions, grant.probe, lease_end]
                     grants.append((waiter, slot_id, grant))
             if not grants and not changed and bucket.state is not None:
-                if not fresh and bucket.waiting() and self._local() - bucket.seen_at > self._poll:
+                local = self._local()
+                if not fresh and (
+                    (bucket.waiting() and local - bucket.seen_at > self._poll)
+                    or (
+                        bucket.counts() != bucket.published and local >= bucket.seen_at + self._poll
+                    )
+                ):
                     # A decision to wait is taken on a fresh state (another process may have
-                    # opened a window); a grant needs none: its commit fails if stale.
+                    # opened a window); a grant needs none: its commit fails if stale. A
+                    # changed line is written (`_peers`).
                     await self._store.read(bucket)
                     fresh = True
                     continue
                 bucket.budget, bucket.in_flight = budget, in_flight  # nothing to write
                 break
             try:
-                written = await self._store.commit(bucket, budget, in_flight)
+                line = bucket.counts(waiter for waiter, _, _ in grants)
+                written = await self._store.commit(bucket, budget, in_flight, line)
             except BaseException:
                 self._requeue(bucket, grants)  # back in line: Redis lost, or closing
                 raise
@@ -756,6 +773,10 @@ class RedisLimiter(AsyncCloseable):
             if bucket.in_flight:  # a lease may run out
                 lease_end = min(float(r[3]) for r in bucket.in_flight.values()) - now + local
                 due = lease_end if due is None else min(due, lease_end)
+        if bucket.state is not None:
+            again = bucket.line_due(self._poll, self._lease / 3)
+            if again is not None:
+                due = again if due is None else min(due, again)
         bucket.due = due
         if due is not None:
             heapq.heappush(self._due, (due, next(self._seq), bucket))
@@ -826,7 +847,8 @@ class RedisLimiter(AsyncCloseable):
 
     def _expire(self, now: float) -> None:
         """Fail the waiters whose ``max_wait`` ran out (checked after a decision, so
-        ``max_wait=0`` still tries once)."""
+        ``max_wait=0`` still tries once); their buckets' lines are written next."""
+        changed: dict[Bucket, None] = {}
         while self._deadlines and self._deadlines[0][0] <= now:
             _, _, waiter = heapq.heappop(self._deadlines)
             if not waiter.alive or waiter.fut.done():
@@ -834,13 +856,15 @@ class RedisLimiter(AsyncCloseable):
             bucket = waiter.bucket
             if bucket in self._dirty or bucket.state is None:
                 heapq.heappush(self._deadlines, (now, waiter.seq, waiter))
-                return  # decide on what Redis says first
+                break  # decide on what Redis says first
             self._kill(waiter)
+            changed[bucket] = None
             self._counts.expired += 1
             budget = self._store.view(bucket)
             shared = self._shared()
             estimate = budget.estimate(shared, 1 + sum(bucket.live[: waiter.priority + 1]))
             waiter.fut.set_exception(RateLimitedError(estimate, self._clock.time() + estimate))
+        self._dirty.update(changed)
 
     def _degrade(self, exc: BaseException) -> None:
         self._degraded = True

@@ -7,7 +7,7 @@ import asyncio
 import collections
 import contextlib
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Protocol
 
@@ -159,10 +159,15 @@ class Bucket:
         "heap",
         "in_flight",
         "key",
+        "line",
         "live",
         "mine",
         "name",
         "ops",
+        "others",
+        "processes",
+        "published",
+        "published_at",
         "seen_at",
         "state",
         "streak",
@@ -170,9 +175,10 @@ class Bucket:
         "version",
     )
 
-    def __init__(self, key: Hashable, name: str, now: float) -> None:
+    def __init__(self, key: Hashable, name: str, line: str, now: float) -> None:
         self.key = key
         self.name = name  # the Redis key of its hash
+        self.line = line  # the Redis key of every process's line (`_scripts._LINE`)
         self.state: str | None = None  # the text last read or written; None: never read
         self.epoch = ""
         self.version = "0"
@@ -186,9 +192,40 @@ class Bucket:
         self.due: float | None = None
         self.used_at = now
         self.streak = 0  # 503s in a row this process saw (for `record`'s answer)
+        # The other processes' waiters per priority and their number, as last seen; this
+        # process's line as last written there (local time).
+        self.others = (0, 0, 0)
+        self.processes = 0
+        self.published: tuple[int, int, int] | None = None
+        self.published_at = -math.inf
 
     def waiting(self) -> int:
         return sum(self.live)
+
+    def counts(self, leaving: Iterable[Waiter] = ()) -> tuple[int, int, int]:
+        """Waiters per priority, less those ``leaving`` (granted by the commit going out)."""
+        line = list(self.live)
+        for waiter in leaving:
+            line[waiter.priority] -= 1
+        return line[0], line[1], line[2]
+
+    def shared(self, now: float, fresh_for: float) -> tuple[list[int], int]:
+        """Waiters per priority of every process sharing the bucket and their number, as
+        last seen (this process's own alone when that was over ``fresh_for`` seconds ago:
+        older lines are dropped in Redis)."""
+        if now - self.seen_at > fresh_for:
+            return self.live, 1
+        line = [n + others for n, others in zip(self.live, self.others, strict=True)]
+        return line, 1 + self.processes
+
+    def line_due(self, poll: float, refresh: float) -> float | None:
+        """When this process's line must be written again (local time; None: not until
+        something changes): soon after its count changed (a round trip per ``poll`` at
+        most), and every ``refresh`` seconds while it has waiters (older lines are dropped
+        as left behind by a process that stopped)."""
+        if self.counts() != self.published:
+            return self.seen_at + poll
+        return self.published_at + refresh if self.waiting() else None
 
     def idle(self) -> bool:
         return not self.waiting() and not self.ops and not self.mine

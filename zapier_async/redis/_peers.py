@@ -11,15 +11,46 @@ less its own waiters, is what it offers. Alike workers (a Celery pool,
 `benchmarks.redis_workers`) then read ahead just what is left; a process seen but with
 nothing to read leaves its share unspent (early reads lost, nothing worse). Alone, a
 process gets what `zapier_async.Limiter.spare` would give it.
+
+**Every process's line** (`RedisLimiter.pressure`). A planner prices a poll by the bucket's
+line (`zapier_async._cadence`: a poll that may find its run still going is a create not
+sent, when creates wait). Each process waits in its own line, so a process with nobody
+waiting would think the budget slack while other processes' creates wait for it, and poll
+early. So each process writes its waiters per priority, with the time, into the bucket's
+``line`` hash with every read and commit it makes of the bucket (`_scripts._LINE`: no round
+trip of its own), and each reply brings the other processes' waiters and their number:
+`pressure` shows the bucket's whole line, and how many processes share it
+(`SharedPressure.processes`). A line is as fresh as its process's last round trip: one
+whose count changed writes it within ``poll_interval`` (a read, if nothing else is
+written), one with waiters every ``lease / 3`` seconds; a line older than ``lease`` is
+dropped (its process stopped, or died).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import attrs
+
+from zapier_async._limits import Pressure
+
 from ._line import Bucket
 
-__all__ = ["Peers"]
+__all__ = ["Peers", "SharedPressure"]
+
+
+@attrs.frozen(kw_only=True)
+class SharedPressure(Pressure):
+    """A `Pressure` of a bucket shared through Redis: ``waiting_by_priority`` counts the
+    waiters of every process sharing it (as last seen), and
+
+    Attributes:
+        processes: The processes seen using the bucket within the last ``lease`` seconds,
+            this one included (a planner's share of the budget is about ``1 / processes``
+            of it when they are alike).
+    """
+
+    processes: int = 1
 
 
 class Peers:

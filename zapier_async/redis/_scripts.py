@@ -57,33 +57,67 @@ return reply
 # (the serialised `Budget` and its slots in flight). The rules run in Python; Redis only
 # keeps the state and lets one writer at a time replace it (compare-and-set on the version).
 
-BUCKET_READ: Final = """
-local f = redis.call('HMGET', KEYS[1], 'e', 'v', 's')
-local t = redis.call('TIME')
-return {f[1] or '', f[2] or '0', f[3] or '', t[1], t[2]}
+_LINE: Final = """
+local function line(key, owner, entry, since, ttl)
+  redis.call('HSET', key, owner, entry)
+  redis.call('PEXPIRE', key, ttl)
+  local all = redis.call('HGETALL', key)
+  local first, poll, bulk, n = 0, 0, 0, 0
+  for j = 1, #all, 2 do
+    local t, a, b, c = string.match(all[j + 1], '^(%S+) (%d+) (%d+) (%d+)$')
+    t = t and tonumber(t)
+    if not t or t < tonumber(since) then
+      redis.call('HDEL', key, all[j])
+    elseif all[j] ~= owner then
+      first, poll, bulk, n = first + tonumber(a), poll + tonumber(b), bulk + tonumber(c), n + 1
+    end
+  end
+  return first .. ' ' .. poll .. ' ' .. bulk .. ' ' .. n
+end
 """
-"""KEYS: the bucket. Reply: {epoch, version, state, server seconds, microseconds}."""
+"""Each process's line (its waiters per priority) in a bucket's ``line`` hash, written with
+every read and commit of the bucket: ``line(key, owner, entry, since, ttl)`` sets this
+process's entry (``"time first poll bulk"``, time on the shared clock), drops entries written
+before ``since`` (their process stopped using the bucket), and answers the other processes'
+waiters and their number, ``"first poll bulk processes"``."""
+
+BUCKET_READ: Final = (
+    _LINE
+    + """
+local f = redis.call('HMGET', KEYS[1], 'e', 'v', 's')
+local others = line(KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+local t = redis.call('TIME')
+return {f[1] or '', f[2] or '0', f[3] or '', others, t[1], t[2]}
+"""
+)
+"""KEYS: the bucket, its line hash. ARGV: owner, its line entry, since, TTL (ms) (see
+`_LINE`). Reply: {epoch, version, state, the other processes' line, server seconds,
+microseconds}."""
 
 BUCKET_COMMIT: Final = once(
-    """
+    _LINE
+    + """
 local k = KEYS[1]
 local f = redis.call('HMGET', k, 'e', 'v', 's')
 local e, v = f[1] or '', f[2] or '0'
+local others = line(KEYS[2], ARGV[6], ARGV[7], ARGV[8], ARGV[5])
 local t = redis.call('TIME')
 if e ~= ARGV[1] or v ~= ARGV[2] then
-  return {0, e, v, f[3] or '', t[1], t[2]}
+  return {0, e, v, f[3] or '', others, t[1], t[2]}
 end
 local nv = tostring(tonumber(v) + 1)
 redis.call('HSET', k, 'e', ARGV[4], 'v', nv, 's', ARGV[3])
 redis.call('PEXPIRE', k, ARGV[5])
-return {1, ARGV[4], nv, '', t[1], t[2]}
+return {1, ARGV[4], nv, '', others, t[1], t[2]}
 """,
     store_if="reply[1] == 1",
 )
-"""KEYS: the bucket. ARGV: expected epoch ('' for none), expected version, new state, new
-epoch, TTL (ms). Reply: {1, epoch, new version, '', time...} when written; else {0, the
-epoch, version and state found, time...}: the caller recomputes from them and tries again.
-Run once per request id: a re-sent commit answers "written" and writes nothing more."""
+"""KEYS: the bucket, its line hash. ARGV: expected epoch ('' for none), expected version, new
+state, new epoch, TTL (ms), owner, its line entry, since (`_LINE`). Reply: {1, epoch, new
+version, '', the other processes' line, time...} when written; else {0, the epoch, version
+and state found, line, time...}: the caller recomputes from them and tries again. Run once
+per request id: a re-sent commit answers "written" and writes nothing more. The line is
+written either way (it is not part of the state compared)."""
 
 
 def text(value: object) -> str:
