@@ -30,7 +30,8 @@ The model:
 - the planner's ``pressure`` callable gets the real `_limits.Pressure` value, filled as
   `Limiter.pressure()` fills it (see `_Limiter.pressure`): times on the simulated clock,
   ``period`` and ``window_ends_at`` as whole-second ``Reset`` values let the budget learn
-  them (a second over the truth at most), nothing known before the first answer.
+  them (a second over the truth at most), nothing known before the first answer; with
+  ``Workload(rate_window=True)`` (the client told the window's length) both exact.
 
 Run ``python -m tests.cadence_sim`` for the table of the issue's workloads.
 """
@@ -74,6 +75,9 @@ class Workload:
     # The limiter's remaining estimate over the server's truth (a live estimate can be off by
     # a request or two: which answers it has counted, the probe's, the reserve's rounding).
     remaining_skew: int = 0
+    # The window's length declared to the client (``ZapierClient(rate_window=window)``): the
+    # limiter knows each window's end to the round trip and reports the exact ``period``.
+    rate_window: bool = False
 
     def minimum(self, k: int = 2) -> float:
         lo, hi = self.durations
@@ -243,14 +247,15 @@ class _Limiter:
         remaining = self.server.remaining(now) if known else None
         if remaining is not None:
             remaining += w.remaining_skew
-        ends = self.server.window_end(now) + _PRECISION if known else None
+        slop = 0.0 if w.rate_window else _PRECISION
+        ends = self.server.window_end(now) + slop if known else None
         if not self.known:
             free = math.inf if self.in_flight else now  # the probe's answer comes first
         elif remaining is None or remaining > self.reserve + sum(len(x) for x in q):
             free = now
         else:
             assert ends is not None
-            free = ends - _PRECISION
+            free = ends - slop
         return Pressure(
             waiting_by_priority=(len(q[0]), len(q[1]), len(q[2])),
             in_flight=self.in_flight,
@@ -260,7 +265,7 @@ class _Limiter:
             frozen_until=None,
             mode="probe" if not self.known else ("window" if limited else "open"),
             limit=int(w.limit) if known else None,
-            period=w.window + _PRECISION if known else None,
+            period=w.window + slop if known else None,
             now=now,
         )
 

@@ -55,7 +55,12 @@ While the budget binds, an unlearnt run is polled once late instead (four times 
 policy's first interval, then doubling), and that first poll learns from its answers: a
 stochastic approximation of a high quantile of the durations (`_learn_cold`), moved 1%
 earlier by each such poll that found its run ended and 20% later by each that found it still
-going (about one in twenty misses), never later than the cadence's own first poll.
+going (about one in twenty misses), never later than the cadence's own first poll. When
+the limiter reports its window (limit and length), such a miss is a create not sent, and a
+whole window when a job's requests fill its windows exactly: that first poll then goes no
+earlier than the longest the action's runs were seen taking (`_window_late`), and an unlearnt
+run is priced bound while the price level is above slack at all (a job's first window looks
+slack once its first runs ended, before their slots' creates are sent, and is spent later).
 
 **Re-planning** costs O(candidates^2) (about half a millisecond), so it is not done per run:
 every `replan_every` new observations at first, then twice as seldom after each plan (up to
@@ -317,6 +322,9 @@ class _Action:
     # The bound cold cadence's first poll (seconds after the create), moved by what such
     # polls found (see `AdaptivePolling._learn_cold`); None until one of them answered.
     cold_first: float | None = None
+    # The longest a run of the action was seen going, or ended by (answers that did not
+    # wait for the budget): where a bound cold first poll goes when a miss costs a window.
+    longest: float = 0.0
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -462,7 +470,10 @@ class AdaptivePolling:
                 state.probing.add(handle)
                 return 0.0
             state.deferred.add(handle)
-        return self._cold(0.0, level, rng, first=state.cold_first)
+        floor = None
+        if level >= self.price.levels - 1 and state.longest > 0.0:
+            floor = self._window_late(state, record)
+        return self._cold(0.0, level, rng, first=state.cold_first, floor=floor)
 
     def _next_delay(
         self,
@@ -478,6 +489,8 @@ class AdaptivePolling:
             return next_poll_delay(self.policy, attempt, elapsed, rng, hint=hint)
         record.pending_at = elapsed
         state = self._state(record.key) if self.enabled else None
+        if state is not None and elapsed > state.longest:
+            state.longest = elapsed
         if record.plan is not None and state is not None and state.plan:
             # The price may have moved since the last poll: then follow its plan (at the
             # same price the run keeps the plan it started with, so a re-plan does not
@@ -564,6 +577,8 @@ class AdaptivePolling:
             return moved
         if record.plan is None and not record.skew and record.level > 0 and lo == 0.0:
             self._learn_cold(state, due, ended=True)
+        if end > state.longest:
+            state.longest = end
         if len(state.samples) == state.samples.maxlen and state.samples[0][0] == 0.0:
             state.first_hits -= 1
         state.samples.append((lo, hi))
@@ -709,7 +724,13 @@ class AdaptivePolling:
         # run in flight and not one more).
         per_run = self.cold_polls if cold else 1.0
         level, binds = self.price.update(pressure, len(state.pending), per_run)
-        return self.price.levels - 1 if cold and binds else level
+        if cold and (binds or (level > 0 and rate is not None)):
+            # With the window known, also while the level is above slack: early in a job a
+            # window looks slack (its first runs ended, their slots' creates not yet sent)
+            # that the job spends to the last request later, when every first poll that
+            # found its run still going is a request the last window has no room for.
+            return self.price.levels - 1
+        return level
 
     def _options(self, state: _Action) -> list[tuple[float, float]]:
         """``(E[polls], E[lag])`` of the plan at each price level (once per estimate)."""
@@ -777,8 +798,35 @@ class AdaptivePolling:
         elif current is None or due >= 0.9 * current:
             state.cold_first = min(self.policy.cap, max(current or due, due) * self.cold_up)
 
+    def _window_late(self, state: _Action, record: PollRecord) -> float | None:
+        """The earliest a bound cold first poll may go when the window is known, or None.
+
+        With the window known (the limiter reports its limit and length), a poll that finds
+        its run still going is a create not sent, and when a job's requests fill its windows
+        exactly it costs a whole window (its last request alone in a window of its own). The
+        learnt quantile (`_learn_cold`) accepts about one first poll in twenty finding its
+        run still going; so no earlier than the longest the action's runs were seen taking
+        (the latest end seen, or seen going: answers that did not wait for the budget), nor
+        than that quantile.
+        """
+        if self.pressure_of is not None:
+            pressure = self.pressure_of(record.bucket)
+        elif self.pressure is not None:
+            pressure = self.pressure()
+        else:
+            return None
+        if self._lengths.rate(record.bucket, pressure) is None:
+            return None
+        return max(state.longest, state.cold_first or 0.0)
+
     def _cold(
-        self, elapsed: float, level: int, rng: SupportsRandom, *, first: float | None = None
+        self,
+        elapsed: float,
+        level: int,
+        rng: SupportsRandom,
+        *,
+        first: float | None = None,
+        floor: float | None = None,
     ) -> float:
         """The cadence of a run of an action with no plan yet.
 
@@ -786,7 +834,8 @@ class AdaptivePolling:
         seconds), stretching once the run is old: the next poll is at least a share
         ``factor - 1`` of its age later. While the budget binds, it starts four times later
         and doubles; its first poll at `first` once the action's bound cold first polls
-        taught one (`_learn_cold`). Only the first poll is jittered (by `policy.jitter`).
+        taught one (`_learn_cold`). Only the first poll is jittered (by `policy.jitter`), never
+        below `floor` (a first poll placed past every run seen, `_window_late`).
         """
         p = self.policy
         if elapsed >= p.late_after:
@@ -805,7 +854,8 @@ class AdaptivePolling:
         # Only the first poll is jittered: it spreads runs created together, and they keep
         # their phase after it (jitter at every poll makes each run's polls a random walk,
         # whose mean lag is more than half the spacing for the same number of polls).
-        return max(base * (1.0 + p.jitter * (2.0 * rng.random() - 1.0)), 0.0)
+        jittered = base * (1.0 + p.jitter * (2.0 * rng.random() - 1.0))
+        return max(jittered, min(floor, p.cap) if floor is not None else 0.0)
 
     def _state(self, key: str | None, *, create: bool = False) -> _Action | None:
         if key is None:
