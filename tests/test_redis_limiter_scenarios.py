@@ -10,11 +10,13 @@ import uuid
 from collections.abc import Hashable
 from typing import Any
 
+import attrs
 import pytest
 
 aioredis = pytest.importorskip("redis.asyncio", reason="the 'redis' extra is not installed")
 
 from limiter_scenarios import (  # noqa: E402
+    KNIFE_EDGE_SCENARIOS,
     SCENARIOS,
     SPEND_SCENARIOS,
     LimiterUnderTest,
@@ -156,3 +158,16 @@ async def test_a_keyed_bucket_keeps_the_scenarios(redis_server, scenario: Scenar
     assert all(lim.snapshot().grants > 0 for lim in limiters)
     assert all(lim.pressure(("user", 7)).limit == scenario.limit for lim in limiters)
     assert limiters[0].pressure().limit is None  # the default bucket was never used
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
+async def test_the_redis_limiter_takes_the_window_length(redis_server, processes: int) -> None:
+    # Exactly six windows' worth: told the length, the processes sharing the budget in Redis
+    # fill each window to its last request (one request lost at a turn: a seventh window).
+    scenario = attrs.evolve(KNIFE_EDGE_SCENARIOS[0], processes=processes, callers=50 // processes)
+    told, _ = await run_on_redis(
+        scenario, redis_server.url, spend_window=True, window_length=scenario.window
+    )
+    assert told.refused == 0
+    assert told.windows == scenario.windows

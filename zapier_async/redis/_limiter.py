@@ -143,7 +143,7 @@ class RedisLimiter(AsyncCloseable):
         reconnect_interval: Seconds between reconnection attempts while degraded.
         default_period: The window assumed when an answer has ``Remaining`` but no ``Reset``;
             also the freeze after a 429 without ``Retry-After`` or ``Reset``.
-        max_server_wait, spend_window, interactive_reserve: As `zapier_async.Limiter`'s.
+        max_server_wait, spend_window, interactive_reserve, window_length: `zapier_async.Limiter`'s.
         max_buckets: Buckets this process keeps a copy of at most.
         bucket_idle: Seconds after which an idle bucket expires (in Redis and locally).
         clock: The shared clock: its ``time()`` is every process's ``now`` and every wait is
@@ -179,6 +179,7 @@ class RedisLimiter(AsyncCloseable):
         max_server_wait: float = DEFAULT_MAX_SERVER_WAIT,
         spend_window: bool = False,
         interactive_reserve: float = 0.1,
+        window_length: float | None = None,
         max_buckets: int = DEFAULT_MAX_BUCKETS,
         bucket_idle: float = DEFAULT_BUCKET_IDLE,
         clock: Clock | None = None,
@@ -197,6 +198,7 @@ class RedisLimiter(AsyncCloseable):
             max_server_wait=max_server_wait,
             spend_window=spend_window,
             interactive_reserve=interactive_reserve,
+            window_length=window_length,
         )
         self._redis = redis
         self._base = f"{prefix}:{name}"
