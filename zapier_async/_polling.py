@@ -711,11 +711,14 @@ class AdaptivePolling:
         else:
             return 0
         rate = self._lengths.rate(record.bucket, pressure)
+        # Processes sharing the budget (a RedisLimiter's `processes`): alike, each holds its
+        # share of the runs in flight, and the line (waiting_by_priority) is all of theirs.
+        pending = len(state.pending) * max(1, getattr(pressure, "processes", 1) or 1)
         if rate is not None and state.plan and not cold:
             # The window is known: the plan that completes the most runs per second.
             assert pressure is not None
             options = self._options(state)
-            slots = len(state.pending) + pressure.waiting_by_priority[2]
+            slots = pending + pressure.waiting_by_priority[2]
             return best_level(options, mean=state.mean, slots=slots, rate=rate)
         # A run with no plan yet is polled at the hand-written loop's pace while the budget
         # is slack: about `cold_polls` polls each, which the window must cover for the runs
@@ -723,7 +726,7 @@ class AdaptivePolling:
         # knife edge the first wave of a job sits on exactly: a window holding one poll per
         # run in flight and not one more).
         per_run = self.cold_polls if cold else 1.0
-        level, binds = self.price.update(pressure, len(state.pending), per_run)
+        level, binds = self.price.update(pressure, pending, per_run)
         if cold and (binds or (level > 0 and rate is not None)):
             # With the window known, also while the level is above slack: early in a job a
             # window looks slack (its first runs ended, their slots' creates not yet sent)

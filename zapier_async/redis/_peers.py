@@ -42,7 +42,7 @@ __all__ = ["Peers", "SharedPressure"]
 @attrs.frozen(kw_only=True)
 class SharedPressure(Pressure):
     """A `Pressure` of a bucket shared through Redis: ``waiting_by_priority`` counts the
-    waiters of every process sharing it (as last seen), and
+    waiters of every process sharing it (as last seen).
 
     Attributes:
         processes: The processes seen using the bucket within the last ``lease`` seconds,
