@@ -1,8 +1,7 @@
 """With the window known (the limiter reports its limit and length, as with
 ``ZapierClient(rate_window=...)``), an unlearnt run's poll that finds its run still going
 costs a whole window when a job's requests fill its windows exactly: such polls are placed
-no earlier than the longest run seen, and the bound cold cadence is kept while the price
-level is above slack (issue #15)."""
+no earlier than the longest run seen (issue #15)."""
 
 from __future__ import annotations
 
@@ -81,30 +80,6 @@ def test_a_run_seen_going_longer_than_the_quantile_moves_the_bound_first_poll_pa
     bound.next_delay(h, 1, 2.3, rng, hint=None)  # type: ignore[arg-type]  # going at 2.3 s
     # Jitter (20% here) never brings a first poll back before the longest run seen.
     assert min(bound.first_delay(_Handle(), "a", rng) for _ in range(50)) >= 2.3  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("known", [False, True])
-def test_with_the_window_known_a_cold_run_stays_bound_while_the_level_is_above_slack(
-    known: bool,
-) -> None:
-    # A job's first window: the budget bound (creates waited), then, its first runs ended
-    # and their slots' creates not yet sent, the window looks slack (50 left for 10 runs in
-    # flight). The job spends it to the last request later: with the window known, a run
-    # created now gets the bound cold cadence (one late first poll), not a partly bound one.
-    policy = PollPolicy(initial=0.5, factor=1.5, jitter=0.0)
-    extra = {"limit": 100, "period": 5.0} if known else {}
-    now = [_K(waiting_by_priority=(0, 0, 5), **extra)]
-    polling = AdaptivePolling(policy=policy, pressure=lambda: now[0], min_samples=1000)
-    rng = random.Random(1)
-    for _ in range(2):
-        polling.first_delay(_Handle(), "a", rng)  # type: ignore[arg-type]
-    now[0] = _K(remaining_estimate=50, **extra)
-    assert 0 < polling.level() < polling.price.levels - 1
-    first = polling.first_delay(_Handle(), "a", rng)  # type: ignore[arg-type]
-    if known:
-        assert first == 2.0
-    else:  # the smoothed level's cadence, as before
-        assert 0.5 < first < 2.0
 
 
 def test_with_the_window_declared_no_300_run_job_needs_a_seventh_window() -> None:

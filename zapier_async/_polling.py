@@ -727,11 +727,9 @@ class AdaptivePolling:
         # run in flight and not one more).
         per_run = self.cold_polls if cold else 1.0
         level, binds = self.price.update(pressure, pending, per_run)
-        if cold and (binds or (level > 0 and rate is not None)):
-            # With the window known, also while the level is above slack: early in a job a
-            # window looks slack (its first runs ended, their slots' creates not yet sent)
-            # that the job spends to the last request later, when every first poll that
-            # found its run still going is a request the last window has no room for.
+        if cold and binds:
+            # (Not also while the smoothed level is above slack: it is one level for every
+            # bucket, and one user's bound budget then slowed every other user's runs.)
             return self.price.levels - 1
         return level
 
