@@ -7,7 +7,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import attrs
+
 import zapier_async as za
+from zapier_async._cadence import PollRecord
 from zapier_async.testing import FakeClock, FakeZapier
 
 
@@ -89,3 +92,30 @@ class UnkeyedLimiter:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+@attrs.frozen
+class FakePressure:
+    """A limiter bucket's pressure as the poll planner reads it (`_cadence.PressureLike`,
+    plus what the planner reads when present: the window's ``limit`` and ``period``, and
+    the ``processes`` sharing a Redis budget)."""
+
+    waiting_by_priority: tuple[int, int, int] = (0, 0, 0)
+    remaining_estimate: int | None = None
+    in_flight: int = 0
+    limit: int | None = None
+    period: float | None = None
+    processes: int = 1
+
+
+class PlannerHandle:
+    """Stands in for `RunHandle` where the poll planner is tested alone: what the planner
+    reads (creation time, done) and the run's polling record."""
+
+    created_at = 0.0
+
+    def __init__(self) -> None:
+        self.reads = PollRecord()
+
+    def done(self) -> bool:
+        return False

@@ -8,39 +8,17 @@ from typing import Any
 
 import attrs
 import pytest
+from _util import FakePressure, PlannerHandle
 
 from tests import cadence_sim as sim
 from zapier_async._backoff import PollPolicy, RetryPolicy
-from zapier_async._cadence import BudgetPrice, PollRecord, ReadCadence, best_level, window_rate
+from zapier_async._cadence import BudgetPrice, ReadCadence, best_level, window_rate
 from zapier_async._handle import RunHandle
 from zapier_async._polling import AdaptivePolling, expect
 from zapier_async._runs import CallbackPolling, LongPoll, RunLocator
 
-
-@attrs.frozen
-class _P:
-    waiting_by_priority: tuple[int, int, int] = (0, 0, 0)
-    remaining_estimate: int | None = None
-    in_flight: int = 0
-
-
-@attrs.frozen
-class _K:
-    waiting_by_priority: tuple[int, int, int] = (0, 0, 0)
-    remaining_estimate: int | None = None
-    in_flight: int = 0
-    limit: int | None = None
-    period: float | None = None
-
-
-class _Handle:
-    created_at = 0.0
-
-    def __init__(self) -> None:
-        self.reads = PollRecord()
-
-    def done(self) -> bool:
-        return False
+_P = _K = FakePressure
+_Handle = PlannerHandle
 
 
 def test_the_budget_binds_when_requests_wait_or_the_window_cannot_cover_the_runs() -> None:

@@ -7,35 +7,18 @@ from __future__ import annotations
 
 import random
 
-import attrs
 import pytest
+from _util import FakePressure, PlannerHandle
 
 from zapier_async._backoff import PollPolicy
-from zapier_async._cadence import PollRecord
 from zapier_async._polling import AdaptivePolling
 
-
-@attrs.frozen
-class _Shared:
-    waiting_by_priority: tuple[int, int, int] = (0, 0, 0)
-    remaining_estimate: int | None = 30
-    in_flight: int = 0
-    processes: int = 1
-
-
-class _Handle:
-    created_at = 0.0
-
-    def __init__(self) -> None:
-        self.reads = PollRecord()
-
-    def done(self) -> bool:
-        return False
+_Handle = PlannerHandle
 
 
 def _first_poll_after(runs_in_flight: int, processes: int) -> float:
     policy = PollPolicy(initial=0.5, factor=1.5, jitter=0.0)
-    pressure = _Shared(processes=processes)
+    pressure = FakePressure(remaining_estimate=30, processes=processes)
     polling = AdaptivePolling(policy=policy, pressure=lambda: pressure)
     rng = random.Random(1)
     going = [_Handle() for _ in range(runs_in_flight + 1)]  # the planner holds them weakly

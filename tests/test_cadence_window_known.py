@@ -9,30 +9,14 @@ import random
 
 import attrs
 import pytest
+from _util import FakePressure, PlannerHandle
 
 from tests import cadence_sim as sim
 from zapier_async._backoff import PollPolicy
-from zapier_async._cadence import PollRecord
 from zapier_async._polling import AdaptivePolling
 
-
-@attrs.frozen
-class _K:
-    waiting_by_priority: tuple[int, int, int] = (0, 0, 0)
-    remaining_estimate: int | None = None
-    in_flight: int = 0
-    limit: int | None = None
-    period: float | None = None
-
-
-class _Handle:
-    created_at = 0.0
-
-    def __init__(self) -> None:
-        self.reads = PollRecord()
-
-    def done(self) -> bool:
-        return False
+_K = FakePressure
+_Handle = PlannerHandle
 
 
 _BOUND = _K(waiting_by_priority=(0, 0, 1))

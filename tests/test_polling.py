@@ -8,22 +8,12 @@ import random
 import statistics
 
 import pytest
+from _util import PlannerHandle
 
 from zapier_async._backoff import PollPolicy
-from zapier_async._cadence import PollRecord
 from zapier_async._polling import AdaptivePolling, plan_polls, turnbull
 
-
-class _Handle:
-    """Stands in for `RunHandle`: what the planner reads and its polling record."""
-
-    created_at = 0.0
-
-    def __init__(self) -> None:
-        self.reads = PollRecord()
-
-    def done(self) -> bool:
-        return False
+_Handle = PlannerHandle
 
 
 def _simulate(
