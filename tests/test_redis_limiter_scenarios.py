@@ -171,3 +171,13 @@ async def test_the_redis_limiter_takes_the_window_length(redis_server, processes
     )
     assert told.refused == 0
     assert told.windows == scenario.windows
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), "300", True])
+def test_a_bad_window_length_is_a_typed_error_before_any_round_trip(bad: object) -> None:
+    from zapier_async.errors import InvalidRequestError
+
+    client = aioredis.Redis(host="127.0.0.1", port=1)  # never contacted
+    with pytest.raises(InvalidRequestError) as info:
+        RedisLimiter(client, name="x", window_length=bad)  # type: ignore[arg-type]
+    assert info.value.field == "window_length"
