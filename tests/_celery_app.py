@@ -37,11 +37,16 @@ app.conf.update(recommended_settings(visibility_timeout=VISIBILITY))
 app.conf.update(
     task_default_queue="zt",
     # Kombu scans for messages past their visibility timeout every interval x throttle
-    # seconds (100 s by default); the kill test needs the redelivery within its time.
+    # seconds (100 s by default); the kill test needs the redelivery within its time. Each
+    # scan holds a lock in Redis that expires after unacked_mutex_expire (300 s by default):
+    # a worker SIGKILLed mid-scan (scanning every second here, a few percent of kills) left
+    # it held, and no worker redelivered anything for five minutes (the kill test's rare
+    # "4 of 40 tasks have no outcome (... PENDING)").
     broker_transport_options={
         "visibility_timeout": VISIBILITY,
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 2,
     },
     result_expires=600,
     worker_hijack_root_logger=False,

@@ -50,7 +50,9 @@ are the worker's and the broker's (`recommended_settings` returns all of them):
     `OutcomeUnknownError`), wasted work either way. Keep it well under the run store's TTL
     (6 days). Kombu scans for such messages every ``unacked_restore_interval`` x
     ``unacked_restore_throttle`` seconds (10 x 10 by default): that scan period is added to
-    the redelivery delay.
+    the redelivery delay. Each scan holds a lock in Redis that expires after
+    ``unacked_mutex_expire`` seconds (300): a worker killed mid-scan stops every redelivery
+    until then. If you scan often, lower it too (a scan takes milliseconds).
 ``worker_prefetch_multiplier = 1``
     With late acks a worker reserves ``concurrency x multiplier`` messages; the reserved ones
     wait in that worker (their visibility clock running) while other workers may be idle,
