@@ -247,3 +247,18 @@ async def test_per_credential_figures_are_off_by_default_and_bounded_when_on():
         shrunk = recorder.credential_metrics(views[4].bucket_id)
         assert shrunk is not None
         assert (shrunk.tracked, shrunk.evicted, shrunk.runs_started) == (1, 4, 2)
+
+
+def test_a_run_read_ended_twice_is_counted_once():
+    # Two reads of one run in flight at once (a planned read and a read ahead of plan, or a
+    # callback and a read) both find it ended: one run ended, not two (the demo once
+    # counted 28 succeeded + 4 failed for 30 runs).
+    from zapier_async._handle import RunHandle
+    from zapier_async._protocol import RunLocator
+
+    recorder = Recorder(FakeClock())
+    handle = RunHandle(RunLocator(kind="action_run", run_id="r1"), None, created_at=0.0)  # type: ignore[arg-type]
+    ended = za.Run(id="r1", status=za.RunStatus.SUCCESS)
+    recorder.run_read(handle, za.RunStatus.WAITING, ended)
+    recorder.run_read(handle, za.RunStatus.SUCCESS, ended)
+    assert (recorder.runs_succeeded, recorder.runs_failed) == (1, 0)

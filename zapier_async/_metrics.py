@@ -649,9 +649,11 @@ class Recorder:
             )
 
     def run_read(self, handle: RunHandle, previous: RunStatus, run: Run) -> None:
-        """A poll read `run`; `handle` was updated with it (and may now be done)."""
+        """A poll read `run`; `handle` was updated with it (and may now be done). A run is
+        counted ended once: a second terminal read (two reads in flight at once, a callback
+        and a read) finds `previous` terminal."""
         status = run.status
-        if status.is_terminal:
+        if status.is_terminal and not previous.is_terminal:
             submitted, handle.submitted_at = handle.submitted_at, None
             latency = None
             if submitted is not None:
