@@ -58,9 +58,7 @@ earlier by each such poll that found its run ended and 20% later by each that fo
 going (about one in twenty misses), never later than the cadence's own first poll. When
 the limiter reports its window (limit and length), such a miss is a create not sent, and a
 whole window when a job's requests fill its windows exactly: that first poll then goes no
-earlier than the longest the action's runs were seen taking (`_window_late`), and an unlearnt
-run is priced bound while the price level is above slack at all (a job's first window looks
-slack once its first runs ended, before their slots' creates are sent, and is spent later).
+earlier than the longest the action's runs were seen taking (`_window_late`).
 
 **Re-planning** costs O(candidates^2) (about half a millisecond), so it is not done per run:
 every `replan_every` new observations at first, then twice as seldom after each plan (up to
