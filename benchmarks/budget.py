@@ -192,13 +192,31 @@ def _lags(rows: list[list[Any]], resolved: dict[str, float]) -> list[float]:
     return [resolved[r[0]] - r[2] for r in rows if r[0] in resolved]
 
 
+def _delta(after: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:
+    """The front's counts for what was sent after `before` (a warm client's second job)."""
+    if before is None:
+        return after
+    out = dict(after)
+    for key in ("requests", "rate_limited", "rate_limited_after_first_answer"):
+        out[key] = after[key] - before[key]
+    out["requests_by_endpoint"] = {
+        k: v - before["requests_by_endpoint"].get(k, 0)
+        for k, v in after["requests_by_endpoint"].items()
+    }
+    out["windows"] = after.get("windows", [])[len(before.get("windows", [])) :]
+    return out
+
+
 async def _library_bulk(
-    w: Bulk, align: str, seed: int, rate_window: float | None = None
+    w: Bulk, align: str, seed: int, rate_window: float | None = None, *, warm: bool = False
 ) -> dict[str, Any]:
+    """The job through `run_many`; `warm`: the same job twice on one client, the second
+    measured (from a fresh window: what a worker that embeds the client runs all day)."""
     front = {"limit": w.limit, "window": w.window, "align": align}
     async with emulator(durations=list(w.durations), seed=seed, front=front) as emu:
         resolved: dict[str, float] = {}
         errors: dict[str, int] = {}
+        before: dict[str, Any] | None = None
         kwargs: dict[str, Any] = {}
         if rate_window is not None:
             kwargs["rate_window"] = rate_window
@@ -218,6 +236,14 @@ async def _library_bulk(
                 callback_url = f"http://{host}:{port}{CALLBACK_PATH}"
             via = "run_many"
             try:
+                if warm:
+                    async with client.run_many(
+                        _requests(w.runs, callback_url), concurrency=w.concurrency
+                    ) as outcomes:
+                        async for _ in outcomes:
+                            pass
+                    await asyncio.sleep(w.window + 0.2)  # the next job starts a new window
+                    before = await emu.front()
                 started = time.perf_counter()
                 async with client.run_many(
                     _requests(w.runs, callback_url), concurrency=w.concurrency
@@ -248,7 +274,9 @@ async def _library_bulk(
             finally:
                 if runner is not None:
                     await runner.cleanup()
-        figures = _bulk_figures(w, wall, await emu.front(), await emu.runs(), resolved, errors)
+        after = await emu.front()
+        assert after is not None
+        figures = _bulk_figures(w, wall, _delta(after, before), await emu.runs(), resolved, errors)
         figures["via"] = via
         return figures
 
@@ -483,6 +511,7 @@ async def measure(
     parts: Sequence[str] = ("bulk", "slack", "cold", "web"),
     workloads: Sequence[str] | None = None,
     rate_window: bool = False,
+    warm: bool = False,
 ) -> Report:
     bulk = every = QUICK_BULK if quick else FULL_BULK
     if workloads is not None:
@@ -542,6 +571,17 @@ async def measure(
                     lib_name = f"library ({lib['via']}, see note)"
                     via_note = True
                 arms = [(lib_name, lib)]
+                for told_window in (None, w.window) if rate_window else (None,):
+                    if not warm or w.callbacks:
+                        break
+                    again = await _library_bulk(
+                        w, align, seed=1, rate_window=told_window, warm=True
+                    )
+                    again_name = "library, warm (its second job)"
+                    if told_window is not None:
+                        again_name = f"library, warm, rate_window={told_window:g}"
+                    arms.append((again_name, again))
+                    report.targets += _bulk_targets(w, align, again, hand, f" ({again_name})")
                 if rate_window:
                     told = await _library_bulk(w, align, seed=1, rate_window=w.window)
                     told_name = f"library, rate_window={w.window:g}"
@@ -682,6 +722,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="bulk jobs also with ZapierClient(rate_window=the front's window length)",
     )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="bulk jobs also run twice on one client, the second measured",
+    )
     args = parser.parse_args(argv)
     only = args.only or ("bulk,cold,web" if args.quick else "bulk,slack,cold,web")
     windows = args.windows or ("first" if args.quick else "first,aligned")
@@ -692,6 +737,7 @@ def main(argv: list[str] | None = None) -> None:
             parts=tuple(x for x in only.split(",") if x),
             workloads=None if args.workloads is None else tuple(args.workloads.split(",")),
             rate_window=args.rate_window,
+            warm=args.warm,
         )
     )
     print(report.text())

@@ -52,7 +52,7 @@ import attrs
 from zapier_async._cadence import PollRecord
 from zapier_async._limits import Pressure
 
-__all__ = ["Result", "Workload", "simulate_hand", "simulate_library"]
+__all__ = ["Result", "Workload", "simulate_again", "simulate_hand", "simulate_library"]
 
 INTERACTIVE, POLL, BULK = 0, 1, 2
 _PRECISION = 1.0  # the server's Reset is in whole seconds
@@ -316,13 +316,8 @@ class _Limiter:
 
 
 class _Run:
-    __slots__ = (
-        "__weakref__",
-        "_done",
-        "created_at",
-        "ends_at",
-        "reads",
-    )
+    # No __slots__: the planner before #15 (`_head_planner`) kept its per-run state in
+    # attributes of the handle.
 
     def __init__(self, created_at: float, ends_at: float) -> None:
         self.created_at = created_at
@@ -332,6 +327,10 @@ class _Run:
 
     def done(self) -> bool:
         return self._done
+
+    @property
+    def timer(self) -> object | None:  # where the planner before #15 read the poller's timer
+        return self.reads.timer
 
 
 def _durations(w: Workload) -> list[float]:
@@ -401,7 +400,12 @@ def simulate_library(
     def worker() -> None:
         duration = next(durations, None)
         if duration is None:
-            exhausted[0] = True
+            if not exhausted[0]:
+                # The job's lane is raised, its reads already waiting included (`_bulk`).
+                exhausted[0] = True
+                limiter.queues[INTERACTIVE].extend(limiter.queues[POLL])
+                limiter.queues[POLL].clear()
+                limiter.pump()
             return
 
         queued = loop.now
@@ -472,6 +476,26 @@ def simulate_library(
         worker()
     loop.run()
     return result
+
+
+def simulate_again(
+    w: Workload, make_planner: Callable[[Callable[[], Any]], Any] | None = None
+) -> Result:
+    """The job twice on one planner (a client that a worker keeps for days), the second one
+    measured: it starts with everything the first one taught (plans, longest run, price
+    level), in a fresh window, with durations of its own (seed + 10)."""
+    made: list[Any] = []
+
+    def first(pressure: Callable[[], Any]) -> Any:
+        made.append((make_planner or library())(pressure))
+        return made[0]
+
+    def again(pressure: Callable[[], Any]) -> Any:
+        made[0].pressure = pressure
+        return made[0]
+
+    simulate_library(w, first)
+    return simulate_library(attrs.evolve(w, seed=w.seed + 10), again)
 
 
 def simulate_hand(w: Workload) -> Result:
@@ -608,6 +632,7 @@ def main() -> None:
     for name, w in WORKLOADS.items():
         print(f"== {name}: {w}")
         print("  " + simulate_library(w, library()).row("library"))
+        print("  " + simulate_again(w).row("library, its 2nd job"))
         if before is not None:
             print("  " + _run_before(w, before).row("before #15"))
         print("  " + simulate_hand(w).row(f"hand ({w.interval} s)"))

@@ -716,7 +716,9 @@ class AdaptivePolling:
             # The window is known: the plan that completes the most runs per second.
             assert pressure is not None
             options = self._options(state)
-            slots = pending + pressure.waiting_by_priority[2]
+            # Creates on the wire hold slots too (a warm client's first wave leaves at once:
+            # without them its first runs read as a job of one run, priced slack).
+            slots = pending + pressure.waiting_by_priority[2] + pressure.in_flight
             return best_level(options, mean=state.mean, slots=slots, rate=rate)
         # A run with no plan yet is polled at the hand-written loop's pace while the budget
         # is slack: about `cold_polls` polls each, which the window must cover for the runs
