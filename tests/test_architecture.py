@@ -292,6 +292,7 @@ PURE_CORE = {
         "_backoff",
         "_cadence",
         "_polling",
+        "_estimate",
         "models",
         "errors",
         "_redact",

@@ -13,8 +13,9 @@ from _util import FakePressure, PlannerHandle
 from tests import cadence_sim as sim
 from zapier_async._backoff import PollPolicy, RetryPolicy
 from zapier_async._cadence import BudgetPrice, ReadCadence, best_level, window_rate
+from zapier_async._estimate import expect
 from zapier_async._handle import RunHandle
-from zapier_async._polling import AdaptivePolling, expect
+from zapier_async._polling import AdaptivePolling
 from zapier_async._runs import CallbackPolling, LongPoll, RunLocator
 
 _P = _K = FakePressure
