@@ -181,20 +181,28 @@ def test_concurrent_unlearnt_runs_wait_for_the_first_at_once_answer() -> None:
 def test_runs_in_flight_switch_to_the_first_plan() -> None:
     polling = AdaptivePolling(min_samples=8, at_once=False)
     going = []
-    for _ in range(4):
+    for due in (9.0, 9.0, 0.15, 30.0):
         handle, _ = _fresh(polling)
         handle.reads.timer = object()  # scheduled, not in flight
-        handle.created_at = 0.9  # created 0.1 s before the observation that makes the plan
+        handle.reads.due = due  # its next poll, seconds after its create
         going.append(handle)
+    going[0].created_at = going[1].created_at = going[2].created_at = 0.9  # 0.1 s old
+    going[3].created_at = -9.0  # 10 s old: older than the whole plan
     moved: list[tuple[object, float]] = []
     for _ in range(8):
         handle, _ = _fresh(polling)
         moved = polling.observe(handle, 1.0)  # type: ignore[arg-type,assignment]
     plan = polling.plan("a")
     assert plan is not None
-    assert {id(h) for h, _ in moved} == {id(h) for h in going}
+    assert plan[-1] < 10.0
     assert all(h.reads.plan == plan for h in going)
-    assert all(delay == pytest.approx(plan[0] - 0.1) for _, delay in moved)
+    delays = {id(h): delay for h, delay in moved}
+    # Moved to the plan's next poll when that is sooner than the poll it has...
+    assert delays[id(going[0])] == delays[id(going[1])] == pytest.approx(plan[0] - 0.1)
+    # ...kept when it is not (0.05 s from now: moved later, it would hold its slot longer)...
+    assert id(going[2]) not in delays
+    # ...and older than the whole plan: its fallback's first step, not 20 s later.
+    assert delays[id(going[3])] == pytest.approx(max(0.002, 0.1 * plan[-1]))
 
 
 def test_replanning_backs_off_while_the_action_is_steady(

@@ -9,7 +9,7 @@ run is seen ended, so lag is throughput when concurrency binds: Little's law). T
 (`_polling.AdaptivePolling`) therefore plans with a cost per poll (seconds of mean lag one
 poll is worth) that moves between two ends:
 
-- **slack** (its own `cost`, 0.12 s): today's plans, ~2 polls per run for 0.2-1.5 s runs;
+- **slack** (its own `cost`, 0.16 s): ~2 polls per run for 0.2-1.5 s runs;
 - **bound** (`bound_cost` times the longest duration the action is known to take): about one
   poll per run, placed late in the learnt distribution.
 

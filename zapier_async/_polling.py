@@ -8,8 +8,11 @@ learns, per action, when runs end, and plans each new run's polls for that distr
 
 **What is observed.** A poll that finds a run still going says it ends later; the poll that
 finds it ended says it ended earlier. So each run yields an interval ``(lo, hi]`` (seconds
-after the create) holding its duration, never the duration itself. The last `window` such
-intervals of an action are kept.
+after the create) holding its duration, never the duration itself. Those of the last
+`window` runs of an action *created* are kept (not of the last to end: the last runs of a
+burst to end are its longest), and the runs created since the oldest of them that are still
+going count as longer than their last poll: a cohort chosen by when its runs started, which
+says nothing of how long they take.
 
 **Estimate.** The duration distribution is estimated from the intervals with Turnbull's
 self-consistency algorithm (the nonparametric maximum-likelihood estimate for
@@ -70,8 +73,7 @@ Pure: no clock, no I/O; the client tells it what happened (`observe`) and asks f
 
 from __future__ import annotations
 
-import collections
-import itertools
+import bisect
 import math
 import weakref
 from collections.abc import Callable, Hashable
@@ -91,7 +93,9 @@ __all__ = ["AdaptivePolling", "plan_polls", "turnbull"]
 
 @attrs.define(eq=False)
 class _Action:
-    samples: collections.deque[tuple[float, float]]
+    # ``(created_at, seen, lo, hi)`` of the last `window` runs seen ended, by when they were
+    # created (not when they ended: a burst's last runs to end are its longest), then seen.
+    samples: list[tuple[float, int, float, float]]
     replan_every: int
     pending: weakref.WeakSet[RunHandle] = attrs.Factory(weakref.WeakSet)
     fresh: int = 0
@@ -127,9 +131,9 @@ class AdaptivePolling:
     Args:
         policy: The cadence before anything is learnt, and after a plan runs out.
         cost: Seconds of mean detection lag one poll is worth while the budget is slack.
-            0.12 gives, for runs of 0.2 to 1.5 s, about the mean lag of a fixed 0.5 s poll
-            with ~35-40% fewer polls than polling at once and then every 0.5 s (see
-            `benchmarks/results.md`).
+            0.16 gives, for runs of 0.2 to 1.5 s, a mean lag under a fixed 0.5 s poll's with
+            about the same polls as "at once, then every 0.5 s" (2.10 polls at 218 ms in
+            ``tests/cadence_sim.py``; see `benchmarks/results.md`).
         bound_cost: While the rate budget binds, one poll is worth this many times the
             longest duration the action is known to take (about one poll per run).
         pressure: Reads the limiter's live budget (`zapier_async._cadence.PressureLike`), or
@@ -165,7 +169,7 @@ class AdaptivePolling:
     """
 
     policy: PollPolicy = attrs.field(factory=PollPolicy)
-    cost: float = 0.12
+    cost: float = 0.16
     bound_cost: float = 1.0
     pressure: Callable[[], PressureLike | None] | None = None
     pressure_of: Callable[[Hashable], PressureLike | None] | None = None
@@ -372,12 +376,12 @@ class AdaptivePolling:
             self._learn_cold(state, due, ended=True)
         if end > state.longest:
             state.longest = end
-        if len(state.samples) == state.samples.maxlen and state.samples[0][0] == 0.0:
-            state.first_hits -= 1
-        state.samples.append((lo, hi))
+        bisect.insort(state.samples, (handle.created_at, state.seen, lo, hi))
         state.seen += 1
         if lo == 0.0:
             state.first_hits += 1
+        if len(state.samples) > self.window and state.samples.pop(0)[2] == 0.0:
+            state.first_hits -= 1
         state.fresh += 1
         plan = record.plan
         if plan and record.pending_at >= plan[-1]:
@@ -388,18 +392,22 @@ class AdaptivePolling:
         ):
             # Runs still going count too (as "longer than their last pending poll"): without
             # them the first runs to end, the shortest, would look like the whole story.
+            # Those created since the oldest run kept: with the runs kept, every run created
+            # since then (a cohort chosen by when runs started, not by how long they took).
+            since = state.samples[0][0]
             censored = []
-            for h in itertools.islice(state.pending, self.window):
+            going = 0  # runs found going among the first `window` in flight (the gate's count)
+            for k, h in enumerate(state.pending):
                 if h.reads.pending_at > 0.0:
-                    censored.append((quantise(h.reads.pending_at), math.inf))
+                    going += k < self.window
+                    if h.created_at >= since:
+                        censored.append((quantise(h.reads.pending_at), math.inf))
             # Against every run seen ended, not the `window` kept: with more runs in flight
             # than a third of it, the gate could never open.
-            if state.plan is None and len(censored) > self.censored_share * (
-                len(censored) + state.seen
-            ):
+            if state.plan is None and going > self.censored_share * (going + state.seen):
                 return moved  # most of the burst is still going: too early to plan
             state.fresh = 0
-            state.intervals = [*state.samples, *censored]
+            state.intervals = [*((lo, hi) for _, _, lo, hi in state.samples), *censored]
             bounds, masses = state.estimate = turnbull(state.intervals)
             new = tuple(plan_polls(bounds, masses, self.cost))
             state.plans = {0: new} if new else {}
@@ -430,10 +438,13 @@ class AdaptivePolling:
             if record.timer is None:
                 continue  # a poll is in flight: its answer reschedules it by the plan
             age = now - h.created_at
-            for t in plan:
-                if t > age:
-                    moved.append((h, t - age))
-                    break
+            # Its plan's next poll; older than the whole plan, its fallback's first step (as
+            # `next_delay` would). Only ever sooner than the next poll it has: moved later, a
+            # run holds its `run_many` slot longer (and one already past the plan waited
+            # out the cold cadence's growing step, up to seconds).
+            later = next((t - age for t in plan if t > age), max(FLOOR, 0.1 * plan[-1]))
+            if record.due is None or age + later < record.due:
+                moved.append((h, later))
         state.deferred.clear()
         return moved
 
@@ -660,7 +671,5 @@ class AdaptivePolling:
         if state is None and create:
             if len(self._actions) >= self.max_actions:
                 del self._actions[next(iter(self._actions))]
-            state = self._actions[key] = _Action(
-                collections.deque(maxlen=self.window), self.replan_every
-            )
+            state = self._actions[key] = _Action([], self.replan_every)
         return state
