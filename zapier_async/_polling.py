@@ -568,9 +568,11 @@ class AdaptivePolling:
             # when a poll finding its run still going costs a create (a whole window when
             # the windows are full), which the priced plans' tail does not see.
             # The latest end seen (polls that waited for the budget are not learnt): with
-            # only "ended by then" to go on, no estimate can safely place it earlier.
+            # only "ended by then" to go on, no estimate can safely place it earlier. Of
+            # every run seen (`longest`), not only those the estimate keeps: the last runs
+            # created are not the longest, and one run outliving it costs a whole window.
             ends = [b for iv in state.intervals for b in iv if math.isfinite(b)]
-            plan = state.plans[level] = (max(ends),)
+            plan = state.plans[level] = (max(*ends, state.longest),)
         if plan is None:
             if state.sharp is None:
                 state.sharp = trim_tail(turnbull(state.intervals, iterations=32), self.tail)
