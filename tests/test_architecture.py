@@ -448,6 +448,8 @@ def test_the_engine_prices_polls_by_the_limiters_pressure():
     planner = client._engine._polling
     readers = [getattr(planner, name, None) for name in ("pressure_of", "pressure")]
     assert any(reader is not None for reader in readers)
+    # ... against the runs in flight of that same bucket (every action's, no other user's).
+    assert planner.runs_of == client._engine.spare.following
 
 
 class _NoTransport:

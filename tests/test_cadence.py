@@ -120,6 +120,69 @@ def test_a_cold_run_is_priced_bound_when_the_window_holds_one_poll_per_run_and_a
     assert not BudgetPrice.binds(_P(remaining_estimate=99, in_flight=48), 1, per_run=2.0)
 
 
+def _two_users(pressures: dict[str, Any], runs: dict[str, int], **kwargs: Any) -> AdaptivePolling:
+    """A planner pricing two users' buckets, as the engine wires it: each bucket's budget
+    (`pressure_of`) against its own runs in flight (`runs_of`)."""
+    return AdaptivePolling(
+        pressure_of=lambda bucket: pressures[bucket],
+        runs_of=lambda bucket: runs[bucket],
+        **kwargs,
+    )
+
+
+def test_one_users_bound_budget_does_not_price_another_users_cold_runs() -> None:
+    # One action, two users: a heavy job waits for its 40 per 5 s, a light user has 5 runs
+    # in a fresh 200 per 5 minutes. Before, the light user's unlearnt runs were weighed
+    # against every run of the action (the heavy job's 100) and the one smoothed level the
+    # heavy job kept high: its reads followed the bound cadence (a first poll at 2 s, not
+    # 0.5 s), p95 2.53 s in `benchmarks.many_users mixed`.
+    policy = PollPolicy(initial=0.5, factor=1.5, jitter=0.0)
+    pressures = {
+        "heavy": _K(waiting_by_priority=(0, 0, 60), remaining_estimate=0, limit=40, period=5.0),
+        "light": _K(remaining_estimate=195, in_flight=0, limit=200, period=300.0),
+    }
+    runs = {"heavy": 100, "light": 5}
+    polling = _two_users(pressures, runs, policy=policy, at_once=False)
+    rng = random.Random(1)
+    heavy = [_Handle() for _ in range(100)]  # the heavy job's runs in flight, priced bound
+    for handle in heavy:
+        delay = polling.first_delay(handle, "a", rng, bucket="heavy")  # type: ignore[arg-type]
+        assert delay == 2.0
+    light = _Handle()
+    assert polling.first_delay(light, "a", rng, bucket="light") == 0.5  # type: ignore[arg-type]
+    assert light.reads.level == 0
+    assert polling.next_delay(light, 1, 0.5, rng, hint=None) == 0.5  # type: ignore[arg-type]
+
+
+def test_a_few_runs_in_a_large_window_follow_the_slack_plan() -> None:
+    # A light user's 5 runs in a fresh 200 per 5 minutes: the window covers their slack
+    # plans many times over, though its long-run rate (0.67 requests/s) is below what any
+    # plan of 5 runs in flight would spend; priced by that rate they got one late poll.
+    # A heavy job's 100 runs in 40 per 5 s still get the plan for a bound budget.
+    rate: list[Any] = [None]
+    learnt = _learnt(lambda: rate[0])
+    slack = learnt.plan("a")
+    assert slack is not None
+    pressures = {
+        "heavy": _K(remaining_estimate=20, in_flight=0, limit=40, period=5.0),
+        "light": _K(remaining_estimate=195, in_flight=0, limit=200, period=300.0),
+    }
+    runs = {"heavy": 100, "light": 5}
+    polling = _two_users(pressures, runs)
+    polling._actions = learnt._actions  # what the runs taught, priced anew
+    light, heavy = _Handle(), _Handle()
+    polling.first_delay(light, "a", random.Random(1), bucket="light")  # type: ignore[arg-type]
+    polling.first_delay(heavy, "a", random.Random(1), bucket="heavy")  # type: ignore[arg-type]
+    assert light.reads.plan == slack
+    assert heavy.reads.plan is not None
+    assert len(heavy.reads.plan) == 1
+    # A bucket whose window covers them only once is priced by its rate, as before.
+    pressures["light"] = _K(remaining_estimate=15, in_flight=0, limit=200, period=300.0)
+    again = _Handle()
+    polling.first_delay(again, "a", random.Random(1), bucket="light")  # type: ignore[arg-type]
+    assert again.reads.plan != slack
+
+
 @pytest.mark.parametrize("skew", [1, 2, 5])
 def test_a_short_job_stays_at_one_poll_per_run_when_the_remaining_estimate_is_generous(
     skew: int,

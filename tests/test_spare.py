@@ -233,9 +233,11 @@ def test_a_bucket_whose_runs_ended_is_forgotten() -> None:
     for run in runs:
         spare.follow(run, "user")  # type: ignore[arg-type]
     assert [t for t in poller.timers if not t.cancelled]
+    assert (spare.following("user"), spare.following("other")) == (2, 0)  # the planner's count
     for run in runs:
         run._done = True
         spare.read(run, "user")  # type: ignore[arg-type]
+    assert spare.following("user") == 0
     assert spare._runs == {}
     assert spare._armed == {}  # its timer is cancelled with it
     assert not [t for t in poller.timers if not t.cancelled]

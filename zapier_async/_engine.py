@@ -179,6 +179,7 @@ class Engine:
         self.handles: weakref.WeakValueDictionary[str, RunHandle] = weakref.WeakValueDictionary()
         # Reads ahead of plan on budget a window would lose (see `_spare`).
         self.spare = SpareReads(limiter, self.poller, self._polling, clock.monotonic)
+        self._polling.runs_of = self.spare.following
         # Runs Zapier created for callers cancelled while their create was on the wire.
         self.orphans: collections.deque[RunHandle] = collections.deque(maxlen=MAX_ORPHANS)
         # The client's own credential spends the limiter's default bucket (id None).
@@ -649,12 +650,12 @@ class Engine:
         # With a callback, reads are only the safety net (`CallbackPolling`).
         handle.via_callback = callback
         bucket = self.read_key(locator, auth)
+        self.spare.follow(handle, bucket)  # (counted in its bucket's runs when it is planned)
         if first_delay is None:
             first_delay = self.cadence.first(
                 handle, poll_key, self._rng, bucket=bucket, callback=callback
             )
         self.poller.schedule(handle, first_delay)
-        self.spare.follow(handle, bucket)
         return handle
 
     def resume(

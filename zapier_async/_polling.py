@@ -141,7 +141,12 @@ class AdaptivePolling:
         pressure_of: Reads the live budget of one limiter bucket (the key a run's reads
             spend, given to `first_delay` as ``bucket``): each credential's runs are priced
             by their own bucket. When set, it is used instead of `pressure`.
-        price: The smoothed "budget binds" level (see `zapier_async._cadence.BudgetPrice`).
+        runs_of: Counts the runs in flight whose reads spend a bucket (the engine's
+            `SpareReads.following`): what a bucket's budget is weighed against. None: the
+            runs in flight of the action being planned, in every bucket.
+        price: The smoothed "budget binds" level (see `zapier_async._cadence.BudgetPrice`)
+            of the default bucket (None); each other bucket gets its own copy of it, so one
+            user's bound budget does not price another user's reads.
         min_samples: Runs of an action that must have ended before its plan is used.
         window: Most recent runs per action the estimate is made from.
         replan_every: New observations between two plans at first (the interval doubles
@@ -173,6 +178,7 @@ class AdaptivePolling:
     bound_cost: float = 1.0
     pressure: Callable[[], PressureLike | None] | None = None
     pressure_of: Callable[[Hashable], PressureLike | None] | None = None
+    runs_of: Callable[[Hashable], int] | None = None
     price: BudgetPrice = attrs.field(factory=BudgetPrice)
     min_samples: int = 32
     window: int = 128
@@ -192,6 +198,7 @@ class AdaptivePolling:
     _actions: dict[str, _Action] = attrs.field(init=False, factory=dict)
     _rtt: float | None = attrs.field(init=False, default=None)
     _lengths: WindowLength = attrs.field(init=False, factory=WindowLength)
+    _prices: dict[Hashable, BudgetPrice] = attrs.field(init=False, factory=dict)
 
     # --- the client's hooks -----------------------------------------------------------------
 
@@ -429,11 +436,11 @@ class AdaptivePolling:
     ) -> list[tuple[RunHandle, float]]:
         """Switch the action's unlearnt runs still going to its first plan."""
         rescheduled = {id(h) for h, _ in moved}
-        level = self.price.current()
         for h in state.pending:
             record = h.reads
             if h.done() or record.plan is not None or id(h) in rescheduled:
                 continue
+            level = self._price_of(record.bucket).current()
             plan = record.plan = self._plan_for(state, record, level)
             if record.timer is None:
                 continue  # a poll is in flight: its answer reschedules it by the plan
@@ -497,7 +504,7 @@ class AdaptivePolling:
             record.skew = 1
 
     def level(self) -> int:
-        """The current price level: 0 while the budget is slack (see `_cadence`)."""
+        """The default bucket's price level now: 0 while the budget is slack (see `_cadence`)."""
         return self.price.current()
 
     # --- internals --------------------------------------------------------------------------
@@ -515,9 +522,12 @@ class AdaptivePolling:
         else:
             return 0
         rate = self._lengths.rate(record.bucket, pressure)
-        # Processes sharing the budget (a RedisLimiter's `processes`): alike, each holds its
-        # share of the runs in flight, and the line (waiting_by_priority) is all of theirs.
-        pending = len(state.pending) * max(1, getattr(pressure, "processes", 1) or 1)
+        # The bucket's runs in flight (any action: they all spend its budget; not the
+        # action's in other buckets: one user's job is not another's). Processes sharing the
+        # budget (a RedisLimiter's `processes`): alike, each holds its share of the runs in
+        # flight, and the line (waiting_by_priority) is all of theirs.
+        runs = len(state.pending) if self.runs_of is None else self.runs_of(record.bucket)
+        pending = runs * max(1, getattr(pressure, "processes", 1) or 1)
         if rate is not None and state.plan and not cold:
             # The window is known: the plan that completes the most runs per second.
             assert pressure is not None
@@ -525,6 +535,16 @@ class AdaptivePolling:
             # Creates on the wire hold slots too (a warm client's first wave leaves at once:
             # without them its first runs read as a job of one run, priced slack).
             slots = pending + pressure.waiting_by_priority[2] + pressure.in_flight
+            remaining = pressure.remaining_estimate
+            if (
+                remaining is not None
+                and not sum(pressure.waiting_by_priority)
+                and remaining >= 2.0 * slots * options[0][0]
+            ):
+                # What is left of the window covers twice what every run in flight would
+                # spend at the slack plan (a user's few runs in a 200-per-5-minutes budget):
+                # it cannot bind before they end, whatever its long-run rate.
+                return 0
             return best_level(options, mean=state.mean, slots=slots, rate=rate)
         # A run with no plan yet is polled at the hand-written loop's pace while the budget
         # is slack: about `cold_polls` polls each, which the window must cover for the runs
@@ -532,12 +552,24 @@ class AdaptivePolling:
         # knife edge the first wave of a job sits on exactly: a window holding one poll per
         # run in flight and not one more).
         per_run = self.cold_polls if cold else 1.0
-        level, binds = self.price.update(pressure, pending, per_run)
+        level, binds = self._price_of(record.bucket).update(pressure, pending, per_run)
         if cold and binds:
             # (Not also while the smoothed level is above slack: it is one level for every
             # bucket, and one user's bound budget then slowed every other user's runs.)
             return self.price.levels - 1
         return level
+
+    def _price_of(self, bucket: Hashable) -> BudgetPrice:
+        """The smoothed level of `bucket` (`price` for the default bucket, None)."""
+        if bucket is None:
+            return self.price
+        price = self._prices.pop(bucket, None)  # (re-inserted: the oldest goes first)
+        if price is None:
+            if len(self._prices) >= self._lengths.max_buckets:
+                del self._prices[next(iter(self._prices))]
+            price = attrs.evolve(self.price, level=0.0)
+        self._prices[bucket] = price
+        return price
 
     def _options(self, state: _Action) -> list[tuple[float, float]]:
         """``(E[polls], E[lag])`` of the plan at each price level (once per estimate)."""

@@ -112,6 +112,11 @@ class SpareReads:
             self._sweep()
         self.check(bucket)
 
+    def following(self, bucket: Hashable) -> int:
+        """Runs followed whose reads spend `bucket` (a few that ended without a last read
+        here may be counted until the next sweep)."""
+        return len(self._runs.get(bucket, ()))
+
     def read(self, handle: RunHandle, bucket: Hashable) -> None:
         """A read of `handle` (spending `bucket`) was answered: look at the budget again."""
         if handle.done():
