@@ -403,14 +403,16 @@ class AdaptivePolling:
             # since then (a cohort chosen by when runs started, not by how long they took).
             since = state.samples[0][0]
             censored = []
-            going = 0  # runs found going among the first `window` in flight (the gate's count)
-            for k, h in enumerate(state.pending):
+            going = 0  # runs found going, every one (the gate's count)
+            for h in state.pending:
                 if h.reads.pending_at > 0.0:
-                    going += k < self.window
+                    going += 1
                     if h.created_at >= since:
                         censored.append((quantise(h.reads.pending_at), math.inf))
             # Against every run seen ended, not the `window` kept: with more runs in flight
-            # than a third of it, the gate could never open.
+            # than a third of it, the gate could never open. And every run found going, not
+            # those among the first `window` in flight: counting at most 128 of a burst of
+            # 2,000, it opened on its shortest runs (4.6 polls per run instead of 2.2).
             if state.plan is None and going > self.censored_share * (going + state.seen):
                 return moved  # most of the burst is still going: too early to plan
             state.fresh = 0
