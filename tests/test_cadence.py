@@ -478,6 +478,15 @@ def test_best_level_spends_nothing_on_lag_when_the_budget_binds() -> None:
     assert best_level(options, mean=0.85, slots=50, rate=20.0) == 2
 
 
+def test_best_level_spends_a_window_that_covers_the_runs_twice_on_lag() -> None:
+    # 5 runs, a 200-per-5-minutes budget (0.67 requests/s): by rate alone the budget binds
+    # for every plan; with 195 left of the window it cannot before they end.
+    options = [(3.0, 0.2), (1.5, 0.6), (1.0, 0.9)]
+    assert best_level(options, mean=0.85, slots=5, rate=200 / 300) == 2
+    assert best_level(options, mean=0.85, slots=5, rate=200 / 300, remaining=195) == 0
+    assert best_level(options, mean=0.85, slots=5, rate=200 / 300, remaining=29) == 2
+
+
 def test_best_level_buys_lag_with_polls_where_the_two_limits_cross() -> None:
     # 2-8 s runs, 100 slots, 40 requests/s: one poll at 8 s holds slots 8 s (12.5 runs/s);
     # two (5 s, 8 s) make 15.4 runs/s; three spend the budget (13.3 runs/s).

@@ -258,6 +258,7 @@ def best_level(
     slots: int,
     rate: float,
     rtt: float = 0.0,
+    remaining: int | None = None,
 ) -> int:
     """The plan that completes the most runs per second under both constraints.
 
@@ -275,7 +276,13 @@ def best_level(
         slots: Runs that may be in flight at once (in flight now plus creates waiting).
         rate: Requests per second the budget allows.
         rtt: A request's round trip (a slot is held for the create's too).
+        remaining: What is left of the window now, if known and nothing waits for it. When
+            it covers twice what the `slots` runs would spend at the first plan, the budget
+            cannot bind before they end, whatever its long-run `rate` (a user's few runs in
+            a 200-per-5-minutes budget): the first plan.
     """
+    if remaining is not None and options and remaining >= 2.0 * slots * options[0][0]:
+        return 0
     best, best_tp = 0, -math.inf
     for i, (polls, lag) in enumerate(options):
         tp = min(slots / max(mean + lag + rtt, 1e-9), rate / (1.0 + polls))

@@ -537,17 +537,9 @@ class AdaptivePolling:
             # Creates on the wire hold slots too (a warm client's first wave leaves at once:
             # without them its first runs read as a job of one run, priced slack).
             slots = pending + pressure.waiting_by_priority[2] + pressure.in_flight
-            remaining = pressure.remaining_estimate
-            if (
-                remaining is not None
-                and not sum(pressure.waiting_by_priority)
-                and remaining >= 2.0 * slots * options[0][0]
-            ):
-                # What is left of the window covers twice what every run in flight would
-                # spend at the slack plan (a user's few runs in a 200-per-5-minutes budget):
-                # it cannot bind before they end, whatever its long-run rate.
-                return 0
-            return best_level(options, mean=state.mean, slots=slots, rate=rate)
+            waiting = sum(pressure.waiting_by_priority)
+            remaining = None if waiting else pressure.remaining_estimate
+            return best_level(options, mean=state.mean, slots=slots, rate=rate, remaining=remaining)
         # A run with no plan yet is polled at the hand-written loop's pace while the budget
         # is slack: about `cold_polls` polls each, which the window must cover for the runs
         # in flight and those the creates on the wire bring (one each would make "binds" a
