@@ -38,8 +38,13 @@ both constraints. One more option than the levels is offered to it: one poll at 
 end seen (no tail left to the fallback), which wins when the budget binds for every plan (it
 expects exactly one poll; a trimmed plan's polls that find their run still going are creates
 not sent, and when a job's requests fill its last window exactly each costs a whole window).
-The feedback above remains for limiters that do not report them and for runs with no plan
-yet.
+A window whose remainder covers twice what the runs in flight would spend at the slack plan
+is priced slack whatever its long-run rate (a user's few runs in 200 per 5 minutes). The
+feedback above remains for limiters that do not report them and for runs with no plan yet.
+
+**Per bucket.** Each limiter bucket (a credential's budget) is priced on its own: its budget
+against its own runs in flight (every action's, counted by the engine), with its own smoothed
+level, so one user's bound budget does not slow another user's reads.
 
 **When a run is read next** is decided in one place, `ReadCadence`: the first read (the
 callback safety net, or the planner), whether a read is a long poll, the next read after an
