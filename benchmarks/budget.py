@@ -23,7 +23,10 @@ wall / minimum, speed-up against the hand-written loop (its wall / ours), 429s i
 PASS / MISS.
 
 Run: ``python -m benchmarks.budget [--quick] [--windows first,aligned]
-[--only bulk,slack,cold,web]``. Part of ``python -m benchmarks`` as scenario 6.
+[--only bulk,slack,cold,web] [--workloads w300,w1000,...] [--rate-window] [--warm]``
+(``--rate-window``: each bulk job also with the client told the window's length;
+``--warm``: also twice on one client, the second job measured from a fresh window). Part of
+``python -m benchmarks`` as scenario 6.
 """
 
 from __future__ import annotations
