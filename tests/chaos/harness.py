@@ -74,6 +74,8 @@ class ChaosConfig:
         cooldown_after_429: The emulator's cool-down after its limit was exceeded.
         max_rate_limit_wait: The client's cap on waiting for the budget.
         max_poll_failures: Consecutive failed polls before a handle gives up.
+        max_attempts: The clients' `RetryPolicy.max_attempts` (a create refused this many
+            times ends in `TooManyRequestsError`).
         close_after_creates: Close the client once this many creates were answered, with
             the rest of the runs (and some creates) still in flight. None: never.
         latency: Extra emulator latency per response.
@@ -110,6 +112,7 @@ class ChaosConfig:
     cooldown_after_429: float = 0.0
     max_rate_limit_wait: float | None = None
     max_poll_failures: int = 50
+    max_attempts: int = 4
     close_after_creates: int | None = None
     latency: float | tuple[float, float] = 0.0
     auth: za.AuthProvider | None = None
@@ -315,7 +318,7 @@ async def _drive(
             auth=_auth_for(config, fake),
             base_url=fake.url,
             poll_policy=za.PollPolicy(initial=0.02, factor=1.5, cap=0.1),
-            retry_policy=za.RetryPolicy(base=0.005, cap=0.05),
+            retry_policy=za.RetryPolicy(max_attempts=config.max_attempts, base=0.005, cap=0.05),
             request_timeout=config.request_timeout,
             max_rate_limit_wait=config.max_rate_limit_wait,
             max_poll_failures=config.max_poll_failures,
