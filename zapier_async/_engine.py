@@ -179,6 +179,8 @@ class Engine:
         self.handles: weakref.WeakValueDictionary[str, RunHandle] = weakref.WeakValueDictionary()
         # Reads ahead of plan on budget a window would lose (see `_spare`).
         self.spare = SpareReads(limiter, self.poller, self._polling, clock.monotonic)
+        # Each bucket's budget is priced against its own runs in flight, which the spare
+        # reads count (they need the planner, so the planner is wired to them after).
         self._polling.runs_of = self.spare.following
         # Runs Zapier created for callers cancelled while their create was on the wire.
         self.orphans: collections.deque[RunHandle] = collections.deque(maxlen=MAX_ORPHANS)
