@@ -401,20 +401,28 @@ class AdaptivePolling:
             # them the first runs to end, the shortest, would look like the whole story.
             # Those created since the oldest run kept: with the runs kept, every run created
             # since then (a cohort chosen by when runs started, not by how long they took).
+            # Before the first plan, a gate: at most `censored_share` of the runs seen may be
+            # still going. Against every run seen ended, not the `window` kept (with more
+            # runs in flight than a third of it, it could never open), and every run found
+            # going, not those among the first `window` in flight (counting at most 128 of
+            # a burst of 2,000, it opened on its shortest runs: 4.6 polls per run, not 2.2).
+            # Counted until it is known shut: each observation would otherwise walk every
+            # run in flight (2.8 ms each with 10,000 of them).
+            if state.plan is None:
+                share = self.censored_share
+                limit = share * state.seen / (1.0 - share) if share < 1.0 else math.inf
+                going = 0
+                for h in state.pending:
+                    if h.reads.pending_at > 0.0:
+                        going += 1
+                        if going > limit:
+                            return moved  # most of the burst is still going: too early
             since = state.samples[0][0]
-            censored = []
-            going = 0  # runs found going, every one (the gate's count)
-            for h in state.pending:
-                if h.reads.pending_at > 0.0:
-                    going += 1
-                    if h.created_at >= since:
-                        censored.append((quantise(h.reads.pending_at), math.inf))
-            # Against every run seen ended, not the `window` kept: with more runs in flight
-            # than a third of it, the gate could never open. And every run found going, not
-            # those among the first `window` in flight: counting at most 128 of a burst of
-            # 2,000, it opened on its shortest runs (4.6 polls per run instead of 2.2).
-            if state.plan is None and going > self.censored_share * (going + state.seen):
-                return moved  # most of the burst is still going: too early to plan
+            censored = [
+                (quantise(h.reads.pending_at), math.inf)
+                for h in state.pending
+                if h.reads.pending_at > 0.0 and h.created_at >= since
+            ]
             state.fresh = 0
             state.intervals = [*((lo, hi) for _, _, lo, hi in state.samples), *censored]
             bounds, masses = state.estimate = turnbull(state.intervals)
