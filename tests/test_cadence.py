@@ -11,6 +11,7 @@ import pytest
 from _util import FakePressure, PlannerHandle
 
 from tests import cadence_sim as sim
+from zapier_async import _polling as polling_module
 from zapier_async._backoff import PollPolicy, RetryPolicy
 from zapier_async._cadence import BudgetPrice, ReadCadence, best_level, window_rate
 from zapier_async._estimate import expect
@@ -181,6 +182,47 @@ def test_a_few_runs_in_a_large_window_follow_the_slack_plan() -> None:
     again = _Handle()
     polling.first_delay(again, "a", random.Random(1), bucket="light")  # type: ignore[arg-type]
     assert again.reads.plan != slack
+
+
+def test_creates_answered_but_not_yet_followed_count_as_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A warm client's first wave: after the probe's answer 49 creates leave at once and
+    # their answers arrive together. Each run is planned as its caller's task resumes; until
+    # then the others are neither on the wire nor followed: 8 runs followed, nothing in
+    # flight, 50 of 100 requests left read as a job of 8 runs, which the window covers
+    # (live: 14 of 50 first runs on the slack plan, and a short job took a third window).
+    # The engine's count of creates under way (`creating_of`) says 50.
+    learnt = _learnt(None)
+    pressure = _K(remaining_estimate=50, in_flight=0, limit=100, period=5.0)
+    creating = {"user": 42}
+    blind = _two_users({"user": pressure}, {"user": 8})
+    told = _two_users({"user": pressure}, {"user": 8}, creating_of=creating.__getitem__)
+    for polling in (blind, told):
+        polling._actions = learnt._actions
+    slack, bound = _Handle(), _Handle()
+    blind.first_delay(slack, "a", random.Random(1), bucket="user")  # type: ignore[arg-type]
+    told.first_delay(bound, "a", random.Random(1), bucket="user")  # type: ignore[arg-type]
+    assert slack.reads.level == 0
+    assert bound.reads.level == told.price.levels  # one poll, when every run seen had ended
+    assert bound.reads.plan is not None
+    assert len(bound.reads.plan) == 1
+    # Creates still in line or on the wire are counted there already, not twice: 8 runs,
+    # 30 creates waiting and 12 on the wire are 50 slots, not 92.
+    pressure = _K(
+        waiting_by_priority=(0, 0, 30), remaining_estimate=50, in_flight=12, limit=100, period=5.0
+    )
+    told = _two_users({"user": pressure}, {"user": 8}, creating_of=creating.__getitem__)
+    told._actions = learnt._actions
+    slots: list[int] = []
+
+    def spy(options: Any, **kwargs: Any) -> int:
+        slots.append(kwargs["slots"])
+        return int(best_level(options, **kwargs))
+
+    monkeypatch.setattr(polling_module, "best_level", spy)
+    told.first_delay(_Handle(), "a", random.Random(1), bucket="user")  # type: ignore[arg-type]
+    assert slots == [50]
 
 
 @pytest.mark.parametrize("skew", [1, 2, 5])

@@ -154,6 +154,8 @@ class World:
         stats = self.client.limiter.snapshot()
         assert stats.in_flight == 0, stats
         assert stats.waiting == 0, stats
+        # Nor a create counted as under way (the planner would price runs that never come).
+        assert not self.client._engine._creating
         if run_id is None:
             handle = await self.client.run(
                 "core:later", authentication=None, inputs={}, max_rate_limit_wait=0

@@ -179,9 +179,11 @@ class Engine:
         self.handles: weakref.WeakValueDictionary[str, RunHandle] = weakref.WeakValueDictionary()
         # Reads ahead of plan on budget a window would lose (see `_spare`).
         self.spare = SpareReads(limiter, self.poller, self._polling, clock.monotonic)
-        # Each bucket's budget is priced against its own runs in flight, which the spare
-        # reads count (they need the planner, so the planner is wired to them after).
+        # Each bucket's budget is priced against its runs in flight (the spare reads count
+        # them: wired once both are built) and its creates under way (`creating_of`).
         self._polling.runs_of = self.spare.following
+        self._creating: collections.Counter[Hashable] = collections.Counter()
+        self._polling.creating_of = self._creating.__getitem__
         # Runs Zapier created for callers cancelled while their create was on the wire.
         self.orphans: collections.deque[RunHandle] = collections.deque(maxlen=MAX_ORPHANS)
         # The client's own credential spends the limiter's default bucket (id None).
@@ -360,6 +362,10 @@ class Engine:
         """The limiter bucket the reads of the run at `locator` spend with `auth`."""
         return self.pipeline.key_for(proto.poll_request(locator), auth)
 
+    def _runs_key(self, kind: proto.RunKind, auth: Credential | None) -> Hashable:
+        """The bucket the reads of a run of `kind` created with `auth` will spend."""
+        return self.read_key(proto.RunLocator(kind=kind, run_id="x", stored_action_id="x"), auth)
+
     async def send_token_request(self, request: proto.Request, base_url: str) -> proto.Response:
         """An auth provider's token request (see `AuthContext.send`): the same retry loop,
         not through the limiter (the token endpoint is another host with another budget)."""
@@ -442,15 +448,20 @@ class Engine:
                 )
             else:
                 hooks = CreateHooks(partial(created, orphaned=True), sending=before_send)
+                runs_key = self._runs_key(kind, auth)
+                self._creating[runs_key] += 1
                 try:
-                    response = await self.send(
-                        request,
-                        priority=priority,
-                        max_wait=max_wait,
-                        auth=auth,
-                        orphan=hooks,
-                        lane=lane,
-                    )
+                    try:
+                        response = await self.send(
+                            request,
+                            priority=priority,
+                            max_wait=max_wait,
+                            auth=auth,
+                            orphan=hooks,
+                            lane=lane,
+                        )
+                    finally:
+                        _count_down(self._creating, runs_key)
                     handle = created(response)
                 except errors.ZapierError as exc:
                     self.metrics.error(exc)
@@ -491,9 +502,7 @@ class Engine:
             The promise ``[read bucket, reads]`` now counted in `_owed` (see `_keep`).
         """
         create_key = self.pipeline.key_for(request, auth)
-        read_key = self.read_key(
-            proto.RunLocator(kind=kind, run_id="x", stored_action_id="x"), auth
-        )
+        read_key = self._runs_key(kind, auth)
         needed = 0
         if reads:
             expected = self._polling.expected_polls(request.poll_key, bucket=read_key)
@@ -552,10 +561,7 @@ class Engine:
             return
         take = promise[1] if reads <= 0 else min(reads, promise[1])
         promise[1] -= take
-        key = promise[0]
-        self._owed[key] -= take
-        if self._owed[key] <= 0:
-            del self._owed[key]
+        _count_down(self._owed, promise[0], take)
 
     def _fulfilled(self, handle: RunHandle) -> None:
         self._keep(self._promised.pop(handle, None), 0)
@@ -843,6 +849,13 @@ class Engine:
             extra={"run_id": handle.id, "action": handle.reads.key},
         )
         self.poller.schedule(handle, delay)
+
+
+def _count_down(counts: collections.Counter[Hashable], key: Hashable, n: int = 1) -> None:
+    """Take `n` off `key`'s count, forgetting the key at zero (buckets come and go)."""
+    counts[key] -= n
+    if counts[key] <= 0:
+        del counts[key]
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

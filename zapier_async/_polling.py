@@ -144,6 +144,11 @@ class AdaptivePolling:
         runs_of: Counts the runs in flight whose reads spend a bucket (the engine's
             `SpareReads.following`): what a bucket's budget is weighed against. None: the
             runs in flight of the action being planned, in every bucket.
+        creating_of: Counts the creates under way whose runs' reads will spend a bucket,
+            from their send to their run being followed (the engine's). A create answered
+            is no longer on the wire, and its run is not followed until its caller's task
+            resumes: the answers of a burst arrive together, and without these its first
+            runs would read as a job of a few runs (priced slack).
         price: The smoothed "budget binds" level (see `zapier_async._cadence.BudgetPrice`)
             of the default bucket (None); each other bucket gets its own copy of it, so one
             user's bound budget does not price another user's reads.
@@ -179,6 +184,7 @@ class AdaptivePolling:
     pressure: Callable[[], PressureLike | None] | None = None
     pressure_of: Callable[[Hashable], PressureLike | None] | None = None
     runs_of: Callable[[Hashable], int] | None = None
+    creating_of: Callable[[Hashable], int] | None = None
     price: BudgetPrice = attrs.field(factory=BudgetPrice)
     min_samples: int = 32
     window: int = 128
@@ -537,6 +543,11 @@ class AdaptivePolling:
         # budget (a RedisLimiter's `processes`): alike, each holds its share of the runs in
         # flight, and the line (waiting_by_priority) is all of theirs.
         runs = len(state.pending) if self.runs_of is None else self.runs_of(record.bucket)
+        if self.creating_of is not None and pressure is not None:
+            # Creates answered whose runs are not followed yet: neither in line nor on the
+            # wire (what is, request of any kind, is taken for a create counted there).
+            line, wire = sum(pressure.waiting_by_priority), pressure.in_flight
+            runs += max(0, self.creating_of(record.bucket) - line - wire)
         pending = runs * max(1, getattr(pressure, "processes", 1) or 1)
         if rate is not None and state.plan and not cold:
             # The window is known: the plan that completes the most runs per second.
