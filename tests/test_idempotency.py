@@ -340,3 +340,30 @@ async def test_a_caller_cancelled_while_its_key_is_claimed_sends_nothing_and_fre
         assert client.limiter.in_flight == 0
         assert client.limiter.snapshot().grants == 0  # the slot went back unspent
     assert fake.stats.requests_by_endpoint["create"] == 0
+
+
+@pytest.mark.asyncio
+async def test_a_keyed_create_counts_as_under_way_until_its_run_is_followed(fake, store):
+    # The planner weighs a bucket's budget against its runs and the creates under way
+    # (`creating_of`): a wave's answers arrive together and each run is planned as its caller
+    # resumes. A create under a key is one of them while it is sent, and not once its run
+    # is followed (its own plan would count it twice).
+    async with client_for(fake, run_store=store) as client:
+        engine = client._engine
+        seen: list[tuple[str, int]] = []
+        send, track = engine.send, engine.track
+
+        async def sending(request: Any, **kwargs: Any) -> Any:
+            if request.method == "POST":  # the create (reads go this way too)
+                seen.append(("send", sum(engine._creating.values())))
+            return await send(request, **kwargs)
+
+        def following(*args: Any, **kwargs: Any) -> Any:
+            seen.append(("track", sum(engine._creating.values())))
+            return track(*args, **kwargs)
+
+        engine.send, engine.track = sending, following  # type: ignore[method-assign]
+        handle = await client.run("core:x", authentication=None, inputs=DONE, idempotency_key="w")
+        await handle
+        assert seen == [("send", 1), ("track", 0)]
+        assert not engine._creating

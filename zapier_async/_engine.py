@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import hmac
 import logging
 import math
@@ -47,13 +46,14 @@ import attrs
 from . import _actions as actions
 from . import _protocol as proto
 from . import errors
+from ._admission import Admission, count_down
 from ._auth import AuthContext, AuthProvider
 from ._backoff import PollPolicy, RetryPolicy, cap_hint
 from ._cadence import ReadCadence
 from ._handle import RunHandle
 from ._idempotency import KeyedCreates
 from ._limiter import Priority
-from ._limits import Lane, estimate_wait_of, pressure_of
+from ._limits import Lane, pressure_of
 from ._pipeline import (
     BucketKey,
     CreateHooks,
@@ -106,10 +106,6 @@ _FATAL_POLL_ERRORS = (
     errors.BadRequestError,
     errors.InvalidRequestError,
 )
-
-_UNLEARNT_READS: Final = 2
-"""Reads admission control counts for a run of an action with no plan yet."""
-
 
 _NOT_BULK: Final = object()
 """`Engine._bulk_runs.get`'s default: the run was not made by a bulk job."""
@@ -191,13 +187,13 @@ class Engine:
         self._credentials: collections.OrderedDict[int, Credential] = collections.OrderedDict()
         # Creates under an idempotency key, and the run-store writes they leave behind.
         self.keyed = KeyedCreates(self)
-        # Admission control (see `_admit`): reads promised to admitted runs, per read bucket,
-        # and each such run's (bucket, reads left); callers waiting for a probe's answer.
-        self._owed: collections.Counter[Hashable] = collections.Counter()
-        self._promised: weakref.WeakKeyDictionary[RunHandle, list[Any]] = (
-            weakref.WeakKeyDictionary()
+        # Admission control: reads promised to admitted runs (see `_admission`).
+        self.admission = Admission(
+            limiter=limiter,
+            clock=clock,
+            call_later=self.poller.call_later,
+            expected_polls=self._polling.expected_polls,
         )
-        self._answer_waiters: list[asyncio.Future[None]] = []
         # Runs a bulk job created (at BULK), with the job's lane (or None): awaited by the
         # job, not by a person, so their reads are background work (they leave the
         # interactive reserve alone) and wait in the job's lane: raised with its creates
@@ -220,7 +216,7 @@ class Engine:
             check_loop=self.check_loop,
             bucket_key=bucket_key if bucket_key is not None else default_bucket_key,
         )
-        self.pipeline.on_answer = self._answered
+        self.pipeline.on_answer = self.admission.answered
         self._bind(auth)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -353,7 +349,7 @@ class Engine:
         Reads promised to admitted runs are spoken for: they are not left to spend on polls.
         """
         pressure = pressure_of(self.limiter, key)
-        owed = self._owed.get(key, 0)
+        owed = self.admission.owed.get(key, 0)
         if pressure is None or not owed or pressure.remaining_estimate is None:
             return pressure
         return attrs.evolve(pressure, remaining_estimate=max(pressure.remaining_estimate - owed, 0))
@@ -395,7 +391,7 @@ class Engine:
         `deadline` (monotonic, on the engine's clock): the caller's one deadline for the
         whole run (`run(timeout=)`); the handle carries it. An INTERACTIVE create with a
         deadline (or a ``max_wait``) is admitted only when the budget before it covers the
-        create, and with a deadline also the reads the run will need (see `_admit`);
+        create, and with a deadline also the reads the run will need (see `Admission.admit`);
         otherwise it fails fast with `RateLimitedError`.
 
         `callback_token` is the secret `bind_callback_url` put into the request's
@@ -418,6 +414,7 @@ class Engine:
         INTERACTIVE once its input is exhausted, those waiting for a slot included; see
         `Lane`). Not with `idempotency_key`.
         """
+        counted: list[Hashable] = []  # its read bucket while it is a create under way
         created = partial(
             self._created,
             request,
@@ -428,19 +425,29 @@ class Engine:
             callback_token=callback_token,
             submitted_at=self.clock.monotonic(),
             on_orphan=on_orphan,
+            counted=counted,
         )
         promise: list[Any] | None = None
+        runs_key = self._runs_key(kind, auth)
         if priority is Priority.INTERACTIVE and (deadline is not None or max_wait is not None):
             now = self.clock.monotonic()
             until = math.inf if deadline is None else deadline
             if max_wait is not None:
                 until = min(until, now + max_wait)
             try:
-                promise = await self._admit(request, auth, kind, until, reads=deadline is not None)
+                promise = await self.admission.admit(
+                    self.pipeline.key_for(request, auth),
+                    runs_key,
+                    request.poll_key,
+                    until,
+                    reads=deadline is not None,
+                )
             except errors.ZapierError as exc:
                 self.metrics.error(exc)
                 raise
             max_wait = max(until - self.clock.monotonic(), 0.0)
+        counted.append(runs_key)
+        self._creating[runs_key] += 1
         try:
             if idempotency_key is not None:
                 handle = await self.keyed.create_once(
@@ -448,123 +455,34 @@ class Engine:
                 )
             else:
                 hooks = CreateHooks(partial(created, orphaned=True), sending=before_send)
-                runs_key = self._runs_key(kind, auth)
-                self._creating[runs_key] += 1
                 try:
-                    try:
-                        response = await self.send(
-                            request,
-                            priority=priority,
-                            max_wait=max_wait,
-                            auth=auth,
-                            orphan=hooks,
-                            lane=lane,
-                        )
-                    finally:
-                        _count_down(self._creating, runs_key)
+                    response = await self.send(
+                        request,
+                        priority=priority,
+                        max_wait=max_wait,
+                        auth=auth,
+                        orphan=hooks,
+                        lane=lane,
+                    )
                     handle = created(response)
                 except errors.ZapierError as exc:
                     self.metrics.error(exc)
                     raise
         except BaseException:
-            self._keep(promise, 0)
+            self.admission.keep(promise, 0)
             raise
+        finally:
+            self._followed(counted)
         handle.deadline = deadline
         if priority is Priority.BULK:
             self._bulk_runs[handle] = lane
-        if promise is not None and promise[1] and not handle.done():
-            self._promised[handle] = promise
-            handle.add_done_callback(self._fulfilled)
-        else:
-            self._keep(promise, 0)
+        self.admission.follow(handle, promise)
         return handle
 
-    # --- admission ----------------------------------------------------------------------------
-
-    async def _admit(
-        self,
-        request: proto.Request,
-        auth: Credential | None,
-        kind: proto.RunKind,
-        until: float,
-        *,
-        reads: bool,
-    ) -> list[Any]:
-        """Admit a create only if the budget before `until` covers it (and, with `reads`,
-        the reads its run will need); else raise `RateLimitedError` at once.
-
-        Reads promised to runs admitted earlier are served before new creates (their
-        polls go `first`), so they count as ahead. While nothing is known of the bucket and
-        its probe is out, the probe's answer is awaited (up to `until`): a cold client
-        then fails fast too, instead of every caller waiting out its cap.
-
-        Returns:
-            The promise ``[read bucket, reads]`` now counted in `_owed` (see `_keep`).
-        """
-        create_key = self.pipeline.key_for(request, auth)
-        read_key = self._runs_key(kind, auth)
-        needed = 0
-        if reads:
-            expected = self._polling.expected_polls(request.poll_key, bucket=read_key)
-            # Nothing learnt of the action yet: a cold run's first poll may find it going.
-            needed = _UNLEARNT_READS if expected is None else max(1, math.ceil(expected - 0.1))
-        while True:
-            now = self.clock.monotonic()
-            left = until - now
-            pressure = pressure_of(self.limiter, create_key)
-            if (
-                pressure is not None
-                and pressure.mode == "probe"
-                and pressure.limit is None
-                and (pressure.in_flight or sum(pressure.waiting_by_priority))
-                and left > 0
-            ):
-                await self._next_answer(left)
-                continue
-            if read_key == create_key:
-                n = self._owed[create_key] + 1 + needed
-                wait = estimate_wait_of(self.limiter, Priority.INTERACTIVE, n, create_key)
-            else:
-                wait = estimate_wait_of(
-                    self.limiter, Priority.INTERACTIVE, self._owed[create_key] + 1, create_key
-                )
-                if needed and wait is not None:
-                    more = estimate_wait_of(
-                        self.limiter, Priority.INTERACTIVE, self._owed[read_key] + needed, read_key
-                    )
-                    wait = max(wait, more or 0.0)
-            if wait is not None and wait > max(left, 0.0):
-                raise errors.RateLimitedError(wait, self.clock.time() + wait)
-            self._owed[read_key] += needed
-            return [read_key, needed]
-
-    async def _next_answer(self, timeout: float) -> None:
-        """Wait for the next answer the pipeline hands to the limiter, or `timeout`."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._answer_waiters.append(fut)
-        timer = self.poller.call_later(timeout, _resolve, fut)
-        try:
-            await fut
-        finally:
-            timer.cancel()
-            with contextlib.suppress(ValueError):
-                self._answer_waiters.remove(fut)
-
-    def _answered(self) -> None:
-        waiters, self._answer_waiters = self._answer_waiters, []
-        for fut in waiters:
-            _resolve(fut)
-
-    def _keep(self, promise: list[Any] | None, reads: int) -> None:
-        """Take `reads` of the reads left in `promise` (all, with 0: the run is done)."""
-        if promise is None or promise[1] <= 0:
-            return
-        take = promise[1] if reads <= 0 else min(reads, promise[1])
-        promise[1] -= take
-        _count_down(self._owed, promise[0], take)
-
-    def _fulfilled(self, handle: RunHandle) -> None:
-        self._keep(self._promised.pop(handle, None), 0)
+    def _followed(self, counted: list[Hashable] | None) -> None:
+        """A create counted as under way (`_creating`) is over: answered, failed or gone."""
+        if counted:
+            count_down(self._creating, counted.pop())
 
     def _created(
         self,
@@ -579,15 +497,19 @@ class Engine:
         submitted_at: float,
         orphaned: bool = False,
         on_orphan: Callable[[RunHandle], object] | None = None,
+        counted: list[Hashable] | None = None,
     ) -> RunHandle:
         """Track the run a 2xx answer to a create names, and announce it ("started").
 
         `orphaned`: its caller was cancelled while the create was on the wire (see
         `orphaned_runs`); the run is followed all the same, logged, and given to `on_orphan`.
+        `counted`: the create's entry among those under way, ended here, before its run is
+        planned (its own plan would count it twice).
 
         Raises:
             OutcomeUnknownError: The answer names no usable run id.
         """
+        self._followed(counted)
         try:
             run_id = proto.parse_created_run(response, request)
             locator = proto.RunLocator(
@@ -738,12 +660,12 @@ class Engine:
             request = proto.poll_request(locator)
         # A read of a run someone awaits, or was promised reads at admission, goes before
         # new creates: the run already took its create's share of the budget.
-        promise = self._promised.get(handle)
+        promise = self.admission.promised.get(handle)
         lane = self._bulk_runs.get(handle, _NOT_BULK)  # one lookup per read
         bulk = lane is not _NOT_BULK
         first = (handle.awaited and not bulk) or promise is not None
         priority = Priority.INTERACTIVE if first else Priority.POLL
-        self._keep(promise, 1)
+        self.admission.keep(promise, 1)
         attempt = handle.reads.attempts
         handle.reads.attempts += 1
         sent_at = self.clock.monotonic()
@@ -849,18 +771,6 @@ class Engine:
             extra={"run_id": handle.id, "action": handle.reads.key},
         )
         self.poller.schedule(handle, delay)
-
-
-def _count_down(counts: collections.Counter[Hashable], key: Hashable, n: int = 1) -> None:
-    """Take `n` off `key`'s count, forgetting the key at zero (buckets come and go)."""
-    counts[key] -= n
-    if counts[key] <= 0:
-        del counts[key]
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 def _credential_of(handle: RunHandle) -> Hashable:
