@@ -207,6 +207,61 @@ def test_a_poll_an_exploring_plan_placed_later_does_not_move_all_ended_out() -> 
     assert state.longest == pytest.approx(1.1 * longest)
 
 
+def _follow(polling: AdaptivePolling, durations: list[float], rng: random.Random) -> None:
+    """Runs of action "a" lasting `durations`, each polled by its plan until seen ended."""
+    for duration in durations:
+        handle = _Handle()
+        t = polling.first_delay(handle, "a", rng)  # type: ignore[arg-type]
+        polls = 1
+        while t < duration:
+            t += polling.next_delay(handle, polls, t, rng, hint=None)  # type: ignore[arg-type]
+            polls += 1
+        polling.observe(handle, t, seen_at=t)  # type: ignore[arg-type]
+
+
+def test_one_slow_run_is_forgotten_after_memory_runs() -> None:
+    # One run of 20 s among runs of 0.2-1.5 s (a slow third party, once). Kept as "the
+    # longest seen" for the client's life, it put the one-poll plan (`ALL_ENDED`) at 20 s,
+    # which no bound budget takes, so every later bulk job fell back to trimmed plans: a
+    # warm client's short jobs 7.0 -> 10.0 s and 200 -> 209-228 requests for 1,300 runs
+    # after it (see test_bulk). Now the longest of the last `memory` runs seen ended.
+    polling = AdaptivePolling(min_samples=16, at_once=False, memory=200)
+    rng = random.Random(3)
+    _follow(polling, [rng.uniform(0.2, 1.5) for _ in range(40)], rng)
+    state = polling._actions["a"]
+    assert 1.3 < state.longest < 2.0
+    _follow(polling, [20.0], rng)
+    assert state.longest >= 20.0
+    _follow(polling, [rng.uniform(0.2, 1.5) for _ in range(199)], rng)
+    assert state.longest >= 20.0  # 199 runs since: still remembered
+    # While the estimate keeps it (`window` runs), a run ending past the plan's last short
+    # poll is read where the slow one ended: those ends are remembered `memory` runs too.
+    _follow(polling, [rng.uniform(0.2, 1.5) for _ in range(polling.window + 200)], rng)
+    assert 1.3 < state.longest < 2.0
+    assert polling.plan("a", level=polling.price.levels) == (state.longest,)
+
+
+def test_the_longest_seen_is_the_sliding_maximum_of_what_runs_were_seen_doing() -> None:
+    polling = AdaptivePolling(min_samples=16, at_once=False, memory=3)
+    rng = random.Random(3)
+    _follow(polling, [0.3], rng)
+    state = polling._actions["a"]
+    first = state.longest
+    assert first >= 0.3
+    # A run seen going at 5 s counts at once, before it is seen ended.
+    going = _Handle()
+    polling.first_delay(going, "a", rng)  # type: ignore[arg-type]
+    polling.next_delay(going, 1, 5.0, rng, hint=None)  # type: ignore[arg-type]
+    assert state.longest == 5.0
+    polling.observe(going, 5.6, seen_at=5.6)  # type: ignore[arg-type]
+    assert state.longest == 5.6
+    _follow(polling, [0.3, 0.3], rng)
+    assert state.longest == 5.6  # the third run seen ended since it: still remembered
+    _follow(polling, [0.3], rng)
+    assert state.longest < 1.0  # four: forgotten, back to the short runs' ends
+    assert state.longest == max(value for _, value in state.reach)
+
+
 def test_creates_answered_but_not_yet_followed_count_as_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -74,6 +74,7 @@ Pure: no clock, no I/O; the client tells it what happened (`observe`) and asks f
 from __future__ import annotations
 
 import bisect
+import collections
 import math
 import weakref
 from collections.abc import Callable, Hashable
@@ -110,6 +111,7 @@ class _Action:
     mean: float = 0.0
     first_hits: int = 0
     seen: int = 0  # runs observed ended, all told (`samples` keeps the last `window`)
+    ended: int = 0  # runs observed ended, those whose poll waited for the budget too
     started: int = 0
     at_once_misses: int = 0
     at_once_hits: int = 0
@@ -119,9 +121,28 @@ class _Action:
     # The bound cold cadence's first poll (seconds after the create), moved by what such
     # polls found (see `AdaptivePolling._learn_cold`); None until one of them answered.
     cold_first: float | None = None
-    # The longest a run of the action was seen going, or ended by (answers that did not
-    # wait for the budget): where a bound cold first poll goes when a miss costs a window.
-    longest: float = 0.0
+    # How long its runs were seen going, or ended by (answers that did not wait for the
+    # budget), as ``(ended, seconds)``: a sliding maximum (seconds falling, `ended` rising)
+    # over the last `AdaptivePolling.memory` runs seen ended. See `longest`.
+    reach: collections.deque[tuple[int, float]] = attrs.Factory(collections.deque)
+
+    @property
+    def longest(self) -> float:
+        """The longest a run of the action was seen going, or ended by, among the last
+        `AdaptivePolling.memory` runs seen ended: where the one-poll plan (`ALL_ENDED`) and
+        a bound cold first poll go when a miss costs a window. Not of every run ever seen:
+        one slow run (a 20 s hiccup among runs of 0.2-1.5 s) would put that one poll at
+        20 s for the client's life, and every later bulk job would pay for it."""
+        return self.reach[0][1] if self.reach else 0.0
+
+    def stretch(self, seconds: float, memory: int) -> None:
+        """A run was seen going at, or ended by, `seconds` after its create."""
+        reach = self.reach
+        while reach and reach[-1][1] <= seconds:
+            reach.pop()
+        reach.append((self.ended, seconds))
+        while reach[0][0] <= self.ended - memory:
+            reach.popleft()
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -176,6 +197,11 @@ class AdaptivePolling:
         cold_down: The factor on the bound cold first poll for each such poll that found
             its run ended (no later than the current one).
         cold_up: The factor on it for each one that found its run still going.
+        memory: Runs seen ended over which the longest duration seen is kept (the one
+            poll a run gets when every poll that finds a run still going costs a create):
+            one slow run is forgotten after this many. Far more than `window`: of a job's
+            runs, about one in ``memory + 1`` outlives all those remembered, and each such
+            run costs a whole window when a job fills its windows exactly.
     """
 
     policy: PollPolicy = attrs.field(factory=PollPolicy)
@@ -201,6 +227,7 @@ class AdaptivePolling:
     cold_polls: float = 2.0
     cold_down: float = 0.99
     cold_up: float = 1.2
+    memory: int = 1024
     _actions: dict[str, _Action] = attrs.field(init=False, factory=dict)
     _rtt: float | None = attrs.field(init=False, default=None)
     _lengths: WindowLength = attrs.field(init=False, factory=WindowLength)
@@ -299,8 +326,8 @@ class AdaptivePolling:
             return next_poll_delay(self.policy, attempt, elapsed, rng, hint=hint)
         record.pending_at = elapsed
         state = self._state(record.key) if self.enabled else None
-        if state is not None and elapsed > state.longest:
-            state.longest = elapsed
+        if state is not None:
+            state.stretch(elapsed, self.memory)
         if record.plan is not None and state is not None and state.plan:
             # The price may have moved since the last poll: then follow its plan (at the
             # same price the run keeps the plan it started with, so a re-plan does not
@@ -371,6 +398,7 @@ class AdaptivePolling:
         state = self._state(key, create=True)
         assert state is not None
         state.pending.discard(handle)
+        state.ended += 1
         moved: list[tuple[RunHandle, float]] = []
         if handle in state.probing:
             state.probing.discard(handle)
@@ -387,13 +415,13 @@ class AdaptivePolling:
             return moved
         if record.plan is None and not record.skew and record.level > 0 and lo == 0.0:
             self._learn_cold(state, due, ended=True)
-        if end > state.longest and record.scale <= 1.0:
-            # (Not a poll an exploring plan placed later: it found its run ended wherever
-            # it went, and `ALL_ENDED` would follow it out, 1.96 -> 2.21 s in a warm job of
-            # `tests/cadence_sim.py`'s 300 runs of 0.2-1.5 s.)
-            state.longest = end
+        # Not the end a poll an exploring plan placed later found (it found its run ended
+        # wherever it went, and `ALL_ENDED` would follow it out, 1.96 -> 2.21 s in a warm
+        # job of `tests/cadence_sim.py`'s 300 runs of 0.2-1.5 s): the run was seen going
+        # at its previous poll.
         bisect.insort(state.samples, (handle.created_at, state.seen, lo, hi))
         state.seen += 1
+        state.stretch(end if record.scale <= 1.0 else record.pending_at, self.memory)
         if lo == 0.0:
             state.first_hits += 1
         if len(state.samples) > self.window and state.samples.pop(0)[2] == 0.0:
@@ -617,8 +645,9 @@ class AdaptivePolling:
             # the windows are full), which the priced plans' tail does not see.
             # The latest end seen (polls that waited for the budget are not learnt): with
             # only "ended by then" to go on, no estimate can safely place it earlier. Of
-            # every run seen (`longest`), not only those the estimate keeps: the last runs
-            # created are not the longest, and one run outliving it costs a whole window.
+            # the last `memory` runs seen (`longest`), not only the `window` the estimate
+            # keeps: the last runs created are not the longest, and one run outliving it
+            # costs a whole window.
             # (Those the estimate keeps are in `longest` but for exploring polls placed
             # later, which it leaves out; their ends count only when nothing else is known.)
             ends = [b for iv in state.intervals for b in iv if math.isfinite(b)]
