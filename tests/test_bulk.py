@@ -641,7 +641,7 @@ async def test_one_slow_run_slows_the_jobs_after_it_for_a_while_not_for_good():
     # poll of a bound budget's plan at 20 s, which no job takes: every later short job
     # fell back to trimmed plans and took a third window (10.0 s and 209-228 requests per
     # job, for 1,300 runs after it). Now it is kept for `memory` runs seen ended (150 here,
-    # 1,024 by default): the jobs after those fill two windows again.
+    # 256 by default): the jobs after those fill two windows again.
     made = 0
 
     def durations(rng: Any) -> float:

@@ -199,9 +199,14 @@ class AdaptivePolling:
         cold_up: The factor on it for each one that found its run still going.
         memory: Runs seen ended over which the longest duration seen is kept (the one
             poll a run gets when every poll that finds a run still going costs a create):
-            one slow run is forgotten after this many. Far more than `window`: of a job's
-            runs, about one in ``memory + 1`` outlives all those remembered, and each such
-            run costs a whole window when a job fills its windows exactly.
+            one slow run is forgotten after this many. A run outliving all those remembered
+            costs a whole window when a job fills its windows exactly, but the ends seen are
+            the times of the polls that found them (late by up to a poll's spacing, and the
+            plans end at the longest seen), so a steady action does not drift down: the
+            simulator's and `FakeZapier`'s bulk jobs are the same from 128 to 1,024 (every
+            run since the client started). Twice `window`: the runs the estimate keeps, and
+            as many again for the answers it does not learn from (polls that waited for the
+            budget).
     """
 
     policy: PollPolicy = attrs.field(factory=PollPolicy)
@@ -227,7 +232,7 @@ class AdaptivePolling:
     cold_polls: float = 2.0
     cold_down: float = 0.99
     cold_up: float = 1.2
-    memory: int = 1024
+    memory: int = 256
     _actions: dict[str, _Action] = attrs.field(init=False, factory=dict)
     _rtt: float | None = attrs.field(init=False, default=None)
     _lengths: WindowLength = attrs.field(init=False, factory=WindowLength)
