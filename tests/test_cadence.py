@@ -241,6 +241,33 @@ def test_one_slow_run_is_forgotten_after_memory_runs() -> None:
     assert polling.plan("a", level=polling.price.levels) == (state.longest,)
 
 
+def test_an_exploring_plan_scaled_down_keeps_the_poll_before_a_gap() -> None:
+    # With one run of 20 s in the estimate, a plan polls the runs of 0.2-1.5 s up to about
+    # 1.56 s, then once more near 20 s. One run in four follows its plan scaled by 0.8-1.2:
+    # scaled down, its last short poll fell below the longest short runs, which were read
+    # at ~19 s instead (1 of the next 128 runs: lag 17.8 s, mean lag 0.20 -> 0.35 s).
+    polling = AdaptivePolling(min_samples=16)
+    rng = random.Random(5)
+    _follow(polling, [rng.uniform(0.2, 1.5) for _ in range(200)], rng)
+    _follow(polling, [20.0], rng)
+    lags: list[float] = []
+    for _ in range(128):
+        duration = rng.uniform(0.2, 1.5)
+        handle = _Handle()
+        t = polling.first_delay(handle, "a", rng)  # type: ignore[arg-type]
+        polls = 1
+        while t < duration:
+            t += polling.next_delay(handle, polls, t, rng, hint=None)  # type: ignore[arg-type]
+            polls += 1
+        polling.observe(handle, t, seen_at=t)  # type: ignore[arg-type]
+        lags.append(t - duration)
+        plan = handle.reads.plan
+        assert plan is not None
+        if handle.reads.scale < 1.0 and plan[-1] > 10.0:
+            assert plan[-2] > 1.5  # the plan's own poll before the gap, unscaled
+    assert max(lags) < 1.0
+
+
 def test_the_longest_seen_is_the_sliding_maximum_of_what_runs_were_seen_doing() -> None:
     polling = AdaptivePolling(min_samples=16, at_once=False, memory=3)
     rng = random.Random(3)
