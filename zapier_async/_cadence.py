@@ -121,6 +121,7 @@ class PollRecord:
             is not the planner's).
         bucket: The limiter key its reads spend (its credential's bucket): the live budget
             its plan is priced by.
+        beyond: Reads sent past its plan's last poll (the fallback cadence's step).
     """
 
     key: str | None = None
@@ -134,6 +135,7 @@ class PollRecord:
     level: int = 0
     due: float | None = None
     bucket: Hashable = None
+    beyond: int = 0
 
 
 def _unit(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:

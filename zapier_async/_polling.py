@@ -94,6 +94,10 @@ if TYPE_CHECKING:
 __all__ = ["AdaptivePolling", "plan_polls", "turnbull"]
 
 GAP: Final = 2.0  # see `AdaptivePolling._plan_for`
+# A plan's time within this of a read's answer counts as passed: a read answered at the very
+# time it was planned (a fake clock, no latency: `elapsed` one float step short) is that read,
+# not one more due at once.
+PAST: Final = 1e-6
 
 
 @attrs.define(eq=False)
@@ -348,13 +352,17 @@ class AdaptivePolling:
         plan = record.plan
         if plan:
             for t in plan:
-                if t > elapsed:
+                if t > elapsed + PAST:
                     delay = t - elapsed
+                    record.beyond = 0
                     break
             else:
                 # Longer than any run seen: poll again soon (a tenth of the longest duration
-                # known), backing off geometrically, so the plan learns the longer tail.
-                beyond = max(0, attempt - len(plan))
+                # known), backing off geometrically, so the plan learns the longer tail. (By
+                # the polls past the plan's end, not every poll the run had: a probe, an
+                # early read on spare budget would start the fallback further out.)
+                beyond = record.beyond
+                record.beyond += 1
                 delay = min(
                     self.policy.cap, max(FLOOR, 0.1 * plan[-1]) * self.policy.factor**beyond
                 )
@@ -505,7 +513,7 @@ class AdaptivePolling:
             # `next_delay` would). Only ever sooner than the next poll it has: moved later, a
             # run holds its `run_many` slot longer (and one already past the plan waited
             # out the cold cadence's growing step, up to seconds).
-            later = next((t - age for t in plan if t > age), max(FLOOR, 0.1 * plan[-1]))
+            later = next((t - age for t in plan if t > age + PAST), max(FLOOR, 0.1 * plan[-1]))
             if record.due is None or age + later < record.due:
                 moved.append((h, later))
         state.deferred.clear()
