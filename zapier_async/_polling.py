@@ -65,6 +65,13 @@ the limiter reports its window (limit and length), such a miss is a create not s
 whole window when a job's requests fill its windows exactly: that first poll then goes no
 earlier than the longest the action's runs were seen taking (`_window_late`).
 
+**Strays.** A run seen going more than `stray` times the longest any run was seen ended
+by (one stuck for minutes among runs of a second) is not learnt from unless such runs recur
+(`strays_learnt` within `strays_within`): one would price every plan for it, and the one
+poll of a budget that binds hard would wait for it. The longest duration seen (`longest`,
+that one poll's time) is of the last `memory` runs seen ended; runs seen going count only
+until one was seen ended.
+
 **Re-planning** costs O(candidates^2) (about half a millisecond), so it is not done per run:
 every `replan_every` new observations at first, then twice as seldom after each plan (up to
 every `window / 2` observations); a run that outlived its plan (the action got slower) brings the
@@ -130,27 +137,53 @@ class _Action:
     # polls found (see `AdaptivePolling._learn_cold`); None until one of them answered.
     cold_first: float | None = None
     # How long its runs were seen going, or ended by (answers that did not wait for the
-    # budget), as ``(ended, seconds)``: a sliding maximum (seconds falling, `ended` rising)
-    # over the last `AdaptivePolling.memory` runs seen ended. See `longest`.
-    reach: collections.deque[tuple[int, float]] = attrs.Factory(collections.deque)
+    # budget), over the last `AdaptivePolling.memory` runs seen ended (see `longest`); and
+    # how long they were seen ended by alone (what a stray is measured against).
+    reach: SlidingMax = attrs.Factory(lambda: SlidingMax())
+    ends: SlidingMax = attrs.Factory(lambda: SlidingMax())
+    # The `ended` counts at which strays (see `AdaptivePolling.stray`) were seen ended.
+    strays: collections.deque[int] = attrs.Factory(collections.deque)
 
     @property
     def longest(self) -> float:
-        """The longest a run of the action was seen going, or ended by, among the last
-        `AdaptivePolling.memory` runs seen ended: where the one-poll plan (`ALL_ENDED`) and
+        """The longest a run of the action was seen ended by among the last
+        `AdaptivePolling.memory` runs seen ended (or seen going, until one was seen ended;
+        strays left out: see `AdaptivePolling.stray`): where the one-poll plan (`ALL_ENDED`) and
         a bound cold first poll go when a miss costs a window. Not of every run ever seen:
         one slow run (a 20 s hiccup among runs of 0.2-1.5 s) would put that one poll at
         20 s for the client's life, and every later bulk job would pay for it."""
-        return self.reach[0][1] if self.reach else 0.0
+        return self.reach.value
 
-    def stretch(self, seconds: float, memory: int) -> None:
-        """A run was seen going at, or ended by, `seconds` after its create."""
-        reach = self.reach
-        while reach and reach[-1][1] <= seconds:
-            reach.pop()
-        reach.append((self.ended, seconds))
-        while reach[0][0] <= self.ended - memory:
-            reach.popleft()
+    def stretch(self, seconds: float, memory: int, *, ended: bool = False) -> None:
+        """A run was seen going at, or (`ended`) ended by, `seconds` after its create."""
+        self.reach.push(self.ended, seconds, memory)
+        if ended:
+            self.ends.push(self.ended, seconds, memory)
+
+
+class SlidingMax:
+    """The largest value pushed with a count above the latest count less `memory`: a deque
+    of ``(count, value)``, values falling and counts rising (amortised O(1) per push)."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self) -> None:
+        self._kept: collections.deque[tuple[int, float]] = collections.deque()
+
+    @property
+    def value(self) -> float:
+        return self._kept[0][1] if self._kept else 0.0
+
+    def values(self) -> list[float]:
+        return [value for _, value in self._kept]
+
+    def push(self, count: int, value: float, memory: int) -> None:
+        kept = self._kept
+        while kept and kept[-1][1] <= value:
+            kept.pop()
+        kept.append((count, value))
+        while kept[0][0] <= count - memory:
+            kept.popleft()
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -215,6 +248,11 @@ class AdaptivePolling:
             run since the client started). Twice `window`: the runs the estimate keeps, and
             as many again for the answers it does not learn from (polls that waited for the
             budget).
+        stray: A run seen going more than this many times the longest duration seen is a
+            stray: not learnt from (its own reads follow the fallback cadence), unless
+            `strays_learnt` of them ended within `strays_within` runs seen ended.
+        strays_learnt: See `stray`.
+        strays_within: See `stray`.
     """
 
     policy: PollPolicy = attrs.field(factory=PollPolicy)
@@ -241,6 +279,9 @@ class AdaptivePolling:
     cold_down: float = 0.99
     cold_up: float = 1.2
     memory: int = 256
+    stray: float = 4.0
+    strays_learnt: int = 3
+    strays_within: int = 64
     _actions: dict[str, _Action] = attrs.field(init=False, factory=dict)
     _rtt: float | None = attrs.field(init=False, default=None)
     _lengths: WindowLength = attrs.field(init=False, factory=WindowLength)
@@ -339,7 +380,7 @@ class AdaptivePolling:
             return next_poll_delay(self.policy, attempt, elapsed, rng, hint=hint)
         record.pending_at = elapsed
         state = self._state(record.key) if self.enabled else None
-        if state is not None:
+        if state is not None and state.ends.value <= 0.0:
             state.stretch(elapsed, self.memory)
         if record.plan is not None and state is not None and state.plan:
             # The price may have moved since the last poll: then follow its plan (at the
@@ -430,6 +471,8 @@ class AdaptivePolling:
             # The poll waited for the rate budget: "ended before the wait was over" says
             # little, and such samples would teach the plan the limiter's wait.
             return moved
+        if self._stray(state, record.pending_at, ended=True):
+            return moved
         if record.plan is None and not record.skew and record.level > 0 and lo == 0.0:
             self._learn_cold(state, due, ended=True)
         # Not the end a poll an exploring plan placed later found (it found its run ended
@@ -438,7 +481,10 @@ class AdaptivePolling:
         # at its previous poll.
         bisect.insort(state.samples, (handle.created_at, state.seen, lo, hi))
         state.seen += 1
-        state.stretch(end if record.scale <= 1.0 else record.pending_at, self.memory)
+        if record.scale <= 1.0:
+            state.stretch(end, self.memory, ended=True)
+        else:
+            state.stretch(record.pending_at, self.memory)
         if lo == 0.0:
             state.first_hits += 1
         if len(state.samples) > self.window and state.samples.pop(0)[2] == 0.0:
@@ -475,7 +521,9 @@ class AdaptivePolling:
             censored = [
                 (quantise(h.reads.pending_at), math.inf)
                 for h in state.pending
-                if h.reads.pending_at > 0.0 and h.created_at >= since
+                if h.reads.pending_at > 0.0
+                and h.created_at >= since
+                and not self._stray(state, h.reads.pending_at)
             ]
             state.fresh = 0
             state.intervals = [*((lo, hi) for _, _, lo, hi in state.samples), *censored]
@@ -695,6 +743,27 @@ class AdaptivePolling:
             if scale < 1.0 and i + 1 < len(plan) and plan[i + 1] * scale > GAP * t:
                 scaled.append(t)
         return tuple(scaled)
+
+    def _stray(self, state: _Action, going: float, *, ended: bool = False) -> bool:
+        """Whether a run seen going `going` s after its create is a stray, not learnt from.
+
+        A stray was seen going more than `stray` times the longest a run of its action was
+        seen ended by (once `min_samples` were): one run stuck for minutes among runs of a
+        second (a third party's bad minute) would otherwise price every plan for it. Its own
+        reads follow the fallback cadence. Strays are learnt once `strays_learnt` of them
+        ended within `strays_within` runs seen ended (the action got slower): `ended`
+        records this one.
+        """
+        longest = state.ends.value
+        if state.ended < self.min_samples or longest <= 0.0 or going <= self.stray * longest:
+            return False
+        if not ended:
+            return True
+        strays = state.strays
+        strays.append(state.ended)
+        while strays[0] <= state.ended - self.strays_within:
+            strays.popleft()
+        return len(strays) < self.strays_learnt
 
     def _learn_cold(self, state: _Action, due: float, *, ended: bool) -> None:
         """A bound cold first poll, due `due` s after its create, found its run `ended` or not.
