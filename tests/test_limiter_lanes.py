@@ -1,6 +1,7 @@
 """Lanes: requests whose priority is raised together, those waiting for a slot included (a
-bulk job's creates once its input is exhausted). The scenario runs on the in-memory limiter
-here and on `RedisLimiter` in ``test_redis_limiter_lanes.py``."""
+bulk job's creates once its input is exhausted), and go after those natively at their new
+priority. The scenarios run on the in-memory limiter here and on `RedisLimiter` in
+``test_redis_limiter_lanes.py``."""
 
 from __future__ import annotations
 
@@ -81,6 +82,85 @@ async def a_raised_lane_jumps_the_line(limiter: Any, flush: Callable[[], Awaitab
     await flush()
     assert waiting() == (0, 0, 0)
     assert limiter.waiting == 0
+
+
+async def natives_go_before_a_raised_lane(
+    limiter: Any, clock: FakeClock, flush: Callable[[], Awaitable[None]]
+) -> None:
+    """A window of 10 is spent; a lane's 12 BULK waiters are raised to INTERACTIVE and one
+    more is asked by the raised lane; then an INTERACTIVE request (a web call) and a POLL
+    one arrive. The next window's first grant (its probe) goes to the web call, the rest of
+    that window to the raised ones in their order, and the window after that to the last
+    raised ones, then the POLL one. An estimate for a new INTERACTIVE request does not count
+    the raised lane; one for a POLL request does."""
+    order: list[str] = []
+    slots: list[Any] = []
+
+    async def ask(name: str, priority: Priority, lane: Lane | None = None) -> None:
+        slot = await limiter.slot(priority, key=KEY, lane=lane).__aenter__()
+        order.append(name)
+        slots.append(slot)
+
+    def waiting() -> tuple[int, int, int]:
+        return tuple(limiter.pressure(KEY).waiting_by_priority)
+
+    async def next_window(granted: int) -> None:
+        """Answer every slot out (the window spent), let it end, answer the new window's
+        probe (9 left), and let the grants that follow be made."""
+        for slot in slots:
+            slot.record(200, window(10, 0, 60.0))
+        slots.clear()
+        await flush()
+        await clock.advance(61.0)
+        await flush()
+        await until(lambda: len(slots) == 1)
+        slots.pop().record(200, window(10, 9, 60.0))
+        await flush()
+        await until(lambda: len(order) == granted)
+
+    async with limiter.slot(INTERACTIVE, key=KEY) as slot:
+        slot.record(200, window(10, 9, 60.0))
+    await flush()
+    tasks = [asyncio.create_task(ask(f"filler{i}", INTERACTIVE)) for i in range(9)]
+    await until(lambda: len(order) == 9)  # the window is spent
+    lane = Lane()
+    creates = [f"create{i}" for i in range(12)]
+    tasks += [asyncio.create_task(ask(name, BULK, lane)) for name in creates]
+    await until(lambda: waiting() == (0, 0, 12))
+    lane.raise_to(INTERACTIVE)
+    tasks.append(asyncio.create_task(ask("later", BULK, lane)))  # asked by the raised lane
+    await until(lambda: waiting() == (13, 0, 0))
+    await flush()
+    assert limiter.estimate_wait(INTERACTIVE, 1, KEY) < 61.0  # the next window: not behind them
+    tasks.append(asyncio.create_task(ask("web", INTERACTIVE)))
+    tasks.append(asyncio.create_task(ask("poll", POLL)))
+    await until(lambda: waiting() == (14, 1, 0))
+    await flush()
+    assert limiter.estimate_wait(INTERACTIVE, 1, KEY) < 61.0
+    assert limiter.estimate_wait(POLL, 1, KEY) > 100.0  # behind the raised lane
+
+    await next_window(9 + 10)
+    assert order[9:] == ["web", *creates[:9]]
+    assert waiting() == (4, 1, 0)
+    await next_window(9 + 10 + 5)
+    assert order[19:] == [*creates[9:], "later", "poll"]
+    assert waiting() == (0, 0, 0)
+    for slot in slots:
+        slot.record(200, window(10, 5, 60.0))
+    await asyncio.gather(*tasks)
+
+
+@pytest.mark.asyncio
+async def test_a_native_interactive_request_goes_before_a_raised_lane() -> None:
+    clock = FakeClock()
+
+    async def flush() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    async with Limiter(clock=clock, spend_window=True, interactive_reserve=0.1) as limiter:
+        await natives_go_before_a_raised_lane(limiter, clock, flush)
+        assert limiter.in_flight == 0
 
 
 @pytest.mark.asyncio

@@ -25,7 +25,8 @@ freeze is never forgotten; a forgotten one starts again in probe mode (one reque
 pacing from its answer), which is what losing the state costs.
 
 **Waiting.** Each bucket keeps its waiters in a heap keyed by ``(priority, arrival)``:
-INTERACTIVE before POLL before BULK, FIFO within each. Grants are decided by one synchronous
+INTERACTIVE before POLL before BULK, FIFO within each (a ``first`` waiter before the others
+of its priority, a lane's raised one after them). Grants are decided by one synchronous
 ``_dispatch(bucket)``, run on every event of that bucket (a slot asked for, a response
 recorded, a slot released, a waiter cancelled) and when its next grant is due. The due
 times of all buckets sit in one heap served by one timer task, which exists only while
@@ -37,7 +38,11 @@ could run) is skipped: a slot nobody will use is never counted.
 
 **Lanes.** A request asked with a `Lane` (a bulk job's creates) joins it while it waits:
 when the lane is raised (the job's input is exhausted), its waiters move up their lines,
-counts per priority with them, and their buckets are dispatched again.
+counts per priority with them, and their buckets are dispatched again. Raised, they go after
+the waiters natively at their new priority, later ones included (`RAISED`): a web request
+arriving while a drained job has a window's worth queued goes first, not a window later;
+they still spend what is kept for that priority (the interactive reserve). Natives cannot
+starve them beyond what an unraised lane would wait: they would have gone first anyway.
 
 **Failing fast.** ``max_wait``: when the estimated wait is longer, `slot` raises
 `RateLimitedError` at once, its ``retry_at`` saying when to come back; when the estimate was
@@ -73,10 +78,12 @@ from ._limits import (
     FIRST,
     Lane,
     LimiterCounts,
+    ahead_in_line,
     check_limiter_args,
     first_deadline,
     forget_idle,
     granted,
+    in_lane,
     pressure_from,
     raise_in_line,
 )
@@ -130,7 +137,7 @@ class Slot(OneShotSlot):
 
 
 class _Waiter(BaseWaiter[Slot]):
-    __slots__ = ("bucket", "reason", "seq")
+    __slots__ = ("bucket", "reason")
 
     def __init__(
         self,
@@ -141,30 +148,31 @@ class _Waiter(BaseWaiter[Slot]):
         enqueued_at: float,
         deadline: float | None,
         reason: str,
+        *,
+        raised: bool = False,
     ) -> None:
-        super().__init__(priority, fut, enqueued_at, deadline)
+        super().__init__(priority, seq, fut, enqueued_at, deadline, raised=raised)
         self.bucket = bucket
-        self.seq = seq
         self.reason = reason
 
 
 class _Bucket:
     """One key's budget and line. The line is created on first wait."""
 
-    __slots__ = ("budget", "due", "heap", "key", "live", "used_at")
+    __slots__ = ("budget", "due", "heap", "key", "live", "raised", "used_at")
 
     def __init__(self, key: Hashable, budget: Budget, now: float) -> None:
         self.key = key
         self.budget = budget
         self.heap: list[tuple[int, int, _Waiter]] | None = None
         self.live: list[int] | None = None  # live waiters per priority
+        self.raised = [0, 0, 0]  # of them, those a lane raised (`RAISED`)
         self.due: float | None = None  # when the timer must look at it again
         self.used_at = now
 
-    def ahead(self, priority: int) -> int:
-        """Waiters served before a new one of ``priority``."""
-        live = self.live
-        return 0 if live is None else sum(live[: priority + 1])
+    def ahead(self, priority: int, *, raised: bool = False) -> int:
+        """Waiters served before a new one of ``priority`` (``raised`` by a lane)."""
+        return ahead_in_line(self.live, self.raised, priority, last=raised)
 
     def waiting(self) -> int:
         return 0 if self.live is None else sum(self.live)
@@ -337,7 +345,8 @@ class Limiter(AsyncCloseable):
             first: Served before the other waiters of its priority (FIFO among such):
                 a read of a run someone awaits goes before new creates of the same priority.
             lane: Requests whose priority is raised together (`Lane`): asked at the lane's
-                priority once it was raised, and moved up the line while waiting when it is.
+                priority once it was raised, and moved up the line while waiting when it is;
+                raised, they go after the waiters natively at that priority.
 
         Returns:
             An async context manager yielding the `Slot`.
@@ -391,7 +400,8 @@ class Limiter(AsyncCloseable):
 
     def estimate_wait(self, priority: Priority, n: int = 1, key: Hashable = None) -> float:
         """Seconds until ``n`` more requests of ``priority`` could be sent, behind those
-        already waiting at that priority or above (rough; for admission control).
+        already waiting at that priority or above, less those a lane raised to it (they go
+        after; rough; for admission control).
 
         Args:
             priority: Their priority.
@@ -554,8 +564,7 @@ class Limiter(AsyncCloseable):
     ) -> Slot:
         if self._closed:
             raise LimiterClosedError("the rate limiter is closed")
-        if lane is not None:
-            priority = lane.of(priority)
+        priority, raised = in_lane(priority, lane)
         limit = self._max_wait if isinstance(max_wait, DefaultMarker) else max_wait
         now = self._clock.monotonic()
         bucket = self._bucket(key, now)
@@ -565,7 +574,7 @@ class Limiter(AsyncCloseable):
         if refused is not None:
             self._counts.rejected += 1
             raise self._refused_error(refused)
-        ahead = bucket.ahead(priority)
+        ahead = bucket.ahead(priority, raised=raised)
         if ahead == 0:
             when = budget.next_time(now, priority)
             if when is not None and when <= now:
@@ -582,12 +591,13 @@ class Limiter(AsyncCloseable):
             bucket,
             priority,
             # The line is ordered by (priority, seq): a `first` waiter sorts before every
-            # other one of its priority, FIFO among its kind.
+            # other one of its priority, a raised one after them, FIFO among its kind.
             next(self._seq) - (FIRST if first else 0),
             loop.create_future(),
             now,
             None if limit is None else now + limit,
             budget.reason(now),
+            raised=raised,
         )
         if bucket.heap is None or bucket.live is None:
             bucket.heap, bucket.live = [], [0, 0, 0]
@@ -595,6 +605,7 @@ class Limiter(AsyncCloseable):
         if waiter.deadline is not None:
             heapq.heappush(self._deadlines, (waiter.deadline, waiter.seq, waiter))
         bucket.live[priority] += 1
+        bucket.raised[priority] += raised
         self._live += 1
         self._dispatch(bucket)
         try:
@@ -613,7 +624,9 @@ class Limiter(AsyncCloseable):
     def _promote(self, bucket: _Bucket, waiters: list[_Waiter], to: Priority) -> None:
         """A `Lane` was raised: its ``waiters`` in ``bucket`` move up, and may go now."""
         heap, live = bucket.heap, bucket.live
-        if heap is not None and live is not None and raise_in_line(heap, live, waiters, to):
+        if heap is None or live is None:
+            return
+        if raise_in_line(heap, live, bucket.raised, waiters, to):
             self._dispatch(bucket)
 
     def _kill(self, waiter: _Waiter) -> None:
@@ -622,6 +635,7 @@ class Limiter(AsyncCloseable):
         assert bucket.live is not None
         assert bucket.heap is not None
         bucket.live[waiter.priority] -= 1
+        bucket.raised[waiter.priority] -= waiter.raised
         self._live -= 1
         live = bucket.waiting()
         if not live:
@@ -770,7 +784,7 @@ class Limiter(AsyncCloseable):
             if not waiter.alive:
                 continue
             bucket = waiter.bucket
-            position = bucket.ahead(waiter.priority)
+            position = bucket.ahead(waiter.priority, raised=waiter.raised)
             self._kill(waiter)
             if self._gone(waiter):
                 continue

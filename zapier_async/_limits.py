@@ -46,6 +46,13 @@ FIRST: Final = 1 << 62
 """Subtracted from the sequence number of a ``first`` waiter (see `Limiter.slot`): a line is
 ordered by ``(priority, seq)``, so it goes before every other one of its priority."""
 
+RAISED: Final = 2 * FIRST
+"""Added to the sequence number of a waiter whose priority a `Lane` raised (waiting when the
+lane was raised, or asked later by the raised lane): it goes after every waiter natively at
+that priority (a ``first`` one too), those arriving later included, and FIFO among the raised
+ones. A web request arriving while a drained bulk job has a window's worth of requests queued
+at INTERACTIVE goes before them, not a window later."""
+
 LOG_WAIT_OVER: Final = 1.0
 """Waits longer than this many seconds are logged at INFO (background ones summarised)."""
 
@@ -225,18 +232,27 @@ _S = TypeVar("_S")
 
 
 class BaseWaiter(Generic[_S]):
-    """A caller waiting for a slot: what every limiter's waiting line keeps of it."""
+    """A caller waiting for a slot: what every limiter's waiting line keeps of it.
 
-    __slots__ = ("alive", "deadline", "enqueued_at", "fut", "priority")
+    Its line orders waiters by ``(priority, seq)``; ``seq`` counts arrivals, less `FIRST`
+    for a ``first`` waiter, plus `RAISED` for one whose priority a lane raised (``raised``).
+    """
+
+    __slots__ = ("alive", "deadline", "enqueued_at", "fut", "priority", "raised", "seq")
 
     def __init__(
         self,
         priority: Priority,
+        seq: int,
         fut: asyncio.Future[_S],
         enqueued_at: float,
         deadline: float | None,
+        *,
+        raised: bool = False,
     ) -> None:
         self.priority = priority
+        self.raised = raised
+        self.seq = seq + RAISED if raised else seq
         self.fut = fut
         self.enqueued_at = enqueued_at
         self.deadline = deadline
@@ -254,7 +270,9 @@ class Lane:
     requests asked later go at the raised priority on any limiter, and a limiter that
     declares ``supports_lanes`` moves those waiting up its line (their counts per priority,
     `Pressure` and estimates with them): they may spend what the limiter keeps for that
-    priority, such as ``spend_window``'s interactive reserve.
+    priority, such as ``spend_window``'s interactive reserve. There they go after the
+    requests natively at that priority, those arriving later included (`RAISED`): a raised
+    lane passes everything below its new priority, never a caller who asked for it.
     """
 
     __slots__ = ("_waiting", "priority")
@@ -323,25 +341,60 @@ async def granted(
             lane.leave(waiter)
 
 
+def in_lane(priority: Priority, lane: Lane | None) -> tuple[Priority, bool]:
+    """The priority a request asked at ``priority`` in ``lane`` (None: in none) goes at now,
+    and whether the lane raised it (it then goes after those natively at it: `RAISED`)."""
+    if lane is None:
+        return priority, False
+    now = lane.of(priority)
+    return now, now != priority
+
+
 def raise_in_line(
-    heap: list[tuple[int, int, _W]], live: list[int], waiters: Iterable[_W], to: Priority
+    heap: list[tuple[int, int, _W]],
+    live: list[int],
+    raised: list[int],
+    waiters: Iterable[_W],
+    to: Priority,
 ) -> bool:
     """Raise a line's live ``waiters`` to priority ``to`` (`Lane.raise_to`): each moves from
-    its count per priority in ``live`` to ``to``'s, and the line's ``heap`` of ``(priority,
-    seq, waiter)`` is sorted again, dead entries dropped (O(n), once per raise of a lane).
-    A waiter alive but out of the heap (a grant being written) just changes priority.
-    Returns whether any moved."""
+    its count per priority in ``live`` (and ``raised``: the raised ones among them) to
+    ``to``'s, goes after the waiters natively at ``to`` (`RAISED`, FIFO among the raised
+    ones kept), and the line's ``heap`` of ``(priority, seq, waiter)`` is sorted again, dead
+    entries dropped (O(n), once per raise of a lane). A waiter alive but out of the heap (a
+    grant being written) just changes priority and ``seq``, which its return to the heap
+    uses. Returns whether any moved."""
     moved = False
     for waiter in waiters:
         if waiter.alive and waiter.priority > to:
             live[waiter.priority] -= 1
             live[to] += 1
+            if waiter.raised:
+                raised[waiter.priority] -= 1
+            else:
+                waiter.raised = True
+                waiter.seq += RAISED
+            raised[to] += 1
             waiter.priority = to
             moved = True
     if moved:
-        heap[:] = [(int(waiter.priority), seq, waiter) for _, seq, waiter in heap if waiter.alive]
+        heap[:] = [
+            (int(waiter.priority), waiter.seq, waiter) for *_, waiter in heap if waiter.alive
+        ]
         heapq.heapify(heap)
     return moved
+
+
+def ahead_in_line(
+    live: Sequence[int] | None, raised: Sequence[int] | None, priority: int, *, last: bool
+) -> int:
+    """Waiters of a line (``live`` per priority, ``raised`` of them raised by a lane; None:
+    no line) served before a new one of ``priority``: those of its priority or above, less
+    the raised ones of its priority unless it is raised too (``last``: it goes after them)."""
+    if live is None:
+        return 0
+    ahead = sum(live[: priority + 1])
+    return ahead if last or raised is None else ahead - raised[priority]
 
 
 EVICT_SCAN: Final = 8
@@ -577,12 +630,15 @@ def slot_for(
     ``supports_keys`` has a single bucket, which every key shares; one that does not declare
     ``supports_first`` serves a ``first`` request in its priority's order; one that does
     not declare ``supports_lanes`` serves a request of a ``lane`` at the lane's priority
-    when it is asked (`Lane`), and does not raise it while it waits."""
+    when it is asked (`Lane`), and does not raise it while it waits; one that does is
+    asked at the request's own priority, and raises it (it orders raised ones after the
+    requests natively at their new priority)."""
     extra: dict[str, Any] = {}
     if lane is not None:
-        priority = lane.of(priority)
         if getattr(limiter, "supports_lanes", False):
             extra["lane"] = lane
+        else:
+            priority = lane.of(priority)
     if first and getattr(limiter, "supports_first", False):
         extra["first"] = True
     if key is not None and getattr(limiter, "supports_keys", False):

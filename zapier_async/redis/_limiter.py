@@ -94,6 +94,7 @@ from zapier_async._limits import (
     first_deadline,
     forget_idle,
     granted,
+    in_lane,
     pressure_from,
     raise_in_line,
 )
@@ -319,8 +320,8 @@ class RedisLimiter(AsyncCloseable):
         return SharedPressure(processes=processes, **attrs.asdict(view, recurse=False))
 
     def estimate_wait(self, priority: Priority, n: int = 1, key: Hashable = None) -> float:
-        """Seconds until ``n`` more requests of ``priority`` could be sent, behind those of
-        this process waiting at that priority or above (rough; from the state last seen).
+        """Seconds until ``n`` more requests of ``priority`` could be sent, behind this
+        process's waiters served before them (rough; from the state last seen).
 
         Args:
             priority: Their priority.
@@ -334,7 +335,7 @@ class RedisLimiter(AsyncCloseable):
         refused = budget.refusal(now)
         if refused is not None:
             return max(refused - now, 0.0)
-        ahead = sum(bucket.live[: int(priority) + 1]) if bucket is not None else 0
+        ahead = bucket.ahead(priority) if bucket is not None else 0
         return budget.estimate(now, ahead + max(n, 1), Priority(priority))
 
     def spare(self, key: Hashable = None) -> tuple[int, float, int] | None:
@@ -517,6 +518,7 @@ class RedisLimiter(AsyncCloseable):
             raise LimiterClosedError("the rate limiter is closed")
         if self._degraded:
             return None
+        priority, raised = in_lane(priority, lane)
         bucket = self._bucket(key)
         if bucket.state:
             # Fail fast from the state last seen (the task decides on a fresh one).
@@ -528,7 +530,7 @@ class RedisLimiter(AsyncCloseable):
                 self._counts.rejected += 1
                 raise self._refused_error(refused)
             if max_wait is not None and bucket.state:
-                ahead = sum(bucket.live[: int(priority) + 1])
+                ahead = bucket.ahead(priority, raised=raised)
                 estimate = budget.estimate(now, ahead + 1, priority)
                 if estimate > max_wait:
                     self._counts.rejected += 1
@@ -536,10 +538,9 @@ class RedisLimiter(AsyncCloseable):
         loop = asyncio.get_running_loop()
         local = self._local()
         deadline = None if max_wait is None else local + max_wait
-        seq = next(self._seq) - (FIRST if first else 0)  # heap order: (priority, seq)
-        waiter = Waiter(bucket, priority, seq, loop.create_future(), local, deadline)
-        heapq.heappush(bucket.heap, (int(priority), waiter.seq, waiter))
-        bucket.live[priority] += 1
+        seq = next(self._seq) - (FIRST if first else 0)  # the line's order: see `BaseWaiter`
+        waiter = Waiter(bucket, priority, seq, loop.create_future(), local, deadline, raised=raised)
+        bucket.enter(waiter)
         self._live += 1
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, waiter.seq, waiter))
@@ -555,12 +556,11 @@ class RedisLimiter(AsyncCloseable):
 
     def _promote(self, bucket: Bucket, waiters: list[Waiter], to: Priority) -> None:
         """A `Lane` was raised: its ``waiters`` in ``bucket`` move up (see `raise_in_line`)."""
-        if raise_in_line(bucket.heap, bucket.live, waiters, to):
+        if raise_in_line(bucket.heap, bucket.live, bucket.raised, waiters, to):
             self._mark(bucket)
 
     def _kill(self, waiter: Waiter) -> None:
-        waiter.alive = False
-        waiter.bucket.live[waiter.priority] -= 1
+        waiter.bucket.leave(waiter)
         self._live -= 1
 
     def _mark(self, bucket: Bucket) -> None:
@@ -864,7 +864,7 @@ class RedisLimiter(AsyncCloseable):
             self._counts.expired += 1
             budget = self._store.view(bucket)
             shared = self._shared()
-            estimate = budget.estimate(shared, 1 + sum(bucket.live[: waiter.priority + 1]))
+            estimate = budget.estimate(shared, 1 + bucket.ahead_of(waiter))
             waiter.fut.set_exception(RateLimitedError(estimate, self._clock.time() + estimate))
         self._dirty.update(changed)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import math
 from collections.abc import Hashable, Iterable, Mapping
 from types import TracebackType
@@ -15,7 +16,7 @@ from zapier_async._budget import Budget, Priority
 from zapier_async._clock import Clock
 from zapier_async._limiter import Limiter
 from zapier_async._limiter import Slot as _LocalSlot
-from zapier_async._limits import BaseWaiter, DefaultMarker, Lane, OneShotSlot
+from zapier_async._limits import BaseWaiter, DefaultMarker, Lane, OneShotSlot, ahead_in_line
 
 from ._codec import InFlight
 from ._scripts import text
@@ -129,7 +130,7 @@ class RedisSlot(OneShotSlot):
 class Waiter(BaseWaiter[RedisSlot | None]):
     """A local caller waiting for a grant (None: Redis was lost, go local)."""
 
-    __slots__ = ("bucket", "seq")
+    __slots__ = ("bucket",)
 
     def __init__(
         self,
@@ -139,10 +140,11 @@ class Waiter(BaseWaiter[RedisSlot | None]):
         fut: asyncio.Future[RedisSlot | None],
         enqueued_at: float,
         deadline: float | None,
+        *,
+        raised: bool = False,
     ) -> None:
-        super().__init__(priority, fut, enqueued_at, deadline)
+        super().__init__(priority, seq, fut, enqueued_at, deadline, raised=raised)
         self.bucket = bucket
-        self.seq = seq
 
 
 # A change waiting to be committed: (kind, slot id, epoch, status, headers, local time).
@@ -168,6 +170,7 @@ class Bucket:
         "processes",
         "published",
         "published_at",
+        "raised",
         "seen_at",
         "state",
         "streak",
@@ -187,6 +190,7 @@ class Bucket:
         self.seen_at = -math.inf  # local time the state was last known fresh
         self.heap: list[tuple[int, int, Waiter]] = []
         self.live = [0, 0, 0]
+        self.raised = [0, 0, 0]  # of them, those a lane raised (`zapier_async._limits.RAISED`)
         self.ops: collections.deque[Op] = collections.deque()
         self.mine = 0  # this process's slots in flight
         self.due: float | None = None
@@ -201,6 +205,27 @@ class Bucket:
 
     def waiting(self) -> int:
         return sum(self.live)
+
+    def ahead(self, priority: int, *, raised: bool = False) -> int:
+        """This process's waiters served before a new one of ``priority`` (``raised`` by a
+        lane: after those natively at it)."""
+        return ahead_in_line(self.live, self.raised, priority, last=raised)
+
+    def ahead_of(self, waiter: Waiter) -> int:
+        """Waiters served before ``waiter`` (or, out of line, before one like it)."""
+        return self.ahead(waiter.priority, raised=waiter.raised)
+
+    def enter(self, waiter: Waiter) -> None:
+        """``waiter`` joins the line, ordered by ``(priority, seq)`` (see `BaseWaiter`)."""
+        heapq.heappush(self.heap, (int(waiter.priority), waiter.seq, waiter))
+        self.live[waiter.priority] += 1
+        self.raised[waiter.priority] += waiter.raised
+
+    def leave(self, waiter: Waiter) -> None:
+        """``waiter`` leaves the line (its heap entry is dropped when it comes up)."""
+        waiter.alive = False
+        self.live[waiter.priority] -= 1
+        self.raised[waiter.priority] -= waiter.raised
 
     def counts(self, leaving: Iterable[Waiter] = ()) -> tuple[int, int, int]:
         """Waiters per priority, less those ``leaving`` (granted by the commit going out)."""
@@ -269,12 +294,12 @@ class SlotRequest:
             limiter._max_wait if isinstance(self._max_wait, DefaultMarker) else self._max_wait
         )
         lane = self._lane
-        priority = self._priority if lane is None else lane.of(self._priority)
-        slot = await limiter._acquire(priority, max_wait, self._key, self._first, lane)
+        slot = await limiter._acquire(self._priority, max_wait, self._key, self._first, lane)
         if slot is not None:
             self._slot = slot
             return slot
         # Redis is unreachable: this request goes through the local fallback limiter.
+        priority = self._priority if lane is None else lane.of(self._priority)
         cm = limiter._fallback_limiter().slot(
             priority, max_wait=max_wait, key=self._key, first=self._first
         )
