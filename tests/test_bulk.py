@@ -471,6 +471,39 @@ async def test_a_jobs_last_creates_are_not_held_back_until_its_window_ends(serve
         assert receiver.stats.delivered == 38
 
 
+@pytest.mark.asyncio
+async def test_an_awaited_run_goes_before_a_drained_jobs_queued_requests():
+    # 10 requests per 10 s. A job of 30 runs takes its whole list at once (concurrency 50),
+    # so its lane is raised at once: after the first window its other 20 creates (and its
+    # first reads) wait at interactive priority for the windows to come. A web call's run()
+    # arriving at 5 s is sent first in the next window (11 s): a raised lane goes after the
+    # requests natively at its priority. Before, it queued behind the whole lane (28 s
+    # away): run() failed fast with RateLimitedError (the default max_rate_limit_wait of
+    # 10 s), and without the cap it was sent at 33 s, two windows late.
+    clock = FakeClock()
+    fake = FakeZapier(seed=1, clock=clock, rate_limit=(10, 10.0), durations=1.0)
+    async with fake, client_for(fake, clock=clock) as client:
+        requests = [request(i) for i in range(30)]
+        job = asyncio.ensure_future(_collect(client.run_many(requests, concurrency=50)))
+        while clock.monotonic() < 5.0:
+            await clock.advance(0.25)
+        assert fake.stats.requests == 10  # the first window is spent
+        assert _waiting(client)[0] >= 20  # the job's lane, raised
+        web = asyncio.ensure_future(client.run("core:web", authentication=None, inputs={}))
+        while not job.done() and clock.monotonic() < 120.0:
+            await clock.advance(0.25)
+        assert job.done()
+        handle = web.result()  # admitted: not refused as behind the lane
+        assert [o.ok for o in job.result()] == [True] * 30
+        second_window = [r for r in fake.requests if r.received_at > 5.0]
+        first = second_window[0]
+        assert first.endpoint == "create"
+        assert first.json["data"]["action"] == "core:web"
+        assert first.received_at < 12.0
+        assert (await handle).status is za.RunStatus.SUCCESS
+        assert fake.stats.rate_limited == 0
+
+
 def _waiting(client: za.ZapierClient) -> tuple[int, int, int]:
     """Requests waiting at the client's limiter: (interactive, poll, bulk)."""
     return client.limiter.pressure().waiting_by_priority
