@@ -120,6 +120,34 @@ async def test_aligned_windows_keep_the_cooldown_after_429(http):
         assert (await get(http, fake)).status == 404
 
 
+@pytest.mark.asyncio
+async def test_rate_limit_headers_on_429_only_as_the_partner_openapi_declares_them(http):
+    # The Workflow API as its OpenAPI describes it: successes say nothing of the budget; the
+    # 429 carries Limit, Remaining and Reset beside Retry-After, and starts the cool-down.
+    clock = FakeClock(wall_start=WALL)
+    async with FakeZapier(
+        clock=clock,
+        rate_limit=(2, 10.0),
+        rate_limit_headers="on_429",
+        cooldown_after_429=60.0,
+        reset_format="delta",
+    ) as fake:
+        for _ in range(2):
+            ok = await get(http, fake)
+            assert ok.status == 404
+            assert not [name for name in ok.headers if name.lower().startswith("x-ratelimit")]
+        refused = await get(http, fake)
+        assert refused.status == 429
+        assert budget(refused) == ("2", "0", "60")
+        assert refused.headers["Retry-After"] == "60"
+        await clock.advance(60.0)
+        again = await get(http, fake)
+        assert again.status == 404
+        assert "X-RateLimit-Remaining" not in again.headers
+        fake.rate_limit_headers = "always"  # like the formats, it may change on a live server
+        assert budget(await get(http, fake)) == ("2", "0", "10")
+
+
 # ---------------------------------------------------------------------------- buckets per token
 
 
@@ -211,6 +239,7 @@ async def test_a_bad_budget_from_rate_limit_for_is_a_server_error(http, caplog):
         ({"rate_limit_per_token": 1}, "rate_limit_per_token must be a bool"),
         ({"rate_limit_for": 5, "rate_limit_per_token": True}, "rate_limit_for must be None or"),
         ({"rate_limit_for": lambda t: None}, "rate_limit_for needs rate_limit_per_token=True"),
+        ({"rate_limit_headers": "never"}, "rate_limit_headers must be one of"),
     ],
 )
 def test_nonsense_rate_limit_knobs_are_refused(kwargs: dict[str, Any], message: str):
@@ -225,6 +254,7 @@ def test_rate_limit_knobs_are_fixed_after_construction_and_default_to_todays_beh
         False,
         None,
     )
+    assert fake.rate_limit_headers == "always"
     for name, value in [
         ("rate_limit_window", "aligned"),
         ("rate_limit_per_token", True),

@@ -197,6 +197,8 @@ class FakeZapier:
     `X-RateLimit-Reset`; a refused request gets 429 with `Retry-After` and is not
     processed. With `cooldown_after_429`, the request that exceeds the limit starts a
     cool-down during which everything is refused (requests during it do not extend it).
+    With `rate_limit_headers="on_429"` only the 429s carry the `X-RateLimit-*` headers, as
+    Zapier's Partner OpenAPI declares them: a client then sees no budget until refused.
     By default one budget serves every request; with `rate_limit_per_token` each bearer
     token has its own (and the headers describe that token's), sized by `rate_limit_for`.
 
@@ -240,6 +242,10 @@ class FakeZapier:
             raises ValueError in the request (the client sees a 500).
         cooldown_after_429: Seconds during which everything is refused after the limit was
             exceeded (the Partner API documents 60).
+        rate_limit_headers: Which answers carry `X-RateLimit-Limit`, `-Remaining` and
+            `-Reset` when `rate_limit` is set: `"always"` (default) or `"on_429"` (only the
+            429s: Zapier's Partner OpenAPI declares them on 429 and 503 answers only, so a
+            client sees no budget before it is refused; a 503 fault here carries none).
         reset_format: `X-RateLimit-Reset` as `"epoch"` (integer UTC epoch seconds, as
             documented), `"delta"` (integer seconds until the reset, as Zapier has been
             seen to send) or `"iso"` (ISO-8601 UTC, `2024-01-01T00:00:00Z`). All round up.
@@ -298,6 +304,9 @@ class FakeZapier:
     )
     cooldown_after_429: float = attrs.field(
         default=0.0, validator=_check_seconds, on_setattr=attrs.setters.frozen
+    )
+    rate_limit_headers: Literal["always", "on_429"] = attrs.field(
+        default="always", validator=_check_one_of("always", "on_429")
     )
     reset_format: Literal["epoch", "delta", "iso"] = attrs.field(
         default="epoch", validator=_check_one_of("epoch", "delta", "iso")
@@ -759,7 +768,9 @@ class FakeZapier:
         headers.update(reply.headers)
         if admission is not None or reply.retry_at is not None:
             now = self.clock.monotonic()
-            if admission is not None:
+            if admission is not None and (
+                self.rate_limit_headers == "always" or reply.status == 429
+            ):
                 headers["X-RateLimit-Limit"] = str(admission.limit)
                 headers["X-RateLimit-Remaining"] = str(admission.remaining)
                 headers["X-RateLimit-Reset"] = _format_reset(
