@@ -288,6 +288,7 @@ PURE_CORE = {
         "_discovery",
         "_ratelimit",
         "_budget",
+        "_budget_config",
         "_windows",
         "_backoff",
         "_cadence",
