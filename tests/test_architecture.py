@@ -289,6 +289,7 @@ PURE_CORE = {
         "_ratelimit",
         "_budget",
         "_budget_config",
+        "_learnt",
         "_windows",
         "_backoff",
         "_cadence",

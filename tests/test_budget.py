@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
+from limiter_scenarios import Scenario, Server
 
 from zapier_async._budget import Budget, BudgetConfig, Grant, Priority
 from zapier_async.errors import InvalidRequestError
@@ -293,3 +295,155 @@ def test_a_window_that_has_not_turned_at_the_lengths_bound_drops_it() -> None:
     (g,) = grants_now(b, 32.1, most=1)
     answer(b, g, 200, budget(49, "30"), 32.11)
     assert b.view(32.12).window_ends_at == pytest.approx(32.11 + 31.0)  # Reset's bound alone
+
+
+# ---------------------------------------------------------------------------- a rate learnt
+
+
+def opened(config: BudgetConfig | None = None, at: float = 0.0) -> Budget:
+    """A budget whose first answer carried no budget headers: open, as against a server
+    that declares them on 429s only (the probe sent at ``at``, answered 0.01 s later)."""
+    b = Budget(config or BudgetConfig())
+    answer(b, b.grant(at), 200, {}, at + 0.01)
+    assert b.view(at + 0.01).mode == "open"
+    return b
+
+
+def refused(retry_after: str, limit: int | None = None) -> dict[str, str]:
+    """A 429's headers: ``Retry-After``, and the budget's when ``limit`` is given."""
+    if limit is None:
+        return {"Retry-After": retry_after}
+    return {"Retry-After": retry_after, **budget(0, retry_after, limit)}
+
+
+def spend_first_window(b: Budget, limit: int | None) -> list[Grant]:
+    """A 5-per-10-s server (a window from the first request, the probe at 0): four more go
+    at 1.0, 1.1, 1.2 and 1.3 s; the one at 1.4 is refused (its 429 comes 0.05 s later,
+    ``Retry-After: 9``: the window ends at 10 s), and the one at 1.5 too (a straggler)."""
+    grants = [b.grant(1.0 + i / 10) for i in range(6)]
+    for g in grants[:4]:
+        answer(b, g, 200, {}, g.sent + 0.05)
+    for g in grants[4:]:
+        assert answer(b, g, 429, refused("9", limit), g.sent + 0.05)
+    return grants
+
+
+@pytest.mark.parametrize("limit", [5, None, 3600], ids=["limit", "counted", "limit-per-hour"])
+def test_a_429_in_open_mode_teaches_a_rate_kept_as_a_sliding_log(limit: int | None) -> None:
+    # count: the Limit when it is no more than the requests of ours the window can have
+    # counted (the probe and four: 5), else that number (3600 is "per hour"). per: the window
+    # ends at the retry time (1.45 + 9) and began no later than the earliest of the last 5
+    # grants before the refused one (the probe at 0), + the 429's round trip.
+    b = opened()
+    spend_first_window(b, limit)
+    view = b.view(1.55)
+    assert (view.mode, view.limit, view.remaining) == ("open", 5, 0)
+    assert view.period == pytest.approx(10.45 + 0.05)
+    # Frozen until 10.55; then at most 5 grants in any 10.5 s: the fifth-last (1.1) says when.
+    b.advance(10.55)
+    assert b.next_time(10.55) == pytest.approx(1.1 + 10.5)
+    probe = b.grant(12.0)
+    answer(b, probe, 200, {}, 12.01)  # no Remaining on success: open again, and bounded
+    assert len(grants_now(b, 12.02, INTERACTIVE)) == 4
+    assert b.next_time(12.02) == pytest.approx(12.0 + 10.5)
+    assert b.estimate(12.02, 1) == pytest.approx(12.0 + 10.5 - 12.02)
+    assert b.estimate(12.02, 6) == pytest.approx(12.0 + 2 * 10.5 - 12.02)
+    assert not b.idle(12.02)  # the log holds requests back: worth keeping
+
+
+def test_a_learnt_rate_leaves_a_reserve_to_interactive_requests() -> None:
+    b = opened()
+    burst = [b.grant(0.02) for _ in range(60)]
+    for g in burst[:49]:
+        answer(b, g, 200, {}, 0.03)
+    answer(b, burst[49], 429, refused("10", 50), 0.03)  # learnt: 50 per ~10 s
+    assert b.view(0.03).limit == 50
+    b.advance(20.0)
+    answer(b, b.grant(20.0), 200, {}, 20.01)  # the probe after the freeze
+    # Background work leaves a tenth of the count (5) to awaited calls, which go at once.
+    assert len(grants_now(b, 20.01, BULK)) == 50 - 1 - 5
+    assert b.next_time(20.01, POLL) > 29.0
+    assert b.estimate(20.01, 1, BULK) > 9.0
+    assert b.estimate(20.01, 5, INTERACTIVE) == 0.0
+    assert b.estimate(20.01, 6, INTERACTIVE) > 9.0  # honest: the sixth waits for the log
+    assert len(grants_now(b, 20.01, INTERACTIVE)) == 5
+
+
+def _serve(b: Budget, server: Server, start: float, end: float) -> list[float]:
+    """Requests always waiting from ``start`` to ``end`` (steps of 10 ms; each answered by
+    ``server`` 50 ms after it was sent): the arrival times of the 429s."""
+    refusals: list[float] = []
+    flying: list[Grant] = []
+    for step in range(round(start * 100), round(end * 100)):
+        now = step / 100
+        for g in [g for g in flying if g.sent + 0.05 <= now + 1e-9]:
+            flying.remove(g)
+            status, headers = server.handle(g.sent + 0.025)
+            if status == 429:
+                refusals.append(now)
+            answer(b, g, status, headers, now)
+        flying.extend(grants_now(b, now, INTERACTIVE, most=100))
+    return refusals
+
+
+def test_a_clock_aligned_first_window_is_corrected_by_the_next_429_and_never_loosened() -> None:
+    # Windows of 10 s on the wall clock (they end at 9.63, 19.63... here): a client that
+    # starts at 6.0 joins the first one 3.63 s before its end, so the first 429 tells a
+    # window under 4 s long. The next 429 (a window that refused what the log allowed) says
+    # better, and from then on nothing is refused; later evidence never loosens the rate.
+    server = Server(Scenario(name="aligned", limit=5, window=10.0, kind="aligned", reset="ceil"))
+    server.s = attrs.evolve(server.s, headers="on_429")
+    b = opened(at=6.0)
+    server.handle(6.005)  # the probe
+    refusals = _serve(b, server, 6.02, 9.0)
+    assert refusals
+    first = b.view(9.0)
+    assert first.limit == 5
+    assert first.period is not None
+    assert first.period < 5.0
+    refusals = _serve(b, server, 9.0, 30.0)
+    assert refusals
+    assert max(refusals) - min(refusals) < 0.1  # one burst, one episode
+    corrected = b.view(30.0)
+    assert corrected.limit == 5
+    assert corrected.period is not None
+    assert 10.0 <= corrected.period <= 10.5  # Retry-After's whole second, the round trip
+    assert _serve(b, server, 30.0, 120.0) == []
+    assert server.windows >= 11
+    # A 429 that would say "more, sooner" (Limit 50, retry in 1 s) changes nothing.
+    rate = (b.view(120.0).limit, b.view(120.0).period)
+    answer(b, b.grant(120.0), 429, refused("1", 50), 120.05)
+    assert (b.view(120.05).limit, b.view(120.05).period) == rate
+
+
+def test_a_declared_window_length_is_the_learnt_period() -> None:
+    b = opened(BudgetConfig(window_length=10.0))
+    spend_first_window(b, 5)
+    assert b.view(1.55).period == pytest.approx(10.0 + 0.05)
+
+
+def test_no_rate_is_learnt_from_a_429_outside_open_mode_or_with_a_rate_configured() -> None:
+    window = Budget(BudgetConfig())
+    warm(window)  # answers report the budget: the window says what is left
+    answer(window, window.grant(0.1), 429, {**budget(0), "Retry-After": "5"}, 0.2)
+    assert window.view(0.2).limit == 50
+    assert window.view(0.2).period == pytest.approx(30.001)  # the window's, not learnt
+    b = opened()
+    old = b.grant(0.5)  # in flight when the 429 below comes: counted, and a straggler
+    answer(b, b.grant(0.6), 429, refused("1"), 0.7)  # the probe and ``old``: 2 per 1.8 s
+    assert (b.view(0.7).limit, b.view(0.7).period) == (2, pytest.approx(1.7 - 0.0 + 0.1))
+    b.advance(1.8)  # the freeze is over: a new span
+    answer(b, old, 429, refused("10", 1), 1.9)  # sent before it: teaches nothing
+    assert (b.view(1.9).limit, b.view(1.9).period) == (2, pytest.approx(1.8))
+    configured = opened(BudgetConfig(rate=(100, 1.0)))
+    answer(configured, configured.grant(0.1), 429, refused("10", 5), 0.2)
+    assert configured.view(0.2).limit is None
+
+
+def test_a_learnt_wait_past_the_cap_is_refused_with_the_named_time() -> None:
+    b = opened(BudgetConfig(max_server_wait=30.0))
+    g = b.grant(0.1)
+    answer(b, g, 429, refused("100"), 0.2)  # count 1 (the probe), per 100.2 - 0 + 0.1 s
+    b.advance(31.0)  # the freeze is capped at 30 s; the log still holds the refused one
+    assert b.refusal(31.0) == pytest.approx(WALL + 0.1 + 100.3, abs=1e-6)
+    assert b.estimate(31.0, 1) == pytest.approx(0.1 + 100.3 - 31.0)

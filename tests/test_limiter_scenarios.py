@@ -19,7 +19,13 @@ from limiter_scenarios import (
 from zapier_async._budget import BudgetConfig
 from zapier_async._limiter import Limiter
 
-ASYNC = {"2s-first-ceil", "2s-aligned-epoch", "2s-first-forgotten", "60s-first-iso"}
+ASYNC = {
+    "2s-first-ceil",
+    "2s-aligned-epoch",
+    "2s-first-forgotten",
+    "60s-first-iso",
+    "2s-first-on429",
+}
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)

@@ -5,9 +5,11 @@ and requests/s through four limiters on one budget)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 
+import attrs
 import pytest
 
 aioredis = pytest.importorskip("redis.asyncio", reason="the 'redis' extra is not installed")
@@ -27,7 +29,9 @@ HEADERS = {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "9", "X-RateLimit
 # --- one set of rules: the budget read back from Redis is the budget that was written -----
 
 
-@pytest.mark.parametrize("name", ["2s-first-ceil", "2s-aligned-epoch", "2s-sliding-float"])
+@pytest.mark.parametrize(
+    "name", ["2s-first-ceil", "2s-aligned-epoch", "2s-sliding-float", "2s-first-on429"]
+)
 @pytest.mark.parametrize("spend", [False, True])
 def test_a_budget_read_back_after_every_event_decides_as_the_one_kept(name, spend) -> None:
     """Two budgets through the same events, one serialised and read back after each: every
@@ -71,6 +75,21 @@ def test_a_state_of_another_format_reads_as_lost() -> None:
     text = dump(Budget(BudgetConfig()), {})
     with pytest.raises(StateError):  # a field this version does not have
         load(text.replace('"_mode"', '"_other"'), BudgetConfig())
+    with pytest.raises(StateError):  # one it must have
+        load(text.replace('"_mode":"probe",', ""), BudgetConfig())
+
+
+def test_a_state_written_before_budgets_learnt_rates_reads_as_one_that_learnt_none() -> None:
+    config = BudgetConfig()
+    b = Budget(config)
+    b.complete(b.grant(0.0), 200, {}, now=0.01, wall=WALL_START)  # open: no budget headers
+    b.complete(b.grant(0.02), 429, {"Retry-After": "10"}, now=0.03, wall=WALL_START)
+    assert load(dump(b, {}), config)[0].view(0.03) == b.view(0.03)  # limit 1, per ~10 s
+    assert b.view(0.03).limit == 1
+    data = json.loads(dump(b, {}))
+    del data["b"]["_learnt_rate"]  # what the previous version wrote
+    old, _ = load(json.dumps(data), config)
+    assert old.view(0.03) == attrs.evolve(b.view(0.03), limit=None, remaining=None, period=None)
 
 
 # --- the over-cap refusal, mirrored --------------------------------------------------------

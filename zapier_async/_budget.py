@@ -16,8 +16,10 @@ are `next_time` ("the next request of this priority may go at t", None: "after a
 **Modes.** *probe*: nothing is known (at start, after a freeze, after a window ran out): one
 request at a time, so a burst of 1,000 creates at start-up does not collect 999 429s; its
 answer decides the next mode. *open*: answers carry no ``X-RateLimit-Remaining``, so nothing
-limits us (an a-priori ``rate`` still applies, a 429 still freezes). *window*: answers
-report the budget: spend it within the window.
+limits us (an a-priori ``rate`` still applies, a 429 still freezes) until a 429 teaches a
+rate, kept from then on as a sliding-window log (`zapier_async._learnt`: Zapier's Partner
+OpenAPI declares the budget headers on 429s only). *window*: answers report the budget:
+spend it within the window.
 
 **Budget.** The server's ``Remaining`` does not count requests still on the wire. Two lower
 bounds on what is left, the better one holds. Per answer *j*: every request granted and not
@@ -123,6 +125,7 @@ from typing import Final
 import attrs
 
 from ._budget_config import BudgetConfig
+from ._learnt import LearntRate, slide
 from ._ratelimit import (
     RateLimitState,
     ServerWait,
@@ -224,11 +227,14 @@ class BudgetView:
 
     Attributes:
         mode: ``"probe"``, ``"open"`` or ``"window"``.
-        limit: Requests per window, if known.
-        remaining: Requests that may still be sent in the current window, if known.
+        limit: Requests per window, if known (with no window known: the count of the rate
+            learnt from 429s, if any).
+        remaining: Requests that may still be sent in the current window, if known (with the
+            rate learnt: what its log allows now).
         window_ends_at: When the current window certainly ends, if known.
         frozen_until: When the current freeze ends, if frozen.
-        period: The window's length in seconds as learnt (the longest Reset seen), if known.
+        period: The window's length in seconds as learnt (the longest Reset seen), if known
+            (with no window known: the rate learnt's seconds).
     """
 
     mode: str
@@ -252,6 +258,7 @@ class Budget:
         "_last_429",
         "_last_grant",
         "_learnt",
+        "_learnt_rate",
         "_length",
         "_mode",
         "_period",
@@ -294,6 +301,9 @@ class Budget:
         self._rate_log: collections.deque[float] | None = (
             None if config.rate is None else collections.deque()
         )
+        # A rate learnt from 429s in open mode (see _learnt): kept while not in window mode
+        # (unless a rate is configured), and for good once learnt.
+        self._learnt_rate: LearntRate | None = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -306,6 +316,11 @@ class Budget:
             # Pacing clock: the next grant is one gap later (GCRA, see next_time).
             self._tat = max(self._tat, now) + self._gap(self._window, now)
         self._last_grant = now
+        learnt = self._learnt_rate
+        if learnt is None and self._mode != WINDOW and self._config.rate is None:
+            learnt = self._learnt_rate = LearntRate()
+        if learnt is not None:
+            learnt.granted(now, self._probe_since)
         if self._rate_log is not None:
             assert self._config.rate is not None
             self._rate_log.append(now)
@@ -324,6 +339,8 @@ class Budget:
         if self._rate_log is not None:
             with contextlib.suppress(ValueError):  # it may have slid out of the window
                 self._rate_log.remove(grant.sent)
+        if self._learnt_rate is not None:
+            self._learnt_rate.ungranted(grant.sent)
 
     def complete(
         self,
@@ -357,6 +374,23 @@ class Budget:
             unavailable_streak=self._streak,
         )
         if wait is not None:
+            learnt = self._learnt_rate
+            # Refused while open: learn the rate (not from a straggler sent before a freeze).
+            if (
+                status == 429
+                and learnt is not None
+                and self._mode == OPEN
+                and grant.sent >= self._probe_since
+            ):
+                learnt.learn(
+                    grant.sent,
+                    since=self._probe_since,
+                    retry_at=now + (wait.retry_at - wall),
+                    limit=state.limit,
+                    margin=now - grant.sent,
+                    declared=self._config.window_length,
+                    wall=wall - now,
+                )
             return Answer(wait, self._hold(wait, now))
         if state.remaining is None:
             # No budget headers: this API is not limiting us. Trust that only for answers to
@@ -391,6 +425,10 @@ class Budget:
         """
         if self._frozen_until is not None and now < self._frozen_until:
             return self._refused_at
+        if self._learnt_rate is not None:
+            refused = self._learnt_rate.refusal(now, self._config.max_server_wait)
+            if refused is not None:
+                return refused
         w = self._window
         if w is not None and w.beyond_at is not None and self._available(w) <= 0:
             return w.beyond_at
@@ -401,10 +439,7 @@ class Budget:
         after an answer. Call after `advance`."""
         if self._frozen_until is not None:
             return self._frozen_until
-        earliest = now
-        rate, log = self._config.rate, self._rate_log
-        if rate is not None and log is not None and len(log) >= rate[0]:
-            earliest = max(earliest, log[0] + rate[1])
+        earliest = self._log_time(now, now, 1, priority)
         if self._mode == OPEN:
             return earliest
         if self._mode == PROBE:
@@ -499,15 +534,20 @@ class Budget:
                     extra = position
                 period = self._period or self._config.default_cooldown
                 t = max(t, w.hi + (extra - 1) // per_window * period)
+        return max(t, self._log_time(now, start, position, priority)) - now
+
+    def _log_time(self, now: float, start: float, n: int, priority: Priority) -> float:
+        """When the ``n``-th next grant of ``priority`` may go by the rate configured or
+        learnt (sliding-window logs), never before ``start``."""
+        t = start
         rate, log = self._config.rate, self._rate_log
         if rate is not None and log is not None:
-            count, per = rate
-            free = count - len(log)
-            if position > free:
-                j = position - free  # j-th grant that must wait for the log to slide
-                virtual = [*log, *([now] * max(free, 0))]
-                t = max(t, virtual[(j - 1) % count] + ((j - 1) // count + 1) * per)
-        return max(t - now, 0.0)
+            t = slide(log, rate[0], rate[1], start, n)
+        if self._learnt_rate is not None:
+            interactive = priority == Priority.INTERACTIVE
+            share = self._config.interactive_reserve
+            t = max(t, self._learnt_rate.earliest(start, n, interactive, share))
+        return t
 
     def reason(self, now: float) -> str:
         """Why a request waits now: ``"frozen"``, ``"probe"`` or ``"paced"``."""
@@ -519,18 +559,30 @@ class Budget:
         """The budget as seen now."""
         w = self._window
         frozen = self._frozen_until
+        limit = w.limit if w is not None else None
+        remaining = max(self._available(w), 0) if w is not None else None
+        period = self._period
+        learnt = self._learnt_rate
+        if w is None and learnt is not None and learnt.rate is not None:
+            # No window known: the rate learnt from 429s is what is known of the budget.
+            (limit, period), remaining = learnt.rate, learnt.left(now)
         return BudgetView(
             mode=self._mode,
-            limit=w.limit if w is not None else None,
-            remaining=max(self._available(w), 0) if w is not None else None,
+            limit=limit,
+            remaining=remaining,
             window_ends_at=w.hi if w is not None else None,
             frozen_until=frozen if frozen is not None and frozen > now else None,
-            period=self._period,
+            period=period,
         )
 
     def idle(self, now: float) -> bool:
         """Whether forgetting this budget loses nothing a request waits on."""
-        return self.in_flight == 0 and (self._frozen_until is None or self._frozen_until <= now)
+        learnt = self._learnt_rate
+        return (
+            self.in_flight == 0
+            and (self._frozen_until is None or self._frozen_until <= now)
+            and (learnt is None or learnt.idle(now))
+        )
 
     # ------------------------------------------------------------------ internals
 
@@ -551,6 +603,8 @@ class Budget:
         self._window = None
         self._mode = PROBE
         self._probe_since = now
+        if self._learnt_rate is not None:
+            self._learnt_rate.new_span()
 
     def _available(self, w: BudgetWindow) -> int:
         # Two lower bounds (see "Budget" in the module docs); the better one holds.
@@ -718,6 +772,8 @@ class Budget:
         self._prev_window = None
         self._mode = WINDOW
         self._tat = now
+        if self._learnt_rate is not None and self._learnt_rate.rate is None:
+            self._learnt_rate = None  # the answers say what is left: nothing to learn
 
     def _calibrate(self, old: BudgetWindow, turned_by: float) -> None:
         """Learn where windows end from how ``old`` ended (``boundary="learn"`` only)."""

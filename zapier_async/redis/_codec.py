@@ -4,7 +4,10 @@ The text holds exactly the budget's own fields (every ``__slots__`` entry of `Bu
 the records it keeps, except its configuration, which each process has), so a budget read
 back from Redis is the same state machine that was written, whatever rules it runs. JSON,
 not pickle: the state comes back from a shared server, and decoding it must never run code.
-A text that does not decode (another version of the library wrote it) reads as lost state.
+A text that does not decode (another version of the library wrote it) reads as lost state,
+except a budget written before a field was added (`ADDED`): the field keeps the value a new
+budget has (e.g. a text without ``_learnt_rate``, written before budgets learnt a rate from
+429s, reads as a budget that learnt none).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import json
 from typing import Any, Final
 
 from zapier_async._budget import Budget, BudgetConfig, BudgetWindow, LearntBoundary
+from zapier_async._learnt import LearntRate
 
-__all__ = ["FORMAT", "InFlight", "StateError", "dump", "load"]
+__all__ = ["ADDED", "FORMAT", "InFlight", "StateError", "dump", "load"]
 
 FORMAT: Final = 1
 """Bumped when the encoding changes; a text of another format reads as lost state."""
@@ -23,9 +27,11 @@ FORMAT: Final = 1
 InFlight = dict[str, list[Any]]
 """Slot id -> ``[sent, completions, probe, lease expiry]`` (times on the shared clock)."""
 
-_RECORDS: Final[dict[str, type]] = {"W": BudgetWindow, "L": LearntBoundary}
+_RECORDS: Final[dict[str, type]] = {"W": BudgetWindow, "L": LearntBoundary, "R": LearntRate}
 _NAMES: Final = {cls: name for name, cls in _RECORDS.items()}
 _SKIP: Final = frozenset({"_config"})
+ADDED: Final = frozenset({"_learnt_rate"})
+"""Fields of `Budget` a stored text may lack (it was written before they were added)."""
 
 
 class StateError(Exception):
@@ -76,12 +82,14 @@ def _dec(value: Any) -> Any:
     return obj
 
 
-def _fill(obj: object, fields: dict[str, Any]) -> None:
+def _fill(obj: object, fields: dict[str, Any], optional: frozenset[str] = frozenset()) -> None:
+    """Set ``obj``'s fields from ``fields``; those of ``optional`` it lacks keep their value."""
     expected = _slots(type(obj))
-    if set(fields) != set(expected):
+    if not set(expected) - optional <= set(fields) <= set(expected):
         raise StateError(f"the stored {type(obj).__name__} has other fields")
     for slot in expected:
-        setattr(obj, slot, _dec(fields[slot]))
+        if slot in fields:
+            setattr(obj, slot, _dec(fields[slot]))
 
 
 def dump(budget: Budget, in_flight: InFlight) -> str:
@@ -101,7 +109,7 @@ def load(text: str, config: BudgetConfig) -> tuple[Budget, InFlight]:
         if not isinstance(data, dict) or data.get("f") != FORMAT:
             raise StateError("another format")
         budget = Budget(config)
-        _fill(budget, data["b"])
+        _fill(budget, data["b"], ADDED)
         in_flight = data["i"]
         if not isinstance(in_flight, dict):
             raise StateError("bad slots in flight")
