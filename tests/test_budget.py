@@ -447,3 +447,21 @@ def test_a_learnt_wait_past_the_cap_is_refused_with_the_named_time() -> None:
     b.advance(31.0)  # the freeze is capped at 30 s; the log still holds the refused one
     assert b.refusal(31.0) == pytest.approx(WALL + 0.1 + 100.3, abs=1e-6)
     assert b.estimate(31.0, 1) == pytest.approx(0.1 + 100.3 - 31.0)
+
+
+def test_an_awaited_request_spends_the_tokens_kept_for_boundary_probes() -> None:
+    # Whole-second Reset on a 2 s window: the end is known to a second, so the last tokens
+    # are kept to probe for it. A web request asking then waited for the probes' times (up
+    # to the window's end: 4.4-9.4 s late at 50 per 10 s) though the window was not spent;
+    # it goes at once now, and background work still waits for the turn.
+    b = Budget(BudgetConfig(spend_window=True))
+    warm(b, remaining=49, reset="2", limit=50)
+    grants_now(b, 0.02, BULK)
+    b.advance(0.02)
+    kept = b.view(0.02).remaining
+    assert kept is not None
+    assert kept > 0
+    assert b.next_time(0.02, BULK) > 0.5  # the interactive reserve, then the probes
+    awaited = grants_now(b, 0.02, INTERACTIVE)
+    assert len(awaited) == kept  # the reserve and the probes' tokens, at once
+    assert b.next_time(0.02, INTERACTIVE) > 1.0  # the window is spent now

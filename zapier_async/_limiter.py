@@ -576,7 +576,7 @@ class Limiter(AsyncCloseable):
             raise self._refused_error(refused)
         ahead = bucket.ahead(priority, raised=raised)
         if ahead == 0:
-            when = budget.next_time(now, priority)
+            when = budget.next_time(now, priority, raised=raised)
             if when is not None and when <= now:
                 self._counts.immediate += 1
                 return self._grant(bucket, priority, now, waited=0.0)
@@ -721,7 +721,7 @@ class Limiter(AsyncCloseable):
             waiter = self._peek(bucket)
             if waiter is None:
                 break  # only callers who already gave up were waiting
-            when = budget.next_time(now, waiter.priority)
+            when = budget.next_time(now, waiter.priority, raised=waiter.raised)
             if when is None or when > now:
                 break
             self._pop(bucket)
@@ -770,7 +770,7 @@ class Limiter(AsyncCloseable):
         due: float | None = None
         waiter = self._peek(bucket)
         if waiter is not None:
-            due = bucket.budget.next_time(now, waiter.priority)
+            due = bucket.budget.next_time(now, waiter.priority, raised=waiter.raised)
         if due is not None and due != bucket.due:
             heapq.heappush(self._due, (due, next(self._seq), bucket))
         bucket.due = due

@@ -659,7 +659,7 @@ class RedisLimiter(AsyncCloseable):
                 self._refuse(bucket, refused)
             else:
                 while (waiter := self._peek(bucket)) is not None:
-                    when = budget.next_time(now, waiter.priority)
+                    when = budget.next_time(now, waiter.priority, raised=waiter.raised)
                     if when is None or when > now + _EARLY:
                         break
                     heapq.heappop(bucket.heap)
@@ -766,7 +766,7 @@ class RedisLimiter(AsyncCloseable):
         )
         if waiter is not None and budget is not None:
             now = self._shared()
-            when = budget.next_time(now, waiter.priority)
+            when = budget.next_time(now, waiter.priority, raised=waiter.raised)
             local = self._local()
             if when is not None:
                 due = local + max(when - now, 0.0)
