@@ -55,6 +55,8 @@ tokens (2, or 1 for a limit under 40) is held back and sent inside ``[lo, hi]``:
 lands in the old window spends a token that was really there, the first that lands in the
 new one starts it. Before anything is learnt, whole-unit ``Reset`` steps pin the end to
 ``lo``, the middle or ``hi`` (rounding up, to nearest, down): the first probes go there.
+With ``spend_window`` an awaited request (INTERACTIVE, not raised by a lane) does not wait
+for them: it spends a kept token at once, and the probes make do with fewer.
 
 **Learning the boundary** (``boundary="learn"``). Each turn of a window says when it really
 ended: after the last request seen landing in it was sent, before the first answer from the
