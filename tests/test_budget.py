@@ -386,7 +386,7 @@ def _serve(b: Budget, server: Server, start: float, end: float) -> list[float]:
     return refusals
 
 
-def test_a_clock_aligned_first_window_is_corrected_by_the_next_429_and_never_loosened() -> None:
+def test_a_clock_aligned_first_window_is_corrected_by_the_next_429_never_loosened_by_one() -> None:
     # Windows of 10 s on the wall clock (they end at 9.63, 19.63... here): a client that
     # starts at 6.0 joins the first one 3.63 s before its end, so the first 429 tells a
     # window under 4 s long. The next 429 (a window that refused what the log allowed) says
@@ -465,3 +465,51 @@ def test_an_awaited_request_spends_the_tokens_kept_for_boundary_probes() -> None
     awaited = grants_now(b, 0.02, INTERACTIVE)
     assert len(awaited) == kept  # the reserve and the probes' tokens, at once
     assert b.next_time(0.02, INTERACTIVE) > 1.0  # the window is spent now
+
+
+def test_a_learnt_period_ends_at_the_429s_reset_not_its_cool_down() -> None:
+    # The Workflow API answers a 429 with a 60 s cool-down, whatever its window: read as
+    # the window's end, one 429 on a 5-per-10-s server taught 5 per 61.5 s, for good.
+    b = opened()
+    grants = [b.grant(1.0 + i / 10) for i in range(6)]
+    for g in grants[:4]:
+        answer(b, g, 200, {}, g.sent + 0.05)
+    cool_down = {"Retry-After": "60", **budget(0, "9", 5)}  # Reset: the window's end
+    assert answer(b, grants[4], 429, cool_down, 1.45)
+    view = b.view(1.45)
+    assert view.limit == 5
+    assert view.period is not None
+    assert 9.0 <= view.period <= 11.0
+
+
+def test_a_learnt_rate_is_dropped_once_answers_say_what_is_left() -> None:
+    b = opened(BudgetConfig(spend_window=True))
+    spend_first_window(b, 5)
+    assert b.view(1.6).limit == 5
+    b.advance(10.6)  # the freeze is over: a probe goes, and its answer reports the budget
+    answer(b, b.grant(10.6), 200, budget(199, "10", 200), 10.65)
+    assert (b.view(10.65).mode, b.view(10.65).limit) == ("window", 200)
+    burst = grants_now(b, 10.65, BULK)
+    assert len(burst) >= 150  # the window's budget, not the 5 per 10 s learnt before
+
+
+@pytest.mark.parametrize(("named", "periods"), [(5, 100), (50, 10)], ids=["confirmed", "suspect"])
+def test_a_learnt_rate_is_forgotten_after_a_quiet_while(named: int, periods: int) -> None:
+    # Nothing but a 429 says the budget grew again (a limit lowered for a while, others
+    # that stopped spending it): a rate whose count is not the Limit its 429 named is
+    # forgotten after 10 periods without a 429, one whose count is after 100.
+    b = opened()
+    spend_first_window(b, named)
+    view = b.view(1.6)
+    assert view.limit == 5
+    assert view.period is not None
+    quiet = periods * view.period
+    b.advance(1.5 + quiet - 1.0)
+    assert b.view(1.5 + quiet - 1.0).limit == 5
+    b.advance(1.5 + quiet + 1.0)
+    later = 1.5 + quiet + 1.0
+    assert b.view(later).limit is None
+    probe = grants_now(b, later, BULK)  # the freeze long over: one probe, answered open
+    assert len(probe) == 1
+    answer(b, probe[0], 200, {}, later + 0.05)
+    assert len(grants_now(b, later + 0.05, BULK)) > 5

@@ -17,7 +17,7 @@ are `next_time` ("the next request of this priority may go at t", None: "after a
 request at a time, so a burst of 1,000 creates at start-up does not collect 999 429s; its
 answer decides the next mode. *open*: answers carry no ``X-RateLimit-Remaining``, so nothing
 limits us (an a-priori ``rate`` still applies, a 429 still freezes) until a 429 teaches a
-rate, kept from then on as a sliding-window log (`zapier_async._learnt`: Zapier's Partner
+rate, kept as a sliding-window log (`zapier_async._learnt`: Zapier's Partner
 OpenAPI declares the budget headers on 429s only). *window*: answers report the budget:
 spend it within the window.
 
@@ -304,7 +304,7 @@ class Budget:
             None if config.rate is None else collections.deque()
         )
         # A rate learnt from 429s in open mode (see _learnt): kept while not in window mode
-        # (unless a rate is configured), and for good once learnt.
+        # (unless a rate is configured), until forgotten (`LearntRate.expired`).
         self._learnt_rate: LearntRate | None = None
 
     # ------------------------------------------------------------------ inputs
@@ -384,10 +384,11 @@ class Budget:
                 and self._mode == OPEN
                 and grant.sent >= self._probe_since
             ):
-                learnt.learn(
+                learnt.learn(  # the window ends at Reset (Retry-After may add a cool-down)
                     grant.sent,
                     since=self._probe_since,
-                    retry_at=now + (wait.retry_at - wall),
+                    retry_at=now
+                    + (wait.retry_at - wall if state.reset_after is None else state.reset_after),
                     limit=state.limit,
                     margin=now - grant.sent,
                     declared=self._config.window_length,
@@ -411,7 +412,11 @@ class Budget:
     # ------------------------------------------------------------------ outputs
 
     def advance(self, now: float) -> None:
-        """Apply what the passing of time changes: a freeze ends, a window runs out."""
+        """Apply what the passing of time changes: a freeze ends, a window runs out, a rate
+        learnt from 429s is forgotten."""
+        learnt, last_429 = self._learnt_rate, self._last_429
+        if learnt is not None and last_429 is not None and learnt.expired(now, last_429):
+            learnt.forget()
         if self._frozen_until is not None and now >= self._frozen_until:
             self._frozen_until = None
             self._refused_at = None
@@ -788,8 +793,9 @@ class Budget:
         self._prev_window = None
         self._mode = WINDOW
         self._tat = now
-        if self._learnt_rate is not None and self._learnt_rate.rate is None:
-            self._learnt_rate = None  # the answers say what is left: nothing to learn
+        # The answers say what is left: nothing to learn, and a rate learnt while they did
+        # not (from a 429) would hold the window below what they report.
+        self._learnt_rate = None
 
     def _calibrate(self, old: BudgetWindow, turned_by: float) -> None:
         """Learn where windows end from how ``old`` ended (``boundary="learn"`` only)."""

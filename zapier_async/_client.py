@@ -93,8 +93,8 @@ class ZapierClient(AsyncCloseable, RunsView):
         rate_limit: A budget known beforehand, ``(requests, per_seconds)``, e.g.
             ``(60, 60.0)`` for the Partner API's per-IP limit; without it the limiter learns
             the budget from `X-RateLimit-*` headers, or, when answers do not say what is
-            left, from the first 429 (a rate it keeps and only tightens). Only for the
-            client's own limiter.
+            left, from the first 429 (a rate that later 429s tighten, forgotten after a
+            quiet while). Only for the client's own limiter.
         rate_window: The length in seconds of the server's rate-limit windows, if known
             beforehand (Zapier documents 60 s for the Workflow API's budgets, 300 s for the
             Actions API's 200-per-5-minutes): each window's end is then known to the round

@@ -21,7 +21,8 @@ no more than that (a larger one describes something else: the Partner OpenAPI ca
 requests per hour, and others may spend the budget too), else that number.
 
 **per.** The declared ``window_length`` when there is one. Otherwise: the refused window ends
-at the 429's retry time (``Retry-After``, else ``Reset``, else the default cool-down), and
+at the 429's ``Reset``, else its retry time (``Retry-After``, which may add a cool-down,
+else the default cool-down), and
 it counted ``count`` requests of ours, all sent before the refused one, so it began no later
 than the earliest of the last ``count`` grants before it: ``per >= retry_at - that grant's
 send time``, plus the refused request's round trip for the skew between our send times and
@@ -29,10 +30,15 @@ the server's arrival times.
 Exact (to the rounding of ``Retry-After``) for windows that start at their first request;
 an under-estimate when the client's first window was a clock-aligned one joined part-way.
 
-**Never loosened.** Each later 429 while the rate holds (a straggler of the same burst, or a
-refusal in a later window: the aligned case above) is read the same way with the count learnt
-so far, and may only lower ``count`` and raise ``per``: an under-estimate costs one more
-refusal, not one per window.
+**Tightened by 429s, forgotten after a quiet while.** Each later 429 while the rate holds
+(a straggler of the same burst, or a refusal in a later window: the aligned case above) is
+read the same way with the count learnt so far, and may only lower ``count`` and raise
+``per``: an under-estimate costs one more refusal, not one per window. Nothing but a 429
+says the budget is larger again, so a rate is forgotten after `SUSPECT_FOR` periods without
+a 429 when its count is not the limit its 429 named (learnt while others spent part of the
+window, or from a squeeze), after `CONFIRMED_FOR` when it is: the next 429 learns it again.
+An answer that reports ``Remaining`` drops it at once (the window is then spent by what
+the answers say).
 
 **The interactive reserve.** Background requests (POLL, BULK) leave a share of ``count``
 (``interactive_reserve``, at least one, fewer than ``count``) to INTERACTIVE ones within the
@@ -63,10 +69,27 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["HISTORY", "SLACK", "LearntRate", "slide"]
+__all__ = ["CONFIRMED_FOR", "HISTORY", "HORIZON", "SLACK", "SUSPECT_FOR", "LearntRate", "slide"]
 
 HISTORY: Final = 1024
-"""Send times kept before a rate is learnt: a count is learnt up to this many."""
+"""Send times kept before a rate is learnt: a count is learnt up to this many (a burst's
+requests all go before its first 429 comes back)."""
+
+HORIZON: Final = 120.0
+"""Nor older than this (seconds) before a rate is learnt: twice the Workflow API's minute,
+the window of the budgets that answer without ``Remaining``; a longer window is learnt with
+a smaller count. What a bucket of a server that never refuses keeps, in memory and in Redis,
+is the requests of its last two minutes, at most `HISTORY`."""
+
+SUSPECT_FOR: Final = 10
+"""Periods without a 429 after which a rate is forgotten when its count is not the
+``X-RateLimit-Limit`` its 429 named (others spent the rest of the window, or it named none):
+learnt from a squeeze, it would hold the client below the budget for good."""
+
+CONFIRMED_FOR: Final = 100
+"""The same for a rate whose count is the limit the server named: a limit lowered for a
+while is not kept for good either, at the price of one 429 every so many periods (Workflow
+API, 150 a minute: one per 1.7 hours)."""
 
 SLACK: Final = 64
 """Send times kept beyond twice ``count`` once a rate is learnt: a later 429 is read against
@@ -101,10 +124,11 @@ class LearntRate:
     time in `refusal`).
     """
 
-    __slots__ = ("rate", "refused", "sent", "skew")
+    __slots__ = ("named", "rate", "refused", "sent", "skew")
 
     def __init__(self) -> None:
         self.rate: tuple[int, float] | None = None
+        self.named: int | None = None  # the X-RateLimit-Limit of the 429 it came from
         self.sent: list[float] = []
         self.refused: list[float] = []
         self.skew = 0.0
@@ -117,7 +141,7 @@ class LearntRate:
         bisect.insort_right(sent, now)  # at the end, unless a shared clock stepped back
         drop = len(sent) - (HISTORY if rate is None else 2 * rate[0] + SLACK)
         if rate is None:  # an earlier span's grants were counted by no window of this one
-            drop = max(drop, bisect.bisect_left(sent, since))
+            drop = max(drop, bisect.bisect_left(sent, max(since, now - HORIZON)))
         if drop > 0:
             del sent[:drop]
 
@@ -142,7 +166,7 @@ class LearntRate:
         wall: float,
     ) -> None:
         """A 429 in open mode to the grant sent at ``sent``, in the span that began at
-        ``since``: learn a rate, or tighten the one learnt (never loosen it).
+        ``since``: learn a rate, or tighten the one learnt (a 429 never loosens it).
 
         Args:
             sent: The refused grant's send time.
@@ -171,7 +195,20 @@ class LearntRate:
         else:
             per = max(rate[1], derived)
         if math.isfinite(per) and per > 0:
-            self.rate, self.skew = (count, per), wall
+            self.rate, self.skew, self.named = (count, per), wall, limit
+
+    def expired(self, now: float, last_429: float) -> bool:
+        """Whether the rate is to be forgotten ``now``, the last 429 having come at
+        ``last_429`` (see `SUSPECT_FOR`, `CONFIRMED_FOR`)."""
+        rate = self.rate
+        if rate is None:
+            return False
+        periods = CONFIRMED_FOR if rate[0] == self.named else SUSPECT_FOR
+        return now - last_429 > periods * rate[1]
+
+    def forget(self) -> None:
+        """Forget the rate (the send times stay: the next 429 learns from them)."""
+        self.rate = self.named = None
 
     # ------------------------------------------------------------------ outputs
 
