@@ -107,6 +107,31 @@ GAP: Final = 2.0  # see `AdaptivePolling._plan_for`
 PAST: Final = 1e-6
 
 
+class SlidingMax:
+    """The largest value pushed with a count above the latest count less `memory`: a deque
+    of ``(count, value)``, values falling and counts rising (amortised O(1) per push)."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self) -> None:
+        self._kept: collections.deque[tuple[int, float]] = collections.deque()
+
+    @property
+    def value(self) -> float:
+        return self._kept[0][1] if self._kept else 0.0
+
+    def values(self) -> list[float]:
+        return [value for _, value in self._kept]
+
+    def push(self, count: int, value: float, memory: int) -> None:
+        kept = self._kept
+        while kept and kept[-1][1] <= value:
+            kept.pop()
+        kept.append((count, value))
+        while kept[0][0] <= count - memory:
+            kept.popleft()
+
+
 @attrs.define(eq=False)
 class _Action:
     # ``(created_at, seen, lo, hi)`` of the last `window` runs seen ended, by when they were
@@ -139,8 +164,8 @@ class _Action:
     # How long its runs were seen going, or ended by (answers that did not wait for the
     # budget), over the last `AdaptivePolling.memory` runs seen ended (see `longest`); and
     # how long they were seen ended by alone (what a stray is measured against).
-    reach: SlidingMax = attrs.Factory(lambda: SlidingMax())
-    ends: SlidingMax = attrs.Factory(lambda: SlidingMax())
+    reach: SlidingMax = attrs.Factory(SlidingMax)
+    ends: SlidingMax = attrs.Factory(SlidingMax)
     # The `ended` counts at which strays (see `AdaptivePolling.stray`) were seen ended.
     strays: collections.deque[int] = attrs.Factory(collections.deque)
 
@@ -159,31 +184,6 @@ class _Action:
         self.reach.push(self.ended, seconds, memory)
         if ended:
             self.ends.push(self.ended, seconds, memory)
-
-
-class SlidingMax:
-    """The largest value pushed with a count above the latest count less `memory`: a deque
-    of ``(count, value)``, values falling and counts rising (amortised O(1) per push)."""
-
-    __slots__ = ("_kept",)
-
-    def __init__(self) -> None:
-        self._kept: collections.deque[tuple[int, float]] = collections.deque()
-
-    @property
-    def value(self) -> float:
-        return self._kept[0][1] if self._kept else 0.0
-
-    def values(self) -> list[float]:
-        return [value for _, value in self._kept]
-
-    def push(self, count: int, value: float, memory: int) -> None:
-        kept = self._kept
-        while kept and kept[-1][1] <= value:
-            kept.pop()
-        kept.append((count, value))
-        while kept[0][0] <= count - memory:
-            kept.popleft()
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -475,12 +475,12 @@ class AdaptivePolling:
             return moved
         if record.plan is None and not record.skew and record.level > 0 and lo == 0.0:
             self._learn_cold(state, due, ended=True)
+        bisect.insort(state.samples, (handle.created_at, state.seen, lo, hi))
+        state.seen += 1
         # Not the end a poll an exploring plan placed later found (it found its run ended
         # wherever it went, and `ALL_ENDED` would follow it out, 1.96 -> 2.21 s in a warm
         # job of `tests/cadence_sim.py`'s 300 runs of 0.2-1.5 s): the run was seen going
         # at its previous poll.
-        bisect.insort(state.samples, (handle.created_at, state.seen, lo, hi))
-        state.seen += 1
         if record.scale <= 1.0:
             state.stretch(end, self.memory, ended=True)
         else:
