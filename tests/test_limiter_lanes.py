@@ -172,6 +172,9 @@ async def test_a_raised_lane_jumps_the_line_and_spends_the_reserve() -> None:
     async with Limiter(clock=FakeClock(), spend_window=True, interactive_reserve=0.1) as limiter:
         await a_raised_lane_jumps_the_line(limiter, flush)
         assert limiter.in_flight == 89 + 10  # the cancelled waiter's grant was given back
+        # Raised waiters cancelled leave no count behind: a native's place in line (and so
+        # its estimate) subtracts the raised ones of its priority.
+        assert limiter._buckets[KEY].raised == [0, 0, 0]
 
 
 @pytest.mark.asyncio

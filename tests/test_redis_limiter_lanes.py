@@ -29,6 +29,7 @@ async def test_a_raised_lane_jumps_the_line_and_spends_the_reserve_through_redis
 
         await a_raised_lane_jumps_the_line(limiter, flush)
         assert limiter.in_flight == 89 + 10  # the cancelled waiter's place went to another
+        assert all(b.raised == [0, 0, 0] for b in limiter._all())  # no count left behind
 
 
 @pytest.mark.asyncio
